@@ -1,0 +1,16 @@
+//! The `audit.k8s.io` event model and its decoding: the left end of the pipeline.
+//!
+//! `model` is the typed, borrowed view of one event; `decode` turns records into events with
+//! positioned errors; `field` resolves the dotted field paths that rules use (`user.username`,
+//! `objectRef.namespace`, `requestObject.spec.hostNetwork`).
+
+mod decode;
+pub mod field;
+mod model;
+mod text;
+mod time;
+
+pub use decode::{DecodeError, DecodeErrorKind, Position, Record, decode_event, decode_record};
+pub use model::{AuditEvent, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
+pub use text::Text;
+pub use time::{EventTime, Span};
