@@ -1,0 +1,369 @@
+//! Compiled `match` blocks: the cheap, declarative prefilter that runs before any script.
+//!
+//! Patterns are classified when rules load (exact, prefix, suffix, contains, or a full glob via
+//! globset) so that the common cases cost a string comparison, not a glob engine call.
+
+use std::net::IpAddr;
+
+use globset::{Glob, GlobMatcher};
+use ipnet::IpNet;
+
+use crate::event::{AuditEvent, Level, Stage};
+
+/// One string pattern. `*` and `?` and `[...]` are globs; anything else is exact.
+#[derive(Debug, Clone)]
+enum Pattern {
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Contains(Box<str>),
+    Glob(GlobMatcher),
+}
+
+impl Pattern {
+    fn compile(p: &str) -> Result<Pattern, String> {
+        let is_glob_char = |c: char| matches!(c, '*' | '?' | '[' | '{');
+        if !p.contains(is_glob_char) {
+            return Ok(Pattern::Exact(p.into()));
+        }
+        if p == "*" {
+            return Ok(Pattern::Any);
+        }
+        let inner = p.trim_matches('*');
+        if !inner.contains(is_glob_char) {
+            let lead = p.starts_with('*');
+            let trail = p.ends_with('*');
+            return Ok(match (lead, trail) {
+                (true, true) => Pattern::Contains(inner.into()),
+                (true, false) => Pattern::Suffix(inner.into()),
+                (false, true) => Pattern::Prefix(inner.into()),
+                (false, false) => Pattern::Exact(inner.into()),
+            });
+        }
+        Glob::new(p)
+            .map(|g| Pattern::Glob(g.compile_matcher()))
+            .map_err(|e| format!("invalid glob {p:?}: {}", e.kind()))
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            Pattern::Exact(e) => **e == *s,
+            Pattern::Prefix(p) => s.starts_with(&**p),
+            Pattern::Suffix(p) => s.ends_with(&**p),
+            Pattern::Contains(p) => s.contains(&**p),
+            Pattern::Glob(g) => g.is_match(s),
+        }
+    }
+}
+
+/// Any-of a list of patterns.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns(Vec<Pattern>);
+
+impl Patterns {
+    pub fn compile(items: &[String]) -> Result<Patterns, String> {
+        items
+            .iter()
+            .map(|p| Pattern::compile(p))
+            .collect::<Result<_, _>>()
+            .map(Patterns)
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        self.0.iter().any(|p| p.matches(s))
+    }
+
+    /// The exact strings, when every pattern is exact (used to index rules by verb).
+    pub fn exact_values(&self) -> Option<Vec<&str>> {
+        self.0
+            .iter()
+            .map(|p| match p {
+                Pattern::Exact(e) => Some(&**e),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// `[group/]resource[/subresource]`.
+#[derive(Debug, Clone)]
+pub struct ResourcePattern {
+    /// `None`: any group.
+    group: Option<Pattern>,
+    resource: Pattern,
+    /// `None`: no subresource; `Some(Any)`: any subresource.
+    subresource: Option<Pattern>,
+}
+
+/// API groups whose names have no dot, so `apps/deployments` is read as group/resource.
+const DOTLESS_GROUPS: &[&str] = &[
+    "core",
+    "apps",
+    "batch",
+    "autoscaling",
+    "policy",
+    "extensions",
+];
+
+impl ResourcePattern {
+    pub fn parse(text: &str) -> Result<ResourcePattern, String> {
+        let parts: Vec<&str> = text.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "invalid resource {text:?}: expected [group/]resource[/subresource], e.g. pods, pods/exec, networking.k8s.io/ingresses"
+            ));
+        }
+        let is_group = |g: &str| g.contains('.') || DOTLESS_GROUPS.contains(&g) || g == "*";
+        let (group, resource, sub) = match parts.as_slice() {
+            [r] => (None, *r, None),
+            [a, b] if is_group(a) => (Some(*a), *b, None),
+            [r, s] => (None, *r, Some(*s)),
+            [g, r, s] => (Some(*g), *r, Some(*s)),
+            _ => {
+                return Err(format!(
+                    "invalid resource {text:?}: expected at most group/resource/subresource"
+                ));
+            }
+        };
+        let group = match group {
+            None | Some("*") => None,
+            Some("core") => Some(Pattern::Exact("".into())),
+            Some(g) => Some(Pattern::compile(g)?),
+        };
+        Ok(ResourcePattern {
+            group,
+            resource: Pattern::compile(resource)?,
+            subresource: sub.map(Pattern::compile).transpose()?,
+        })
+    }
+
+    fn matches(&self, group: &str, resource: &str, subresource: &str) -> bool {
+        if let Some(g) = &self.group
+            && !g.matches(group)
+        {
+            return false;
+        }
+        if !self.resource.matches(resource) {
+            return false;
+        }
+        match &self.subresource {
+            None => subresource.is_empty(),
+            Some(p) => !subresource.is_empty() && p.matches(subresource),
+        }
+    }
+}
+
+/// A compiled match block.
+#[derive(Debug, Clone, Default)]
+pub struct Matcher {
+    pub verbs: Option<Patterns>,
+    pub resources: Option<Vec<ResourcePattern>>,
+    pub namespaces: Option<Patterns>,
+    pub names: Option<Patterns>,
+    pub users: Option<Patterns>,
+    pub effective_users: Option<Patterns>,
+    pub groups: Option<Patterns>,
+    /// Inclusive ranges.
+    pub response_codes: Option<Vec<(i32, i32)>>,
+    pub stages: Option<Vec<Stage>>,
+    pub levels: Option<Vec<Level>>,
+    pub source_ips: Option<Vec<IpNet>>,
+    pub user_agents: Option<Patterns>,
+    pub request_uris: Option<Patterns>,
+    pub except: Vec<Matcher>,
+}
+
+impl Matcher {
+    /// True when the event passes every criterion and no exception.
+    pub fn matches(&self, ev: &AuditEvent<'_>) -> bool {
+        self.matches_positive(ev) && !self.except.iter().any(|x| x.matches_positive(ev))
+    }
+
+    fn matches_positive(&self, ev: &AuditEvent<'_>) -> bool {
+        if let Some(v) = &self.verbs
+            && !v.matches(&ev.verb)
+        {
+            return false;
+        }
+        if let Some(stages) = &self.stages
+            && !stages.contains(&ev.stage)
+        {
+            return false;
+        }
+        if let Some(codes) = &self.response_codes {
+            let Some(status) = &ev.response_status else {
+                return false;
+            };
+            if !codes.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status.code)) {
+                return false;
+            }
+        }
+        let oref = ev.object_ref();
+        if let Some(res) = &self.resources
+            && !res
+                .iter()
+                .any(|r| r.matches(&oref.api_group, &oref.resource, &oref.subresource))
+        {
+            return false;
+        }
+        if let Some(p) = &self.namespaces
+            && !p.matches(&oref.namespace)
+        {
+            return false;
+        }
+        if let Some(p) = &self.names
+            && !p.matches(&oref.name)
+        {
+            return false;
+        }
+        if let Some(levels) = &self.levels
+            && !levels.contains(&ev.level)
+        {
+            return false;
+        }
+        if let Some(p) = &self.users
+            && !p.matches(&ev.user.username)
+        {
+            return false;
+        }
+        if let Some(p) = &self.effective_users
+            && !p.matches(&ev.effective_user().username)
+        {
+            return false;
+        }
+        if let Some(p) = &self.groups
+            && !ev.user.groups.iter().any(|g| p.matches(g))
+        {
+            return false;
+        }
+        if let Some(p) = &self.user_agents
+            && !p.matches(&ev.user_agent)
+        {
+            return false;
+        }
+        if let Some(p) = &self.request_uris
+            && !p.matches(&ev.request_uri)
+        {
+            return false;
+        }
+        if let Some(nets) = &self.source_ips {
+            let inside = ev.source_ips.iter().any(|ip| {
+                ip.parse::<IpAddr>()
+                    .is_ok_and(|addr| nets.iter().any(|n| n.contains(&addr)))
+            });
+            if !inside {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Parses `403`, `4xx`, `400-499`.
+pub fn parse_code_range(text: &str) -> Result<(i32, i32), String> {
+    let t = text.trim();
+    let bad = || {
+        format!("invalid response code {text:?}: expected a code (403), a class (4xx) or a range (400-499)")
+    };
+    if let Some(class) = t.strip_suffix("xx").or_else(|| t.strip_suffix("XX")) {
+        let d: i32 = class.parse().map_err(|_| bad())?;
+        if !(1..=5).contains(&d) {
+            return Err(bad());
+        }
+        return Ok((d * 100, d * 100 + 99));
+    }
+    if let Some((lo, hi)) = t.split_once('-') {
+        let lo: i32 = lo.trim().parse().map_err(|_| bad())?;
+        let hi: i32 = hi.trim().parse().map_err(|_| bad())?;
+        if lo > hi {
+            return Err(bad());
+        }
+        return Ok((lo, hi));
+    }
+    let c: i32 = t.parse().map_err(|_| bad())?;
+    Ok((c, c))
+}
+
+/// Parses an address (`10.0.0.1`, `::1`) or a CIDR (`10.0.0.0/8`).
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net);
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("invalid address or CIDR {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_event;
+
+    #[test]
+    fn patterns_cover_exact_prefix_suffix_contains_and_glob() {
+        let p = Patterns::compile(&[
+            "admin".into(),
+            "system:serviceaccount:*".into(),
+            "*@example.com".into(),
+            "*evil*".into(),
+            "user-[0-9]".into(),
+        ])
+        .unwrap();
+        for yes in ["admin", "system:serviceaccount:a:b", "x@example.com", "my-evil-1", "user-7"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in ["admin2", "system:node:x", "x@example.org", "user-x"] {
+            assert!(!p.matches(no), "{no}");
+        }
+        assert!(Pattern::compile("a[").is_err());
+    }
+
+    #[test]
+    fn resources_follow_rbac_conventions() {
+        let check = |pat: &str, g: &str, r: &str, s: &str| {
+            ResourcePattern::parse(pat).unwrap().matches(g, r, s)
+        };
+        assert!(check("pods", "", "pods", ""));
+        assert!(!check("pods", "", "pods", "exec"));
+        assert!(check("pods/exec", "", "pods", "exec"));
+        assert!(check("pods/*", "", "pods", "log"));
+        assert!(check("networking.k8s.io/ingresses", "networking.k8s.io", "ingresses", ""));
+        assert!(!check("networking.k8s.io/ingresses", "extensions", "ingresses", ""));
+        assert!(check("ingresses", "extensions", "ingresses", ""));
+        assert!(check("apps/deployments", "apps", "deployments", ""));
+        assert!(check("core/secrets", "", "secrets", ""));
+        assert!(!check("core/secrets", "example.io", "secrets", ""));
+        assert!(check("*/pods/exec", "", "pods", "exec"));
+        assert!(ResourcePattern::parse("pods//exec").is_err());
+    }
+
+    #[test]
+    fn code_ranges() {
+        assert_eq!(parse_code_range("4xx").unwrap(), (400, 499));
+        assert_eq!(parse_code_range("401").unwrap(), (401, 401));
+        assert_eq!(parse_code_range("500-599").unwrap(), (500, 599));
+        assert!(parse_code_range("6xx").is_err());
+        assert!(parse_code_range("nope").unwrap_err().contains("a class (4xx)"));
+    }
+
+    #[test]
+    fn source_ips_and_exceptions() {
+        let ev = decode_event(
+            r#"{"auditID":"1","verb":"get","sourceIPs":["10.1.2.3"],"user":{"username":"bob"},"objectRef":{"resource":"secrets","namespace":"prod"},"responseStatus":{"code":200}}"#,
+        )
+        .unwrap();
+        let mut m = Matcher {
+            source_ips: Some(vec![parse_net("10.0.0.0/8").unwrap()]),
+            response_codes: Some(vec![(200, 299)]),
+            ..Matcher::default()
+        };
+        assert!(m.matches(&ev));
+        m.except.push(Matcher {
+            namespaces: Some(Patterns::compile(&["prod".into()]).unwrap()),
+            ..Matcher::default()
+        });
+        assert!(!m.matches(&ev));
+    }
+}

@@ -1,0 +1,139 @@
+//! The rule file format, as serde types. `docs/rules.md` is the prose version of this file.
+//!
+//! Everything is `deny_unknown_fields`: a misspelt key is an error with its position, never a
+//! silently ignored filter.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// One rules file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    /// Named lists, usable in match blocks as `$name` and in conditions as `lists.name`.
+    #[serde(default)]
+    pub lists: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    /// Unique across every loaded file; used in alerts, metrics and tests.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub severity: SeverityDoc,
+    /// `false` loads and validates the rule but never evaluates it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Declarative prefilter; every listed criterion must hold.
+    #[serde(default, rename = "match")]
+    pub match_: Option<MatchDoc>,
+    /// A Rhai expression that must evaluate to `true` (after `match` passed).
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// Alert text, a minijinja template over the event's fields and the alert's.
+    #[serde(default)]
+    pub summary: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Fields that key throttling (and the alert's `group`) for a rule without a window.
+    #[serde(default)]
+    pub group_by: Option<Vec<String>>,
+    #[serde(default)]
+    pub window: Option<WindowDoc>,
+    /// At most one alert per group per this long (event time), e.g. `10m`.
+    #[serde(default)]
+    pub throttle: Option<String>,
+    /// Who wrote the rule; carried into alerts (required attribution for DRL-licensed rules).
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum SeverityDoc {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// A declarative match block. Lists mean "any of"; fields are AND-ed.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MatchDoc {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, `deletecollection`, ...
+    #[serde(default)]
+    pub verbs: Option<Vec<String>>,
+    /// `[group/]resource[/subresource]`: `pods`, `pods/exec`, `networking.k8s.io/ingresses`,
+    /// `core/secrets` (core group only), `*/pods` (any group).
+    #[serde(default)]
+    pub resources: Option<Vec<String>>,
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+    /// Authenticated `user.username` (glob patterns).
+    #[serde(default)]
+    pub users: Option<Vec<String>>,
+    /// Effective user: impersonated user if any, else `user.username`.
+    #[serde(default)]
+    pub effective_users: Option<Vec<String>>,
+    /// Any of `user.groups` matches any pattern.
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+    /// Codes (`403`), classes (`4xx`) or ranges (`400-499`).
+    #[serde(default)]
+    pub response_codes: Option<Vec<CodeDoc>>,
+    #[serde(default)]
+    pub stages: Option<Vec<String>>,
+    #[serde(default)]
+    pub levels: Option<Vec<String>>,
+    /// Addresses or CIDRs; any of `sourceIPs` inside any of them.
+    #[serde(default)]
+    pub source_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub user_agents: Option<Vec<String>>,
+    #[serde(default)]
+    pub request_uris: Option<Vec<String>>,
+    /// Exceptions: the event is excluded when any of these blocks matches it fully.
+    #[serde(default)]
+    pub except: Vec<MatchDoc>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum CodeDoc {
+    Code(i64),
+    Text(String),
+}
+
+/// Window spec: a count (`over` + `threshold`), a distinct count (plus `distinct`), or an
+/// absence (`absent_for`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowDoc {
+    #[serde(default)]
+    pub over: Option<String>,
+    #[serde(default)]
+    pub threshold: Option<u64>,
+    #[serde(default)]
+    pub distinct: Option<String>,
+    #[serde(default)]
+    pub absent_for: Option<String>,
+    #[serde(default)]
+    pub group_by: Vec<String>,
+}

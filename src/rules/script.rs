@@ -1,0 +1,423 @@
+//! Rhai conditions: the sandboxed engine, the helpers rule authors get, and the event as seen
+//! from a script.
+//!
+//! Scripts only run after a rule's `match` block passed, so the event is converted to a Rhai map
+//! at most once per event and only for the few events that get this far. The engine has no
+//! file, network or module access, `eval` is disabled, and every run is capped in operations,
+//! call depth and data sizes so a runaway script costs one counted error, not the stream.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use rhai::{Array, Dynamic, Engine, ImmutableString, Map, Scope, AST};
+use serde_json::value::RawValue;
+
+use crate::event::{AuditEvent, UserInfo};
+
+/// Limits applied to every script run.
+#[derive(Clone, Copy, Debug)]
+pub struct ScriptLimits {
+    pub max_operations: u64,
+}
+
+impl Default for ScriptLimits {
+    fn default() -> Self {
+        ScriptLimits {
+            max_operations: 100_000,
+        }
+    }
+}
+
+/// Builds the sandboxed Rhai engine with auditwatch's helpers registered.
+pub fn build_engine(limits: ScriptLimits) -> Engine {
+    let mut engine = Engine::new();
+    engine
+        .set_max_operations(limits.max_operations)
+        .set_max_call_levels(32)
+        .set_max_expr_depths(64, 32)
+        .set_max_string_size(1 << 20)
+        .set_max_array_size(100_000)
+        .set_max_map_size(100_000)
+        .set_strict_variables(true)
+        .disable_symbol("eval");
+    engine.on_print(|_| {});
+    engine.on_debug(|_, _, _| {});
+
+    // Safe navigation by default: reading a property of a missing value yields `()`, so
+    // `event.requestObject.spec.hostNetwork` is `()` on a Metadata-level event instead of an
+    // error. (Rhai falls back to the indexer for unknown properties.)
+    engine.register_indexer_get(|_: &mut (), _: ImmutableString| Dynamic::UNIT);
+    engine.register_indexer_get(|_: &mut (), _: i64| Dynamic::UNIT);
+
+    engine.register_fn("glob", |text: &str, pattern: &str| glob_match(text, pattern));
+    engine.register_fn("glob", |text: &str, patterns: Array| {
+        patterns
+            .iter()
+            .any(|p| p.read_lock::<ImmutableString>().is_some_and(|p| glob_match(text, &p)))
+    });
+    engine.register_fn("glob", |_: (), _: Dynamic| false);
+
+    let cache: Arc<Mutex<HashMap<String, Option<regex::Regex>>>> = Arc::default();
+    engine.register_fn("regex", move |text: &str, pattern: &str| {
+        regex_match(&cache, text, pattern)
+    });
+    engine.register_fn("regex", |_: (), _: &str| false);
+
+    engine.register_fn("cidr", |ip: &str, net: &str| cidr_match(ip, net));
+    engine.register_fn("cidr", |ip: &str, nets: Array| {
+        nets.iter()
+            .any(|n| n.read_lock::<ImmutableString>().is_some_and(|n| cidr_match(ip, &n)))
+    });
+    engine.register_fn("cidr", |ips: Array, net: Dynamic| {
+        ips.iter().any(|ip| {
+            ip.read_lock::<ImmutableString>().is_some_and(|ip| {
+                if let Some(n) = net.read_lock::<ImmutableString>() {
+                    cidr_match(&ip, &n)
+                } else if let Some(ns) = net.read_lock::<Array>() {
+                    ns.iter().any(|n| {
+                        n.read_lock::<ImmutableString>()
+                            .is_some_and(|n| cidr_match(&ip, &n))
+                    })
+                } else {
+                    false
+                }
+            })
+        })
+    });
+    engine.register_fn("cidr", |_: (), _: Dynamic| false);
+
+    engine.register_fn("has", |value: Dynamic, path: &str| {
+        !walk(&value, path).is_unit()
+    });
+    // Not `get`: Rhai's built-in `map.get(key)` would win over it for maps.
+    engine.register_fn("get_path", |value: Dynamic, path: &str| walk(&value, path));
+    engine.register_fn("get_path", |value: Dynamic, path: &str, default: Dynamic| {
+        let found = walk(&value, path);
+        if found.is_unit() { default } else { found }
+    });
+    engine.register_fn("json_pointer", |value: Dynamic, pointer: &str| {
+        json_pointer(&value, pointer)
+    });
+    engine.register_fn("any_in", |items: Dynamic, set: Array| any_in(&items, &set));
+    engine.register_fn("all_in", |items: Dynamic, set: Array| all_in(&items, &set));
+    engine.register_fn("starts_with_any", |text: &str, prefixes: Array| {
+        prefixes.iter().any(|p| {
+            p.read_lock::<ImmutableString>()
+                .is_some_and(|p| text.starts_with(p.as_str()))
+        })
+    });
+    engine.register_fn("starts_with_any", |_: (), _: Array| false);
+    engine.register_fn("is_empty", |_: ()| true);
+    engine.register_fn("len", |_: ()| 0_i64);
+    engine
+}
+
+fn glob_match(text: &str, pattern: &str) -> bool {
+    globset::Glob::new(pattern)
+        .map(|g| g.compile_matcher().is_match(text))
+        .unwrap_or(false)
+}
+
+fn regex_match(
+    cache: &Mutex<HashMap<String, Option<regex::Regex>>>,
+    text: &str,
+    pattern: &str,
+) -> bool {
+    let Ok(mut cache) = cache.lock() else {
+        return false;
+    };
+    if cache.len() > 1024 && !cache.contains_key(pattern) {
+        cache.clear();
+    }
+    cache
+        .entry(pattern.to_owned())
+        .or_insert_with(|| regex::Regex::new(pattern).ok())
+        .as_ref()
+        .is_some_and(|re| re.is_match(text))
+}
+
+fn cidr_match(ip: &str, net: &str) -> bool {
+    let Ok(addr) = ip.parse::<IpAddr>() else {
+        return false;
+    };
+    if let Ok(n) = net.parse::<IpNet>() {
+        return n.contains(&addr);
+    }
+    net.parse::<IpAddr>().is_ok_and(|n| n == addr)
+}
+
+/// Walks a dotted path (`spec.containers.0.image`) through maps and arrays.
+fn walk(value: &Dynamic, path: &str) -> Dynamic {
+    let mut cur = value.clone();
+    for seg in path.split('.').filter(|s| !s.is_empty()) {
+        let next = if let Some(map) = cur.read_lock::<Map>() {
+            map.get(seg).cloned()
+        } else if let Some(arr) = cur.read_lock::<Array>() {
+            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
+        } else {
+            None
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return Dynamic::UNIT,
+        }
+    }
+    cur
+}
+
+/// RFC 6901 JSON pointer (`/metadata/annotations/a~1b`).
+fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
+    let mut cur = value.clone();
+    if pointer.is_empty() {
+        return cur;
+    }
+    let Some(rest) = pointer.strip_prefix('/') else {
+        return Dynamic::UNIT;
+    };
+    for raw in rest.split('/') {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        let next = if let Some(map) = cur.read_lock::<Map>() {
+            map.get(seg.as_str()).cloned()
+        } else if let Some(arr) = cur.read_lock::<Array>() {
+            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
+        } else {
+            None
+        };
+        match next {
+            Some(v) => cur = v,
+            None => return Dynamic::UNIT,
+        }
+    }
+    cur
+}
+
+fn as_strings(v: &Dynamic) -> Vec<String> {
+    if let Some(arr) = v.read_lock::<Array>() {
+        arr.iter().map(|d| d.to_string()).collect()
+    } else if v.is_unit() {
+        Vec::new()
+    } else {
+        vec![v.to_string()]
+    }
+}
+
+fn any_in(items: &Dynamic, set: &Array) -> bool {
+    let set: Vec<String> = set.iter().map(|d| d.to_string()).collect();
+    as_strings(items).iter().any(|i| set.contains(i))
+}
+
+fn all_in(items: &Dynamic, set: &Array) -> bool {
+    let set: Vec<String> = set.iter().map(|d| d.to_string()).collect();
+    as_strings(items).iter().all(|i| set.contains(i))
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    pub ast: AST,
+}
+
+/// The scope every condition is compiled against: `event` and `lists`.
+///
+/// They are declared as plain variables, not constants: Rhai's optimizer folds constants from
+/// the compile-time scope into the AST, which would bake this placeholder event into the rule.
+pub fn compile_scope(lists: &Dynamic) -> Scope<'static> {
+    let mut scope = Scope::new();
+    scope.push_dynamic("event", Dynamic::from_map(Map::new()));
+    scope.push_dynamic("lists", lists.clone());
+    scope
+}
+
+/// Converts the named lists into the shared `lists` map scripts read.
+pub fn lists_dynamic(lists: &std::collections::BTreeMap<String, Vec<String>>) -> Dynamic {
+    let mut map = Map::new();
+    for (name, items) in lists {
+        let arr: Array = items.iter().map(|s| Dynamic::from(s.clone())).collect();
+        map.insert(name.as_str().into(), Dynamic::from_array(arr));
+    }
+    Dynamic::from_map(map).into_shared()
+}
+
+fn s(v: &str) -> Dynamic {
+    Dynamic::from(ImmutableString::from(v))
+}
+
+fn raw(v: Option<&RawValue>) -> Dynamic {
+    v.and_then(|r| serde_json::from_str::<Dynamic>(r.get()).ok())
+        .unwrap_or(Dynamic::UNIT)
+}
+
+fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
+    let mut m = Map::new();
+    m.insert("username".into(), s(u.map_or("", |u| &u.username)));
+    m.insert("uid".into(), s(u.map_or("", |u| &u.uid)));
+    let groups: Array = u
+        .map(|u| u.groups.iter().map(|g| s(g)).collect())
+        .unwrap_or_default();
+    m.insert("groups".into(), Dynamic::from_array(groups));
+    let extra = raw(u.and_then(|u| u.extra));
+    m.insert(
+        "extra".into(),
+        if extra.is_unit() { Dynamic::from_map(Map::new()) } else { extra },
+    );
+    Dynamic::from_map(m)
+}
+
+/// The event as the `event` variable: every field present (empty when absent), the raw parts
+/// parsed into maps, plus `effectiveUser` and `sourceIP` (the first source address).
+pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
+    let mut m = Map::new();
+    m.insert("kind".into(), s(ev.kind.as_deref().unwrap_or("Event")));
+    m.insert("apiVersion".into(), s(ev.api_version.as_deref().unwrap_or("")));
+    m.insert("level".into(), s(ev.level.as_str()));
+    m.insert("auditID".into(), s(&ev.audit_id));
+    m.insert("stage".into(), s(ev.stage.as_str()));
+    m.insert("requestURI".into(), s(&ev.request_uri));
+    m.insert("verb".into(), s(&ev.verb));
+    m.insert("user".into(), user_map(Some(&ev.user)));
+    m.insert("impersonatedUser".into(), user_map(ev.impersonated_user.as_ref()));
+    m.insert("effectiveUser".into(), user_map(Some(ev.effective_user())));
+    let ips: Array = ev.source_ips.iter().map(|ip| s(ip)).collect();
+    m.insert(
+        "sourceIP".into(),
+        s(ev.source_ips.first().map_or("", |t| t.as_str())),
+    );
+    m.insert("sourceIPs".into(), Dynamic::from_array(ips));
+    m.insert("userAgent".into(), s(&ev.user_agent));
+    let r = ev.object_ref();
+    let mut oref = Map::new();
+    for (k, v) in [
+        ("resource", &r.resource),
+        ("namespace", &r.namespace),
+        ("name", &r.name),
+        ("uid", &r.uid),
+        ("apiGroup", &r.api_group),
+        ("apiVersion", &r.api_version),
+        ("resourceVersion", &r.resource_version),
+        ("subresource", &r.subresource),
+    ] {
+        oref.insert(k.into(), s(v));
+    }
+    m.insert("objectRef".into(), Dynamic::from_map(oref));
+    let mut status = Map::new();
+    let st = ev.response_status.as_ref();
+    status.insert(
+        "code".into(),
+        Dynamic::from_int(i64::from(st.map_or(0, |s| s.code))),
+    );
+    status.insert("status".into(), s(st.map_or("", |s| &s.status)));
+    status.insert("reason".into(), s(st.map_or("", |s| &s.reason)));
+    status.insert("message".into(), s(st.map_or("", |s| &s.message)));
+    status.insert("details".into(), raw(st.and_then(|s| s.details)));
+    m.insert("responseStatus".into(), Dynamic::from_map(status));
+    m.insert("requestObject".into(), raw(ev.request_object));
+    m.insert("responseObject".into(), raw(ev.response_object));
+    let ann = raw(ev.annotations);
+    m.insert(
+        "annotations".into(),
+        if ann.is_unit() { Dynamic::from_map(Map::new()) } else { ann },
+    );
+    m.insert(
+        "requestReceivedTimestamp".into(),
+        s(ev.request_received_timestamp.as_deref().unwrap_or("")),
+    );
+    m.insert(
+        "stageTimestamp".into(),
+        s(ev.stage_timestamp.as_deref().unwrap_or("")),
+    );
+    m.insert("timestamp".into(), s(ev.timestamp.as_deref().unwrap_or("")));
+    Dynamic::from_map(m).into_shared()
+}
+
+/// Runs a condition. `scope` holds `event` and `lists` (see [`compile_scope`]).
+pub fn evaluate(engine: &Engine, scope: &mut Scope<'_>, cond: &Condition) -> Result<bool, String> {
+    let result: Dynamic = engine
+        .eval_ast_with_scope(scope, &cond.ast)
+        .map_err(|e| e.to_string())?;
+    result.as_bool().map_err(|got| {
+        format!("condition must evaluate to a bool, got {got}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_event;
+    use std::collections::BTreeMap;
+
+    fn run(script: &str, event: &str) -> Result<bool, String> {
+        let engine = build_engine(ScriptLimits::default());
+        let mut lists = BTreeMap::new();
+        lists.insert("admins".to_string(), vec!["alice".to_string()]);
+        let lists = lists_dynamic(&lists);
+        let scope = compile_scope(&lists);
+        let ast = engine
+            .compile_with_scope(&scope, script)
+            .map_err(|e| e.to_string())?;
+        let ev = decode_event(event).unwrap();
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("event", event_dynamic(&ev));
+        scope.push_constant_dynamic("lists", lists);
+        evaluate(&engine, &mut scope, &Condition { ast })
+    }
+
+    const EV: &str = r#"{"auditID":"1","verb":"create","user":{"username":"alice","groups":["dev"]},"sourceIPs":["10.1.1.1"],"objectRef":{"resource":"pods","namespace":"prod"},"responseStatus":{"code":201},"requestObject":{"spec":{"hostNetwork":true,"containers":[{"image":"nginx","securityContext":{"privileged":true}}]},"metadata":{"annotations":{"a/b":"x"}}}}"#;
+    const META: &str = r#"{"auditID":"2","verb":"get","user":{"username":"bob"}}"#;
+
+    #[test]
+    fn conditions_see_the_event_and_lists() {
+        assert_eq!(run("event.user.username in lists.admins", EV), Ok(true));
+        assert_eq!(run("event.responseStatus.code < 400", EV), Ok(true));
+        assert_eq!(run("event.effectiveUser.username == \"alice\"", EV), Ok(true));
+        assert_eq!(run("event.requestObject.spec.hostNetwork == true", EV), Ok(true));
+    }
+
+    #[test]
+    fn missing_fields_are_unit_not_errors() {
+        assert_eq!(run("event.requestObject.spec.hostNetwork == true", META), Ok(false));
+        assert_eq!(run("event.requestObject.spec.containers[0].image == \"x\"", META), Ok(false));
+        assert_eq!(run("event.objectRef.namespace == \"\"", META), Ok(true));
+        assert_eq!(run("event.responseStatus.code == 0", META), Ok(true));
+        assert_eq!(run("event.impersonatedUser.username == \"\"", META), Ok(true));
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(run("glob(event.user.username, \"al*\")", EV), Ok(true));
+        assert_eq!(run("regex(event.objectRef.namespace, \"^pr(od|e)$\")", EV), Ok(true));
+        assert_eq!(run("event.sourceIP == \"10.1.1.1\"", EV), Ok(true));
+        assert_eq!(run("type_of(event.sourceIP) == \"string\"", EV), Ok(true));
+        assert_eq!(run("cidr(event.sourceIP, \"10.0.0.0/8\")", EV), Ok(true));
+        assert_eq!(run("cidr(event.sourceIPs, [\"192.168.0.0/16\"])", EV), Ok(false));
+        assert_eq!(run("has(event, \"requestObject.spec.hostNetwork\")", EV), Ok(true));
+        assert_eq!(run("has(event, \"requestObject.spec.hostPID\")", EV), Ok(false));
+        assert_eq!(
+            run("get_path(event.requestObject, \"spec.containers.0.image\") == \"nginx\"", EV),
+            Ok(true)
+        );
+        assert_eq!(run("get_path(event, \"requestObject.x\", 5) == 5", META), Ok(true));
+        assert_eq!(
+            run("json_pointer(event.requestObject, \"/metadata/annotations/a~1b\") == \"x\"", EV),
+            Ok(true)
+        );
+        assert_eq!(run("any_in(event.user.groups, [\"dev\", \"ops\"])", EV), Ok(true));
+        assert_eq!(
+            run("event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)", EV),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn sandbox_limits_and_errors() {
+        let err = run("let x = 0; loop { x += 1; }", EV).unwrap_err();
+        assert!(err.contains("Too many operations"), "{err}");
+        let err = run("eval(\"1\")", EV).unwrap_err();
+        assert!(!err.is_empty());
+        let err = run("event.verb", EV).unwrap_err();
+        assert!(err.contains("must evaluate to a bool"), "{err}");
+        let err = run("evnt.verb == \"x\"", EV).unwrap_err();
+        assert!(err.contains("evnt"), "{err}");
+    }
+}
