@@ -8,4 +8,5 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod alert;
 pub mod rules;

@@ -1,7 +1,146 @@
-//! Rules: the YAML format, loading with positioned errors, and compiled rules.
+//! Rules: the YAML format ([`schema`]), loading with positioned errors ([`load`]), and the
+//! compiled form the engine runs ([`Rule`], [`RuleSet`]).
+//!
+//! Loading validates everything up front (unknown keys, durations, fields, list references,
+//! Rhai syntax, templates, duplicate names) so that a rule set that loads cannot fail later for
+//! a reason visible in the file.
+
+mod load;
 mod matcher;
 mod position;
 mod schema;
 pub mod script;
+mod template;
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use load::{LoadError, LoadOptions, RuleError, collect_rule_files, load_paths, load_str};
 pub use matcher::{Matcher, Patterns, ResourcePattern};
+pub use script::{Condition, ScriptLimits};
+pub use template::{Captured, Summary, default_summary};
+
+use crate::event::Span;
+use crate::event::field::FieldPath;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a rule counts before it fires.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WindowSpec {
+    /// Fire when `threshold` matching requests of one group fall within `over`.
+    Count { over: Span, threshold: u64 },
+    /// Fire when `threshold` distinct values of `field` in one group fall within `over`.
+    Distinct {
+        over: Span,
+        threshold: u64,
+        field: FieldPath,
+    },
+    /// Fire when a group that has been seen stays silent for `after`.
+    Absence { after: Span },
+}
+
+/// Where a rule was defined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: Arc<str>,
+    pub description: Option<Arc<str>>,
+    pub severity: Severity,
+    pub enabled: bool,
+    pub matcher: Matcher,
+    pub condition: Option<Condition>,
+    pub summary: Option<Summary>,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub group_by: Vec<FieldPath>,
+    pub window: Option<WindowSpec>,
+    pub throttle: Option<Span>,
+    pub author: Option<Arc<str>>,
+    pub tags: Vec<String>,
+    pub references: Vec<String>,
+    pub origin: Origin,
+    /// Hash of the rule's definition; equal fingerprints mean window state can be carried over
+    /// a reload.
+    pub fingerprint: u64,
+}
+
+/// Every loaded rule plus what their conditions and templates share.
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    pub lists: BTreeMap<String, Vec<String>>,
+    pub files: Vec<PathBuf>,
+    pub(crate) scripts: rhai::Engine,
+    pub(crate) lists_value: rhai::Dynamic,
+    pub(crate) templates: minijinja::Environment<'static>,
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleSet")
+            .field("rules", &self.rules.len())
+            .field("lists", &self.lists.len())
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl RuleSet {
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| &*r.name == name)
+    }
+
+    pub fn script_engine(&self) -> &rhai::Engine {
+        &self.scripts
+    }
+
+    pub fn lists_value(&self) -> &rhai::Dynamic {
+        &self.lists_value
+    }
+
+    pub fn templates(&self) -> &minijinja::Environment<'static> {
+        &self.templates
+    }
+}

@@ -1,0 +1,109 @@
+//! The alert: what comes out of the engine, and its two renderings (JSON line, text line).
+//!
+//! The JSON form is a public interface (documented in `docs/alerts.md`); notifiers and the
+//! `auditwatch test` harness consume the same struct.
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+
+use crate::event::EventTime;
+use crate::rules::Severity;
+
+/// The group an alert belongs to: `group_by` field → value, in `group_by` order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Group(pub Vec<(Arc<str>, String)>);
+
+impl Serialize for Group {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(&**k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_char(' ')?;
+            }
+            write!(f, "{k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which kind of rule produced the alert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    /// One matching request (no window).
+    Event,
+    Count,
+    Distinct,
+    Absence,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub rule: Arc<str>,
+    pub severity: Severity,
+    pub kind: AlertKind,
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Arc<str>>,
+    pub group: Group,
+    /// Requests in the window when it fired (distinct values for a distinct count; 0 for an
+    /// absence; 1 for a plain event rule).
+    pub count: u64,
+    pub first_seen: EventTime,
+    pub last_seen: EventTime,
+    /// auditIDs of the contributing requests, oldest first, at most [`MAX_AUDIT_IDS`].
+    pub audit_ids: Vec<String>,
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// Firings of this rule and group swallowed by `throttle` since the previous alert.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub suppressed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<Arc<str>>,
+}
+
+/// Cap on `audit_ids` per alert, so a 10,000-event burst makes a readable alert.
+pub const MAX_AUDIT_IDS: usize = 20;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Alert {
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// One human line: `time SEVERITY rule [group] count=N: summary`.
+    pub fn to_text_line(&self) -> String {
+        let mut s = format!(
+            "{} {:<8} {}",
+            self.last_seen,
+            self.severity.as_str().to_uppercase(),
+            self.rule
+        );
+        if !self.group.0.is_empty() {
+            let _ = write!(s, " [{}]", self.group);
+        }
+        if self.kind != AlertKind::Event {
+            let _ = write!(s, " count={}", self.count);
+        }
+        if self.suppressed > 0 {
+            let _ = write!(s, " (+{} throttled)", self.suppressed);
+        }
+        let _ = write!(s, ": {}", self.summary);
+        s
+    }
+}

@@ -1,0 +1,790 @@
+//! Loading rule files: YAML → schema → compiled [`Rule`]s, with every error collected and
+//! pointed at `file:line:column`.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use thiserror::Error;
+
+use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
+use super::position::{Pos, PositionIndex};
+use super::schema::{CodeDoc, MatchDoc, RuleDoc, RuleFile, SeverityDoc, WindowDoc};
+use super::script::{self, Condition, ScriptLimits};
+use super::template::Summary;
+use super::{Origin, Rule, RuleSet, Severity, WindowSpec};
+use crate::event::field::FieldPath;
+use crate::event::{Level, Span, Stage};
+
+/// One problem in one rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no rule files found (looked for *.yaml and *.yml, excluding *.test.yaml)")]
+    Empty { path: String },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<RuleError>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub script_limits: ScriptLimits,
+}
+
+/// True for rule test files, which live beside rules but are not rules.
+pub fn is_test_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml")
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml") | Some("yml")
+    )
+}
+
+/// Expands files and directories (recursively, sorted) into rule files.
+pub fn collect_rule_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let before = out.len();
+            walk_dir(path, &mut out)?;
+            if out.len() == before {
+                return Err(LoadError::Empty {
+                    path: path.display().to_string(),
+                });
+            }
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk_dir(&path, out)?;
+        } else if is_yaml(&path) && !is_test_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Loads every rule file under `paths` into one rule set.
+pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
+    let files = collect_rule_files(paths)?;
+    let mut sources = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
+        sources.push((file.display().to_string(), text));
+    }
+    let mut set = compile(&sources, opts)?;
+    set.files = files;
+    Ok(set)
+}
+
+/// Loads rules from text (used by tests and by callers that already hold the file).
+pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<RuleSet, LoadError> {
+    compile(&[(name.to_owned(), text.to_owned())], opts)
+}
+
+struct ParsedFile {
+    name: Arc<str>,
+    text: String,
+    doc: RuleFile,
+    index: PositionIndex,
+}
+
+struct Errors {
+    list: Vec<RuleError>,
+}
+
+impl Errors {
+    fn at(&mut self, file: &Arc<str>, pos: Pos, message: impl Into<String>) {
+        self.list.push(RuleError {
+            file: file.clone(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        });
+    }
+}
+
+/// Whether a YAML text holds anything but comments and blank lines.
+fn has_content(text: &str) -> bool {
+    text.lines().any(|l| {
+        let t = l.trim();
+        !t.is_empty() && !t.starts_with('#') && t != "---"
+    })
+}
+
+static LOCATION_SUFFIX: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+$").expect("static regex"));
+
+fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
+    let mut errors = Errors { list: Vec::new() };
+    let mut files = Vec::new();
+    for (name, text) in sources {
+        let name: Arc<str> = Arc::from(name.as_str());
+        if !has_content(text) {
+            continue;
+        }
+        match serde_yaml::from_str::<RuleFile>(text) {
+            Ok(doc) => files.push(ParsedFile {
+                name,
+                index: PositionIndex::build(text),
+                text: text.clone(),
+                doc,
+            }),
+            Err(e) => {
+                let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
+                    line: l.line(),
+                    column: l.column(),
+                });
+                let msg = LOCATION_SUFFIX.replace(&e.to_string(), "").into_owned();
+                errors.at(&name, pos, msg);
+            }
+        }
+    }
+
+    // Lists are global: collect them all before compiling any rule.
+    let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut list_origin: HashMap<String, String> = HashMap::new();
+    for f in &files {
+        for (name, items) in &f.doc.lists {
+            let pos = f.index.key(&format!("lists.{name}"));
+            if let Some(first) = list_origin.get(name) {
+                errors.at(&f.name, pos, format!("list {name:?} is already defined at {first}"));
+                continue;
+            }
+            if !is_identifier(name) {
+                errors.at(
+                    &f.name,
+                    pos,
+                    format!("list name {name:?} must be an identifier (letters, digits, _)"),
+                );
+            }
+            list_origin.insert(name.clone(), format!("{}:{}:{}", f.name, pos.line, pos.column));
+            lists.insert(name.clone(), items.clone());
+        }
+    }
+
+    let scripts = script::build_engine(opts.script_limits);
+    let lists_value = script::lists_dynamic(&lists);
+    let mut templates = minijinja::Environment::new();
+    let mut rules = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for f in &files {
+        for (i, doc) in f.doc.rules.iter().enumerate() {
+            let mut cx = RuleContext {
+                file: f,
+                base: format!("rules.{i}"),
+                errors: &mut errors,
+                lists: &lists,
+            };
+            let origin_pos = cx.file.index.key(&format!("{}.name", cx.base));
+            if let Some(first) = seen.get(&doc.name) {
+                let pos = cx.file.index.value(&format!("{}.name", cx.base));
+                cx.errors.at(
+                    &f.name,
+                    pos,
+                    format!("duplicate rule name {:?}: first defined at {first}", doc.name),
+                );
+                continue;
+            }
+            seen.insert(
+                doc.name.clone(),
+                format!("{}:{}:{}", f.name, origin_pos.line, origin_pos.column),
+            );
+            if let Some(rule) = cx.compile_rule(doc, &scripts, &lists_value, &mut templates) {
+                rules.push(Rule {
+                    origin: Origin {
+                        file: f.name.clone(),
+                        line: origin_pos.line,
+                        column: origin_pos.column,
+                    },
+                    ..rule
+                });
+            }
+        }
+    }
+
+    if !errors.list.is_empty() {
+        errors.list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        return Err(LoadError::Invalid(errors.list));
+    }
+    Ok(RuleSet {
+        rules,
+        lists,
+        files: Vec::new(),
+        scripts,
+        lists_value,
+        templates,
+    })
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+struct RuleContext<'a> {
+    file: &'a ParsedFile,
+    base: String,
+    errors: &'a mut Errors,
+    lists: &'a BTreeMap<String, Vec<String>>,
+}
+
+static LIST_REF: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r#"\blists\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*"([^"]*)"\s*\])"#)
+        .expect("static regex")
+});
+
+impl RuleContext<'_> {
+    fn err(&mut self, rel: &str, message: impl Into<String>) {
+        let path = if rel.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}.{rel}", self.base)
+        };
+        let pos = self.file.index.value(&path);
+        self.errors.at(&self.file.name, pos, message);
+    }
+
+    fn span(&mut self, rel: &str, text: &str) -> Option<Span> {
+        match Span::parse(text) {
+            Ok(s) if s.0 > 0 => Some(s),
+            Ok(_) => {
+                self.err(rel, format!("{rel} must be longer than 0s"));
+                None
+            }
+            Err(e) => {
+                self.err(rel, e);
+                None
+            }
+        }
+    }
+
+    fn field(&mut self, rel: &str, text: &str) -> Option<FieldPath> {
+        match FieldPath::parse(text) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.err(rel, e);
+                None
+            }
+        }
+    }
+
+    fn compile_rule(
+        &mut self,
+        doc: &RuleDoc,
+        scripts: &rhai::Engine,
+        lists_value: &rhai::Dynamic,
+        templates: &mut minijinja::Environment<'static>,
+    ) -> Option<Rule> {
+        let before = self.errors.list.len();
+        if doc.name.trim().is_empty() {
+            self.err("name", "rule name must not be empty");
+        }
+        let matcher = match &doc.match_ {
+            Some(m) => self.compile_match(m, "match"),
+            None => Matcher::default(),
+        };
+        let condition = doc
+            .condition
+            .as_deref()
+            .and_then(|c| self.compile_condition(c, scripts, lists_value));
+        let summary = doc.summary.as_deref().and_then(|s| {
+            match Summary::compile(templates, &doc.name, s) {
+                Ok(t) => Some(t),
+                Err((line, msg)) => {
+                    let mut pos = self.file.index.value(&format!("{}.summary", self.base));
+                    pos.line += line.saturating_sub(1);
+                    self.errors.at(&self.file.name, pos, format!("summary: {msg}"));
+                    None
+                }
+            }
+        });
+        let (window, window_group_by) = match &doc.window {
+            Some(w) => self.compile_window(w),
+            None => (None, Vec::new()),
+        };
+        let group_by_text = match (&doc.group_by, window_group_by.is_empty()) {
+            (Some(g), true) => g.clone(),
+            (Some(_), false) => {
+                self.err(
+                    "group_by",
+                    "group_by is given both on the rule and in its window; keep one",
+                );
+                window_group_by
+            }
+            (None, _) => window_group_by,
+        };
+        let group_by_rel = if doc.group_by.is_some() { "group_by" } else { "window.group_by" };
+        let group_by: Vec<FieldPath> = group_by_text
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| self.field(&format!("{group_by_rel}.{i}"), f))
+            .collect();
+        let throttle = doc.throttle.as_deref().and_then(|t| self.span("throttle", t));
+        if self.errors.list.len() != before {
+            return None;
+        }
+        let mut hasher = DefaultHasher::new();
+        format!("{doc:?}").hash(&mut hasher);
+        Some(Rule {
+            name: Arc::from(doc.name.as_str()),
+            description: doc.description.as_deref().map(Arc::from),
+            severity: match doc.severity {
+                SeverityDoc::Info => Severity::Info,
+                SeverityDoc::Low => Severity::Low,
+                SeverityDoc::Medium => Severity::Medium,
+                SeverityDoc::High => Severity::High,
+                SeverityDoc::Critical => Severity::Critical,
+            },
+            enabled: doc.enabled,
+            matcher,
+            condition,
+            summary,
+            labels: Arc::new(doc.labels.clone()),
+            group_by,
+            window,
+            throttle,
+            author: doc.author.as_deref().map(Arc::from),
+            tags: doc.tags.clone(),
+            references: doc.references.clone(),
+            origin: Origin {
+                file: self.file.name.clone(),
+                line: 0,
+                column: 0,
+            },
+            fingerprint: hasher.finish(),
+        })
+    }
+
+    fn compile_window(&mut self, w: &WindowDoc) -> (Option<WindowSpec>, Vec<String>) {
+        let spec = if let Some(absent) = &w.absent_for {
+            for (set, key) in [
+                (w.over.is_some(), "over"),
+                (w.threshold.is_some(), "threshold"),
+                (w.distinct.is_some(), "distinct"),
+            ] {
+                if set {
+                    self.err(
+                        &format!("window.{key}"),
+                        format!("window.{key} cannot be combined with absent_for"),
+                    );
+                }
+            }
+            self.span("window.absent_for", absent)
+                .map(|after| WindowSpec::Absence { after })
+        } else {
+            let over = match &w.over {
+                Some(o) => self.span("window.over", o),
+                None => {
+                    self.err("window", "window needs `over` (e.g. over: 5m) or `absent_for`");
+                    None
+                }
+            };
+            let threshold = match w.threshold {
+                Some(0) => {
+                    self.err("window.threshold", "threshold must be at least 1");
+                    None
+                }
+                Some(t) => Some(t),
+                None => {
+                    self.err("window", "window needs `threshold` (fire at the Nth event in `over`)");
+                    None
+                }
+            };
+            let distinct = w
+                .distinct
+                .as_deref()
+                .map(|d| self.field("window.distinct", d));
+            match (over, threshold, distinct) {
+                (Some(over), Some(threshold), None) => Some(WindowSpec::Count { over, threshold }),
+                (Some(over), Some(threshold), Some(Some(field))) => Some(WindowSpec::Distinct {
+                    over,
+                    threshold,
+                    field,
+                }),
+                _ => None,
+            }
+        };
+        (spec, w.group_by.clone())
+    }
+
+    /// Expands `$list` references in a pattern list.
+    fn expand(&mut self, rel: &str, items: &[String]) -> Vec<String> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(name) = item.strip_prefix('$') {
+                match self.lists.get(name) {
+                    Some(values) => out.extend(values.iter().cloned()),
+                    None => {
+                        let known: Vec<&str> = self.lists.keys().map(|k| k.as_str()).collect();
+                        self.err(
+                            &format!("{rel}.{i}"),
+                            format!(
+                                "unknown list {name:?}{}",
+                                if known.is_empty() {
+                                    " (no lists are defined)".to_owned()
+                                } else {
+                                    format!(" (defined lists: {})", known.join(", "))
+                                }
+                            ),
+                        );
+                    }
+                }
+            } else {
+                out.push(item.clone());
+            }
+        }
+        out
+    }
+
+    fn patterns(&mut self, rel: &str, items: &Option<Vec<String>>) -> Option<Patterns> {
+        let items = items.as_ref()?;
+        let expanded = self.expand(rel, items);
+        match Patterns::compile(&expanded) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.err(rel, e);
+                None
+            }
+        }
+    }
+
+    fn compile_match(&mut self, m: &MatchDoc, rel: &str) -> Matcher {
+        let verbs = m.verbs.as_ref().map(|v| {
+            let expanded = self.expand(&format!("{rel}.verbs"), v);
+            let lowered: Vec<String> = expanded.iter().map(|s| s.to_ascii_lowercase()).collect();
+            Patterns::compile(&lowered).unwrap_or_default()
+        });
+        let resources = m.resources.as_ref().map(|items| {
+            let expanded = self.expand(&format!("{rel}.resources"), items);
+            expanded
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match ResourcePattern::parse(r) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.err(&format!("{rel}.resources.{i}"), e);
+                        None
+                    }
+                })
+                .collect()
+        });
+        let response_codes = m.response_codes.as_ref().map(|codes| {
+            codes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let parsed = match c {
+                        CodeDoc::Code(n) => i32::try_from(*n)
+                            .map(|n| (n, n))
+                            .map_err(|_| format!("invalid response code {n}")),
+                        CodeDoc::Text(t) => parse_code_range(t),
+                    };
+                    parsed
+                        .map_err(|e| self.err(&format!("{rel}.response_codes.{i}"), e))
+                        .ok()
+                })
+                .collect()
+        });
+        let stages = m.stages.as_ref().map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let found = Stage::ALL.iter().copied().find(|st| st.as_str() == s);
+                    if found.is_none() {
+                        self.err(
+                            &format!("{rel}.stages.{i}"),
+                            format!("unknown stage {s:?}: expected RequestReceived, ResponseStarted, ResponseComplete or Panic"),
+                        );
+                    }
+                    found
+                })
+                .collect()
+        });
+        let levels = m.levels.as_ref().map(|items| {
+            items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let found = Level::ALL.iter().copied().find(|l| l.as_str() == s);
+                    if found.is_none() {
+                        self.err(
+                            &format!("{rel}.levels.{i}"),
+                            format!("unknown level {s:?}: expected None, Metadata, Request or RequestResponse"),
+                        );
+                    }
+                    found
+                })
+                .collect()
+        });
+        let source_ips = m.source_ips.as_ref().map(|items| {
+            let expanded = self.expand(&format!("{rel}.source_ips"), items);
+            expanded
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    parse_net(s)
+                        .map_err(|e| self.err(&format!("{rel}.source_ips.{i}"), e))
+                        .ok()
+                })
+                .collect()
+        });
+        let except = m
+            .except
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if !x.except.is_empty() {
+                    self.err(&format!("{rel}.except.{i}.except"), "except blocks cannot nest");
+                }
+                self.compile_match(x, &format!("{rel}.except.{i}"))
+            })
+            .collect();
+        Matcher {
+            verbs,
+            resources,
+            namespaces: self.patterns(&format!("{rel}.namespaces"), &m.namespaces),
+            names: self.patterns(&format!("{rel}.names"), &m.names),
+            users: self.patterns(&format!("{rel}.users"), &m.users),
+            effective_users: self.patterns(&format!("{rel}.effective_users"), &m.effective_users),
+            groups: self.patterns(&format!("{rel}.groups"), &m.groups),
+            response_codes,
+            stages,
+            levels,
+            source_ips,
+            user_agents: self.patterns(&format!("{rel}.user_agents"), &m.user_agents),
+            request_uris: self.patterns(&format!("{rel}.request_uris"), &m.request_uris),
+            except,
+        }
+    }
+
+    /// Maps a (line, column) inside the condition script to a position in the YAML file.
+    fn script_pos(&self, line: usize, column: usize) -> Pos {
+        let path = format!("{}.condition", self.base);
+        let Some(sp) = self.file.index.scalar(&path) else {
+            return self.file.index.value(&path);
+        };
+        let line = line.max(1);
+        let column = column.max(1);
+        let indent_of = |l: usize| {
+            self.file
+                .text
+                .lines()
+                .nth(l.saturating_sub(1))
+                .map_or(0, |s| s.len() - s.trim_start().len())
+        };
+        if sp.block {
+            // yaml-rust2 marks a block scalar at its first content line; every content line
+            // shares that line's indentation.
+            Pos {
+                line: sp.pos.line + line - 1,
+                column: indent_of(sp.pos.line) + column,
+            }
+        } else if line == 1 {
+            Pos {
+                line: sp.pos.line,
+                column: sp.pos.column + column - 1 + usize::from(sp.quoted),
+            }
+        } else {
+            let l = sp.pos.line + line - 1;
+            Pos {
+                line: l,
+                column: indent_of(l) + column,
+            }
+        }
+    }
+
+    fn compile_condition(
+        &mut self,
+        source: &str,
+        scripts: &rhai::Engine,
+        lists_value: &rhai::Dynamic,
+    ) -> Option<Condition> {
+        let scope = script::compile_scope(lists_value);
+        let ast = match scripts.compile_with_scope(&scope, source) {
+            Ok(ast) => ast,
+            Err(e) => {
+                let p = e.position();
+                let (mut line, mut column) = (p.line().unwrap_or(1), p.position().unwrap_or(1));
+                // Rhai places end-of-input errors past the last line; point at its end instead.
+                let lines: Vec<&str> = source.trim_end().lines().collect();
+                if line > lines.len() {
+                    line = lines.len().max(1);
+                    column = lines.last().map_or(0, |l| l.len()) + 1;
+                }
+                let pos = self.script_pos(line, column);
+                self.errors.at(
+                    &self.file.name,
+                    pos,
+                    format!("condition: {}", e.err_type()),
+                );
+                return None;
+            }
+        };
+        let mut ok = true;
+        for cap in LIST_REF.captures_iter(source) {
+            let name = cap.get(1).or_else(|| cap.get(2)).map_or("", |m| m.as_str());
+            if !self.lists.contains_key(name) {
+                let offset = cap.get(0).map_or(0, |m| m.start());
+                let before = &source[..offset];
+                let line = before.matches('\n').count() + 1;
+                let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let pos = self.script_pos(line, column);
+                self.errors.at(
+                    &self.file.name,
+                    pos,
+                    format!("condition: unknown list {name:?}"),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(Condition { ast })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match load_str("r.yaml", text, &LoadOptions::default()) {
+            Ok(_) => Vec::new(),
+            Err(LoadError::Invalid(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn loads_the_issue_example() {
+        let text = r#"
+lists:
+  gitops: ["system:serviceaccount:argocd:argocd-application-controller"]
+rules:
+  - name: ingress-edited-outside-gitops
+    description: An Ingress was changed by someone other than the GitOps controller.
+    severity: high
+    match:
+      verbs: [create, update, patch, delete]
+      resources: [networking.k8s.io/ingresses]
+    condition: 'event.responseStatus.code < 400 && !(event.user.username in lists.gitops)'
+    summary: '{{ user.username }} {{ verb }} ingress {{ objectRef.namespace }}/{{ objectRef.name }}'
+    labels: { team: platform }
+  - name: repeated-auth-failures
+    severity: critical
+    match: { response_codes: [401, 403] }
+    window: { over: 5m, group_by: [user.username], threshold: 5 }
+    throttle: 10m
+"#;
+        let set = load_str("r.yaml", text, &LoadOptions::default()).unwrap();
+        assert_eq!(set.rules.len(), 2);
+        let burst = set.rule("repeated-auth-failures").unwrap();
+        assert_eq!(
+            burst.window,
+            Some(WindowSpec::Count {
+                over: Span::from_secs(300),
+                threshold: 5
+            })
+        );
+        assert_eq!(burst.group_by[0].as_str(), "user.username");
+        assert_eq!(burst.origin.line, 14);
+    }
+
+    #[test]
+    fn every_error_names_its_place() {
+        let text = "rules:\n  - name: a\n    severity: high\n    window: { over: 5min, threshold: 3 }\n  - name: a\n    severity: low\n  - name: b\n    severity: low\n    match: { users: [$admins] }\n    condition: |\n      event.verb == \"get\" &&\n        (event.user.username in lists.nope\n";
+        assert_eq!(
+            errors(text),
+            vec![
+                "r.yaml:4:21: invalid duration \"5min\": unknown unit \"min\" (ms, s, m, h, d, w)",
+                "r.yaml:5:11: duplicate rule name \"a\": first defined at r.yaml:2:5",
+                "r.yaml:9:22: unknown list \"admins\" (no lists are defined)",
+                "r.yaml:12:43: condition: Expecting ')' for a matching ( in this expression",
+            ]
+        );
+    }
+
+    #[test]
+    fn serde_errors_keep_their_position() {
+        let errs = errors("rules:\n  - name: a\n    severity: hgih\n");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("r.yaml:3:15: rules[0].severity: unknown variant `hgih`"),
+            "{errs:?}"
+        );
+        let errs = errors("rules:\n  - name: a\n    severity: low\n    mtch: {}\n");
+        assert!(errs[0].starts_with("r.yaml:4:5: rules[0]: unknown field `mtch`"), "{errs:?}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let errs = errors(
+            "lists:\n  l: [a]\nrules:\n  - name: x\n    severity: low\n    match: { stages: [Done], response_codes: [\"6xx\"], resources: [\"a//b\"], source_ips: [\"10.0.0.0/33\"] }\n    window: { absent_for: 1m, threshold: 2 }\n    condition: 'lists.l.len() > 0 && lists[\"zz\"].len() > 0'\n    group_by: [user.nmae]\n",
+        );
+        let joined = errs.join("\n");
+        for needle in [
+            "unknown stage \"Done\"",
+            "invalid response code \"6xx\"",
+            "invalid resource \"a//b\"",
+            "invalid address or CIDR \"10.0.0.0/33\"",
+            "window.threshold cannot be combined with absent_for",
+            "condition: unknown list \"zz\"",
+            "unknown field \"user.nmae\"",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(errs.len(), 7, "{joined}");
+    }
+}
