@@ -10,3 +10,4 @@
 pub mod event;
 pub mod alert;
 pub mod rules;
+pub mod window;

@@ -1,0 +1,354 @@
+//! Keyed sliding windows in event time.
+//!
+//! The engine hands each windowed rule's matching requests ("hits") to a [`ReorderBuffer`],
+//! which releases them in event-time order once the watermark (newest event time seen minus the
+//! allowed lateness) has passed them. The windows therefore always see time-ordered input, and
+//! the alerts they produce are the same for any arrival order within the lateness bound.
+//! A hit older than the watermark when it arrives is late: it is dropped and counted.
+//!
+//! Semantics, per group key (the rule's `group_by` values):
+//! - **count**: fire when `threshold` hits lie within `over` (first to last, inclusive). The
+//!   window then restarts, so a burst of 10 with threshold 5 gives two firings.
+//! - **distinct**: fire when `threshold` distinct values of a field lie within `over`; restart.
+//! - **absence**: fire once when a key seen before gets no hit for `absent_for`; re-armed by
+//!   its next hit.
+//! - **throttle** (any rule): at most one alert per key per period; swallowed firings are
+//!   counted and reported on the next alert.
+//!
+//! State is bounded: at most `max_keys` keys per rule (the least recently updated key is
+//! evicted and counted), and a count window never holds more than `threshold - 1` hits.
+
+mod reorder;
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+pub use reorder::{Hit, ReorderBuffer};
+
+use crate::event::{EventTime, Span};
+use crate::rules::{Captured, WindowSpec};
+
+/// A group key: the rule's `group_by` values joined with U+001F.
+pub type GroupKey = Arc<str>;
+
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
+/// A window that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Firing {
+    pub key: GroupKey,
+    pub count: u64,
+    pub first_seen: EventTime,
+    pub last_seen: EventTime,
+    pub audit_ids: Vec<String>,
+    pub captured: Captured,
+}
+
+#[derive(Debug)]
+struct CountState {
+    hits: VecDeque<(EventTime, Box<str>)>,
+}
+
+#[derive(Debug)]
+struct DistinctState {
+    /// Hits in time order; may hold stale entries for values seen again later.
+    hits: VecDeque<(EventTime, Box<str>, Box<str>)>,
+    /// Value → time of its newest hit in the window.
+    latest: HashMap<Box<str>, EventTime>,
+}
+
+#[derive(Debug)]
+struct AbsenceState {
+    last: EventTime,
+    fired: bool,
+    captured: Captured,
+    audit_id: Box<str>,
+}
+
+#[derive(Debug)]
+enum KeyState {
+    Count(CountState),
+    Distinct(DistinctState),
+    Absence(AbsenceState),
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: KeyState,
+    updated: EventTime,
+}
+
+/// One rule's window state over all its keys.
+#[derive(Debug)]
+pub struct RuleWindow {
+    spec: WindowSpec,
+    keys: HashMap<GroupKey, Entry>,
+    max_keys: usize,
+    /// Absence deadlines (deadline, key); entries are checked against the key's state on pop.
+    deadlines: BinaryHeap<Reverse<(EventTime, GroupKey)>>,
+    pub evicted: u64,
+}
+
+/// Cap on the number of audit IDs an alert carries.
+const MAX_IDS: usize = crate::alert::MAX_AUDIT_IDS;
+
+impl RuleWindow {
+    pub fn new(spec: WindowSpec, max_keys: usize) -> RuleWindow {
+        RuleWindow {
+            spec,
+            keys: HashMap::new(),
+            max_keys: max_keys.max(1),
+            deadlines: BinaryHeap::new(),
+            evicted: 0,
+        }
+    }
+
+    pub fn spec(&self) -> &WindowSpec {
+        &self.spec
+    }
+
+    /// Number of keys currently held.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Applies one hit (in event-time order). Returns a firing if the window fired.
+    pub fn on_hit(&mut self, hit: Hit) -> Option<Firing> {
+        if !self.keys.contains_key(&hit.key) && self.keys.len() >= self.max_keys {
+            self.evict_oldest();
+        }
+        let spec = self.spec.clone();
+        let entry = self
+            .keys
+            .entry(hit.key.clone())
+            .or_insert_with(|| Entry {
+                state: match spec {
+                    WindowSpec::Count { .. } => KeyState::Count(CountState {
+                        hits: VecDeque::new(),
+                    }),
+                    WindowSpec::Distinct { .. } => KeyState::Distinct(DistinctState {
+                        hits: VecDeque::new(),
+                        latest: HashMap::new(),
+                    }),
+                    WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
+                        last: hit.time,
+                        fired: false,
+                        captured: Captured::default(),
+                        audit_id: "".into(),
+                    }),
+                },
+                updated: hit.time,
+            });
+        entry.updated = hit.time;
+        match (&spec, &mut entry.state) {
+            (WindowSpec::Count { over, threshold }, KeyState::Count(st)) => {
+                while st
+                    .hits
+                    .front()
+                    .is_some_and(|(t, _)| hit.time.0 - t.0 > over.0)
+                {
+                    st.hits.pop_front();
+                }
+                st.hits.push_back((hit.time, hit.audit_id));
+                if st.hits.len() as u64 >= *threshold {
+                    let first_seen = st.hits.front().map_or(hit.time, |h| h.0);
+                    let count = st.hits.len() as u64;
+                    let audit_ids = st
+                        .hits
+                        .iter()
+                        .filter(|(_, id)| !id.is_empty())
+                        .take(MAX_IDS)
+                        .map(|(_, id)| id.to_string())
+                        .collect();
+                    st.hits.clear();
+                    return Some(Firing {
+                        key: hit.key,
+                        count,
+                        first_seen,
+                        last_seen: hit.time,
+                        audit_ids,
+                        captured: hit.captured,
+                    });
+                }
+                None
+            }
+            (WindowSpec::Distinct { over, threshold, .. }, KeyState::Distinct(st)) => {
+                while let Some((t, value, _)) = st.hits.front() {
+                    if hit.time.0 - t.0 <= over.0 {
+                        break;
+                    }
+                    if st.latest.get(value) == Some(t) {
+                        st.latest.remove(value);
+                    }
+                    st.hits.pop_front();
+                }
+                let value = hit.distinct.unwrap_or_default();
+                st.latest.insert(value.clone(), hit.time);
+                st.hits.push_back((hit.time, value, hit.audit_id));
+                // Keep the deque proportional to the distinct values it represents.
+                if st.hits.len() > 2 * st.latest.len() + 16 {
+                    let latest = &st.latest;
+                    st.hits.retain(|(t, v, _)| latest.get(v) == Some(t));
+                }
+                if st.latest.len() as u64 >= *threshold {
+                    let count = st.latest.len() as u64;
+                    let first_seen = st.hits.front().map_or(hit.time, |h| h.0);
+                    let audit_ids = st
+                        .hits
+                        .iter()
+                        .filter(|(t, v, id)| !id.is_empty() && st.latest.get(v) == Some(t))
+                        .take(MAX_IDS)
+                        .map(|(_, _, id)| id.to_string())
+                        .collect();
+                    st.hits.clear();
+                    st.latest.clear();
+                    return Some(Firing {
+                        key: hit.key,
+                        count,
+                        first_seen,
+                        last_seen: hit.time,
+                        audit_ids,
+                        captured: hit.captured,
+                    });
+                }
+                None
+            }
+            (WindowSpec::Absence { after }, KeyState::Absence(st)) => {
+                st.last = hit.time;
+                st.fired = false;
+                st.captured = hit.captured;
+                st.audit_id = hit.audit_id;
+                self.deadlines
+                    .push(Reverse((hit.time.saturating_add(*after), hit.key)));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Fires absence windows whose silence reached `absent_for` before `watermark`.
+    pub fn on_watermark(&mut self, watermark: EventTime, out: &mut Vec<(EventTime, Firing)>) {
+        let WindowSpec::Absence { after } = self.spec else {
+            return;
+        };
+        while let Some(Reverse((deadline, _))) = self.deadlines.peek() {
+            if *deadline > watermark {
+                break;
+            }
+            let Some(Reverse((deadline, key))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(entry) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            let KeyState::Absence(st) = &mut entry.state else {
+                continue;
+            };
+            // Stale deadline: the key was hit again after this deadline was scheduled.
+            if st.fired || st.last.saturating_add(after) != deadline {
+                continue;
+            }
+            st.fired = true;
+            let audit_ids = if st.audit_id.is_empty() {
+                Vec::new()
+            } else {
+                vec![st.audit_id.to_string()]
+            };
+            out.push((
+                deadline,
+                Firing {
+                    key,
+                    count: 0,
+                    first_seen: st.last,
+                    last_seen: st.last,
+                    audit_ids,
+                    captured: st.captured.clone(),
+                },
+            ));
+        }
+    }
+
+    /// Drops keys with nothing left in their window before `watermark`, to keep memory flat.
+    pub fn expire(&mut self, watermark: EventTime) {
+        let spec = self.spec.clone();
+        self.keys.retain(|_, e| match (&spec, &e.state) {
+            (WindowSpec::Count { over, .. }, KeyState::Count(st)) => st
+                .hits
+                .back()
+                .is_some_and(|(t, _)| watermark.0 - t.0 <= over.0),
+            (WindowSpec::Distinct { over, .. }, KeyState::Distinct(st)) => st
+                .hits
+                .back()
+                .is_some_and(|(t, _, _)| watermark.0 - t.0 <= over.0),
+            // An absence key is the memory that the key exists; keep it until it fired.
+            (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
+            _ => false,
+        });
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(oldest) = self
+            .keys
+            .iter()
+            .min_by_key(|(_, e)| e.updated)
+            .map(|(k, _)| k.clone())
+        {
+            self.keys.remove(&oldest);
+            self.evicted += 1;
+        }
+    }
+}
+
+/// Per-key throttle: at most one alert per key per `period` of event time.
+#[derive(Debug)]
+pub struct Throttle {
+    period: Span,
+    until: HashMap<GroupKey, (EventTime, u64)>,
+}
+
+impl Throttle {
+    pub fn new(period: Span) -> Throttle {
+        Throttle {
+            period,
+            until: HashMap::new(),
+        }
+    }
+
+    /// `Some(swallowed)` if an alert for `key` at `time` may go out (with the number of
+    /// firings swallowed since the previous one); `None` if it is throttled.
+    pub fn admit(&mut self, key: &GroupKey, time: EventTime) -> Option<u64> {
+        match self.until.get_mut(key) {
+            Some((until, swallowed)) if time < *until => {
+                *swallowed += 1;
+                None
+            }
+            Some((until, swallowed)) => {
+                *until = time.saturating_add(self.period);
+                Some(std::mem::take(swallowed))
+            }
+            None => {
+                self.until
+                    .insert(key.clone(), (time.saturating_add(self.period), 0));
+                Some(0)
+            }
+        }
+    }
+
+    /// Forgets keys whose throttle ended before `watermark` and swallowed nothing.
+    pub fn expire(&mut self, watermark: EventTime) {
+        self.until
+            .retain(|_, (until, swallowed)| *until > watermark || *swallowed > 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

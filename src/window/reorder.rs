@@ -1,0 +1,154 @@
+//! The reorder buffer: holds windowed hits until the watermark passes them, then releases them
+//! in (event time, auditID, arrival) order.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+
+use super::GroupKey;
+use crate::event::{EventTime, Span};
+use crate::rules::Captured;
+
+/// One matching request of a windowed rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub time: EventTime,
+    pub key: GroupKey,
+    pub audit_id: Box<str>,
+    /// The `distinct` field's value, for distinct-count windows.
+    pub distinct: Option<Box<str>>,
+    /// Event values the rule's summary template reads.
+    pub captured: Captured,
+}
+
+struct Pending {
+    hit: Hit,
+    rule: usize,
+    seq: u64,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.hit.time, &self.hit.audit_id, self.seq).cmp(&(
+            other.hit.time,
+            &other.hit.audit_id,
+            other.seq,
+        ))
+    }
+}
+
+/// Orders hits by event time within the allowed lateness.
+pub struct ReorderBuffer {
+    lateness: Span,
+    heap: BinaryHeap<Reverse<Pending>>,
+    newest: EventTime,
+    watermark: EventTime,
+    seq: u64,
+    max_pending: usize,
+    /// Hits refused because they were older than the watermark on arrival.
+    pub late: u64,
+    /// Hits released early because the buffer was full.
+    pub forced: u64,
+}
+
+impl ReorderBuffer {
+    pub fn new(lateness: Span, max_pending: usize) -> ReorderBuffer {
+        ReorderBuffer {
+            lateness,
+            heap: BinaryHeap::new(),
+            newest: EventTime::MIN,
+            watermark: EventTime::MIN,
+            seq: 0,
+            max_pending: max_pending.max(1),
+            late: 0,
+            forced: 0,
+        }
+    }
+
+    /// The newest event time seen.
+    pub fn newest(&self) -> EventTime {
+        self.newest
+    }
+
+    /// Hits at or after the watermark are accepted; the watermark only moves forward.
+    pub fn watermark(&self) -> EventTime {
+        self.watermark
+    }
+
+    pub fn pending(&self) -> usize {
+        self.heap.len()
+    }
+
+    /// Records that the stream has reached `time` (every event, matching or not, calls this).
+    pub fn observe(&mut self, time: EventTime) {
+        if time > self.newest {
+            self.newest = time;
+            let w = time.saturating_sub(self.lateness);
+            if w > self.watermark {
+                self.watermark = w;
+            }
+        }
+    }
+
+    /// Moves the watermark to at least `to` (live sources use the wall clock for this so that
+    /// windows close when the stream goes quiet).
+    pub fn advance_to(&mut self, to: EventTime) {
+        if to > self.watermark {
+            self.watermark = to;
+        }
+        if to > self.newest {
+            self.newest = to;
+        }
+    }
+
+    /// Queues a hit of rule `rule`. Returns false (and counts it) if it is late.
+    pub fn push(&mut self, rule: usize, hit: Hit) -> bool {
+        if hit.time < self.watermark {
+            self.late += 1;
+            return false;
+        }
+        self.seq += 1;
+        self.heap.push(Reverse(Pending {
+            hit,
+            rule,
+            seq: self.seq,
+        }));
+        true
+    }
+
+    /// Pops the next hit that the watermark has passed (or any hit, if over capacity).
+    pub fn pop_ready(&mut self) -> Option<(usize, Hit)> {
+        let over_capacity = self.heap.len() > self.max_pending;
+        let ready = self
+            .heap
+            .peek()
+            .is_some_and(|Reverse(p)| p.hit.time < self.watermark || over_capacity);
+        if !ready {
+            return None;
+        }
+        if over_capacity {
+            self.forced += 1;
+        }
+        self.heap.pop().map(|Reverse(p)| (p.rule, p.hit))
+    }
+
+    /// Pops the next hit regardless of the watermark (end of input). The watermark follows,
+    /// so a hit older than one released this way is late.
+    pub fn pop_any(&mut self) -> Option<(usize, Hit)> {
+        let Reverse(p) = self.heap.pop()?;
+        if p.hit.time > self.watermark {
+            self.watermark = p.hit.time;
+        }
+        Some((p.rule, p.hit))
+    }
+}

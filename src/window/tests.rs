@@ -1,0 +1,163 @@
+use super::*;
+
+const MIN: i64 = 60;
+
+fn hit(secs: i64, key: &str, id: &str) -> Hit {
+    Hit {
+        time: EventTime::from_secs(secs),
+        key: Arc::from(key),
+        audit_id: id.into(),
+        distinct: None,
+        captured: Captured::default(),
+    }
+}
+
+fn count(over_secs: i64, threshold: u64) -> RuleWindow {
+    RuleWindow::new(
+        WindowSpec::Count {
+            over: Span::from_secs(over_secs),
+            threshold,
+        },
+        1000,
+    )
+}
+
+#[test]
+fn count_window_slides_across_minute_boundaries() {
+    // Five failures spread across a minute boundary and within 5m: fires at the fifth.
+    let mut w = count(5 * MIN, 5);
+    let times = [58, 61, 119, 121, 290];
+    let mut fired = Vec::new();
+    for (i, t) in times.iter().enumerate() {
+        if let Some(f) = w.on_hit(hit(*t, "mallory", &format!("id{i}"))) {
+            fired.push(f);
+        }
+    }
+    assert_eq!(fired.len(), 1);
+    let f = &fired[0];
+    assert_eq!((f.count, f.first_seen, f.last_seen), (5, EventTime::from_secs(58), EventTime::from_secs(290)));
+    assert_eq!(f.audit_ids, ["id0", "id1", "id2", "id3", "id4"]);
+}
+
+#[test]
+fn count_window_forgets_hits_older_than_over_and_restarts_after_firing() {
+    let mut w = count(60, 3);
+    assert!(w.on_hit(hit(0, "k", "a")).is_none());
+    assert!(w.on_hit(hit(30, "k", "b")).is_none());
+    // 61s after the first: the first has slid out, so only two remain.
+    assert!(w.on_hit(hit(61, "k", "c")).is_none());
+    let f = w.on_hit(hit(62, "k", "d")).expect("b, c, d within 60s");
+    assert_eq!(f.first_seen, EventTime::from_secs(30));
+    // Restarted: the next two do not fire, the third does.
+    assert!(w.on_hit(hit(63, "k", "e")).is_none());
+    assert!(w.on_hit(hit(64, "k", "f")).is_none());
+    assert!(w.on_hit(hit(65, "k", "g")).is_some());
+    // Inclusive bound: exactly `over` apart still counts.
+    let mut w = count(60, 2);
+    w.on_hit(hit(0, "k", "a"));
+    assert!(w.on_hit(hit(60, "k", "b")).is_some());
+}
+
+#[test]
+fn keys_are_independent_and_bounded() {
+    let mut w = RuleWindow::new(
+        WindowSpec::Count {
+            over: Span::from_secs(60),
+            threshold: 2,
+        },
+        2,
+    );
+    assert!(w.on_hit(hit(0, "a", "1")).is_none());
+    assert!(w.on_hit(hit(1, "b", "2")).is_none());
+    // A third key evicts the least recently updated one ("a").
+    assert!(w.on_hit(hit(2, "c", "3")).is_none());
+    assert_eq!((w.key_count(), w.evicted), (2, 1));
+    assert!(w.on_hit(hit(3, "a", "4")).is_none(), "a's first hit was evicted");
+    assert!(w.on_hit(hit(4, "c", "5")).is_some());
+}
+
+#[test]
+fn distinct_counts_values_not_hits() {
+    let mut w = RuleWindow::new(
+        WindowSpec::Distinct {
+            over: Span::from_secs(30 * MIN),
+            threshold: 3,
+            field: crate::event::field::FieldPath::parse("objectRef.name").unwrap(),
+        },
+        100,
+    );
+    let mut h = |t: i64, v: &str| {
+        let mut x = hit(t, "eve", &format!("id-{t}"));
+        x.distinct = Some(v.into());
+        w.on_hit(x)
+    };
+    assert!(h(0, "s1").is_none());
+    for t in 1..50 {
+        assert!(h(t, "s1").is_none(), "the same secret again is not new");
+    }
+    assert!(h(50, "s2").is_none());
+    let f = h(60, "s3").expect("three distinct secrets");
+    assert_eq!(f.count, 3);
+    assert_eq!(f.audit_ids, ["id-49", "id-50", "id-60"]);
+    // Values slide out too.
+    assert!(h(4000, "a").is_none());
+    assert!(h(4001, "b").is_none());
+    assert!(h(4001 + 30 * MIN + 1, "c").is_none(), "a and b slid out");
+}
+
+#[test]
+fn absence_fires_once_per_silence_and_rearms() {
+    let mut w = RuleWindow::new(
+        WindowSpec::Absence {
+            after: Span::from_secs(10 * MIN),
+        },
+        100,
+    );
+    let mut out = Vec::new();
+    w.on_hit(hit(0, "", "a"));
+    w.on_hit(hit(5 * MIN, "", "b"));
+    w.on_watermark(EventTime::from_secs(14 * MIN), &mut out);
+    assert!(out.is_empty(), "b at 5m re-armed the deadline to 15m");
+    w.on_watermark(EventTime::from_secs(15 * MIN), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, EventTime::from_secs(15 * MIN));
+    assert_eq!(out[0].1.last_seen, EventTime::from_secs(5 * MIN));
+    assert_eq!(out[0].1.audit_ids, ["b"]);
+    w.on_watermark(EventTime::from_secs(60 * MIN), &mut out);
+    assert_eq!(out.len(), 1, "one alert per silence");
+    w.on_hit(hit(61 * MIN, "", "c"));
+    w.on_watermark(EventTime::from_secs(71 * MIN), &mut out);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn throttle_swallows_and_reports() {
+    let mut t = Throttle::new(Span::from_secs(10 * MIN));
+    let k: GroupKey = Arc::from("mallory");
+    assert_eq!(t.admit(&k, EventTime::from_secs(0)), Some(0));
+    assert_eq!(t.admit(&k, EventTime::from_secs(60)), None);
+    assert_eq!(t.admit(&k, EventTime::from_secs(599)), None);
+    assert_eq!(t.admit(&k, EventTime::from_secs(600)), Some(2));
+    assert_eq!(t.admit(&Arc::from("other"), EventTime::from_secs(601)), Some(0));
+}
+
+#[test]
+fn reorder_buffer_releases_in_time_order_and_refuses_late_hits() {
+    let mut b = ReorderBuffer::new(Span::from_secs(10), 1000);
+    let mut released = Vec::new();
+    for t in [5, 3, 12, 8, 20, 15] {
+        b.observe(EventTime::from_secs(t));
+        assert!(b.push(0, hit(t, "k", &t.to_string())));
+        while let Some((_, h)) = b.pop_ready() {
+            released.push(h.time.0 / 1_000_000_000);
+        }
+    }
+    assert_eq!(released, [3, 5, 8], "newest 20s - lateness 10s releases everything before 10s");
+    b.observe(EventTime::from_secs(30));
+    assert!(!b.push(0, hit(10, "k", "late")), "older than 30s - 10s");
+    assert_eq!(b.late, 1);
+    while let Some((_, h)) = b.pop_any() {
+        released.push(h.time.0 / 1_000_000_000);
+    }
+    assert_eq!(released, [3, 5, 8, 12, 15, 20]);
+}
