@@ -11,3 +11,4 @@ pub mod event;
 pub mod alert;
 pub mod rules;
 pub mod window;
+pub mod engine;

@@ -146,7 +146,7 @@ impl RuleWindow {
                 while st
                     .hits
                     .front()
-                    .is_some_and(|(t, _)| hit.time.0 - t.0 > over.0)
+                    .is_some_and(|(t, _)| hit.time.0.saturating_sub(t.0) > over.0)
                 {
                     st.hits.pop_front();
                 }
@@ -175,7 +175,7 @@ impl RuleWindow {
             }
             (WindowSpec::Distinct { over, threshold, .. }, KeyState::Distinct(st)) => {
                 while let Some((t, value, _)) = st.hits.front() {
-                    if hit.time.0 - t.0 <= over.0 {
+                    if hit.time.0.saturating_sub(t.0) <= over.0 {
                         break;
                     }
                     if st.latest.get(value) == Some(t) {
@@ -276,11 +276,11 @@ impl RuleWindow {
             (WindowSpec::Count { over, .. }, KeyState::Count(st)) => st
                 .hits
                 .back()
-                .is_some_and(|(t, _)| watermark.0 - t.0 <= over.0),
+                .is_some_and(|(t, _)| watermark.0.saturating_sub(t.0) <= over.0),
             (WindowSpec::Distinct { over, .. }, KeyState::Distinct(st)) => st
                 .hits
                 .back()
-                .is_some_and(|(t, _, _)| watermark.0 - t.0 <= over.0),
+                .is_some_and(|(t, _, _)| watermark.0.saturating_sub(t.0) <= over.0),
             // An absence key is the memory that the key exists; keep it until it fired.
             (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
             _ => false,

@@ -1,0 +1,577 @@
+//! The engine: one event in, alerts out. Plain synchronous code, so it is easy to test, to
+//! benchmark, and to drive from a replay or a live daemon alike.
+//!
+//! Per event: look up the rules that can match its verb (an index built at load), run each
+//! rule's match block, then its Rhai condition (the event is converted for Rhai at most once),
+//! then apply "one request, one match". Plain rules alert at once (subject to `throttle`);
+//! windowed rules hand a hit to the reorder buffer, and the windows fire as the watermark moves.
+
+mod dedup;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Scope};
+use serde_json::{Map, Value};
+
+pub use dedup::{RequestDedup, audit_key};
+
+use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS};
+use crate::event::{AuditEvent, EventTime, Span};
+use crate::rules::script::{event_dynamic, evaluate};
+use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
+use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
+
+/// Tuning knobs; the defaults suit both replay and a live stream.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// How far behind the newest event an event may arrive and still count in windows.
+    pub lateness: Span,
+    /// Keys per windowed rule before the least recently updated is evicted.
+    pub max_keys_per_rule: usize,
+    /// How long "one request, one match" remembers a request.
+    pub dedup_horizon: Span,
+    /// How many (request, rule) matches it remembers at most.
+    pub dedup_capacity: usize,
+    /// Windowed hits waiting for the watermark, at most.
+    pub max_pending: usize,
+    /// Script errors kept for the caller to report (all are counted).
+    pub max_diagnostics: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            lateness: Span::from_secs(5),
+            max_keys_per_rule: 100_000,
+            dedup_horizon: Span::from_secs(3600),
+            dedup_capacity: 1_000_000,
+            max_pending: 1_000_000,
+            max_diagnostics: 1000,
+        }
+    }
+}
+
+/// Counters per rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// Events that passed the match block.
+    pub prefiltered: u64,
+    /// Condition runs.
+    pub evaluated: u64,
+    /// Requests that matched (after dedup).
+    pub matched: u64,
+    /// Later records of an already matched request.
+    pub deduplicated: u64,
+    pub alerts: u64,
+    pub throttled: u64,
+    pub script_errors: u64,
+    /// Hits older than the watermark on arrival.
+    pub late: u64,
+    pub evicted_keys: u64,
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub events: u64,
+    pub events_without_time: u64,
+    pub late_hits: u64,
+    pub forced_releases: u64,
+}
+
+/// A script error, for the caller to log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptError {
+    pub rule: Arc<str>,
+    pub audit_id: String,
+    pub message: String,
+}
+
+struct RuleState {
+    window: Option<RuleWindow>,
+    throttle: Option<Throttle>,
+    stats: RuleStats,
+}
+
+impl RuleState {
+    fn new(rule: &Rule, opts: &EngineOptions) -> RuleState {
+        RuleState {
+            window: rule
+                .window
+                .clone()
+                .map(|spec| RuleWindow::new(spec, opts.max_keys_per_rule)),
+            throttle: rule.throttle.map(Throttle::new),
+            stats: RuleStats::default(),
+        }
+    }
+}
+
+pub struct Engine {
+    rules: Arc<RuleSet>,
+    opts: EngineOptions,
+    /// Verb → indices of the rules that can match it, in rule order.
+    by_verb: HashMap<Box<str>, Vec<u32>>,
+    any_verb: Vec<u32>,
+    states: Vec<RuleState>,
+    dedup: RequestDedup,
+    reorder: ReorderBuffer,
+    scope: Scope<'static>,
+    stats: EngineStats,
+    diagnostics: Vec<ScriptError>,
+    /// Event time of the last housekeeping pass.
+    last_expiry: EventTime,
+    firings: Vec<(EventTime, Firing)>,
+}
+
+impl Engine {
+    pub fn new(rules: Arc<RuleSet>, opts: EngineOptions) -> Engine {
+        let states = rules.rules.iter().map(|r| RuleState::new(r, &opts)).collect();
+        let (by_verb, any_verb) = index_by_verb(&rules);
+        let mut scope = Scope::new();
+        scope.push_dynamic("event", Dynamic::UNIT);
+        scope.push_dynamic("lists", rules.lists_value().clone());
+        Engine {
+            dedup: RequestDedup::new(opts.dedup_horizon, opts.dedup_capacity),
+            reorder: ReorderBuffer::new(opts.lateness, opts.max_pending),
+            rules,
+            opts,
+            by_verb,
+            any_verb,
+            states,
+            scope,
+            stats: EngineStats::default(),
+            diagnostics: Vec::new(),
+            last_expiry: EventTime::MIN,
+            firings: Vec::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            late_hits: self.reorder.late,
+            forced_releases: self.reorder.forced,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Per-rule counters, in rule order.
+    pub fn rule_stats(&self) -> impl Iterator<Item = (&Rule, RuleStats)> {
+        self.rules.rules.iter().zip(&self.states).map(|(r, s)| {
+            let mut stats = s.stats.clone();
+            stats.evicted_keys = s.window.as_ref().map_or(0, |w| w.evicted);
+            (r, stats)
+        })
+    }
+
+    /// Keys held in windows, over all rules.
+    pub fn window_keys(&self) -> usize {
+        self.states
+            .iter()
+            .filter_map(|s| s.window.as_ref())
+            .map(|w| w.key_count())
+            .sum()
+    }
+
+    /// Takes the script errors collected since the last call.
+    pub fn take_script_errors(&mut self) -> Vec<ScriptError> {
+        std::mem::take(&mut self.diagnostics)
+    }
+
+    /// Replaces the rule set. Window and throttle state of rules whose name and definition are
+    /// unchanged carries over; new and changed rules start empty.
+    pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
+        let mut old: HashMap<(Arc<str>, u64), RuleState> = self
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.fingerprint))
+            .zip(self.states.drain(..))
+            .collect();
+        self.states = rules
+            .rules
+            .iter()
+            .map(|r| {
+                old.remove(&(r.name.clone(), r.fingerprint))
+                    .unwrap_or_else(|| RuleState::new(r, &self.opts))
+            })
+            .collect();
+        let (by_verb, any_verb) = index_by_verb(&rules);
+        self.by_verb = by_verb;
+        self.any_verb = any_verb;
+        self.scope = Scope::new();
+        self.scope.push_dynamic("event", Dynamic::UNIT);
+        self.scope.push_dynamic("lists", rules.lists_value().clone());
+        // Pending hits of removed rules would index the wrong rule: release them first.
+        let mut sink = Vec::new();
+        self.drain_pending(&mut sink);
+        self.rules = rules;
+    }
+
+    /// Evaluates one event; alerts go to `out`.
+    pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Alert>) {
+        self.stats.events += 1;
+        let time = match ev.time {
+            Some(t) => {
+                self.reorder.observe(t);
+                t
+            }
+            None => {
+                self.stats.events_without_time += 1;
+                self.reorder.newest().max(EventTime(0))
+            }
+        };
+        let rules = Arc::clone(&self.rules);
+        let candidates: &[u32] = match self.by_verb.get(ev.verb.as_str()) {
+            Some(list) => list,
+            None => &self.any_verb,
+        };
+        let mut event_value: Option<Dynamic> = None;
+        for &idx in candidates {
+            let rule = &rules.rules[idx as usize];
+            if !rule.matcher.matches(ev) {
+                continue;
+            }
+            let state = &mut self.states[idx as usize];
+            state.stats.prefiltered += 1;
+            if let Some(cond) = &rule.condition {
+                if event_value.is_none() {
+                    let v = event_dynamic(ev);
+                    self.scope.set_value("event", v.clone());
+                    event_value = Some(v);
+                }
+                state.stats.evaluated += 1;
+                let result = evaluate(rules.script_engine(), &mut self.scope, cond);
+                self.scope.rewind(2);
+                match result {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(message) => {
+                        state.stats.script_errors += 1;
+                        if self.diagnostics.len() < self.opts.max_diagnostics {
+                            self.diagnostics.push(ScriptError {
+                                rule: rule.name.clone(),
+                                audit_id: ev.audit_id.to_string(),
+                                message,
+                            });
+                        }
+                        continue;
+                    }
+                }
+            }
+            if !self.dedup.first_match(&ev.audit_id, idx, time) {
+                state.stats.deduplicated += 1;
+                continue;
+            }
+            state.stats.matched += 1;
+            let key = group_key(rule, ev);
+            let captured = rule
+                .summary
+                .as_ref()
+                .map(|s| s.capture(ev))
+                .unwrap_or_default();
+            match &rule.window {
+                None => {
+                    let swallowed = match &mut state.throttle {
+                        Some(t) => match t.admit(&key, time) {
+                            Some(n) => n,
+                            None => {
+                                state.stats.throttled += 1;
+                                continue;
+                            }
+                        },
+                        None => 0,
+                    };
+                    state.stats.alerts += 1;
+                    let summary = match &rule.summary {
+                        Some(_) => None,
+                        None => Some(default_summary(ev)),
+                    };
+                    let firing = Firing {
+                        key,
+                        count: 1,
+                        first_seen: time,
+                        last_seen: time,
+                        audit_ids: if ev.audit_id.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![ev.audit_id.to_string()]
+                        },
+                        captured,
+                    };
+                    out.push(build_alert(
+                        rule,
+                        &rules,
+                        AlertKind::Event,
+                        firing,
+                        swallowed,
+                        summary,
+                    ));
+                }
+                Some(spec) => {
+                    let distinct = match spec {
+                        WindowSpec::Distinct { field, .. } => {
+                            Some(field.resolve(ev).to_key_string().into_boxed_str())
+                        }
+                        _ => None,
+                    };
+                    let hit = Hit {
+                        time,
+                        key,
+                        audit_id: ev.audit_id.as_str().into(),
+                        distinct,
+                        captured,
+                    };
+                    if !self.reorder.push(idx as usize, hit) {
+                        state.stats.late += 1;
+                    }
+                }
+            }
+        }
+        self.release(out);
+    }
+
+    /// Moves event time forward without an event (a live source's clock tick), so windows
+    /// close and absence rules fire while the stream is quiet.
+    pub fn advance_watermark(&mut self, to: EventTime, out: &mut Vec<Alert>) {
+        self.reorder.advance_to(to);
+        self.release(out);
+    }
+
+    /// End of input: releases every pending hit and fires what is due at the newest event time.
+    /// Absence rules do not fire for the silence after the end of a file.
+    pub fn finish(&mut self, out: &mut Vec<Alert>) {
+        self.drain_pending(out);
+        let newest = self.reorder.newest();
+        self.fire_absences(newest, out);
+    }
+
+    fn drain_pending(&mut self, out: &mut Vec<Alert>) {
+        while let Some((rule, hit)) = self.reorder.pop_any() {
+            self.apply_hit(rule, hit, out);
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<Alert>) {
+        while let Some((rule, hit)) = self.reorder.pop_ready() {
+            let time = hit.time;
+            // Absence deadlines that passed before this hit fire first, in time order.
+            self.fire_absences(time, out);
+            self.apply_hit(rule, hit, out);
+        }
+        let watermark = self.reorder.watermark();
+        self.fire_absences(watermark, out);
+        self.housekeeping(watermark);
+    }
+
+    fn apply_hit(&mut self, idx: usize, hit: Hit, out: &mut Vec<Alert>) {
+        let rules = Arc::clone(&self.rules);
+        let (Some(rule), Some(state)) = (rules.rules.get(idx), self.states.get_mut(idx)) else {
+            return;
+        };
+        let Some(window) = state.window.as_mut() else {
+            return;
+        };
+        if let Some(firing) = window.on_hit(hit) {
+            let kind = match window.spec() {
+                WindowSpec::Distinct { .. } => AlertKind::Distinct,
+                _ => AlertKind::Count,
+            };
+            emit(rule, &rules, state, kind, firing.last_seen, firing, out);
+        }
+    }
+
+    fn fire_absences(&mut self, watermark: EventTime, out: &mut Vec<Alert>) {
+        let rules = Arc::clone(&self.rules);
+        for (rule, state) in rules.rules.iter().zip(self.states.iter_mut()) {
+            let Some(window) = state.window.as_mut() else {
+                continue;
+            };
+            if !matches!(window.spec(), WindowSpec::Absence { .. }) {
+                continue;
+            }
+            window.on_watermark(watermark, &mut self.firings);
+            for (at, firing) in self.firings.drain(..) {
+                emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
+            }
+        }
+    }
+
+    /// Expires idle window keys, throttles and dedup entries, at most once per minute of
+    /// event time.
+    fn housekeeping(&mut self, watermark: EventTime) {
+        if watermark == EventTime::MIN
+            || watermark.0.saturating_sub(self.last_expiry.0) < 60_000_000_000
+        {
+            return;
+        }
+        self.last_expiry = watermark;
+        for state in &mut self.states {
+            if let Some(w) = state.window.as_mut() {
+                w.expire(watermark);
+            }
+            if let Some(t) = state.throttle.as_mut() {
+                t.expire(watermark);
+            }
+        }
+        self.dedup.expire(self.reorder.newest());
+    }
+}
+
+fn emit(
+    rule: &Rule,
+    rules: &RuleSet,
+    state: &mut RuleState,
+    kind: AlertKind,
+    at: EventTime,
+    firing: Firing,
+    out: &mut Vec<Alert>,
+) {
+    let swallowed = match &mut state.throttle {
+        Some(t) => match t.admit(&firing.key, at) {
+            Some(n) => n,
+            None => {
+                state.stats.throttled += 1;
+                return;
+            }
+        },
+        None => 0,
+    };
+    state.stats.alerts += 1;
+    out.push(build_alert(rule, rules, kind, firing, swallowed, None));
+}
+
+fn index_by_verb(rules: &RuleSet) -> (HashMap<Box<str>, Vec<u32>>, Vec<u32>) {
+    let mut any = Vec::new();
+    let mut by_verb: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+    for (i, rule) in rules.rules.iter().enumerate() {
+        if !rule.enabled {
+            continue;
+        }
+        match rule.matcher.verbs.as_ref().and_then(|v| v.exact_values()) {
+            Some(verbs) => {
+                for v in verbs {
+                    by_verb.entry(v.into()).or_default().push(i as u32);
+                }
+            }
+            None => any.push(i as u32),
+        }
+    }
+    // Each verb's list also holds the any-verb rules, merged in rule order.
+    for list in by_verb.values_mut() {
+        list.extend(&any);
+        list.sort_unstable();
+        list.dedup();
+    }
+    (by_verb, any)
+}
+
+fn group_key(rule: &Rule, ev: &AuditEvent<'_>) -> GroupKey {
+    match rule.group_by.as_slice() {
+        [] => Arc::from(""),
+        [one] => Arc::from(one.resolve(ev).to_key_string()),
+        many => {
+            let mut key = String::new();
+            for (i, f) in many.iter().enumerate() {
+                if i > 0 {
+                    key.push(KEY_SEPARATOR);
+                }
+                key.push_str(&f.resolve(ev).to_key_string());
+            }
+            Arc::from(key)
+        }
+    }
+}
+
+fn build_alert(
+    rule: &Rule,
+    rules: &RuleSet,
+    kind: AlertKind,
+    firing: Firing,
+    suppressed: u64,
+    fallback_summary: Option<String>,
+) -> Alert {
+    let group = Group(if rule.group_by.is_empty() {
+        Vec::new()
+    } else {
+        rule.group_by
+            .iter()
+            .zip(firing.key.split(KEY_SEPARATOR))
+            .map(|(f, v)| (Arc::from(f.as_str()), v.to_owned()))
+            .collect()
+    });
+    let summary = match (&rule.summary, fallback_summary) {
+        (Some(template), _) => {
+            let mut vars = Map::new();
+            vars.insert("rule".into(), Value::from(&*rule.name));
+            vars.insert("severity".into(), Value::from(rule.severity.as_str()));
+            vars.insert("count".into(), Value::from(firing.count));
+            vars.insert(
+                "group".into(),
+                serde_json::to_value(&group).unwrap_or(Value::Null),
+            );
+            vars.insert("first_seen".into(), Value::from(firing.first_seen.to_string()));
+            vars.insert("last_seen".into(), Value::from(firing.last_seen.to_string()));
+            vars.insert(
+                "labels".into(),
+                serde_json::to_value(&*rule.labels).unwrap_or(Value::Null),
+            );
+            vars.insert(
+                "description".into(),
+                Value::from(rule.description.as_deref().unwrap_or("")),
+            );
+            vars.insert("suppressed".into(), Value::from(suppressed));
+            vars.insert(
+                "kind".into(),
+                serde_json::to_value(kind).unwrap_or(Value::Null),
+            );
+            template.render(rules.templates(), &firing.captured, vars)
+        }
+        (None, Some(text)) => text,
+        (None, None) => window_summary(rule, kind, &group, &firing),
+    };
+    let mut audit_ids = firing.audit_ids;
+    audit_ids.truncate(MAX_AUDIT_IDS);
+    Alert {
+        rule: rule.name.clone(),
+        severity: rule.severity,
+        kind,
+        summary,
+        description: rule.description.clone(),
+        group,
+        count: firing.count,
+        first_seen: firing.first_seen,
+        last_seen: firing.last_seen,
+        audit_ids,
+        labels: rule.labels.clone(),
+        suppressed,
+        author: rule.author.clone(),
+    }
+}
+
+fn window_summary(rule: &Rule, kind: AlertKind, group: &Group, f: &Firing) -> String {
+    let who = if group.0.is_empty() {
+        String::new()
+    } else {
+        format!(" for {group}")
+    };
+    match (&rule.window, kind) {
+        (Some(WindowSpec::Count { over, .. }), _) => {
+            format!("{} matching requests within {over}{who}", f.count)
+        }
+        (Some(WindowSpec::Distinct { over, field, .. }), _) => {
+            format!("{} distinct {field} within {over}{who}", f.count)
+        }
+        (Some(WindowSpec::Absence { after }), _) => {
+            format!("no matching events for {after}{who} since {}", f.last_seen)
+        }
+        (None, _) => format!("{} matched", rule.name),
+    }
+}
+
+#[cfg(test)]
+mod tests;

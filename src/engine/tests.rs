@@ -1,0 +1,314 @@
+use super::*;
+use crate::event::decode_event;
+use crate::rules::{LoadOptions, load_str};
+use proptest::prelude::*;
+
+fn engine(rules: &str) -> Engine {
+    engine_with(rules, EngineOptions::default())
+}
+
+fn engine_with(rules: &str, opts: EngineOptions) -> Engine {
+    let set = load_str("t.yaml", rules, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    Engine::new(Arc::new(set), opts)
+}
+
+/// Builds an event line from a few fields.
+fn line(id: &str, secs: i64, verb: &str, user: &str, resource: &str, code: i32, stage: &str) -> String {
+    let ts = EventTime::from_secs(1_700_000_000 + secs).to_string();
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"{stage}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["10.0.0.9"],"objectRef":{{"resource":"{resource}","namespace":"ns","name":"obj-{id}"}},"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+    )
+}
+
+fn feed(e: &mut Engine, lines: &[String]) -> Vec<Alert> {
+    let mut out = Vec::new();
+    for l in lines {
+        let ev = decode_event(l).unwrap_or_else(|err| panic!("{err}: {l}"));
+        e.process(&ev, &mut out);
+    }
+    e.finish(&mut out);
+    out
+}
+
+const INGRESS: &str = r#"
+lists:
+  gitops: ["system:serviceaccount:argocd:argocd-application-controller"]
+rules:
+  - name: ingress-edited-outside-gitops
+    severity: high
+    match:
+      verbs: [create, update, patch, delete]
+      resources: [networking.k8s.io/ingresses, ingresses]
+    condition: 'event.responseStatus.code < 400 && !(event.user.username in lists.gitops)'
+    summary: '{{ user.username }} {{ verb }} ingress {{ objectRef.namespace }}/{{ objectRef.name }}'
+    labels: { team: platform }
+"#;
+
+#[test]
+fn plain_rule_fires_per_request_with_summary_and_labels() {
+    let mut e = engine(INGRESS);
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 0, "patch", "mallory", "ingresses", 200, "ResponseComplete"),
+            line("b", 1, "patch", "system:serviceaccount:argocd:argocd-application-controller", "ingresses", 200, "ResponseComplete"),
+            line("c", 2, "patch", "mallory", "ingresses", 403, "ResponseComplete"),
+            line("d", 3, "get", "mallory", "ingresses", 200, "ResponseComplete"),
+        ],
+    );
+    assert_eq!(alerts.len(), 1);
+    let a = &alerts[0];
+    assert_eq!(a.summary, "mallory patch ingress ns/obj-a");
+    assert_eq!(a.audit_ids, ["a"]);
+    assert_eq!(a.labels.get("team").map(String::as_str), Some("platform"));
+    assert_eq!(a.kind, AlertKind::Event);
+}
+
+const BURST: &str = r#"
+rules:
+  - name: repeated-auth-failures
+    severity: critical
+    match: { response_codes: [401, 403] }
+    window: { over: 5m, group_by: [user.username], threshold: 5 }
+    throttle: 10m
+"#;
+
+#[test]
+fn windows_count_requests_not_records() {
+    let mut e = engine(BURST);
+    let mut lines = Vec::new();
+    for i in 0..4 {
+        // Every request logged twice (a Panic record carries the code too) must count once.
+        lines.push(line(&format!("r{i}"), i * 10, "get", "mallory", "secrets", 403, "ResponseComplete"));
+        lines.push(line(&format!("r{i}"), i * 10 + 1, "get", "mallory", "secrets", 403, "Panic"));
+    }
+    assert!(feed(&mut e, &lines).is_empty(), "4 requests are below the threshold of 5");
+    let stats: Vec<_> = e.rule_stats().map(|(_, s)| s).collect();
+    assert_eq!((stats[0].matched, stats[0].deduplicated), (4, 4));
+}
+
+#[test]
+fn burst_fires_once_then_throttles_and_reports_swallowed() {
+    let mut e = engine(BURST);
+    let mut lines = Vec::new();
+    // 15 failures, one every 10s, then 5 more after the 10m throttle.
+    for i in 0..15 {
+        lines.push(line(&format!("f{i}"), i * 10, "get", "mallory", "secrets", 401, "ResponseStarted"));
+    }
+    for i in 0..5 {
+        lines.push(line(&format!("g{i}"), 700 + i, "get", "mallory", "secrets", 401, "ResponseStarted"));
+    }
+    lines.push(line("other", 5, "get", "alice", "secrets", 403, "ResponseComplete"));
+    let alerts = feed(&mut e, &lines);
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0].group.0[0].1, "mallory");
+    assert_eq!(alerts[0].count, 5);
+    assert_eq!(alerts[0].audit_ids, ["f0", "f1", "f2", "f3", "f4"]);
+    assert_eq!(alerts[0].summary, "5 matching requests within 5m for user.username=mallory");
+    assert_eq!(alerts[1].suppressed, 2, "f5-f9 and f10-f14 fired inside the throttle");
+    let stats: Vec<_> = e.rule_stats().map(|(_, s)| s).collect();
+    assert_eq!((stats[0].alerts, stats[0].throttled), (2, 2));
+}
+
+#[test]
+fn stages_narrow_and_first_record_wins() {
+    let rules = r#"
+rules:
+  - name: exec
+    severity: medium
+    match: { resources: [pods/exec], stages: [ResponseStarted, ResponseComplete] }
+"#;
+    let exec = |stage: &str, secs: i64| {
+        line("x1", secs, "create", "bob", "pods", 101, stage).replace(
+            r#""resource":"pods""#,
+            r#""resource":"pods","subresource":"exec""#,
+        )
+    };
+    let mut e = engine(rules);
+    let alerts = feed(
+        &mut e,
+        &[exec("RequestReceived", 0), exec("ResponseStarted", 1), exec("ResponseComplete", 60)],
+    );
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].first_seen, EventTime::from_secs(1_700_000_001));
+}
+
+#[test]
+fn script_errors_are_counted_and_other_rules_still_run() {
+    let rules = r#"
+rules:
+  - name: broken
+    severity: low
+    condition: 'event.user.username.len() / 0 > 1'
+  - name: fine
+    severity: low
+    match: { verbs: [get] }
+"#;
+    let mut e = engine(rules);
+    let alerts = feed(&mut e, &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")]);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(&*alerts[0].rule, "fine");
+    let errors = e.take_script_errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!((&*errors[0].rule, errors[0].audit_id.as_str()), ("broken", "a"));
+    assert!(errors[0].message.contains("Division by zero"), "{}", errors[0].message);
+}
+
+#[test]
+fn runaway_scripts_are_stopped() {
+    let rules = "rules:\n  - name: spin\n    severity: low\n    condition: 'loop { }'\n";
+    let mut e = engine(rules);
+    feed(&mut e, &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")]);
+    let errors = e.take_script_errors();
+    assert!(errors[0].message.contains("Too many operations"), "{errors:?}");
+}
+
+#[test]
+fn distinct_secrets_per_user() {
+    let rules = r#"
+rules:
+  - name: many-secrets
+    severity: high
+    match: { verbs: [get], resources: [secrets] }
+    window: { over: 10m, threshold: 3, distinct: objectRef.name, group_by: [effectiveUser.username] }
+    summary: '{{ group["effectiveUser.username"] }} read {{ count }} secrets'
+"#;
+    let mut e = engine(rules);
+    let lines: Vec<String> = (0..6)
+        .map(|i| line(&format!("s{}", i % 2), i * 10, "get", "eve", "secrets", 200, "ResponseComplete"))
+        .collect();
+    // Only two distinct names (obj-s0, obj-s1): the same auditIDs also dedup to two requests.
+    assert!(feed(&mut e, &lines).is_empty());
+    let mut e = engine(rules);
+    let lines: Vec<String> = (0..3)
+        .map(|i| line(&format!("n{i}"), i * 10, "get", "eve", "secrets", 200, "ResponseComplete"))
+        .collect();
+    let alerts = feed(&mut e, &lines);
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].summary, "eve read 3 secrets");
+    assert_eq!(alerts[0].kind, AlertKind::Distinct);
+}
+
+#[test]
+fn absence_fires_on_gaps_but_not_after_the_end_of_input() {
+    let rules = r#"
+rules:
+  - name: audit-silence
+    severity: critical
+    window: { absent_for: 10m }
+"#;
+    let mut e = engine(rules);
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 0, "get", "x", "pods", 200, "ResponseComplete"),
+            line("b", 60, "get", "x", "pods", 200, "ResponseComplete"),
+            line("c", 60 * 30, "get", "x", "pods", 200, "ResponseComplete"),
+        ],
+    );
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].last_seen, EventTime::from_secs(1_700_000_060));
+    assert_eq!(alerts[0].kind, AlertKind::Absence);
+    // A live clock tick fires the silence without any further event.
+    let mut out = Vec::new();
+    e.advance_watermark(EventTime::from_secs(1_700_000_000 + 60 * 41), &mut out);
+    assert_eq!(out.len(), 1);
+}
+
+#[test]
+fn late_hits_are_dropped_and_counted() {
+    let mut e = engine(BURST);
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 100, "get", "m", "pods", 403, "ResponseComplete"),
+            line("b", 90, "get", "m", "pods", 403, "ResponseComplete"),
+        ],
+    );
+    assert!(alerts.is_empty());
+    assert_eq!(e.stats().late_hits, 1);
+    assert_eq!(e.rule_stats().next().map(|(_, s)| s.late), Some(1));
+}
+
+#[test]
+fn reload_keeps_state_of_unchanged_rules_only() {
+    let mut e = engine(BURST);
+    let lines: Vec<String> = (0..4)
+        .map(|i| line(&format!("p{i}"), i, "get", "m", "pods", 403, "ResponseComplete"))
+        .collect();
+    feed(&mut e, &lines);
+    let same = load_str("t.yaml", BURST, &LoadOptions::default()).unwrap();
+    e.replace_rules(Arc::new(same));
+    let alerts = feed(&mut e, &[line("p5", 10, "get", "m", "pods", 403, "ResponseComplete")]);
+    assert_eq!(alerts.len(), 1, "the 4 earlier hits survived the reload");
+    let changed = load_str("t.yaml", &BURST.replace("threshold: 5", "threshold: 2"), &LoadOptions::default()).unwrap();
+    e.replace_rules(Arc::new(changed));
+    let alerts = feed(&mut e, &[line("p6", 20, "get", "m", "pods", 403, "ResponseComplete")]);
+    assert!(alerts.is_empty(), "a changed rule starts empty");
+}
+
+/// The brute-force oracle: for each event in time order, recount the key's events within
+/// `over` since its last firing; fire at the threshold.
+fn oracle(events: &[(i64, u8)], over: i64, threshold: usize) -> Vec<(u8, i64, i64, usize)> {
+    let mut sorted: Vec<(i64, usize, u8)> =
+        events.iter().enumerate().map(|(i, (t, k))| (*t, i, *k)).collect();
+    sorted.sort();
+    let mut last_fire: HashMap<u8, usize> = HashMap::new();
+    let mut fired = Vec::new();
+    for (pos, (t, _, k)) in sorted.iter().enumerate() {
+        let start = last_fire.get(k).map_or(0, |p| p + 1);
+        let window: Vec<i64> = sorted[start..=pos]
+            .iter()
+            .filter(|(t2, _, k2)| k2 == k && t - t2 <= over)
+            .map(|(t2, _, _)| *t2)
+            .collect();
+        if window.len() >= threshold {
+            fired.push((*k, window[0], *t, window.len()));
+            last_fire.insert(*k, pos);
+        }
+    }
+    fired
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A sliding count window agrees with a brute-force recount for any arrival order in which
+    /// no event comes more than the lateness after a newer one.
+    #[test]
+    fn count_window_matches_brute_force_under_bounded_disorder(
+        gaps in prop::collection::vec(1i64..40, 1..120),
+        keys in prop::collection::vec(0u8..3, 120),
+        jitter in prop::collection::vec(0i64..=30, 120),
+        threshold in 2usize..5,
+        over in 20i64..120,
+    ) {
+        let lateness = 30;
+        let mut t = 0;
+        let events: Vec<(i64, u8)> = gaps.iter().zip(&keys).map(|(g, k)| { t += g; (t, *k) }).collect();
+        // Arrival order: sort by time + jitter (jitter ≤ lateness keeps every event in bound).
+        let mut arrival: Vec<usize> = (0..events.len()).collect();
+        arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
+        let rules = format!(
+            "rules:\n  - name: w\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, group_by: [user.username] }}\n"
+        );
+        let mut e = engine_with(&rules, EngineOptions { lateness: Span::from_secs(lateness), ..EngineOptions::default() });
+        let lines: Vec<String> = arrival
+            .iter()
+            .map(|&i| line(&format!("id{i:04}"), events[i].0, "get", &format!("u{}", events[i].1), "pods", 200, "ResponseComplete"))
+            .collect();
+        let alerts = feed(&mut e, &lines);
+        prop_assert_eq!(e.stats().late_hits, 0);
+        let mut got: Vec<(u8, i64, i64, usize)> = alerts
+            .iter()
+            .map(|a| {
+                let k: u8 = a.group.0[0].1[1..].parse().unwrap();
+                ((k), (a.first_seen.0 / 1_000_000_000) - 1_700_000_000, (a.last_seen.0 / 1_000_000_000) - 1_700_000_000, a.count as usize)
+            })
+            .collect();
+        let mut want = oracle(&events, over, threshold);
+        got.sort();
+        want.sort();
+        prop_assert_eq!(got, want);
+    }
+}
