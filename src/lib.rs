@@ -12,3 +12,6 @@ pub mod alert;
 pub mod rules;
 pub mod window;
 pub mod engine;
+pub mod source;
+pub mod replay;
+pub mod ruletest;

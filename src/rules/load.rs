@@ -126,6 +126,11 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<RuleSet, Load
     Ok(set)
 }
 
+/// Loads rules from (name, text) pairs, e.g. the packs compiled into the binary.
+pub fn load_sources(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
+    compile(sources, opts)
+}
+
 /// Loads rules from text (used by tests and by callers that already hold the file).
 pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<RuleSet, LoadError> {
     compile(&[(name.to_owned(), text.to_owned())], opts)

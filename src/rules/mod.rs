@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-pub use load::{LoadError, LoadOptions, RuleError, collect_rule_files, load_paths, load_str};
+pub use load::{
+    LoadError, LoadOptions, RuleError, collect_rule_files, is_test_file, load_paths, load_sources,
+    load_str,
+};
 pub use matcher::{Matcher, Patterns, ResourcePattern};
 pub use script::{Condition, ScriptLimits};
 pub use template::{Captured, Summary, default_summary};

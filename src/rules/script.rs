@@ -109,6 +109,8 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
         })
     });
     engine.register_fn("starts_with_any", |_: (), _: Array| false);
+    engine.register_fn("pod_spec", |obj: Dynamic| pod_spec(&obj));
+    engine.register_fn("containers", |obj: Dynamic| containers(&obj));
     engine.register_fn("is_empty", |_: ()| true);
     engine.register_fn("len", |_: ()| 0_i64);
     engine
@@ -191,6 +193,39 @@ fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
         }
     }
     cur
+}
+
+/// The pod spec inside a Pod, a pod template (Deployment, ReplicaSet, StatefulSet, DaemonSet,
+/// Job, ReplicationController, PodTemplate) or a CronJob; `()` for anything else.
+fn pod_spec(obj: &Dynamic) -> Dynamic {
+    let kind = walk(obj, "kind").to_string();
+    let path = match kind.as_str() {
+        "Pod" => "spec",
+        "CronJob" => "spec.jobTemplate.spec.template.spec",
+        "PodTemplate" => "template.spec",
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+        | "ReplicationController" => "spec.template.spec",
+        _ => return Dynamic::UNIT,
+    };
+    walk(obj, path)
+}
+
+/// Every container of a pod spec (or of an object holding one): containers, initContainers
+/// and ephemeralContainers.
+fn containers(obj: &Dynamic) -> Array {
+    let spec = match pod_spec(obj) {
+        // No (known) kind, as in partial events: a bare pod spec, or an object with `spec`.
+        s if s.is_unit() && walk(obj, "containers").is_unit() => walk(obj, "spec"),
+        s if s.is_unit() => obj.clone(),
+        s => s,
+    };
+    let mut out = Array::new();
+    for field in ["containers", "initContainers", "ephemeralContainers"] {
+        if let Some(list) = walk(&spec, field).read_lock::<Array>() {
+            out.extend(list.iter().cloned());
+        }
+    }
+    out
 }
 
 fn as_strings(v: &Dynamic) -> Vec<String> {
@@ -407,6 +442,15 @@ mod tests {
             run("event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)", EV),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn pod_helpers_find_specs_in_workloads() {
+        let deploy = r#"{"auditID":"3","verb":"create","requestObject":{"kind":"Deployment","spec":{"template":{"spec":{"hostPID":true,"initContainers":[{"image":"busybox"}],"containers":[{"image":"app"}]}}}}}"#;
+        assert_eq!(run("pod_spec(event.requestObject).hostPID == true", deploy), Ok(true));
+        assert_eq!(run("containers(event.requestObject).len() == 2", deploy), Ok(true));
+        assert_eq!(run("containers(event.requestObject).len() == 1", EV), Ok(true));
+        assert_eq!(run("containers(event.requestObject).len() == 0", META), Ok(true));
     }
 
     #[test]
