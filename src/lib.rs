@@ -9,6 +9,7 @@
 
 pub mod event;
 pub mod alert;
+pub mod bundled;
 pub mod rules;
 pub mod window;
 pub mod engine;

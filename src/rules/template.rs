@@ -102,7 +102,11 @@ impl Summary {
                 .iter()
                 .map(|(name, var)| {
                     let value = match var {
-                        EventVar::Path(p) => p.resolve(ev).to_json(),
+                        // Missing renders as nothing, not as minijinja's "none".
+                        EventVar::Path(p) => match p.resolve(ev) {
+                            crate::event::field::FieldValue::Missing => Value::from(""),
+                            v => v.to_json(),
+                        },
                         EventVar::Object(o) => object_json(ev, o),
                     };
                     (name.clone(), value)
