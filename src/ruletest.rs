@@ -144,7 +144,7 @@ pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, Te
         path: shown.clone(),
         message: e.to_string(),
     })?;
-    let file: TestFile = serde_yaml::from_str(&text).map_err(|e| {
+    let file: TestFile = crate::rules::yaml::from_str(&text).map_err(|e| {
         let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
         let message = e.to_string();
         let message = message
@@ -251,7 +251,7 @@ fn materialize(
                     None => Span::from_secs(1),
                 };
                 let repeat = input.repeat.unwrap_or(1);
-                let template: Value = serde_json::to_value(event)
+                let template: Value = serde_json::to_value(crate::rules::yaml::merged(event))
                     .map_err(|e| format!("events[{i}].event: {e}"))?;
                 if !template.is_object() {
                     return Err(format!("events[{i}].event must be a mapping"));

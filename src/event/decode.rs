@@ -36,22 +36,55 @@ impl fmt::Display for Position {
     }
 }
 
+/// Line and column (1-based) inside the record's text, where the JSON parser stopped.
+pub type TextLocation = Option<(usize, usize)>;
+
 /// Why a record was rejected. The stream goes on after any of these.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DecodeErrorKind {
     #[error("invalid JSON: {0}")]
-    Json(String),
+    Json(String, TextLocation),
     #[error("not an audit event: {0}")]
-    NotAnEvent(String),
+    NotAnEvent(String, TextLocation),
     #[error("invalid {field} {value:?}: expected an RFC 3339 time such as 2024-01-31T12:00:00.000000Z")]
     BadTimestamp { field: &'static str, value: String },
 }
 
+impl DecodeErrorKind {
+    pub fn location(&self) -> TextLocation {
+        match self {
+            DecodeErrorKind::Json(_, at) | DecodeErrorKind::NotAnEvent(_, at) => *at,
+            DecodeErrorKind::BadTimestamp { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("{position}: {kind}")]
 pub struct DecodeError {
     pub position: Position,
     pub kind: DecodeErrorKind,
+}
+
+impl fmt::Display for DecodeError {
+    /// `file:line:column: reason` for a line or document; `file:line (item i, byte b)` plus the
+    /// place inside the item for an `EventList` item.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.position;
+        match (self.kind.location(), p.item) {
+            (Some((line, column)), None) => write!(
+                f,
+                "{}:{}:{}: {}",
+                p.source,
+                p.line + line as u64 - 1,
+                column,
+                self.kind
+            ),
+            (Some((line, column)), Some(_)) => {
+                write!(f, "{p}: {} (item line {line}, column {column})", self.kind)
+            }
+            (None, _) => write!(f, "{p}: {}", self.kind),
+        }
+    }
 }
 
 /// The decoded content of one record.
@@ -66,8 +99,7 @@ pub enum Record<'a> {
 pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(text).map_err(|e| DecodeErrorKind::Json(e.to_string()))?;
+        let items: Vec<&RawValue> = serde_json::from_str(text).map_err(json_error)?;
         return Ok(Record::Batch(items));
     }
     let mut event: AuditEvent = serde_json::from_str(text).map_err(json_error)?;
@@ -86,11 +118,18 @@ pub fn decode_event(text: &str) -> Result<AuditEvent<'_>, DecodeErrorKind> {
 }
 
 fn json_error(e: serde_json::Error) -> DecodeErrorKind {
+    let at = Some((e.line(), e.column()));
+    let text = e.to_string();
+    // The location goes into the position; drop serde_json's " at line L column C".
+    let message = match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    };
     if e.is_data() {
         // Valid JSON of the wrong shape, e.g. Falco's `{"kind": 0}` test case.
-        DecodeErrorKind::NotAnEvent(e.to_string())
+        DecodeErrorKind::NotAnEvent(message, at)
     } else {
-        DecodeErrorKind::Json(e.to_string())
+        DecodeErrorKind::Json(message, at)
     }
 }
 
@@ -98,18 +137,20 @@ fn validate(event: &mut AuditEvent<'_>) -> Result<(), DecodeErrorKind> {
     match event.kind.as_deref() {
         None | Some("Event") | Some("") => {}
         Some(other) => {
-            return Err(DecodeErrorKind::NotAnEvent(format!(
-                "kind is {other:?}, expected \"Event\" or \"EventList\""
-            )));
+            return Err(DecodeErrorKind::NotAnEvent(
+                format!("kind is {other:?}, expected \"Event\" or \"EventList\""),
+                None,
+            ));
         }
     }
     if let Some(api) = event.api_version.as_deref()
         && !api.is_empty()
         && !api.starts_with("audit.k8s.io/")
     {
-        return Err(DecodeErrorKind::NotAnEvent(format!(
-            "apiVersion is {api:?}, expected audit.k8s.io/v1 or audit.k8s.io/v1beta1"
-        )));
+        return Err(DecodeErrorKind::NotAnEvent(
+            format!("apiVersion is {api:?}, expected audit.k8s.io/v1 or audit.k8s.io/v1beta1"),
+            None,
+        ));
     }
     if event.kind.is_none()
         && event.audit_id.is_empty()
@@ -118,6 +159,7 @@ fn validate(event: &mut AuditEvent<'_>) -> Result<(), DecodeErrorKind> {
     {
         return Err(DecodeErrorKind::NotAnEvent(
             "no kind, auditID, verb or requestURI".into(),
+            None,
         ));
     }
     event.time = event_time(event)?;
@@ -197,7 +239,13 @@ mod tests {
     #[test]
     fn rejects_non_events_with_reasons() {
         let falco = decode_record(r#"{"kind": 0}"#).err().unwrap();
-        assert!(matches!(falco, DecodeErrorKind::NotAnEvent(_)), "{falco}");
+        assert_eq!(
+            falco,
+            DecodeErrorKind::NotAnEvent(
+                "invalid type: integer `0`, expected a string".into(),
+                Some((1, 10))
+            )
+        );
         let pod = decode_record(r#"{"kind":"Pod","apiVersion":"v1"}"#).err().unwrap();
         assert_eq!(
             pod.to_string(),
@@ -209,7 +257,20 @@ mod tests {
             "not an audit event: no kind, auditID, verb or requestURI"
         );
         let broken = decode_record(r#"{"auditID": "#).err().unwrap();
-        assert!(broken.to_string().starts_with("invalid JSON: EOF"), "{broken}");
+        assert_eq!(broken.to_string(), "invalid JSON: EOF while parsing a value");
+        let positioned = DecodeError {
+            position: Position {
+                source: "audit.log".into(),
+                line: 7,
+                offset: 0,
+                item: None,
+            },
+            kind: broken,
+        };
+        assert_eq!(
+            positioned.to_string(),
+            "audit.log:7:12: invalid JSON: EOF while parsing a value"
+        );
         let time = decode_record(r#"{"auditID":"x","stageTimestamp":"soon"}"#)
             .err()
             .unwrap();

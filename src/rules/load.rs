@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
 use super::position::{Pos, PositionIndex};
-use super::schema::{CodeDoc, MatchDoc, RuleDoc, RuleFile, SeverityDoc, WindowDoc};
+use super::schema::{CodeDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, WindowDoc};
 use super::script::{self, Condition, ScriptLimits};
 use super::template::Summary;
 use super::{Origin, Rule, RuleSet, Severity, WindowSpec};
@@ -139,7 +139,9 @@ pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<RuleSet, L
 struct ParsedFile {
     name: Arc<str>,
     text: String,
-    doc: RuleFile,
+    lists: BTreeMap<String, Vec<String>>,
+    /// Rules that deserialized, with their index in the file (for positions).
+    rules: Vec<(usize, RuleDoc)>,
     index: PositionIndex,
 }
 
@@ -177,13 +179,8 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         if !has_content(text) {
             continue;
         }
-        match serde_yaml::from_str::<RuleFile>(text) {
-            Ok(doc) => files.push(ParsedFile {
-                name,
-                index: PositionIndex::build(text),
-                text: text.clone(),
-                doc,
-            }),
+        let shape = match super::yaml::from_str::<RuleFileShape>(text) {
+            Ok(shape) => shape,
             Err(e) => {
                 let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
                     line: l.line(),
@@ -191,15 +188,34 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 });
                 let msg = LOCATION_SUFFIX.replace(&e.to_string(), "").into_owned();
                 errors.at(&name, pos, msg);
+                continue;
+            }
+        };
+        let index = PositionIndex::build(text);
+        let mut rules = Vec::new();
+        for (i, value) in shape.rules.into_iter().enumerate() {
+            match serde_path_to_error::deserialize::<_, RuleDoc>(value) {
+                Ok(rule) => rules.push((i, rule)),
+                Err(e) => {
+                    let (pos, msg) = rule_serde_error(&index, i, &e);
+                    errors.at(&name, pos, msg);
+                }
             }
         }
+        files.push(ParsedFile {
+            name,
+            index,
+            text: text.clone(),
+            lists: shape.lists,
+            rules,
+        });
     }
 
     // Lists are global: collect them all before compiling any rule.
     let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut list_origin: HashMap<String, String> = HashMap::new();
     for f in &files {
-        for (name, items) in &f.doc.lists {
+        for (name, items) in &f.lists {
             let pos = f.index.key(&format!("lists.{name}"));
             if let Some(first) = list_origin.get(name) {
                 errors.at(&f.name, pos, format!("list {name:?} is already defined at {first}"));
@@ -223,7 +239,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     let mut rules = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for f in &files {
-        for (i, doc) in f.doc.rules.iter().enumerate() {
+        for (i, doc) in &f.rules {
             let mut cx = RuleContext {
                 file: f,
                 base: format!("rules.{i}"),
@@ -270,6 +286,45 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         templates,
     })
 }
+
+/// Positions a per-rule deserialization error using the path serde_path_to_error reports.
+fn rule_serde_error(
+    index: &PositionIndex,
+    rule: usize,
+    e: &serde_path_to_error::Error<serde_yaml::Error>,
+) -> (Pos, String) {
+    // `match.verbs[1]` → `match.verbs.1`
+    let path = e.path().to_string().replace('[', ".").replace(']', "");
+    let path = if path == "." { String::new() } else { path };
+    let inner = LOCATION_SUFFIX.replace(&e.inner().to_string(), "").into_owned();
+    let full = if path.is_empty() {
+        format!("rules.{rule}")
+    } else {
+        format!("rules.{rule}.{path}")
+    };
+    let unknown = UNKNOWN_FIELD
+        .captures(&inner)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str());
+    // For an unknown key the path ends with that key: point at it, and name its parent.
+    let (pos, shown_path) = match unknown {
+        Some(field) if full.ends_with(&format!(".{field}")) => {
+            let shown = e.path().to_string();
+            let parent = shown.strip_suffix(field).unwrap_or(&shown).trim_end_matches('.');
+            (index.key(&full), parent.to_owned())
+        }
+        _ => (index.value(&full), e.path().to_string()),
+    };
+    let shown = if shown_path.is_empty() || shown_path == "." {
+        format!("rules[{rule}]")
+    } else {
+        format!("rules[{rule}].{shown_path}")
+    };
+    (pos, format!("{shown}: {inner}"))
+}
+
+static UNKNOWN_FIELD: LazyLock<regex::Regex> =
+    LazyLock::new(|| regex::Regex::new(r"^unknown field `([^`]*)`").expect("static regex"));
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();

@@ -11,6 +11,7 @@ mod position;
 mod schema;
 pub mod script;
 mod template;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// One rules file.
+/// The outer shape of a rules file; each rule is then deserialized on its own so that one
+/// broken rule does not hide the errors of the others.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuleFile {
-    /// Named lists, usable in match blocks as `$name` and in conditions as `lists.name`.
+pub struct RuleFileShape {
     #[serde(default)]
     pub lists: BTreeMap<String, Vec<String>>,
     #[serde(default)]
-    pub rules: Vec<RuleDoc>,
+    pub rules: Vec<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,0 +1,330 @@
+//! End-to-end tests: the real `auditwatch` binary on real audit logs.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// The shared corpus beside the repository. The conformance tests need it; fail clearly.
+fn corpus(rel: &str) -> PathBuf {
+    let p = root().join("../shared/corpus").join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: clone the repository next to shared/ (see README)",
+        p.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run auditwatch")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write_rules(dir: &Path, text: &str) -> PathBuf {
+    let p = dir.join("rules.yaml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("auditwatch-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// JSON alerts from a replay.
+fn replay_json(rules: &Path, files: &[PathBuf]) -> Vec<serde_json::Value> {
+    let out = run(bin()
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(rules)
+        .arg("--")
+        .args(files));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn groups(alerts: &[serde_json::Value], rule: &str) -> BTreeSet<String> {
+    alerts
+        .iter()
+        .filter(|a| a["rule"] == rule)
+        .map(|a| a["group"]["effectiveUser.username"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn check_accepts_the_shipped_packs() {
+    let out = run(bin().arg("check").arg(root().join("rules")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("ok: "), "{}", stdout(&out));
+}
+
+#[test]
+fn check_reports_every_error_with_its_position() {
+    let dir = tempdir("check");
+    let rules = write_rules(
+        &dir,
+        r#"lists:
+  admins: [alice]
+rules:
+  - name: burst
+    severity: critcal
+  - name: window
+    severity: high
+    window: { over: 5 minutes, threshold: 3, group_by: [user.name] }
+  - name: script
+    severity: low
+    condition: 'event.verb == "get" && lists.admin.len() > 0'
+    match: { users: [$admin], response_codes: [4xx, 99x] }
+  - name: script
+    severity: low
+"#,
+    );
+    let out = run(bin().arg("check").arg(&rules));
+    assert_eq!(out.status.code(), Some(1));
+    let text = stderr(&out).replace(&dir.display().to_string(), "DIR");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn impersonated_403_bursts_fire_at_the_documented_boundaries() {
+    let dir = tempdir("boundaries");
+    let rules = write_rules(
+        &dir,
+        r#"rules:
+  - name: three-in-5m
+    severity: high
+    match: { response_codes: [403] }
+    window: { over: 5m, threshold: 3, group_by: [effectiveUser.username] }
+  - name: four-in-1m
+    severity: high
+    match: { response_codes: [403] }
+    window: { over: 1m, threshold: 4, group_by: [effectiveUser.username] }
+  - name: five-in-5m
+    severity: high
+    match: { response_codes: [403] }
+    window: { over: 5m, threshold: 5, group_by: [effectiveUser.username] }
+  - name: by-authenticated-user
+    severity: high
+    match: { response_codes: [403] }
+    window: { over: 5m, threshold: 3, group_by: [user.username] }
+"#,
+    );
+    let alerts = replay_json(&rules, &[fixture("audit2rbac-demo.log")]);
+    assert_eq!(
+        groups(&alerts, "three-in-5m"),
+        ["alice", "bob", "system:serviceaccount:ns1:sa1"].map(String::from).into()
+    );
+    assert_eq!(
+        groups(&alerts, "four-in-1m"),
+        ["system:serviceaccount:ns1:sa1".to_owned()].into()
+    );
+    assert!(groups(&alerts, "five-in-5m").is_empty());
+    // Keyed on the authenticated user, impersonation collapses everyone into system:admin.
+    let by_user: Vec<_> = alerts.iter().filter(|a| a["rule"] == "by-authenticated-user").collect();
+    assert!(!by_user.is_empty());
+    assert!(by_user.iter().all(|a| a["group"]["user.username"] == "system:admin"));
+    let sa1 = alerts
+        .iter()
+        .find(|a| a["rule"] == "four-in-1m")
+        .unwrap();
+    assert_eq!(sa1["count"], 4);
+    assert_eq!(sa1["audit_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(sa1["first_seen"], "2017-09-11T20:00:59Z");
+    assert_eq!(sa1["last_seen"], "2017-09-11T20:01:37Z");
+}
+
+#[test]
+fn an_event_list_body_gives_the_same_alerts_as_the_log() {
+    let dir = tempdir("eventlist");
+    let rules = write_rules(
+        &dir,
+        "rules:\n  - name: refused\n    severity: low\n    match: { response_codes: [403] }\n    summary: '{{ effectiveUser.username }} {{ verb }} {{ objectRef.resource }}'\n",
+    );
+    let from_log = replay_json(&rules, &[fixture("audit2rbac-demo.log")]);
+    let from_list = replay_json(&rules, &[fixture("audit2rbac-demo.eventlist.json")]);
+    assert_eq!(from_log.len(), 11);
+    assert_eq!(from_log, from_list);
+}
+
+#[test]
+fn one_request_one_match_over_real_request_response_pairs() {
+    let raw = corpus("kubernetes/audit2rbac/demo.v1beta1-raw-501d132.log");
+    // Oracle: distinct auditIDs of get requests, counted independently of auditwatch.
+    let text = std::fs::read_to_string(&raw).unwrap();
+    let mut gets = HashSet::new();
+    let mut get_records = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["verb"] == "get" {
+            get_records += 1;
+            gets.insert(v["auditID"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(get_records > gets.len(), "the log must hold several records per request");
+    let dir = tempdir("dedup");
+    let rules = write_rules(&dir, "rules:\n  - name: gets\n    severity: info\n    match: { verbs: [get] }\n");
+    let alerts = replay_json(&rules, &[raw]);
+    assert_eq!(alerts.len(), gets.len());
+    let ids: HashSet<String> = alerts
+        .iter()
+        .map(|a| a["audit_ids"][0].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, gets);
+}
+
+#[test]
+fn bad_records_are_reported_with_their_place_and_skipped() {
+    let dir = tempdir("bad");
+    let log = dir.join("mixed.log");
+    let good = std::fs::read_to_string(fixture("falco-exec_pod.json")).unwrap();
+    let mut f = std::fs::File::create(&log).unwrap();
+    writeln!(f, "{{\"kind\": 0}}").unwrap();
+    writeln!(f, "this is not json").unwrap();
+    writeln!(f, "{{\"kind\":\"Pod\",\"apiVersion\":\"v1\"}}").unwrap();
+    write!(f, "{good}").unwrap();
+    writeln!(f, "{{\"auditID\":\"x\",\"stageTimestamp\":\"yesterday\"}}").unwrap();
+    drop(f);
+    let out = run(bin().args(["replay", "--format", "json"]).arg(&log));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out).replace(&dir.display().to_string(), "DIR");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    insta::assert_snapshot!(warnings.join("\n"));
+    assert!(err.contains("1 events in 5 records (4 rejected"), "{err}");
+    let alerts: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["rule"], "pod-exec-or-attach");
+}
+
+#[test]
+fn stdin_is_read_with_a_dash() {
+    let mut child = bin()
+        .args(["replay", "--format", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = std::fs::read(fixture("falco-exec_pod.json")).unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("\"rule\":\"pod-exec-or-attach\""));
+    assert!(stderr(&out).contains("1 events in 1 records"));
+}
+
+#[test]
+fn replay_is_deterministic() {
+    let files = [
+        fixture("audit2rbac-demo.log"),
+        corpus("kubernetes/audit2rbac/demo.v1beta1-raw-501d132.log"),
+    ];
+    let once = run(bin().args(["replay", "--format", "json"]).args(&files));
+    let twice = run(bin().args(["replay", "--format", "json"]).args(files.iter().rev()));
+    assert!(once.status.success());
+    assert_eq!(stdout(&once), stdout(&twice), "input order must not matter");
+}
+
+/// Which bundled rules must fire on each Falco trace (our packs' counterparts of the Falco
+/// rules the trace was recorded for); every other bundled rule must stay quiet.
+#[test]
+fn bundled_packs_on_falco_traces() {
+    let expected: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("exec_pod.json", &["pod-exec-or-attach"][..]),
+        ("attach_pod.json", &["pod-exec-or-attach"]),
+        ("create_nginx_pod_privileged.json", &["privileged-pod-created"]),
+        ("create_nginx_pod_privileged_2nd_container.json", &["privileged-pod-created"]),
+        (
+            "create_nginx_pod_no_secctx_1st_container_privileged_2nd_container.json",
+            &["privileged-pod-created"],
+        ),
+        ("create_nginx_pod_sensitive_mount.json", &["pod-with-sensitive-hostpath"]),
+        ("create_nginx_pod_sensitive_mount_2nd_container.json", &["pod-with-sensitive-hostpath"]),
+        ("create_nginx_pod_hostnetwork.json", &["pod-with-host-namespaces"]),
+        ("attach_cluster_admin_role.json", &["cluster-admin-binding"]),
+        ("create_cluster_role_wildcard_resources.json", &["clusterrole-with-wildcard"]),
+        ("create_cluster_role_wildcard_verbs.json", &["clusterrole-with-wildcard"]),
+        ("anonymous_creates_namespace_foo.json", &["anonymous-request-allowed"]),
+    ]);
+    let dir = corpus("falco/trace_files/k8s_audit");
+    let mut traces: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    traces.sort();
+    assert_eq!(traces.len(), 47);
+    let mut problems = Vec::new();
+    for trace in &traces {
+        let name = trace.file_name().unwrap().to_str().unwrap();
+        let out = run(bin().args(["replay", "--format", "json"]).arg(trace));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let fired: BTreeSet<String> = stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_owned())
+            .collect();
+        let want: BTreeSet<String> =
+            expected.get(name).copied().unwrap_or(&[]).iter().map(|s| s.to_string()).collect();
+        if fired != want {
+            problems.push(format!("{name}: expected {want:?}, fired {fired:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn rule_tests_pass_and_failures_show_a_diff() {
+    let out = run(bin().arg("test").arg(root().join("rules")));
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains(" passed, 0 failed"));
+
+    let dir = tempdir("ruletest");
+    let rules = write_rules(
+        &dir,
+        "rules:\n  - name: refused\n    severity: high\n    match: { response_codes: [403] }\n    window: { over: 1m, threshold: 2, group_by: [user.username] }\n",
+    );
+    let tests = dir.join("refused.test.yaml");
+    std::fs::write(
+        &tests,
+        r#"tests:
+  - name: wrong count and an unexpected group
+    events:
+      - event: { verb: get, user: { username: eve }, responseStatus: { code: 403 } }
+        repeat: 2
+      - event: { verb: get, user: { username: bob }, responseStatus: { code: 403 } }
+        repeat: 2
+    expect:
+      - rule: refused
+        group: { user.username: eve }
+        count: 3
+"#,
+    )
+    .unwrap();
+    let out = run(bin().arg("test").arg(&rules).arg("--tests").arg(&tests));
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out).replace(&dir.display().to_string(), "DIR");
+    insta::assert_snapshot!(text);
+}
