@@ -18,7 +18,7 @@ pub use dedup::{RequestDedup, audit_key};
 
 use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS};
 use crate::event::{AuditEvent, EventTime, Span};
-use crate::rules::script::{event_dynamic, evaluate};
+use crate::rules::script::{ObjectNeeds, add_objects, event_dynamic, evaluate};
 use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
 use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
 
@@ -122,6 +122,8 @@ pub struct Engine {
     /// Event time of the last housekeeping pass.
     last_expiry: EventTime,
     firings: Vec<(EventTime, Firing)>,
+    /// The group key of rules without `group_by`, shared to avoid an allocation per hit.
+    empty_key: GroupKey,
 }
 
 impl Engine {
@@ -144,6 +146,7 @@ impl Engine {
             diagnostics: Vec::new(),
             last_expiry: EventTime::MIN,
             firings: Vec::new(),
+            empty_key: Arc::from(""),
         }
     }
 
@@ -217,7 +220,13 @@ impl Engine {
         self.stats.events += 1;
         let time = match ev.time {
             Some(t) => {
+                let before = self.reorder.watermark();
                 self.reorder.observe(t);
+                // Silences that ended before this event's watermark fire first, before the
+                // event itself counts as a sign of life.
+                if self.reorder.watermark() > before {
+                    self.fire_absences(self.reorder.watermark(), out);
+                }
                 t
             }
             None => {
@@ -231,6 +240,7 @@ impl Engine {
             None => &self.any_verb,
         };
         let mut event_value: Option<Dynamic> = None;
+        let mut has_objects = ObjectNeeds::default();
         for &idx in candidates {
             let rule = &rules.rules[idx as usize];
             if !rule.matcher.matches(ev) {
@@ -239,11 +249,12 @@ impl Engine {
             let state = &mut self.states[idx as usize];
             state.stats.prefiltered += 1;
             if let Some(cond) = &rule.condition {
-                if event_value.is_none() {
+                let value = event_value.get_or_insert_with(|| {
                     let v = event_dynamic(ev);
                     self.scope.set_value("event", v.clone());
-                    event_value = Some(v);
-                }
+                    v
+                });
+                add_objects(value, ev, cond.needs, &mut has_objects);
                 state.stats.evaluated += 1;
                 let result = evaluate(rules.script_engine(), &mut self.scope, cond);
                 self.scope.rewind(2);
@@ -263,12 +274,14 @@ impl Engine {
                     }
                 }
             }
-            if !self.dedup.first_match(&ev.audit_id, idx, time) {
+            // Any record is a sign of life for an absence rule: no need to remember requests.
+            let is_absence = matches!(rule.window, Some(WindowSpec::Absence { .. }));
+            if !is_absence && !self.dedup.first_match(&ev.audit_id, idx, time) {
                 state.stats.deduplicated += 1;
                 continue;
             }
             state.stats.matched += 1;
-            let key = group_key(rule, ev);
+            let key = group_key(rule, ev, &self.empty_key);
             let captured = rule
                 .summary
                 .as_ref()
@@ -311,6 +324,16 @@ impl Engine {
                         swallowed,
                         summary,
                     ));
+                }
+                Some(WindowSpec::Absence { .. }) => {
+                    // Absence keeps only the newest time per key (a max: arrival order does not
+                    // matter), so it skips the reorder buffer.
+                    if let Some(window) = state.window.as_mut() {
+                        window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
+                    }
+                    for (at, firing) in self.firings.drain(..) {
+                        emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
+                    }
                 }
                 Some(spec) => {
                     let distinct = match spec {
@@ -470,9 +493,9 @@ fn index_by_verb(rules: &RuleSet) -> (HashMap<Box<str>, Vec<u32>>, Vec<u32>) {
     (by_verb, any)
 }
 
-fn group_key(rule: &Rule, ev: &AuditEvent<'_>) -> GroupKey {
+fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {
     match rule.group_by.as_slice() {
-        [] => Arc::from(""),
+        [] => Arc::clone(empty),
         [one] => Arc::from(one.resolve(ev).to_key_string()),
         many => {
             let mut key = String::new();

@@ -312,3 +312,19 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn absence_catches_a_gap_the_watermark_has_not_closed() {
+    let rules = "rules:\n  - name: quiet\n    severity: low\n    window: { absent_for: 10m }\n";
+    let mut e = engine(rules);
+    // 601s apart: with 5s lateness the watermark stops at 596s, short of the 600s deadline.
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 0, "get", "x", "pods", 200, "ResponseComplete"),
+            line("b", 601, "get", "x", "pods", 200, "ResponseComplete"),
+        ],
+    );
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].last_seen, EventTime::from_secs(1_700_000_000));
+}

@@ -751,7 +751,10 @@ impl RuleContext<'_> {
                 ok = false;
             }
         }
-        ok.then_some(Condition { ast })
+        ok.then_some(Condition {
+            ast,
+            needs: script::ObjectNeeds::of_script(source),
+        })
     }
 }
 

@@ -51,11 +51,15 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
     engine.register_indexer_get(|_: &mut (), _: ImmutableString| Dynamic::UNIT);
     engine.register_indexer_get(|_: &mut (), _: i64| Dynamic::UNIT);
 
-    engine.register_fn("glob", |text: &str, pattern: &str| glob_match(text, pattern));
-    engine.register_fn("glob", |text: &str, patterns: Array| {
-        patterns
-            .iter()
-            .any(|p| p.read_lock::<ImmutableString>().is_some_and(|p| glob_match(text, &p)))
+    let globs = GlobCache::default();
+    let cache = globs.clone();
+    engine.register_fn("glob", move |text: &str, pattern: &str| cache.matches(text, pattern));
+    let cache = globs.clone();
+    engine.register_fn("glob", move |text: &str, patterns: Array| {
+        patterns.iter().any(|p| {
+            p.read_lock::<ImmutableString>()
+                .is_some_and(|p| cache.matches(text, &p))
+        })
     });
     engine.register_fn("glob", |_: (), _: Dynamic| false);
 
@@ -109,17 +113,35 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
         })
     });
     engine.register_fn("starts_with_any", |_: (), _: Array| false);
-    engine.register_fn("pod_spec", |obj: Dynamic| pod_spec(&obj));
-    engine.register_fn("containers", |obj: Dynamic| containers(&obj));
+    // By reference, so `event.requestObject.containers()` does not copy the object first.
+    engine.register_fn("pod_spec", |obj: &mut Dynamic| pod_spec(obj));
+    engine.register_fn("containers", |obj: &mut Dynamic| containers(obj));
     engine.register_fn("is_empty", |_: ()| true);
     engine.register_fn("len", |_: ()| 0_i64);
     engine
 }
 
-fn glob_match(text: &str, pattern: &str) -> bool {
-    globset::Glob::new(pattern)
-        .map(|g| g.compile_matcher().is_match(text))
-        .unwrap_or(false)
+/// Compiled glob patterns, shared by the `glob` helpers of one engine (patterns in rules are
+/// few and fixed; compiling one per call would dominate a rule's cost).
+#[derive(Clone, Default)]
+struct GlobCache(Arc<Mutex<HashMap<String, Option<globset::GlobMatcher>>>>);
+
+impl GlobCache {
+    fn matches(&self, text: &str, pattern: &str) -> bool {
+        let Ok(mut cache) = self.0.lock() else {
+            return false;
+        };
+        if let Some(m) = cache.get(pattern) {
+            return m.as_ref().is_some_and(|m| m.is_match(text));
+        }
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        let m = globset::Glob::new(pattern).ok().map(|g| g.compile_matcher());
+        let hit = m.as_ref().is_some_and(|m| m.is_match(text));
+        cache.insert(pattern.to_owned(), m);
+        hit
+    }
 }
 
 fn regex_match(
@@ -150,49 +172,49 @@ fn cidr_match(ip: &str, net: &str) -> bool {
     net.parse::<IpAddr>().is_ok_and(|n| n == addr)
 }
 
-/// Walks a dotted path (`spec.containers.0.image`) through maps and arrays.
+/// Walks a dotted path (`spec.containers.0.image`) through maps and arrays. Navigates by
+/// reference and clones only the value found (subtrees can be large).
 fn walk(value: &Dynamic, path: &str) -> Dynamic {
-    let mut cur = value.clone();
-    for seg in path.split('.').filter(|s| !s.is_empty()) {
-        let next = if let Some(map) = cur.read_lock::<Map>() {
-            map.get(seg).cloned()
-        } else if let Some(arr) = cur.read_lock::<Array>() {
-            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
-        } else {
-            None
-        };
-        match next {
-            Some(v) => cur = v,
-            None => return Dynamic::UNIT,
-        }
+    let segs: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    walk_segments(value, &segs, false)
+}
+
+fn walk_segments(value: &Dynamic, segs: &[&str], pointer: bool) -> Dynamic {
+    let Some((first, rest)) = segs.split_first() else {
+        return value.clone();
+    };
+    let unescaped;
+    let key = if pointer {
+        unescaped = first.replace("~1", "/").replace("~0", "~");
+        unescaped.as_str()
+    } else {
+        first
+    };
+    if let Some(map) = value.read_lock::<Map>() {
+        return map
+            .get(key)
+            .map_or(Dynamic::UNIT, |v| walk_segments(v, rest, pointer));
     }
-    cur
+    if let Some(arr) = value.read_lock::<Array>() {
+        return key
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| arr.get(i))
+            .map_or(Dynamic::UNIT, |v| walk_segments(v, rest, pointer));
+    }
+    Dynamic::UNIT
 }
 
 /// RFC 6901 JSON pointer (`/metadata/annotations/a~1b`).
 fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
-    let mut cur = value.clone();
     if pointer.is_empty() {
-        return cur;
+        return value.clone();
     }
     let Some(rest) = pointer.strip_prefix('/') else {
         return Dynamic::UNIT;
     };
-    for raw in rest.split('/') {
-        let seg = raw.replace("~1", "/").replace("~0", "~");
-        let next = if let Some(map) = cur.read_lock::<Map>() {
-            map.get(seg.as_str()).cloned()
-        } else if let Some(arr) = cur.read_lock::<Array>() {
-            seg.parse::<usize>().ok().and_then(|i| arr.get(i).cloned())
-        } else {
-            None
-        };
-        match next {
-            Some(v) => cur = v,
-            None => return Dynamic::UNIT,
-        }
-    }
-    cur
+    let segs: Vec<&str> = rest.split('/').collect();
+    walk_segments(value, &segs, true)
 }
 
 /// The pod spec inside a Pod, a pod template (Deployment, ReplicaSet, StatefulSet, DaemonSet,
@@ -252,6 +274,30 @@ fn all_in(items: &Dynamic, set: &Array) -> bool {
 #[derive(Debug, Clone)]
 pub struct Condition {
     pub ast: AST,
+    /// Which raw object parts the script reads; the others are not converted for it.
+    pub needs: ObjectNeeds,
+}
+
+/// The expensive parts of the event a script may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectNeeds {
+    pub request_object: bool,
+    pub response_object: bool,
+}
+
+impl ObjectNeeds {
+    /// Decides from the script's text. Passing `event` whole to a function (or storing it)
+    /// counts as reading everything.
+    pub fn of_script(source: &str) -> ObjectNeeds {
+        static WHOLE_EVENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"\bevent\s*[,)\];]|=\s*event\s*$|\bevent\s*\[").expect("static regex")
+        });
+        let whole = WHOLE_EVENT.is_match(source);
+        ObjectNeeds {
+            request_object: whole || source.contains("requestObject"),
+            response_object: whole || source.contains("responseObject"),
+        }
+    }
 }
 
 /// The scope every condition is compiled against: `event` and `lists`.
@@ -284,6 +330,32 @@ fn raw(v: Option<&RawValue>) -> Dynamic {
         .unwrap_or(Dynamic::UNIT)
 }
 
+/// A large object for scripts. Plain (not shared) maps and arrays: Rhai's data-size checks
+/// do not support shared values nested inside data.
+fn raw_object(v: Option<&RawValue>) -> Dynamic {
+    raw(v)
+}
+
+/// Adds the object parts `needs` asks for and `event` (from [`event_dynamic`]) lacks.
+pub fn add_objects(event: &Dynamic, ev: &AuditEvent<'_>, needs: ObjectNeeds, has: &mut ObjectNeeds) {
+    if needs.request_object <= has.request_object && needs.response_object <= has.response_object {
+        return;
+    }
+    // `event` is shared: a clone is a second handle on the same map.
+    let mut handle = event.clone();
+    let Some(mut map) = handle.write_lock::<Map>() else {
+        return;
+    };
+    if needs.request_object && !has.request_object {
+        map.insert("requestObject".into(), raw_object(ev.request_object));
+        has.request_object = true;
+    }
+    if needs.response_object && !has.response_object {
+        map.insert("responseObject".into(), raw_object(ev.response_object));
+        has.response_object = true;
+    }
+}
+
 fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
     let mut m = Map::new();
     m.insert("username".into(), s(u.map_or("", |u| &u.username)));
@@ -300,8 +372,9 @@ fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
     Dynamic::from_map(m)
 }
 
-/// The event as the `event` variable: every field present (empty when absent), the raw parts
-/// parsed into maps, plus `effectiveUser` and `sourceIP` (the first source address).
+/// The event as the `event` variable: every field present (empty when absent), plus
+/// `effectiveUser` and `sourceIP` (the first source address). `requestObject` and
+/// `responseObject` start as `()`; [`add_objects`] fills them in for the scripts that read them.
 pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     let mut m = Map::new();
     m.insert("kind".into(), s(ev.kind.as_deref().unwrap_or("Event")));
@@ -347,8 +420,8 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     status.insert("message".into(), s(st.map_or("", |s| &s.message)));
     status.insert("details".into(), raw(st.and_then(|s| s.details)));
     m.insert("responseStatus".into(), Dynamic::from_map(status));
-    m.insert("requestObject".into(), raw(ev.request_object));
-    m.insert("responseObject".into(), raw(ev.response_object));
+    m.insert("requestObject".into(), Dynamic::UNIT);
+    m.insert("responseObject".into(), Dynamic::UNIT);
     let ann = raw(ev.annotations);
     m.insert(
         "annotations".into(),
@@ -367,10 +440,22 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
 }
 
 /// Runs a condition. `scope` holds `event` and `lists` (see [`compile_scope`]).
+///
+/// A panic inside Rhai (it has internal `unreachable!`s) becomes a script error for this
+/// event instead of taking the engine down.
 pub fn evaluate(engine: &Engine, scope: &mut Scope<'_>, cond: &Condition) -> Result<bool, String> {
-    let result: Dynamic = engine
-        .eval_ast_with_scope(scope, &cond.ast)
-        .map_err(|e| e.to_string())?;
+    let run = std::panic::AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast));
+    let result: Dynamic = match std::panic::catch_unwind(run) {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "unknown".into());
+            return Err(format!("script engine panicked: {what}"));
+        }
+    };
     result.as_bool().map_err(|got| {
         format!("condition must evaluate to a bool, got {got}")
     })
@@ -392,10 +477,13 @@ mod tests {
             .compile_with_scope(&scope, script)
             .map_err(|e| e.to_string())?;
         let ev = decode_event(event).unwrap();
+        let value = event_dynamic(&ev);
+        let needs = ObjectNeeds::of_script(script);
+        add_objects(&value, &ev, needs, &mut ObjectNeeds::default());
         let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", event_dynamic(&ev));
+        scope.push_constant_dynamic("event", value);
         scope.push_constant_dynamic("lists", lists);
-        evaluate(&engine, &mut scope, &Condition { ast })
+        evaluate(&engine, &mut scope, &Condition { ast, needs })
     }
 
     const EV: &str = r#"{"auditID":"1","verb":"create","user":{"username":"alice","groups":["dev"]},"sourceIPs":["10.1.1.1"],"objectRef":{"resource":"pods","namespace":"prod"},"responseStatus":{"code":201},"requestObject":{"spec":{"hostNetwork":true,"containers":[{"image":"nginx","securityContext":{"privileged":true}}]},"metadata":{"annotations":{"a/b":"x"}}}}"#;
@@ -442,6 +530,18 @@ mod tests {
             run("event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)", EV),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn object_needs_follow_the_script() {
+        let n = ObjectNeeds::of_script("event.requestObject.spec != ()");
+        assert_eq!((n.request_object, n.response_object), (true, false));
+        let n = ObjectNeeds::of_script("has(event, \"x\")");
+        assert_eq!((n.request_object, n.response_object), (true, true));
+        let n = ObjectNeeds::of_script("event.verb == \"get\"");
+        assert_eq!(n, ObjectNeeds::default());
+        // Without the need, the objects are not there.
+        assert_eq!(run("event.verb == \"create\" && type_of(event.responseObject) == \"()\"", EV), Ok(true));
     }
 
     #[test]

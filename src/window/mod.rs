@@ -62,8 +62,11 @@ struct DistinctState {
 struct AbsenceState {
     last: EventTime,
     fired: bool,
+    /// Whether the key has an entry in the deadline heap.
+    armed: bool,
     captured: Captured,
-    audit_id: Box<str>,
+    /// auditID of the newest event (a reused buffer: this runs for every event).
+    audit_id: String,
 }
 
 #[derive(Debug)]
@@ -85,7 +88,8 @@ pub struct RuleWindow {
     spec: WindowSpec,
     keys: HashMap<GroupKey, Entry>,
     max_keys: usize,
-    /// Absence deadlines (deadline, key); entries are checked against the key's state on pop.
+    /// Absence deadlines (deadline, key), at most one per key; a popped deadline that the key
+    /// has moved past since is pushed again with the key's current deadline.
     deadlines: BinaryHeap<Reverse<(EventTime, GroupKey)>>,
     pub evicted: u64,
 }
@@ -134,8 +138,9 @@ impl RuleWindow {
                     WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
                         last: hit.time,
                         fired: false,
+                        armed: false,
                         captured: Captured::default(),
-                        audit_id: "".into(),
+                        audit_id: String::new(),
                     }),
                 },
                 updated: hit.time,
@@ -215,16 +220,80 @@ impl RuleWindow {
                 None
             }
             (WindowSpec::Absence { after }, KeyState::Absence(st)) => {
+                // One heap entry per key; a pending entry is re-armed lazily when popped.
+                let needs_entry = !st.armed;
+                st.armed = true;
                 st.last = hit.time;
                 st.fired = false;
                 st.captured = hit.captured;
-                st.audit_id = hit.audit_id;
-                self.deadlines
-                    .push(Reverse((hit.time.saturating_add(*after), hit.key)));
+                st.audit_id.clear();
+                st.audit_id.push_str(&hit.audit_id);
+                if needs_entry {
+                    self.deadlines
+                        .push(Reverse((hit.time.saturating_add(*after), hit.key)));
+                }
                 None
             }
             _ => None,
         }
+    }
+
+    /// Records that an absence key is alive at `time` (newest time wins; any order).
+    pub fn on_alive(
+        &mut self,
+        key: GroupKey,
+        time: EventTime,
+        audit_id: &str,
+        captured: Captured,
+        out: &mut Vec<(EventTime, Firing)>,
+    ) {
+        let WindowSpec::Absence { after } = self.spec else {
+            return;
+        };
+        if let Some(entry) = self.keys.get_mut(&key) {
+            if let KeyState::Absence(st) = &mut entry.state {
+                if time < st.last {
+                    return;
+                }
+                // A gap longer than `after` that the watermark has not closed yet (it lags by
+                // the lateness) still was a silence.
+                if !st.fired && time.0.saturating_sub(st.last.0) > after.0 {
+                    out.push((
+                        st.last.saturating_add(after),
+                        Firing {
+                            key: key.clone(),
+                            count: 0,
+                            first_seen: st.last,
+                            last_seen: st.last,
+                            audit_ids: if st.audit_id.is_empty() {
+                                Vec::new()
+                            } else {
+                                vec![st.audit_id.clone()]
+                            },
+                            captured: std::mem::take(&mut st.captured),
+                        },
+                    ));
+                }
+                entry.updated = time;
+                st.last = time;
+                st.fired = false;
+                st.audit_id.clear();
+                st.audit_id.push_str(audit_id);
+                st.captured = captured;
+                if !st.armed {
+                    st.armed = true;
+                    self.deadlines.push(Reverse((time.saturating_add(after), key)));
+                }
+            }
+            return;
+        }
+        self.on_hit(Hit {
+            time,
+            key,
+            audit_id: audit_id.into(),
+            distinct: None,
+            captured,
+        });
     }
 
     /// Fires absence windows whose silence reached `absent_for` before `watermark`.
@@ -245,8 +314,15 @@ impl RuleWindow {
             let KeyState::Absence(st) = &mut entry.state else {
                 continue;
             };
-            // Stale deadline: the key was hit again after this deadline was scheduled.
-            if st.fired || st.last.saturating_add(after) != deadline {
+            st.armed = false;
+            if st.fired {
+                continue;
+            }
+            // The key was hit again after this deadline was scheduled: re-arm.
+            let current = st.last.saturating_add(after);
+            if current > deadline {
+                st.armed = true;
+                self.deadlines.push(Reverse((current, key)));
                 continue;
             }
             st.fired = true;
