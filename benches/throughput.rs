@@ -99,7 +99,7 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
     let annotations = r#""annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"RBAC: allowed by ClusterRoleBinding \"system:controller:replicaset-controller\" of ClusterRole \"system:controller:replicaset-controller\" to ServiceAccount \"replicaset-controller/kube-system\""}"#;
     match roll {
         // Metadata-level reads by controllers and nodes: the bulk of a real log.
-        0..=629 => {
+        0..=439 => {
             let res = rng.pick(READ_RESOURCES);
             let verb = rng.pick(&["get", "list", "watch", "get", "get"]);
             let user = rng.pick(SERVICE_ACCOUNTS);
@@ -109,16 +109,33 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
                 common("Metadata", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/{res}/{name}"), verb, user, sa_groups)
             )
         }
+        // Lease renewals: every node and controller, every few seconds.
+        440..=639 => {
+            let holder = rng.pick(SERVICE_ACCOUNTS);
+            let lease = format!("lease-{}", rng.below(60));
+            format!(
+                r#"{{{},"objectRef":{{"resource":"leases","namespace":"kube-node-lease","name":"{lease}","apiGroup":"coordination.k8s.io","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
+                common("Metadata", "ResponseComplete", &format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{lease}"), "update", holder, sa_groups)
+            )
+        }
         // RequestReceived records (policies that keep the stage): no response yet.
-        630..=709 => {
+        640..=719 => {
             let user = rng.pick(SERVICE_ACCOUNTS);
             format!(
                 r#"{{{},"objectRef":{{"resource":"leases","namespace":"kube-system","name":"kube-scheduler","apiGroup":"coordination.k8s.io","apiVersion":"v1"}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{rr}"}}"#,
                 common("Metadata", "RequestReceived", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler", "update", user, sa_groups)
             )
         }
+        // Kubernetes Event objects written by controllers, at the Request level.
+        720..=819 => {
+            let name = format!("app-{}.17a{:x}", rng.below(5000), rng.below(1 << 20));
+            format!(
+                r#"{{{},"objectRef":{{"resource":"events","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestObject":{{"kind":"Event","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"{ns}"}},"involvedObject":{{"kind":"Pod","namespace":"{ns}","name":"app","apiVersion":"v1"}},"reason":"Scheduled","message":"Successfully assigned {ns}/app to worker-2","source":{{}},"type":"Normal","reportingComponent":"default-scheduler"}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}"}}"#,
+                common("Request", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/events"), "create", "system:kube-scheduler", r#""system:authenticated""#)
+            )
+        }
         // RequestResponse pod creates (full request and response objects).
-        710..=789 => {
+        820..=839 => {
             let name = format!("app-{}", rng.below(5000));
             let privileged = rng.below(200) == 0;
             let body = pod_object(rng, ns, &name, privileged);
@@ -128,7 +145,7 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             )
         }
         // Request-level configmap patches.
-        830..=899 => {
+        840..=889 => {
             let name = format!("cfg-{}", rng.below(300));
             format!(
                 r#"{{{},"objectRef":{{"resource":"configmaps","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestObject":{{"data":{{"feature.flags":"a=1,b=0,c=1","log.level":"info"}}}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
@@ -136,7 +153,7 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             )
         }
         // Authorization failures (403) by people and service accounts.
-        900..=939 => {
+        890..=929 => {
             let user = rng.pick(HUMANS);
             format!(
                 r#"{{{},"objectRef":{{"resource":"secrets","namespace":"{ns}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"status":"Failure","message":"secrets is forbidden: User \"{user}\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{ns}\"","reason":"Forbidden","details":{{"kind":"secrets"}},"code":403}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}","annotations":{{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}}}}"#,
@@ -144,12 +161,12 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             )
         }
         // Failed authentication (401): ResponseStarted, no user.
-        940..=959 => format!(
+        930..=949 => format!(
             r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseStarted","requestURI":"/api/v1/namespaces/kube-system/secrets","verb":"list","user":{{}},"sourceIPs":["198.51.100.{}"],"userAgent":"curl/8.5.0","responseStatus":{{"metadata":{{}},"status":"Failure","message":"Authentication failed, attempted: bearer","reason":"Unauthorized","code":401}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}"}}"#,
             rng.below(4) + 1
         ),
         // Secret reads by people.
-        960..=979 => {
+        950..=969 => {
             let user = rng.pick(HUMANS);
             let name = format!("secret-{}", rng.below(50));
             format!(
@@ -158,7 +175,7 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             )
         }
         // exec sessions.
-        980..=989 => {
+        970..=979 => {
             let user = rng.pick(HUMANS);
             let pod = format!("app-{}", rng.below(5000));
             format!(
@@ -167,7 +184,7 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             )
         }
         // Ingress changes, half by the GitOps controller.
-        990..=996 => {
+        980..=989 => {
             let name = format!("ing-{}", rng.below(40));
             let user = if rng.below(2) == 0 { "system:serviceaccount:argocd:argocd-application-controller" } else { rng.pick(HUMANS) };
             let body = ingress_object(ns, &name, rng.below(3) != 0);
@@ -218,6 +235,11 @@ fn main() {
         Ok(m) => m.len(),
         Err(_) => generate(&path, events).expect("generate corpus"),
     };
+    println!(
+        "mix: 44% Metadata reads, 20% lease renewals, 8% RequestReceived, 10% Event writes (Request), \
+         2% pod creates (RequestResponse), 5% configmap patches (Request), 4% 403, 2% 401, \
+         2% secret reads, 1% exec, 1% ingress updates (RequestResponse), 1% RBAC bindings"
+    );
     println!(
         "corpus: {} events, {:.0} MiB, {:.0} bytes/event on average ({}; ready in {:.1}s)",
         events,

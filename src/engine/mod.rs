@@ -110,8 +110,9 @@ impl RuleState {
 pub struct Engine {
     rules: Arc<RuleSet>,
     opts: EngineOptions,
-    /// Verb → indices of the rules that can match it, in rule order.
-    by_verb: HashMap<Box<str>, Vec<u32>>,
+    /// Verb → indices of the rules that can match it, in rule order. A short list searched
+    /// linearly: there are a dozen verbs, and hashing every event's verb costs more.
+    by_verb: Vec<(Box<str>, Vec<u32>)>,
     any_verb: Vec<u32>,
     states: Vec<RuleState>,
     dedup: RequestDedup,
@@ -235,8 +236,9 @@ impl Engine {
             }
         };
         let rules = Arc::clone(&self.rules);
-        let candidates: &[u32] = match self.by_verb.get(ev.verb.as_str()) {
-            Some(list) => list,
+        let verb = ev.verb.as_str();
+        let candidates: &[u32] = match self.by_verb.iter().find(|(v, _)| &**v == verb) {
+            Some((_, list)) => list,
             None => &self.any_verb,
         };
         let mut event_value: Option<Dynamic> = None;
@@ -468,7 +470,7 @@ fn emit(
     out.push(build_alert(rule, rules, kind, firing, swallowed, None));
 }
 
-fn index_by_verb(rules: &RuleSet) -> (HashMap<Box<str>, Vec<u32>>, Vec<u32>) {
+fn index_by_verb(rules: &RuleSet) -> (Vec<(Box<str>, Vec<u32>)>, Vec<u32>) {
     let mut any = Vec::new();
     let mut by_verb: HashMap<Box<str>, Vec<u32>> = HashMap::new();
     for (i, rule) in rules.rules.iter().enumerate() {
@@ -485,12 +487,24 @@ fn index_by_verb(rules: &RuleSet) -> (HashMap<Box<str>, Vec<u32>>, Vec<u32>) {
         }
     }
     // Each verb's list also holds the any-verb rules, merged in rule order.
-    for list in by_verb.values_mut() {
-        list.extend(&any);
-        list.sort_unstable();
-        list.dedup();
-    }
-    (by_verb, any)
+    let mut index: Vec<(Box<str>, Vec<u32>)> = by_verb
+        .into_iter()
+        .map(|(verb, mut list)| {
+            list.extend(&any);
+            list.sort_unstable();
+            list.dedup();
+            (verb, list)
+        })
+        .collect();
+    // Most frequent verbs first.
+    let rank = |v: &str| {
+        ["get", "list", "watch", "update", "patch", "create", "delete"]
+            .iter()
+            .position(|x| *x == v)
+            .unwrap_or(usize::MAX)
+    };
+    index.sort_by_key(|(v, _)| (rank(v), v.clone()));
+    (index, any)
 }
 
 fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {

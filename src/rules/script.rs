@@ -101,6 +101,7 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
         let found = walk(&value, path);
         if found.is_unit() { default } else { found }
     });
+    engine.register_fn("object_get", |event: Dynamic, path: &str| object_get(&event, path));
     engine.register_fn("json_pointer", |value: Dynamic, pointer: &str| {
         json_pointer(&value, pointer)
     });
@@ -116,6 +117,9 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
     // By reference, so `event.requestObject.containers()` does not copy the object first.
     engine.register_fn("pod_spec", |obj: &mut Dynamic| pod_spec(obj));
     engine.register_fn("containers", |obj: &mut Dynamic| containers(obj));
+    engine.register_fn("pod_spec_get", |obj: &mut Dynamic, field: &str| {
+        pod_spec_get(obj, field)
+    });
     engine.register_fn("is_empty", |_: ()| true);
     engine.register_fn("len", |_: ()| 0_i64);
     engine
@@ -205,6 +209,17 @@ fn walk_segments(value: &Dynamic, segs: &[&str], pointer: bool) -> Dynamic {
     Dynamic::UNIT
 }
 
+/// A field of the object as written: `responseObject` when the audit level recorded it (it is
+/// the resulting object, even for a patch), else `requestObject`. Copies only the field.
+fn object_get(event: &Dynamic, path: &str) -> Dynamic {
+    let mut segs: Vec<&str> = path.split('.').filter(|s| !s.is_empty()).collect();
+    let has_response = event
+        .read_lock::<Map>()
+        .is_some_and(|m| m.get("responseObject").is_some_and(|o| o.is_map()));
+    segs.insert(0, if has_response { "responseObject" } else { "requestObject" });
+    walk_segments(event, &segs, false)
+}
+
 /// RFC 6901 JSON pointer (`/metadata/annotations/a~1b`).
 fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
     if pointer.is_empty() {
@@ -217,34 +232,55 @@ fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
     walk_segments(value, &segs, true)
 }
 
-/// The pod spec inside a Pod, a pod template (Deployment, ReplicaSet, StatefulSet, DaemonSet,
-/// Job, ReplicationController, PodTemplate) or a CronJob; `()` for anything else.
-fn pod_spec(obj: &Dynamic) -> Dynamic {
-    let kind = walk(obj, "kind").to_string();
-    let path = match kind.as_str() {
-        "Pod" => "spec",
-        "CronJob" => "spec.jobTemplate.spec.template.spec",
-        "PodTemplate" => "template.spec",
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
-        | "ReplicationController" => "spec.template.spec",
-        _ => return Dynamic::UNIT,
-    };
-    walk(obj, path)
+/// Where the pod spec sits in a Pod, a pod template (Deployment, ReplicaSet, StatefulSet,
+/// DaemonSet, Job, ReplicationController, PodTemplate) or a CronJob.
+fn pod_spec_path(obj: &Dynamic) -> Option<&'static [&'static str]> {
+    let kind = obj
+        .read_lock::<Map>()
+        .and_then(|m| m.get("kind").and_then(|k| k.read_lock::<ImmutableString>().map(|s| s.clone())));
+    Some(match kind.as_deref() {
+        Some("Pod") => &["spec"],
+        Some("CronJob") => &["spec", "jobTemplate", "spec", "template", "spec"],
+        Some("PodTemplate") => &["template", "spec"],
+        Some(
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+            | "ReplicationController",
+        ) => &["spec", "template", "spec"],
+        // No (known) kind, as in partial events: a bare pod spec, or an object with `spec`.
+        _ => {
+            let bare = obj
+                .read_lock::<Map>()
+                .is_some_and(|m| m.contains_key("containers"));
+            if bare { &[] } else { &["spec"] }
+        }
+    })
 }
 
-/// Every container of a pod spec (or of an object holding one): containers, initContainers
-/// and ephemeralContainers.
-fn containers(obj: &Dynamic) -> Array {
-    let spec = match pod_spec(obj) {
-        // No (known) kind, as in partial events: a bare pod spec, or an object with `spec`.
-        s if s.is_unit() && walk(obj, "containers").is_unit() => walk(obj, "spec"),
-        s if s.is_unit() => obj.clone(),
-        s => s,
+/// The pod spec inside `obj` (see [`pod_spec_path`]); `()` when there is none.
+fn pod_spec(obj: &Dynamic) -> Dynamic {
+    match pod_spec_path(obj) {
+        Some(path) => walk_segments(obj, path, false),
+        None => Dynamic::UNIT,
+    }
+}
+
+/// One field of the pod spec inside `obj`, without copying the rest of the spec.
+fn pod_spec_get(obj: &Dynamic, field: &str) -> Dynamic {
+    let Some(path) = pod_spec_path(obj) else {
+        return Dynamic::UNIT;
     };
+    let mut segs: Vec<&str> = path.to_vec();
+    segs.extend(field.split('.').filter(|s| !s.is_empty()));
+    walk_segments(obj, &segs, false)
+}
+
+/// Every container of the pod spec inside `obj`: containers, initContainers and
+/// ephemeralContainers.
+fn containers(obj: &Dynamic) -> Array {
     let mut out = Array::new();
     for field in ["containers", "initContainers", "ephemeralContainers"] {
-        if let Some(list) = walk(&spec, field).read_lock::<Array>() {
-            out.extend(list.iter().cloned());
+        if let Ok(list) = pod_spec_get(obj, field).into_array() {
+            out.extend(list);
         }
     }
     out
@@ -526,6 +562,8 @@ mod tests {
             Ok(true)
         );
         assert_eq!(run("any_in(event.user.groups, [\"dev\", \"ops\"])", EV), Ok(true));
+        assert_eq!(run("object_get(event, \"spec.hostNetwork\") == true", EV), Ok(true));
+        assert_eq!(run("object_get(event, \"spec.nope\") == ()", EV), Ok(true));
         assert_eq!(
             run("event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)", EV),
             Ok(true)
@@ -551,6 +589,8 @@ mod tests {
         assert_eq!(run("containers(event.requestObject).len() == 2", deploy), Ok(true));
         assert_eq!(run("containers(event.requestObject).len() == 1", EV), Ok(true));
         assert_eq!(run("containers(event.requestObject).len() == 0", META), Ok(true));
+        assert_eq!(run("event.requestObject.pod_spec_get(\"hostPID\") == true", deploy), Ok(true));
+        assert_eq!(run("event.requestObject.pod_spec_get(\"hostNetwork\") == true", EV), Ok(true));
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct RecordReader {
     name: Arc<str>,
     reader: Box<dyn BufRead + Send>,
     buf: String,
+    /// Raw bytes of the current line, reused across lines.
+    bytes: Vec<u8>,
     shape: Shape,
     /// 1-based number of the next line to read.
     next_line: u64,
@@ -67,6 +69,7 @@ impl RecordReader {
             name,
             reader,
             buf: String::new(),
+            bytes: Vec::new(),
             shape: Shape::Unknown,
             next_line: 1,
             next_offset: 0,
@@ -104,8 +107,8 @@ impl RecordReader {
             self.buf.clear();
             let line_start = self.next_offset;
             let line_no = self.next_line;
-            let mut bytes = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut bytes)?;
+            self.bytes.clear();
+            let n = self.reader.read_until(b'\n', &mut self.bytes)?;
             if n == 0 {
                 self.shape = Shape::Done;
                 return Ok(None);
@@ -118,8 +121,8 @@ impl RecordReader {
                 offset: line_start,
                 item: None,
             };
-            match String::from_utf8(bytes) {
-                Ok(s) => self.buf = s,
+            match std::str::from_utf8(&self.bytes) {
+                Ok(s) => self.buf.push_str(s),
                 Err(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
