@@ -184,8 +184,8 @@ pub fn replay(
         loop {
             match input.reader.next_record() {
                 Ok(Some(rec)) => {
-                    let (pos, text) = (rec.position.clone(), rec.text);
-                    step(&mut engine, &mut report, &pos, text, on_diagnostic);
+                    let pos = rec.position.clone();
+                    step(&mut engine, &mut report, &pos, rec.text, on_diagnostic);
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -24,12 +24,20 @@ enum Shape {
 }
 
 /// Reads records from a file or stdin, remembering where each one starts.
+///
+/// A line that lies wholly inside the reader's buffer is handed out in place (no copy); only a
+/// line that straddles a buffer refill is assembled in `spill`.
 pub struct RecordReader {
     name: Arc<str>,
     reader: Box<dyn BufRead + Send>,
-    buf: String,
-    /// Raw bytes of the current line, reused across lines.
-    bytes: Vec<u8>,
+    /// The whole input, in document mode.
+    doc: String,
+    /// A line assembled across buffer refills.
+    spill: Vec<u8>,
+    /// Where the current line is: in the reader's buffer (`Some(len)`) or in `spill`.
+    in_buffer: Option<usize>,
+    /// Bytes of the reader's buffer to consume before reading on.
+    pending_consume: usize,
     shape: Shape,
     /// 1-based number of the next line to read.
     next_line: u64,
@@ -42,6 +50,12 @@ pub struct RecordReader {
 pub struct RawRecord<'a> {
     pub position: &'a Position,
     pub text: &'a str,
+}
+
+fn line_text(bytes: &[u8]) -> Option<&str> {
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    std::str::from_utf8(bytes).ok()
 }
 
 impl RecordReader {
@@ -68,8 +82,10 @@ impl RecordReader {
             },
             name,
             reader,
-            buf: String::new(),
-            bytes: Vec::new(),
+            doc: String::new(),
+            spill: Vec::new(),
+            in_buffer: None,
+            pending_consume: 0,
             shape: Shape::Unknown,
             next_line: 1,
             next_offset: 0,
@@ -80,11 +96,47 @@ impl RecordReader {
         &self.name
     }
 
+    /// Reads the next physical line (with its newline) into place; returns its length, 0 at
+    /// the end of the input.
+    fn read_line(&mut self) -> io::Result<usize> {
+        self.reader.consume(std::mem::take(&mut self.pending_consume));
+        self.in_buffer = None;
+        self.spill.clear();
+        let buf = self.reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if let Some(i) = memchr_newline(buf) {
+            self.in_buffer = Some(i + 1);
+            self.pending_consume = i + 1;
+            return Ok(i + 1);
+        }
+        // The line continues past the buffer: assemble it.
+        self.reader.read_until(b'\n', &mut self.spill)
+    }
+
+    fn line_bytes(&mut self) -> &[u8] {
+        match self.in_buffer {
+            // fill_buf returns the same, unconsumed buffer again without reading.
+            Some(len) => match self.reader.fill_buf() {
+                Ok(buf) => &buf[..len.min(buf.len())],
+                Err(_) => &[],
+            },
+            None => &self.spill,
+        }
+    }
+
     /// The record returned by the last `next_record` call, again.
-    pub fn current(&self) -> (&Position, &str) {
-        let text = match self.shape {
-            Shape::Done | Shape::Document => self.buf.as_str(),
-            _ => self.buf.trim_end_matches(['\n', '\r']),
+    pub fn current(&mut self) -> (&Position, &str) {
+        if self.shape == Shape::Document || !self.doc.is_empty() {
+            return (&self.current, &self.doc);
+        }
+        let text = match self.in_buffer {
+            Some(len) => match self.reader.fill_buf() {
+                Ok(buf) => line_text(&buf[..len.min(buf.len())]).unwrap_or(""),
+                Err(_) => "",
+            },
+            None => line_text(&self.spill).unwrap_or(""),
         };
         (&self.current, text)
     }
@@ -99,16 +151,14 @@ impl RecordReader {
                     self.shape = Shape::Done;
                     return Ok(Some(RawRecord {
                         position: &self.current,
-                        text: &self.buf,
+                        text: &self.doc,
                     }));
                 }
                 Shape::Unknown | Shape::Lines => {}
             }
-            self.buf.clear();
             let line_start = self.next_offset;
             let line_no = self.next_line;
-            self.bytes.clear();
-            let n = self.reader.read_until(b'\n', &mut self.bytes)?;
+            let n = self.read_line()?;
             if n == 0 {
                 self.shape = Shape::Done;
                 return Ok(None);
@@ -121,37 +171,50 @@ impl RecordReader {
                 offset: line_start,
                 item: None,
             };
-            match std::str::from_utf8(&self.bytes) {
-                Ok(s) => self.buf.push_str(s),
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("{}: invalid UTF-8", self.current),
-                    ));
-                }
-            }
-            let trimmed = self.buf.trim();
-            if trimmed.is_empty() {
+            let sniff = self.shape == Shape::Unknown;
+            // (blank line, first line of a multi-line document); `None` for invalid UTF-8.
+            let verdict = {
+                let bytes = self.line_bytes();
+                line_text(bytes).map(|text| {
+                    let blank = text.trim().is_empty();
+                    let doc_start = (sniff && !blank)
+                        .then(|| match serde_json::from_str::<IgnoredAny>(text.trim()) {
+                            Err(e) if e.is_eof() => Some(text.to_owned()),
+                            _ => None,
+                        })
+                        .flatten();
+                    (blank, doc_start)
+                })
+            };
+            let Some((blank, doc_start)) = verdict else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: invalid UTF-8", self.current),
+                ));
+            };
+            if blank {
                 continue;
             }
-            if self.shape == Shape::Unknown {
-                self.shape = Shape::Lines;
-                if let Err(e) = serde_json::from_str::<IgnoredAny>(trimmed)
-                    && e.is_eof()
-                {
-                    // The first value spans lines: read the rest as one document.
-                    self.reader.read_to_string(&mut self.buf)?;
-                    self.shape = Shape::Document;
-                    continue;
-                }
+            self.shape = Shape::Lines;
+            if let Some(mut doc) = doc_start {
+                // The first value spans lines: read the rest as one document.
+                doc.push('\n');
+                self.reader.consume(std::mem::take(&mut self.pending_consume));
+                self.in_buffer = None;
+                self.reader.read_to_string(&mut doc)?;
+                self.doc = doc;
+                self.shape = Shape::Document;
+                continue;
             }
-            let text = self.buf.trim_end_matches(['\n', '\r']);
-            return Ok(Some(RawRecord {
-                position: &self.current,
-                text,
-            }));
+            // Borrow again for the caller (the checks above needed `self` mutably).
+            let (position, text) = self.current();
+            return Ok(Some(RawRecord { position, text }));
         }
     }
+}
+
+fn memchr_newline(buf: &[u8]) -> Option<usize> {
+    memchr::memchr(b'\n', buf)
 }
 
 #[cfg(test)]
@@ -178,6 +241,24 @@ mod tests {
                 (4, 18, "not json".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn lines_straddling_buffer_refills_are_assembled() {
+        let input = "{\"a\":1}\n\n{\"bbbbbbbb\":2}\n{}\n";
+        let tiny = BufReader::with_capacity(4, io::Cursor::new(input.as_bytes().to_vec()));
+        let mut r = RecordReader::new("t", Box::new(tiny));
+        let mut got = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push((rec.position.line, rec.position.offset, rec.text.to_owned()));
+        }
+        assert_eq!(got, records(input));
+        assert_eq!(got.len(), 3);
+        let doc = "{\n  \"kind\": \"EventList\",\n  \"items\": []\n}\n";
+        let tiny = BufReader::with_capacity(3, io::Cursor::new(doc.as_bytes().to_vec()));
+        let mut r = RecordReader::new("t", Box::new(tiny));
+        assert_eq!(r.next_record().unwrap().unwrap().text, doc);
+        assert!(r.next_record().unwrap().is_none());
     }
 
     #[test]
