@@ -32,7 +32,16 @@ impl Rng {
     }
 }
 
-const NAMESPACES: &[&str] = &["default", "kube-system", "prod", "staging", "payments", "web", "monitoring", "argocd"];
+const NAMESPACES: &[&str] = &[
+    "default",
+    "kube-system",
+    "prod",
+    "staging",
+    "payments",
+    "web",
+    "monitoring",
+    "argocd",
+];
 const SERVICE_ACCOUNTS: &[&str] = &[
     "system:serviceaccount:kube-system:replicaset-controller",
     "system:serviceaccount:kube-system:deployment-controller",
@@ -44,8 +53,22 @@ const SERVICE_ACCOUNTS: &[&str] = &[
     "system:node:worker-1",
     "system:node:worker-2",
 ];
-const HUMANS: &[&str] = &["alice@example.com", "bob@example.com", "carol@example.com", "mallory"];
-const READ_RESOURCES: &[&str] = &["pods", "configmaps", "secrets", "nodes", "leases", "endpoints", "services", "events"];
+const HUMANS: &[&str] = &[
+    "alice@example.com",
+    "bob@example.com",
+    "carol@example.com",
+    "mallory",
+];
+const READ_RESOURCES: &[&str] = &[
+    "pods",
+    "configmaps",
+    "secrets",
+    "nodes",
+    "leases",
+    "endpoints",
+    "services",
+    "events",
+];
 
 fn uuid(rng: &mut Rng) -> String {
     let a = rng.next();
@@ -66,14 +89,23 @@ fn ts(base: i64, micros: i64) -> String {
 }
 
 fn pod_object(rng: &mut Rng, ns: &str, name: &str, privileged: bool) -> String {
-    let image = rng.pick(&["nginx:1.25", "registry.example.com/payments/api:4.2.1", "redis:7", "busybox:1.36"]);
+    let image = rng.pick(&[
+        "nginx:1.25",
+        "registry.example.com/payments/api:4.2.1",
+        "redis:7",
+        "busybox:1.36",
+    ]);
     format!(
         r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"{ns}","labels":{{"app":"{name}","pod-template-hash":"5cdcc99dbf"}},"ownerReferences":[{{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"{name}-5cdcc99dbf","uid":"8c800470-d85f-11e8-88b6-080027728ac4","controller":true,"blockOwnerDeletion":true}}]}},"spec":{{"volumes":[{{"name":"kube-api-access","projected":{{"sources":[{{"serviceAccountToken":{{"expirationSeconds":3607,"path":"token"}}}}]}}}}],"containers":[{{"name":"app","image":"{image}","ports":[{{"containerPort":8080,"protocol":"TCP"}}],"resources":{{"limits":{{"cpu":"500m","memory":"256Mi"}},"requests":{{"cpu":"100m","memory":"128Mi"}}}},"volumeMounts":[{{"name":"kube-api-access","readOnly":true,"mountPath":"/var/run/secrets/kubernetes.io/serviceaccount"}}],"terminationMessagePath":"/dev/termination-log","imagePullPolicy":"IfNotPresent","securityContext":{{"privileged":{privileged},"allowPrivilegeEscalation":false}}}}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","serviceAccountName":"default","securityContext":{{}},"schedulerName":"default-scheduler","tolerations":[{{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}}]}},"status":{{"phase":"Pending","qosClass":"Burstable"}}}}"#
     )
 }
 
 fn ingress_object(ns: &str, name: &str, tls: bool) -> String {
-    let tls = if tls { r#","tls":[{"hosts":["shop.example.com"],"secretName":"shop-tls"}]"# } else { "" };
+    let tls = if tls {
+        r#","tls":[{"hosts":["shop.example.com"],"secretName":"shop-tls"}]"#
+    } else {
+        ""
+    };
     format!(
         r#"{{"kind":"Ingress","apiVersion":"networking.k8s.io/v1","metadata":{{"name":"{name}","namespace":"{ns}","annotations":{{"nginx.ingress.kubernetes.io/rewrite-target":"/"}}}},"spec":{{"ingressClassName":"nginx","rules":[{{"host":"shop.example.com","http":{{"paths":[{{"path":"/","pathType":"Prefix","backend":{{"service":{{"name":"{name}","port":{{"number":80}}}}}}}}]}}}}]{tls}}}}}"#
     )
@@ -95,7 +127,8 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             &id[..8]
         )
     };
-    let sa_groups = r#""system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated""#;
+    let sa_groups =
+        r#""system:serviceaccounts","system:serviceaccounts:kube-system","system:authenticated""#;
     let annotations = r#""annotations":{"authorization.k8s.io/decision":"allow","authorization.k8s.io/reason":"RBAC: allowed by ClusterRoleBinding \"system:controller:replicaset-controller\" of ClusterRole \"system:controller:replicaset-controller\" to ServiceAccount \"replicaset-controller/kube-system\""}"#;
     match roll {
         // Metadata-level reads by controllers and nodes: the bulk of a real log.
@@ -106,7 +139,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let name = format!("{res}-{}", rng.below(400));
             format!(
                 r#"{{{},"objectRef":{{"resource":"{res}","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("Metadata", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/{res}/{name}"), verb, user, sa_groups)
+                common(
+                    "Metadata",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/{res}/{name}"),
+                    verb,
+                    user,
+                    sa_groups
+                )
             )
         }
         // Lease renewals: every node and controller, every few seconds.
@@ -115,7 +155,16 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let lease = format!("lease-{}", rng.below(60));
             format!(
                 r#"{{{},"objectRef":{{"resource":"leases","namespace":"kube-node-lease","name":"{lease}","apiGroup":"coordination.k8s.io","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("Metadata", "ResponseComplete", &format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{lease}"), "update", holder, sa_groups)
+                common(
+                    "Metadata",
+                    "ResponseComplete",
+                    &format!(
+                        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{lease}"
+                    ),
+                    "update",
+                    holder,
+                    sa_groups
+                )
             )
         }
         // RequestReceived records (policies that keep the stage): no response yet.
@@ -123,7 +172,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let user = rng.pick(SERVICE_ACCOUNTS);
             format!(
                 r#"{{{},"objectRef":{{"resource":"leases","namespace":"kube-system","name":"kube-scheduler","apiGroup":"coordination.k8s.io","apiVersion":"v1"}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{rr}"}}"#,
-                common("Metadata", "RequestReceived", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler", "update", user, sa_groups)
+                common(
+                    "Metadata",
+                    "RequestReceived",
+                    "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler",
+                    "update",
+                    user,
+                    sa_groups
+                )
             )
         }
         // Kubernetes Event objects written by controllers, at the Request level.
@@ -131,7 +187,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let name = format!("app-{}.17a{:x}", rng.below(5000), rng.below(1 << 20));
             format!(
                 r#"{{{},"objectRef":{{"resource":"events","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestObject":{{"kind":"Event","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"{ns}"}},"involvedObject":{{"kind":"Pod","namespace":"{ns}","name":"app","apiVersion":"v1"}},"reason":"Scheduled","message":"Successfully assigned {ns}/app to worker-2","source":{{}},"type":"Normal","reportingComponent":"default-scheduler"}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}"}}"#,
-                common("Request", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/events"), "create", "system:kube-scheduler", r#""system:authenticated""#)
+                common(
+                    "Request",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/events"),
+                    "create",
+                    "system:kube-scheduler",
+                    r#""system:authenticated""#
+                )
             )
         }
         // RequestResponse pod creates (full request and response objects).
@@ -141,7 +204,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let body = pod_object(rng, ns, &name, privileged);
             format!(
                 r#"{{{},"objectRef":{{"resource":"pods","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestObject":{body},"responseObject":{body},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("RequestResponse", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/pods"), "create", "system:serviceaccount:kube-system:replicaset-controller", sa_groups)
+                common(
+                    "RequestResponse",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/pods"),
+                    "create",
+                    "system:serviceaccount:kube-system:replicaset-controller",
+                    sa_groups
+                )
             )
         }
         // Request-level configmap patches.
@@ -149,7 +219,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let name = format!("cfg-{}", rng.below(300));
             format!(
                 r#"{{{},"objectRef":{{"resource":"configmaps","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestObject":{{"data":{{"feature.flags":"a=1,b=0,c=1","log.level":"info"}}}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("Request", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/configmaps/{name}"), "patch", rng.pick(SERVICE_ACCOUNTS), sa_groups)
+                common(
+                    "Request",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/configmaps/{name}"),
+                    "patch",
+                    rng.pick(SERVICE_ACCOUNTS),
+                    sa_groups
+                )
             )
         }
         // Authorization failures (403) by people and service accounts.
@@ -157,7 +234,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let user = rng.pick(HUMANS);
             format!(
                 r#"{{{},"objectRef":{{"resource":"secrets","namespace":"{ns}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"status":"Failure","message":"secrets is forbidden: User \"{user}\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{ns}\"","reason":"Forbidden","details":{{"kind":"secrets"}},"code":403}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}","annotations":{{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}}}}"#,
-                common("Metadata", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/secrets"), "list", user, r#""system:authenticated""#)
+                common(
+                    "Metadata",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/secrets"),
+                    "list",
+                    user,
+                    r#""system:authenticated""#
+                )
             )
         }
         // Failed authentication (401): ResponseStarted, no user.
@@ -171,7 +255,14 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let name = format!("secret-{}", rng.below(50));
             format!(
                 r#"{{{},"objectRef":{{"resource":"secrets","namespace":"{ns}","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("Metadata", "ResponseComplete", &format!("/api/v1/namespaces/{ns}/secrets/{name}"), "get", user, r#""system:authenticated""#)
+                common(
+                    "Metadata",
+                    "ResponseComplete",
+                    &format!("/api/v1/namespaces/{ns}/secrets/{name}"),
+                    "get",
+                    user,
+                    r#""system:authenticated""#
+                )
             )
         }
         // exec sessions.
@@ -180,26 +271,57 @@ fn event(rng: &mut Rng, i: u64, base: i64) -> String {
             let pod = format!("app-{}", rng.below(5000));
             format!(
                 r#"{{{},"objectRef":{{"resource":"pods","namespace":"{ns}","name":"{pod}","apiVersion":"v1","subresource":"exec"}},"responseStatus":{{"metadata":{{}},"code":101}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("Request", "ResponseStarted", &format!("/api/v1/namespaces/{ns}/pods/{pod}/exec?command=sh&stdin=true&tty=true"), "create", user, r#""system:authenticated""#)
+                common(
+                    "Request",
+                    "ResponseStarted",
+                    &format!(
+                        "/api/v1/namespaces/{ns}/pods/{pod}/exec?command=sh&stdin=true&tty=true"
+                    ),
+                    "create",
+                    user,
+                    r#""system:authenticated""#
+                )
             )
         }
         // Ingress changes, half by the GitOps controller.
         980..=989 => {
             let name = format!("ing-{}", rng.below(40));
-            let user = if rng.below(2) == 0 { "system:serviceaccount:argocd:argocd-application-controller" } else { rng.pick(HUMANS) };
+            let user = if rng.below(2) == 0 {
+                "system:serviceaccount:argocd:argocd-application-controller"
+            } else {
+                rng.pick(HUMANS)
+            };
             let body = ingress_object(ns, &name, rng.below(3) != 0);
             format!(
                 r#"{{{},"objectRef":{{"resource":"ingresses","namespace":"{ns}","name":"{name}","apiGroup":"networking.k8s.io","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestObject":{body},"responseObject":{body},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("RequestResponse", "ResponseComplete", &format!("/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}"), "update", user, r#""system:authenticated""#)
+                common(
+                    "RequestResponse",
+                    "ResponseComplete",
+                    &format!("/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/{name}"),
+                    "update",
+                    user,
+                    r#""system:authenticated""#
+                )
             )
         }
         // RBAC bindings.
         _ => {
-            let role = if rng.below(10) == 0 { "cluster-admin" } else { "view" };
+            let role = if rng.below(10) == 0 {
+                "cluster-admin"
+            } else {
+                "view"
+            };
             let name = format!("binding-{}", rng.below(100));
             format!(
                 r#"{{{},"objectRef":{{"resource":"clusterrolebindings","name":"{name}","apiGroup":"rbac.authorization.k8s.io","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":201}},"requestObject":{{"kind":"ClusterRoleBinding","apiVersion":"rbac.authorization.k8s.io/v1","metadata":{{"name":"{name}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"{role}"}},"subjects":[{{"kind":"User","name":"dev@example.com"}}]}},"requestReceivedTimestamp":"{rr}","stageTimestamp":"{st}",{annotations}}}"#,
-                common("RequestResponse", "ResponseComplete", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", "create", rng.pick(HUMANS), r#""system:authenticated""#)
+                common(
+                    "RequestResponse",
+                    "ResponseComplete",
+                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                    "create",
+                    rng.pick(HUMANS),
+                    r#""system:authenticated""#
+                )
             )
         }
     }
@@ -289,7 +411,10 @@ fn main() {
     let replay_secs = events as f64 / replay_eps.max(1.0);
 
     println!();
-    println!("{:<46} {:>12} {:>10} {:>12}", "", "events/s", "seconds", "MiB/s");
+    println!(
+        "{:<46} {:>12} {:>10} {:>12}",
+        "", "events/s", "seconds", "MiB/s"
+    );
     println!(
         "{:<46} {:>12.0} {:>10.2} {:>12.0}",
         "serde_json::Value parse of every line",
@@ -309,5 +434,12 @@ fn main() {
         "replay CPU relative to the plain parse: {:.2} (target <= 0.50); alerts: {alerts}; peak RSS: {rss}; wall incl. start-up: {wall:.2}s",
         replay_secs / baseline
     );
-    println!("target >= 300,000 events/s on one core: {}", if replay_eps >= 300_000.0 { "met" } else { "NOT met" });
+    println!(
+        "target >= 300,000 events/s on one core: {}",
+        if replay_eps >= 300_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
 }

@@ -5,12 +5,18 @@ use crate::rules::{LoadError, LoadOptions, RuleSet, load_sources};
 
 /// (path, contents) of every bundled pack, in load order.
 pub const PACKS: &[(&str, &str)] = &[
-    ("rules/audit-health.yaml", include_str!("../rules/audit-health.yaml")),
+    (
+        "rules/audit-health.yaml",
+        include_str!("../rules/audit-health.yaml"),
+    ),
     ("rules/auth.yaml", include_str!("../rules/auth.yaml")),
     ("rules/ingress.yaml", include_str!("../rules/ingress.yaml")),
     ("rules/rbac.yaml", include_str!("../rules/rbac.yaml")),
     ("rules/secrets.yaml", include_str!("../rules/secrets.yaml")),
-    ("rules/workloads.yaml", include_str!("../rules/workloads.yaml")),
+    (
+        "rules/workloads.yaml",
+        include_str!("../rules/workloads.yaml"),
+    ),
 ];
 
 pub fn load(opts: &LoadOptions) -> Result<RuleSet, LoadError> {

@@ -7,12 +7,12 @@
 //! rule unit tests. A module only uses the ones to its left.
 #![forbid(unsafe_code)]
 
-pub mod event;
 pub mod alert;
 pub mod bundled;
-pub mod rules;
-pub mod window;
 pub mod engine;
-pub mod source;
+pub mod event;
 pub mod replay;
+pub mod rules;
 pub mod ruletest;
+pub mod source;
+pub mod window;

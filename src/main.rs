@@ -16,7 +16,11 @@ use auditwatch::rules::{LoadError, LoadOptions, RuleSet, ScriptLimits};
 use auditwatch::{bundled, ruletest};
 
 #[derive(Parser)]
-#[command(name = "auditwatch", version, about = "Alerting rules engine for Kubernetes audit logs")]
+#[command(
+    name = "auditwatch",
+    version,
+    about = "Alerting rules engine for Kubernetes audit logs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

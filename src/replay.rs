@@ -56,7 +56,11 @@ pub struct ReplayReport {
 impl ReplayReport {
     pub fn events_per_second(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 { self.events as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.events as f64 / secs
+        } else {
+            0.0
+        }
     }
 }
 

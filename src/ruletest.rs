@@ -115,7 +115,9 @@ pub struct CaseResult {
 /// Collects `*.test.yaml` files under `paths` (files are taken as given).
 pub fn discover(paths: &[PathBuf]) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
         entries.sort();
         for p in entries {
@@ -223,7 +225,9 @@ fn materialize(
     for (i, input) in case.events.iter().enumerate() {
         match (&input.event, &input.file) {
             (Some(_), Some(_)) | (None, None) => {
-                return Err(format!("events[{i}]: give exactly one of `event` or `file`"));
+                return Err(format!(
+                    "events[{i}]: give exactly one of `event` or `file`"
+                ));
             }
             (None, Some(file)) => {
                 let path = base_dir.join(file);
@@ -331,8 +335,12 @@ fn satisfies(a: &Alert, e: &Expected) -> bool {
         return false;
     }
     if let Some(g) = &e.group {
-        let got: BTreeMap<String, String> =
-            a.group.0.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let got: BTreeMap<String, String> = a
+            .group
+            .0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
         if &got != g {
             return false;
         }

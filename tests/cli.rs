@@ -71,7 +71,12 @@ fn groups(alerts: &[serde_json::Value], rule: &str) -> BTreeSet<String> {
     alerts
         .iter()
         .filter(|a| a["rule"] == rule)
-        .map(|a| a["group"]["effectiveUser.username"].as_str().unwrap_or_default().to_owned())
+        .map(|a| {
+            a["group"]["effectiveUser.username"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -136,7 +141,9 @@ fn impersonated_403_bursts_fire_at_the_documented_boundaries() {
     let alerts = replay_json(&rules, &[fixture("audit2rbac-demo.log")]);
     assert_eq!(
         groups(&alerts, "three-in-5m"),
-        ["alice", "bob", "system:serviceaccount:ns1:sa1"].map(String::from).into()
+        ["alice", "bob", "system:serviceaccount:ns1:sa1"]
+            .map(String::from)
+            .into()
     );
     assert_eq!(
         groups(&alerts, "four-in-1m"),
@@ -144,13 +151,17 @@ fn impersonated_403_bursts_fire_at_the_documented_boundaries() {
     );
     assert!(groups(&alerts, "five-in-5m").is_empty());
     // Keyed on the authenticated user, impersonation collapses everyone into system:admin.
-    let by_user: Vec<_> = alerts.iter().filter(|a| a["rule"] == "by-authenticated-user").collect();
-    assert!(!by_user.is_empty());
-    assert!(by_user.iter().all(|a| a["group"]["user.username"] == "system:admin"));
-    let sa1 = alerts
+    let by_user: Vec<_> = alerts
         .iter()
-        .find(|a| a["rule"] == "four-in-1m")
-        .unwrap();
+        .filter(|a| a["rule"] == "by-authenticated-user")
+        .collect();
+    assert!(!by_user.is_empty());
+    assert!(
+        by_user
+            .iter()
+            .all(|a| a["group"]["user.username"] == "system:admin")
+    );
+    let sa1 = alerts.iter().find(|a| a["rule"] == "four-in-1m").unwrap();
     assert_eq!(sa1["count"], 4);
     assert_eq!(sa1["audit_ids"].as_array().unwrap().len(), 4);
     assert_eq!(sa1["first_seen"], "2017-09-11T20:00:59Z");
@@ -184,9 +195,15 @@ fn one_request_one_match_over_real_request_response_pairs() {
             gets.insert(v["auditID"].as_str().unwrap().to_owned());
         }
     }
-    assert!(get_records > gets.len(), "the log must hold several records per request");
+    assert!(
+        get_records > gets.len(),
+        "the log must hold several records per request"
+    );
     let dir = tempdir("dedup");
-    let rules = write_rules(&dir, "rules:\n  - name: gets\n    severity: info\n    match: { verbs: [get] }\n");
+    let rules = write_rules(
+        &dir,
+        "rules:\n  - name: gets\n    severity: info\n    match: { verbs: [get] }\n",
+    );
     let alerts = replay_json(&rules, &[raw]);
     assert_eq!(alerts.len(), gets.len());
     let ids: HashSet<String> = alerts
@@ -214,8 +231,10 @@ fn bad_records_are_reported_with_their_place_and_skipped() {
     let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
     insta::assert_snapshot!(warnings.join("\n"));
     assert!(err.contains("1 events in 5 records (4 rejected"), "{err}");
-    let alerts: Vec<serde_json::Value> =
-        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let alerts: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0]["rule"], "pod-exec-or-attach");
 }
@@ -244,7 +263,9 @@ fn replay_is_deterministic() {
         corpus("kubernetes/audit2rbac/demo.v1beta1-raw-501d132.log"),
     ];
     let once = run(bin().args(["replay", "--format", "json"]).args(&files));
-    let twice = run(bin().args(["replay", "--format", "json"]).args(files.iter().rev()));
+    let twice = run(bin()
+        .args(["replay", "--format", "json"])
+        .args(files.iter().rev()));
     assert!(once.status.success());
     assert_eq!(stdout(&once), stdout(&twice), "input order must not matter");
 }
@@ -256,19 +277,43 @@ fn bundled_packs_on_falco_traces() {
     let expected: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("exec_pod.json", &["pod-exec-or-attach"][..]),
         ("attach_pod.json", &["pod-exec-or-attach"]),
-        ("create_nginx_pod_privileged.json", &["privileged-pod-created"]),
-        ("create_nginx_pod_privileged_2nd_container.json", &["privileged-pod-created"]),
+        (
+            "create_nginx_pod_privileged.json",
+            &["privileged-pod-created"],
+        ),
+        (
+            "create_nginx_pod_privileged_2nd_container.json",
+            &["privileged-pod-created"],
+        ),
         (
             "create_nginx_pod_no_secctx_1st_container_privileged_2nd_container.json",
             &["privileged-pod-created"],
         ),
-        ("create_nginx_pod_sensitive_mount.json", &["pod-with-sensitive-hostpath"]),
-        ("create_nginx_pod_sensitive_mount_2nd_container.json", &["pod-with-sensitive-hostpath"]),
-        ("create_nginx_pod_hostnetwork.json", &["pod-with-host-namespaces"]),
+        (
+            "create_nginx_pod_sensitive_mount.json",
+            &["pod-with-sensitive-hostpath"],
+        ),
+        (
+            "create_nginx_pod_sensitive_mount_2nd_container.json",
+            &["pod-with-sensitive-hostpath"],
+        ),
+        (
+            "create_nginx_pod_hostnetwork.json",
+            &["pod-with-host-namespaces"],
+        ),
         ("attach_cluster_admin_role.json", &["cluster-admin-binding"]),
-        ("create_cluster_role_wildcard_resources.json", &["clusterrole-with-wildcard"]),
-        ("create_cluster_role_wildcard_verbs.json", &["clusterrole-with-wildcard"]),
-        ("anonymous_creates_namespace_foo.json", &["anonymous-request-allowed"]),
+        (
+            "create_cluster_role_wildcard_resources.json",
+            &["clusterrole-with-wildcard"],
+        ),
+        (
+            "create_cluster_role_wildcard_verbs.json",
+            &["clusterrole-with-wildcard"],
+        ),
+        (
+            "anonymous_creates_namespace_foo.json",
+            &["anonymous-request-allowed"],
+        ),
     ]);
     let dir = corpus("falco/trace_files/k8s_audit");
     let mut traces: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -284,10 +329,20 @@ fn bundled_packs_on_falco_traces() {
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let fired: BTreeSet<String> = stdout(&out)
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"].as_str().unwrap().to_owned())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
-        let want: BTreeSet<String> =
-            expected.get(name).copied().unwrap_or(&[]).iter().map(|s| s.to_string()).collect();
+        let want: BTreeSet<String> = expected
+            .get(name)
+            .copied()
+            .unwrap_or(&[])
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         if fired != want {
             problems.push(format!("{name}: expected {want:?}, fired {fired:?}"));
         }

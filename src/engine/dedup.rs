@@ -123,7 +123,10 @@ mod tests {
         assert!(d.first_match("r1", 1, t), "other rules are independent");
         assert!(d.first_match("", 0, t) && d.first_match("", 0, t));
         d.expire(EventTime::from_secs(61));
-        assert!(d.first_match("r1", 0, EventTime::from_secs(61)), "forgotten after the horizon");
+        assert!(
+            d.first_match("r1", 0, EventTime::from_secs(61)),
+            "forgotten after the horizon"
+        );
     }
 
     #[test]

@@ -18,9 +18,12 @@ pub use dedup::{RequestDedup, audit_key};
 
 use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS};
 use crate::event::{AuditEvent, EventTime, Span};
-use crate::rules::script::{ObjectNeeds, add_objects, event_dynamic, evaluate};
+use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
 use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
 use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
+
+/// Verb → indices of the rules that can match it, in rule order.
+type VerbIndex = Vec<(Box<str>, Vec<u32>)>;
 
 /// Tuning knobs; the defaults suit both replay and a live stream.
 #[derive(Clone, Debug)]
@@ -112,7 +115,7 @@ pub struct Engine {
     opts: EngineOptions,
     /// Verb → indices of the rules that can match it, in rule order. A short list searched
     /// linearly: there are a dozen verbs, and hashing every event's verb costs more.
-    by_verb: Vec<(Box<str>, Vec<u32>)>,
+    by_verb: VerbIndex,
     any_verb: Vec<u32>,
     states: Vec<RuleState>,
     dedup: RequestDedup,
@@ -129,7 +132,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, opts: EngineOptions) -> Engine {
-        let states = rules.rules.iter().map(|r| RuleState::new(r, &opts)).collect();
+        let states = rules
+            .rules
+            .iter()
+            .map(|r| RuleState::new(r, &opts))
+            .collect();
         let (by_verb, any_verb) = index_by_verb(&rules);
         let mut scope = Scope::new();
         scope.push_dynamic("event", Dynamic::UNIT);
@@ -209,7 +216,8 @@ impl Engine {
         self.any_verb = any_verb;
         self.scope = Scope::new();
         self.scope.push_dynamic("event", Dynamic::UNIT);
-        self.scope.push_dynamic("lists", rules.lists_value().clone());
+        self.scope
+            .push_dynamic("lists", rules.lists_value().clone());
         // Pending hits of removed rules would index the wrong rule: release them first.
         let mut sink = Vec::new();
         self.drain_pending(&mut sink);
@@ -470,7 +478,7 @@ fn emit(
     out.push(build_alert(rule, rules, kind, firing, swallowed, None));
 }
 
-fn index_by_verb(rules: &RuleSet) -> (Vec<(Box<str>, Vec<u32>)>, Vec<u32>) {
+fn index_by_verb(rules: &RuleSet) -> (VerbIndex, Vec<u32>) {
     let mut any = Vec::new();
     let mut by_verb: HashMap<Box<str>, Vec<u32>> = HashMap::new();
     for (i, rule) in rules.rules.iter().enumerate() {
@@ -487,7 +495,7 @@ fn index_by_verb(rules: &RuleSet) -> (Vec<(Box<str>, Vec<u32>)>, Vec<u32>) {
         }
     }
     // Each verb's list also holds the any-verb rules, merged in rule order.
-    let mut index: Vec<(Box<str>, Vec<u32>)> = by_verb
+    let mut index: VerbIndex = by_verb
         .into_iter()
         .map(|(verb, mut list)| {
             list.extend(&any);
@@ -498,10 +506,12 @@ fn index_by_verb(rules: &RuleSet) -> (Vec<(Box<str>, Vec<u32>)>, Vec<u32>) {
         .collect();
     // Most frequent verbs first.
     let rank = |v: &str| {
-        ["get", "list", "watch", "update", "patch", "create", "delete"]
-            .iter()
-            .position(|x| *x == v)
-            .unwrap_or(usize::MAX)
+        [
+            "get", "list", "watch", "update", "patch", "create", "delete",
+        ]
+        .iter()
+        .position(|x| *x == v)
+        .unwrap_or(usize::MAX)
     };
     index.sort_by_key(|(v, _)| (rank(v), v.clone()));
     (index, any)
@@ -551,8 +561,14 @@ fn build_alert(
                 "group".into(),
                 serde_json::to_value(&group).unwrap_or(Value::Null),
             );
-            vars.insert("first_seen".into(), Value::from(firing.first_seen.to_string()));
-            vars.insert("last_seen".into(), Value::from(firing.last_seen.to_string()));
+            vars.insert(
+                "first_seen".into(),
+                Value::from(firing.first_seen.to_string()),
+            );
+            vars.insert(
+                "last_seen".into(),
+                Value::from(firing.last_seen.to_string()),
+            );
             vars.insert(
                 "labels".into(),
                 serde_json::to_value(&*rule.labels).unwrap_or(Value::Null),

@@ -13,7 +13,15 @@ fn engine_with(rules: &str, opts: EngineOptions) -> Engine {
 }
 
 /// Builds an event line from a few fields.
-fn line(id: &str, secs: i64, verb: &str, user: &str, resource: &str, code: i32, stage: &str) -> String {
+fn line(
+    id: &str,
+    secs: i64,
+    verb: &str,
+    user: &str,
+    resource: &str,
+    code: i32,
+    stage: &str,
+) -> String {
     let ts = EventTime::from_secs(1_700_000_000 + secs).to_string();
     format!(
         r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"{stage}","verb":"{verb}","user":{{"username":"{user}"}},"sourceIPs":["10.0.0.9"],"objectRef":{{"resource":"{resource}","namespace":"ns","name":"obj-{id}"}},"responseStatus":{{"code":{code}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
@@ -50,10 +58,42 @@ fn plain_rule_fires_per_request_with_summary_and_labels() {
     let alerts = feed(
         &mut e,
         &[
-            line("a", 0, "patch", "mallory", "ingresses", 200, "ResponseComplete"),
-            line("b", 1, "patch", "system:serviceaccount:argocd:argocd-application-controller", "ingresses", 200, "ResponseComplete"),
-            line("c", 2, "patch", "mallory", "ingresses", 403, "ResponseComplete"),
-            line("d", 3, "get", "mallory", "ingresses", 200, "ResponseComplete"),
+            line(
+                "a",
+                0,
+                "patch",
+                "mallory",
+                "ingresses",
+                200,
+                "ResponseComplete",
+            ),
+            line(
+                "b",
+                1,
+                "patch",
+                "system:serviceaccount:argocd:argocd-application-controller",
+                "ingresses",
+                200,
+                "ResponseComplete",
+            ),
+            line(
+                "c",
+                2,
+                "patch",
+                "mallory",
+                "ingresses",
+                403,
+                "ResponseComplete",
+            ),
+            line(
+                "d",
+                3,
+                "get",
+                "mallory",
+                "ingresses",
+                200,
+                "ResponseComplete",
+            ),
         ],
     );
     assert_eq!(alerts.len(), 1);
@@ -79,10 +119,29 @@ fn windows_count_requests_not_records() {
     let mut lines = Vec::new();
     for i in 0..4 {
         // Every request logged twice (a Panic record carries the code too) must count once.
-        lines.push(line(&format!("r{i}"), i * 10, "get", "mallory", "secrets", 403, "ResponseComplete"));
-        lines.push(line(&format!("r{i}"), i * 10 + 1, "get", "mallory", "secrets", 403, "Panic"));
+        lines.push(line(
+            &format!("r{i}"),
+            i * 10,
+            "get",
+            "mallory",
+            "secrets",
+            403,
+            "ResponseComplete",
+        ));
+        lines.push(line(
+            &format!("r{i}"),
+            i * 10 + 1,
+            "get",
+            "mallory",
+            "secrets",
+            403,
+            "Panic",
+        ));
     }
-    assert!(feed(&mut e, &lines).is_empty(), "4 requests are below the threshold of 5");
+    assert!(
+        feed(&mut e, &lines).is_empty(),
+        "4 requests are below the threshold of 5"
+    );
     let stats: Vec<_> = e.rule_stats().map(|(_, s)| s).collect();
     assert_eq!((stats[0].matched, stats[0].deduplicated), (4, 4));
 }
@@ -93,19 +152,49 @@ fn burst_fires_once_then_throttles_and_reports_swallowed() {
     let mut lines = Vec::new();
     // 15 failures, one every 10s, then 5 more after the 10m throttle.
     for i in 0..15 {
-        lines.push(line(&format!("f{i}"), i * 10, "get", "mallory", "secrets", 401, "ResponseStarted"));
+        lines.push(line(
+            &format!("f{i}"),
+            i * 10,
+            "get",
+            "mallory",
+            "secrets",
+            401,
+            "ResponseStarted",
+        ));
     }
     for i in 0..5 {
-        lines.push(line(&format!("g{i}"), 700 + i, "get", "mallory", "secrets", 401, "ResponseStarted"));
+        lines.push(line(
+            &format!("g{i}"),
+            700 + i,
+            "get",
+            "mallory",
+            "secrets",
+            401,
+            "ResponseStarted",
+        ));
     }
-    lines.push(line("other", 5, "get", "alice", "secrets", 403, "ResponseComplete"));
+    lines.push(line(
+        "other",
+        5,
+        "get",
+        "alice",
+        "secrets",
+        403,
+        "ResponseComplete",
+    ));
     let alerts = feed(&mut e, &lines);
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
     assert_eq!(alerts[0].group.0[0].1, "mallory");
     assert_eq!(alerts[0].count, 5);
     assert_eq!(alerts[0].audit_ids, ["f0", "f1", "f2", "f3", "f4"]);
-    assert_eq!(alerts[0].summary, "5 matching requests within 5m for user.username=mallory");
-    assert_eq!(alerts[1].suppressed, 2, "f5-f9 and f10-f14 fired inside the throttle");
+    assert_eq!(
+        alerts[0].summary,
+        "5 matching requests within 5m for user.username=mallory"
+    );
+    assert_eq!(
+        alerts[1].suppressed, 2,
+        "f5-f9 and f10-f14 fired inside the throttle"
+    );
     let stats: Vec<_> = e.rule_stats().map(|(_, s)| s).collect();
     assert_eq!((stats[0].alerts, stats[0].throttled), (2, 2));
 }
@@ -127,7 +216,11 @@ rules:
     let mut e = engine(rules);
     let alerts = feed(
         &mut e,
-        &[exec("RequestReceived", 0), exec("ResponseStarted", 1), exec("ResponseComplete", 60)],
+        &[
+            exec("RequestReceived", 0),
+            exec("ResponseStarted", 1),
+            exec("ResponseComplete", 60),
+        ],
     );
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].first_seen, EventTime::from_secs(1_700_000_001));
@@ -145,22 +238,38 @@ rules:
     match: { verbs: [get] }
 "#;
     let mut e = engine(rules);
-    let alerts = feed(&mut e, &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")]);
+    let alerts = feed(
+        &mut e,
+        &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")],
+    );
     assert_eq!(alerts.len(), 1);
     assert_eq!(&*alerts[0].rule, "fine");
     let errors = e.take_script_errors();
     assert_eq!(errors.len(), 1);
-    assert_eq!((&*errors[0].rule, errors[0].audit_id.as_str()), ("broken", "a"));
-    assert!(errors[0].message.contains("Division by zero"), "{}", errors[0].message);
+    assert_eq!(
+        (&*errors[0].rule, errors[0].audit_id.as_str()),
+        ("broken", "a")
+    );
+    assert!(
+        errors[0].message.contains("Division by zero"),
+        "{}",
+        errors[0].message
+    );
 }
 
 #[test]
 fn runaway_scripts_are_stopped() {
     let rules = "rules:\n  - name: spin\n    severity: low\n    condition: 'loop { }'\n";
     let mut e = engine(rules);
-    feed(&mut e, &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")]);
+    feed(
+        &mut e,
+        &[line("a", 0, "get", "bob", "pods", 200, "ResponseComplete")],
+    );
     let errors = e.take_script_errors();
-    assert!(errors[0].message.contains("Too many operations"), "{errors:?}");
+    assert!(
+        errors[0].message.contains("Too many operations"),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -175,13 +284,33 @@ rules:
 "#;
     let mut e = engine(rules);
     let lines: Vec<String> = (0..6)
-        .map(|i| line(&format!("s{}", i % 2), i * 10, "get", "eve", "secrets", 200, "ResponseComplete"))
+        .map(|i| {
+            line(
+                &format!("s{}", i % 2),
+                i * 10,
+                "get",
+                "eve",
+                "secrets",
+                200,
+                "ResponseComplete",
+            )
+        })
         .collect();
     // Only two distinct names (obj-s0, obj-s1): the same auditIDs also dedup to two requests.
     assert!(feed(&mut e, &lines).is_empty());
     let mut e = engine(rules);
     let lines: Vec<String> = (0..3)
-        .map(|i| line(&format!("n{i}"), i * 10, "get", "eve", "secrets", 200, "ResponseComplete"))
+        .map(|i| {
+            line(
+                &format!("n{i}"),
+                i * 10,
+                "get",
+                "eve",
+                "secrets",
+                200,
+                "ResponseComplete",
+            )
+        })
         .collect();
     let alerts = feed(&mut e, &lines);
     assert_eq!(alerts.len(), 1);
@@ -234,24 +363,48 @@ fn late_hits_are_dropped_and_counted() {
 fn reload_keeps_state_of_unchanged_rules_only() {
     let mut e = engine(BURST);
     let lines: Vec<String> = (0..4)
-        .map(|i| line(&format!("p{i}"), i, "get", "m", "pods", 403, "ResponseComplete"))
+        .map(|i| {
+            line(
+                &format!("p{i}"),
+                i,
+                "get",
+                "m",
+                "pods",
+                403,
+                "ResponseComplete",
+            )
+        })
         .collect();
     feed(&mut e, &lines);
     let same = load_str("t.yaml", BURST, &LoadOptions::default()).unwrap();
     e.replace_rules(Arc::new(same));
-    let alerts = feed(&mut e, &[line("p5", 10, "get", "m", "pods", 403, "ResponseComplete")]);
+    let alerts = feed(
+        &mut e,
+        &[line("p5", 10, "get", "m", "pods", 403, "ResponseComplete")],
+    );
     assert_eq!(alerts.len(), 1, "the 4 earlier hits survived the reload");
-    let changed = load_str("t.yaml", &BURST.replace("threshold: 5", "threshold: 2"), &LoadOptions::default()).unwrap();
+    let changed = load_str(
+        "t.yaml",
+        &BURST.replace("threshold: 5", "threshold: 2"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     e.replace_rules(Arc::new(changed));
-    let alerts = feed(&mut e, &[line("p6", 20, "get", "m", "pods", 403, "ResponseComplete")]);
+    let alerts = feed(
+        &mut e,
+        &[line("p6", 20, "get", "m", "pods", 403, "ResponseComplete")],
+    );
     assert!(alerts.is_empty(), "a changed rule starts empty");
 }
 
 /// The brute-force oracle: for each event in time order, recount the key's events within
 /// `over` since its last firing; fire at the threshold.
 fn oracle(events: &[(i64, u8)], over: i64, threshold: usize) -> Vec<(u8, i64, i64, usize)> {
-    let mut sorted: Vec<(i64, usize, u8)> =
-        events.iter().enumerate().map(|(i, (t, k))| (*t, i, *k)).collect();
+    let mut sorted: Vec<(i64, usize, u8)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, k))| (*t, i, *k))
+        .collect();
     sorted.sort();
     let mut last_fire: HashMap<u8, usize> = HashMap::new();
     let mut fired = Vec::new();

@@ -46,7 +46,9 @@ pub enum DecodeErrorKind {
     Json(String, TextLocation),
     #[error("not an audit event: {0}")]
     NotAnEvent(String, TextLocation),
-    #[error("invalid {field} {value:?}: expected an RFC 3339 time such as 2024-01-31T12:00:00.000000Z")]
+    #[error(
+        "invalid {field} {value:?}: expected an RFC 3339 time such as 2024-01-31T12:00:00.000000Z"
+    )]
     BadTimestamp { field: &'static str, value: String },
 }
 
@@ -169,7 +171,10 @@ fn validate(event: &mut AuditEvent<'_>) -> Result<(), DecodeErrorKind> {
 fn event_time(event: &AuditEvent<'_>) -> Result<Option<EventTime>, DecodeErrorKind> {
     let candidates = [
         ("stageTimestamp", &event.stage_timestamp),
-        ("requestReceivedTimestamp", &event.request_received_timestamp),
+        (
+            "requestReceivedTimestamp",
+            &event.request_received_timestamp,
+        ),
         ("timestamp", &event.timestamp),
     ];
     for (field, value) in candidates {
@@ -246,7 +251,9 @@ mod tests {
                 Some((1, 10))
             )
         );
-        let pod = decode_record(r#"{"kind":"Pod","apiVersion":"v1"}"#).err().unwrap();
+        let pod = decode_record(r#"{"kind":"Pod","apiVersion":"v1"}"#)
+            .err()
+            .unwrap();
         assert_eq!(
             pod.to_string(),
             "not an audit event: kind is \"Pod\", expected \"Event\" or \"EventList\""
@@ -257,7 +264,10 @@ mod tests {
             "not an audit event: no kind, auditID, verb or requestURI"
         );
         let broken = decode_record(r#"{"auditID": "#).err().unwrap();
-        assert_eq!(broken.to_string(), "invalid JSON: EOF while parsing a value");
+        assert_eq!(
+            broken.to_string(),
+            "invalid JSON: EOF while parsing a value"
+        );
         let positioned = DecodeError {
             position: Position {
                 source: "audit.log".into(),
@@ -274,6 +284,9 @@ mod tests {
         let time = decode_record(r#"{"auditID":"x","stageTimestamp":"soon"}"#)
             .err()
             .unwrap();
-        assert!(time.to_string().starts_with("invalid stageTimestamp \"soon\""));
+        assert!(
+            time.to_string()
+                .starts_with("invalid stageTimestamp \"soon\"")
+        );
     }
 }

@@ -170,7 +170,11 @@ impl FieldPath {
             "sourceIPs" => match rest {
                 [] => Target::SourceIps,
                 [Step::Index(i)] => Target::SourceIp(*i),
-                _ => return Err(format!("sourceIPs takes an index, e.g. sourceIPs[0] (in {text:?})")),
+                _ => {
+                    return Err(format!(
+                        "sourceIPs takes an index, e.g. sourceIPs[0] (in {text:?})"
+                    ));
+                }
             },
             "user" | "impersonatedUser" | "effectiveUser" => {
                 let who = match first {
@@ -290,9 +294,12 @@ impl FieldPath {
                 .as_deref()
                 .map_or(FieldValue::Missing, s),
             Target::StageTimestamp => ev.stage_timestamp.as_deref().map_or(FieldValue::Missing, s),
-            Target::SourceIps => {
-                FieldValue::List(ev.source_ips.iter().map(|t| Cow::Borrowed(t.as_str())).collect())
-            }
+            Target::SourceIps => FieldValue::List(
+                ev.source_ips
+                    .iter()
+                    .map(|t| Cow::Borrowed(t.as_str()))
+                    .collect(),
+            ),
             Target::SourceIp(i) => ev.source_ips.get(*i).map_or(FieldValue::Missing, |t| s(t)),
             Target::User(who, field) => match (user_of(ev, *who), field) {
                 (None, _) => FieldValue::Missing,
@@ -402,9 +409,7 @@ pub fn split_steps(text: &str) -> Result<Vec<Step>, String> {
                 i = close + 1;
             }
             _ => {
-                let end = text[i..]
-                    .find(['.', '['])
-                    .map_or(bytes.len(), |e| i + e);
+                let end = text[i..].find(['.', '[']).map_or(bytes.len(), |e| i + e);
                 let seg = &text[i..end];
                 match seg.parse::<usize>() {
                     Ok(idx) if !steps.is_empty() => steps.push(Step::Index(idx)),
@@ -456,14 +461,26 @@ mod tests {
             get("requestObject.spec.containers[0].image").to_key_string(),
             "nginx"
         );
-        assert_eq!(get("requestObject.spec.containers.0.image").to_key_string(), "nginx");
-        assert_eq!(get("requestObject.spec.hostNetwork").to_key_string(), "true");
+        assert_eq!(
+            get("requestObject.spec.containers.0.image").to_key_string(),
+            "nginx"
+        );
+        assert_eq!(
+            get("requestObject.spec.hostNetwork").to_key_string(),
+            "true"
+        );
         assert_eq!(
             get(r#"requestObject.metadata.annotations["a.b/c"]"#).to_key_string(),
             "d"
         );
-        assert_eq!(get("annotations.authorization.k8s.io/decision").to_key_string(), "allow");
-        assert_eq!(get(r#"annotations["authorization.k8s.io/decision"]"#).to_key_string(), "allow");
+        assert_eq!(
+            get("annotations.authorization.k8s.io/decision").to_key_string(),
+            "allow"
+        );
+        assert_eq!(
+            get(r#"annotations["authorization.k8s.io/decision"]"#).to_key_string(),
+            "allow"
+        );
         assert_eq!(get("user.extra.scopes").to_key_string(), r#"["x"]"#);
         assert_eq!(get("requestObject.spec.nope.deeper"), FieldValue::Missing);
     }

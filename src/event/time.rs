@@ -167,7 +167,11 @@ mod tests {
     #[test]
     fn rejects_bad_durations_with_a_reason() {
         assert!(Span::parse("5").unwrap_err().contains("missing unit"));
-        assert!(Span::parse("5min").unwrap_err().contains("unknown unit \"min\""));
+        assert!(
+            Span::parse("5min")
+                .unwrap_err()
+                .contains("unknown unit \"min\"")
+        );
         assert!(Span::parse("m").unwrap_err().contains("expected a number"));
         assert!(Span::parse("").unwrap_err().contains("empty"));
     }

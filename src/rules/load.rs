@@ -30,7 +30,11 @@ pub struct RuleError {
 
 impl fmt::Display for RuleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -55,7 +59,10 @@ pub struct LoadOptions {
 
 /// True for rule test files, which live beside rules but are not rules.
 pub fn is_test_file(path: &Path) -> bool {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     name.ends_with(".test.yaml") || name.ends_with(".test.yml")
 }
 
@@ -127,7 +134,10 @@ pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<RuleSet, Load
 }
 
 /// Loads rules from (name, text) pairs, e.g. the packs compiled into the binary.
-pub fn load_sources(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
+pub fn load_sources(
+    sources: &[(String, String)],
+    opts: &LoadOptions,
+) -> Result<RuleSet, LoadError> {
     compile(sources, opts)
 }
 
@@ -218,7 +228,11 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         for (name, items) in &f.lists {
             let pos = f.index.key(&format!("lists.{name}"));
             if let Some(first) = list_origin.get(name) {
-                errors.at(&f.name, pos, format!("list {name:?} is already defined at {first}"));
+                errors.at(
+                    &f.name,
+                    pos,
+                    format!("list {name:?} is already defined at {first}"),
+                );
                 continue;
             }
             if !is_identifier(name) {
@@ -228,7 +242,10 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                     format!("list name {name:?} must be an identifier (letters, digits, _)"),
                 );
             }
-            list_origin.insert(name.clone(), format!("{}:{}:{}", f.name, pos.line, pos.column));
+            list_origin.insert(
+                name.clone(),
+                format!("{}:{}:{}", f.name, pos.line, pos.column),
+            );
             lists.insert(name.clone(), items.clone());
         }
     }
@@ -252,7 +269,10 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 cx.errors.at(
                     &f.name,
                     pos,
-                    format!("duplicate rule name {:?}: first defined at {first}", doc.name),
+                    format!(
+                        "duplicate rule name {:?}: first defined at {first}",
+                        doc.name
+                    ),
                 );
                 continue;
             }
@@ -274,7 +294,9 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     }
 
     if !errors.list.is_empty() {
-        errors.list.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        errors
+            .list
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(LoadError::Invalid(errors.list));
     }
     Ok(RuleSet {
@@ -296,7 +318,9 @@ fn rule_serde_error(
     // `match.verbs[1]` → `match.verbs.1`
     let path = e.path().to_string().replace('[', ".").replace(']', "");
     let path = if path == "." { String::new() } else { path };
-    let inner = LOCATION_SUFFIX.replace(&e.inner().to_string(), "").into_owned();
+    let inner = LOCATION_SUFFIX
+        .replace(&e.inner().to_string(), "")
+        .into_owned();
     let full = if path.is_empty() {
         format!("rules.{rule}")
     } else {
@@ -310,7 +334,10 @@ fn rule_serde_error(
     let (pos, shown_path) = match unknown {
         Some(field) if full.ends_with(&format!(".{field}")) => {
             let shown = e.path().to_string();
-            let parent = shown.strip_suffix(field).unwrap_or(&shown).trim_end_matches('.');
+            let parent = shown
+                .strip_suffix(field)
+                .unwrap_or(&shown)
+                .trim_end_matches('.');
             (index.key(&full), parent.to_owned())
         }
         _ => (index.value(&full), e.path().to_string()),
@@ -400,17 +427,19 @@ impl RuleContext<'_> {
             .condition
             .as_deref()
             .and_then(|c| self.compile_condition(c, scripts, lists_value));
-        let summary = doc.summary.as_deref().and_then(|s| {
-            match Summary::compile(templates, &doc.name, s) {
-                Ok(t) => Some(t),
-                Err((line, msg)) => {
-                    let mut pos = self.file.index.value(&format!("{}.summary", self.base));
-                    pos.line += line.saturating_sub(1);
-                    self.errors.at(&self.file.name, pos, format!("summary: {msg}"));
-                    None
-                }
-            }
-        });
+        let summary =
+            doc.summary
+                .as_deref()
+                .and_then(|s| match Summary::compile(templates, &doc.name, s) {
+                    Ok(t) => Some(t),
+                    Err((line, msg)) => {
+                        let mut pos = self.file.index.value(&format!("{}.summary", self.base));
+                        pos.line += line.saturating_sub(1);
+                        self.errors
+                            .at(&self.file.name, pos, format!("summary: {msg}"));
+                        None
+                    }
+                });
         let (window, window_group_by) = match &doc.window {
             Some(w) => self.compile_window(w),
             None => (None, Vec::new()),
@@ -426,13 +455,20 @@ impl RuleContext<'_> {
             }
             (None, _) => window_group_by,
         };
-        let group_by_rel = if doc.group_by.is_some() { "group_by" } else { "window.group_by" };
+        let group_by_rel = if doc.group_by.is_some() {
+            "group_by"
+        } else {
+            "window.group_by"
+        };
         let group_by: Vec<FieldPath> = group_by_text
             .iter()
             .enumerate()
             .filter_map(|(i, f)| self.field(&format!("{group_by_rel}.{i}"), f))
             .collect();
-        let throttle = doc.throttle.as_deref().and_then(|t| self.span("throttle", t));
+        let throttle = doc
+            .throttle
+            .as_deref()
+            .and_then(|t| self.span("throttle", t));
         if self.errors.list.len() != before {
             return None;
         }
@@ -488,7 +524,10 @@ impl RuleContext<'_> {
             let over = match &w.over {
                 Some(o) => self.span("window.over", o),
                 None => {
-                    self.err("window", "window needs `over` (e.g. over: 5m) or `absent_for`");
+                    self.err(
+                        "window",
+                        "window needs `over` (e.g. over: 5m) or `absent_for`",
+                    );
                     None
                 }
             };
@@ -499,7 +538,10 @@ impl RuleContext<'_> {
                 }
                 Some(t) => Some(t),
                 None => {
-                    self.err("window", "window needs `threshold` (fire at the Nth event in `over`)");
+                    self.err(
+                        "window",
+                        "window needs `threshold` (fire at the Nth event in `over`)",
+                    );
                     None
                 }
             };
@@ -648,7 +690,10 @@ impl RuleContext<'_> {
             .enumerate()
             .map(|(i, x)| {
                 if !x.except.is_empty() {
-                    self.err(&format!("{rel}.except.{i}.except"), "except blocks cannot nest");
+                    self.err(
+                        &format!("{rel}.except.{i}.except"),
+                        "except blocks cannot nest",
+                    );
                 }
                 self.compile_match(x, &format!("{rel}.except.{i}"))
             })
@@ -726,11 +771,8 @@ impl RuleContext<'_> {
                     column = lines.last().map_or(0, |l| l.len()) + 1;
                 }
                 let pos = self.script_pos(line, column);
-                self.errors.at(
-                    &self.file.name,
-                    pos,
-                    format!("condition: {}", e.err_type()),
-                );
+                self.errors
+                    .at(&self.file.name, pos, format!("condition: {}", e.err_type()));
                 return None;
             }
         };
@@ -828,7 +870,10 @@ rules:
             "{errs:?}"
         );
         let errs = errors("rules:\n  - name: a\n    severity: low\n    mtch: {}\n");
-        assert!(errs[0].starts_with("r.yaml:4:5: rules[0]: unknown field `mtch`"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("r.yaml:4:5: rules[0]: unknown field `mtch`"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -196,7 +196,10 @@ impl Matcher {
             let Some(status) = &ev.response_status else {
                 return false;
             };
-            if !codes.iter().any(|(lo, hi)| (*lo..=*hi).contains(&status.code)) {
+            if !codes
+                .iter()
+                .any(|(lo, hi)| (*lo..=*hi).contains(&status.code))
+            {
                 return false;
             }
         }
@@ -265,7 +268,9 @@ impl Matcher {
 pub fn parse_code_range(text: &str) -> Result<(i32, i32), String> {
     let t = text.trim();
     let bad = || {
-        format!("invalid response code {text:?}: expected a code (403), a class (4xx) or a range (400-499)")
+        format!(
+            "invalid response code {text:?}: expected a code (403), a class (4xx) or a range (400-499)"
+        )
     };
     if let Some(class) = t.strip_suffix("xx").or_else(|| t.strip_suffix("XX")) {
         let d: i32 = class.parse().map_err(|_| bad())?;
@@ -311,7 +316,13 @@ mod tests {
             "user-[0-9]".into(),
         ])
         .unwrap();
-        for yes in ["admin", "system:serviceaccount:a:b", "x@example.com", "my-evil-1", "user-7"] {
+        for yes in [
+            "admin",
+            "system:serviceaccount:a:b",
+            "x@example.com",
+            "my-evil-1",
+            "user-7",
+        ] {
             assert!(p.matches(yes), "{yes}");
         }
         for no in ["admin2", "system:node:x", "x@example.org", "user-x"] {
@@ -329,8 +340,18 @@ mod tests {
         assert!(!check("pods", "", "pods", "exec"));
         assert!(check("pods/exec", "", "pods", "exec"));
         assert!(check("pods/*", "", "pods", "log"));
-        assert!(check("networking.k8s.io/ingresses", "networking.k8s.io", "ingresses", ""));
-        assert!(!check("networking.k8s.io/ingresses", "extensions", "ingresses", ""));
+        assert!(check(
+            "networking.k8s.io/ingresses",
+            "networking.k8s.io",
+            "ingresses",
+            ""
+        ));
+        assert!(!check(
+            "networking.k8s.io/ingresses",
+            "extensions",
+            "ingresses",
+            ""
+        ));
         assert!(check("ingresses", "extensions", "ingresses", ""));
         assert!(check("apps/deployments", "apps", "deployments", ""));
         assert!(check("core/secrets", "", "secrets", ""));
@@ -345,7 +366,11 @@ mod tests {
         assert_eq!(parse_code_range("401").unwrap(), (401, 401));
         assert_eq!(parse_code_range("500-599").unwrap(), (500, 599));
         assert!(parse_code_range("6xx").is_err());
-        assert!(parse_code_range("nope").unwrap_err().contains("a class (4xx)"));
+        assert!(
+            parse_code_range("nope")
+                .unwrap_err()
+                .contains("a class (4xx)")
+        );
     }
 
     #[test]

@@ -178,11 +178,35 @@ mod tests {
     fn records_keys_and_values_by_path() {
         let text = "rules:\n  - name: a\n    window:\n      over: 5x\n  - name: b\n    match: { verbs: [get, list] }\n";
         let idx = PositionIndex::build(text);
-        assert_eq!(idx.value("rules.0.window.over"), Pos { line: 4, column: 13 });
+        assert_eq!(
+            idx.value("rules.0.window.over"),
+            Pos {
+                line: 4,
+                column: 13
+            }
+        );
         assert_eq!(idx.key("rules.0.window.over"), Pos { line: 4, column: 7 });
-        assert_eq!(idx.value("rules.1.name"), Pos { line: 5, column: 11 });
-        assert_eq!(idx.value("rules.1.match.verbs.1"), Pos { line: 6, column: 27 });
+        assert_eq!(
+            idx.value("rules.1.name"),
+            Pos {
+                line: 5,
+                column: 11
+            }
+        );
+        assert_eq!(
+            idx.value("rules.1.match.verbs.1"),
+            Pos {
+                line: 6,
+                column: 27
+            }
+        );
         // Unknown paths fall back to the nearest known ancestor.
-        assert_eq!(idx.value("rules.1.match.verbs.9"), Pos { line: 6, column: 21 });
+        assert_eq!(
+            idx.value("rules.1.match.verbs.9"),
+            Pos {
+                line: 6,
+                column: 21
+            }
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
-use rhai::{Array, Dynamic, Engine, ImmutableString, Map, Scope, AST};
+use rhai::{AST, Array, Dynamic, Engine, ImmutableString, Map, Scope};
 use serde_json::value::RawValue;
 
 use crate::event::{AuditEvent, UserInfo};
@@ -53,7 +53,9 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
 
     let globs = GlobCache::default();
     let cache = globs.clone();
-    engine.register_fn("glob", move |text: &str, pattern: &str| cache.matches(text, pattern));
+    engine.register_fn("glob", move |text: &str, pattern: &str| {
+        cache.matches(text, pattern)
+    });
     let cache = globs.clone();
     engine.register_fn("glob", move |text: &str, patterns: Array| {
         patterns.iter().any(|p| {
@@ -71,8 +73,10 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
 
     engine.register_fn("cidr", |ip: &str, net: &str| cidr_match(ip, net));
     engine.register_fn("cidr", |ip: &str, nets: Array| {
-        nets.iter()
-            .any(|n| n.read_lock::<ImmutableString>().is_some_and(|n| cidr_match(ip, &n)))
+        nets.iter().any(|n| {
+            n.read_lock::<ImmutableString>()
+                .is_some_and(|n| cidr_match(ip, &n))
+        })
     });
     engine.register_fn("cidr", |ips: Array, net: Dynamic| {
         ips.iter().any(|ip| {
@@ -97,11 +101,16 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
     });
     // Not `get`: Rhai's built-in `map.get(key)` would win over it for maps.
     engine.register_fn("get_path", |value: Dynamic, path: &str| walk(&value, path));
-    engine.register_fn("get_path", |value: Dynamic, path: &str, default: Dynamic| {
-        let found = walk(&value, path);
-        if found.is_unit() { default } else { found }
+    engine.register_fn(
+        "get_path",
+        |value: Dynamic, path: &str, default: Dynamic| {
+            let found = walk(&value, path);
+            if found.is_unit() { default } else { found }
+        },
+    );
+    engine.register_fn("object_get", |event: Dynamic, path: &str| {
+        object_get(&event, path)
     });
-    engine.register_fn("object_get", |event: Dynamic, path: &str| object_get(&event, path));
     engine.register_fn("json_pointer", |value: Dynamic, pointer: &str| {
         json_pointer(&value, pointer)
     });
@@ -141,7 +150,9 @@ impl GlobCache {
         if cache.len() > 4096 {
             cache.clear();
         }
-        let m = globset::Glob::new(pattern).ok().map(|g| g.compile_matcher());
+        let m = globset::Glob::new(pattern)
+            .ok()
+            .map(|g| g.compile_matcher());
         let hit = m.as_ref().is_some_and(|m| m.is_match(text));
         cache.insert(pattern.to_owned(), m);
         hit
@@ -216,7 +227,14 @@ fn object_get(event: &Dynamic, path: &str) -> Dynamic {
     let has_response = event
         .read_lock::<Map>()
         .is_some_and(|m| m.get("responseObject").is_some_and(|o| o.is_map()));
-    segs.insert(0, if has_response { "responseObject" } else { "requestObject" });
+    segs.insert(
+        0,
+        if has_response {
+            "responseObject"
+        } else {
+            "requestObject"
+        },
+    );
     walk_segments(event, &segs, false)
 }
 
@@ -235,15 +253,20 @@ fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
 /// Where the pod spec sits in a Pod, a pod template (Deployment, ReplicaSet, StatefulSet,
 /// DaemonSet, Job, ReplicationController, PodTemplate) or a CronJob.
 fn pod_spec_path(obj: &Dynamic) -> Option<&'static [&'static str]> {
-    let kind = obj
-        .read_lock::<Map>()
-        .and_then(|m| m.get("kind").and_then(|k| k.read_lock::<ImmutableString>().map(|s| s.clone())));
+    let kind = obj.read_lock::<Map>().and_then(|m| {
+        m.get("kind")
+            .and_then(|k| k.read_lock::<ImmutableString>().map(|s| s.clone()))
+    });
     Some(match kind.as_deref() {
         Some("Pod") => &["spec"],
         Some("CronJob") => &["spec", "jobTemplate", "spec", "template", "spec"],
         Some("PodTemplate") => &["template", "spec"],
         Some(
-            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+            "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
             | "ReplicationController",
         ) => &["spec", "template", "spec"],
         // No (known) kind, as in partial events: a bare pod spec, or an object with `spec`.
@@ -326,7 +349,8 @@ impl ObjectNeeds {
     /// counts as reading everything.
     pub fn of_script(source: &str) -> ObjectNeeds {
         static WHOLE_EVENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"\bevent\s*[,)\];]|=\s*event\s*$|\bevent\s*\[").expect("static regex")
+            regex::Regex::new(r"\bevent\s*[,)\];]|=\s*event\s*$|\bevent\s*\[")
+                .expect("static regex")
         });
         let whole = WHOLE_EVENT.is_match(source);
         ObjectNeeds {
@@ -373,7 +397,12 @@ fn raw_object(v: Option<&RawValue>) -> Dynamic {
 }
 
 /// Adds the object parts `needs` asks for and `event` (from [`event_dynamic`]) lacks.
-pub fn add_objects(event: &Dynamic, ev: &AuditEvent<'_>, needs: ObjectNeeds, has: &mut ObjectNeeds) {
+pub fn add_objects(
+    event: &Dynamic,
+    ev: &AuditEvent<'_>,
+    needs: ObjectNeeds,
+    has: &mut ObjectNeeds,
+) {
     if needs.request_object <= has.request_object && needs.response_object <= has.response_object {
         return;
     }
@@ -403,7 +432,11 @@ fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
     let extra = raw(u.and_then(|u| u.extra));
     m.insert(
         "extra".into(),
-        if extra.is_unit() { Dynamic::from_map(Map::new()) } else { extra },
+        if extra.is_unit() {
+            Dynamic::from_map(Map::new())
+        } else {
+            extra
+        },
     );
     Dynamic::from_map(m)
 }
@@ -414,14 +447,20 @@ fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
 pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     let mut m = Map::new();
     m.insert("kind".into(), s(ev.kind.as_deref().unwrap_or("Event")));
-    m.insert("apiVersion".into(), s(ev.api_version.as_deref().unwrap_or("")));
+    m.insert(
+        "apiVersion".into(),
+        s(ev.api_version.as_deref().unwrap_or("")),
+    );
     m.insert("level".into(), s(ev.level.as_str()));
     m.insert("auditID".into(), s(&ev.audit_id));
     m.insert("stage".into(), s(ev.stage.as_str()));
     m.insert("requestURI".into(), s(&ev.request_uri));
     m.insert("verb".into(), s(&ev.verb));
     m.insert("user".into(), user_map(Some(&ev.user)));
-    m.insert("impersonatedUser".into(), user_map(ev.impersonated_user.as_ref()));
+    m.insert(
+        "impersonatedUser".into(),
+        user_map(ev.impersonated_user.as_ref()),
+    );
     m.insert("effectiveUser".into(), user_map(Some(ev.effective_user())));
     let ips: Array = ev.source_ips.iter().map(|ip| s(ip)).collect();
     m.insert(
@@ -461,7 +500,11 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     let ann = raw(ev.annotations);
     m.insert(
         "annotations".into(),
-        if ann.is_unit() { Dynamic::from_map(Map::new()) } else { ann },
+        if ann.is_unit() {
+            Dynamic::from_map(Map::new())
+        } else {
+            ann
+        },
     );
     m.insert(
         "requestReceivedTimestamp".into(),
@@ -480,7 +523,8 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
 /// A panic inside Rhai (it has internal `unreachable!`s) becomes a script error for this
 /// event instead of taking the engine down.
 pub fn evaluate(engine: &Engine, scope: &mut Scope<'_>, cond: &Condition) -> Result<bool, String> {
-    let run = std::panic::AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast));
+    let run =
+        std::panic::AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast));
     let result: Dynamic = match std::panic::catch_unwind(run) {
         Ok(r) => r.map_err(|e| e.to_string())?,
         Err(panic) => {
@@ -492,9 +536,9 @@ pub fn evaluate(engine: &Engine, scope: &mut Scope<'_>, cond: &Condition) -> Res
             return Err(format!("script engine panicked: {what}"));
         }
     };
-    result.as_bool().map_err(|got| {
-        format!("condition must evaluate to a bool, got {got}")
-    })
+    result
+        .as_bool()
+        .map_err(|got| format!("condition must evaluate to a bool, got {got}"))
 }
 
 #[cfg(test)]
@@ -529,43 +573,91 @@ mod tests {
     fn conditions_see_the_event_and_lists() {
         assert_eq!(run("event.user.username in lists.admins", EV), Ok(true));
         assert_eq!(run("event.responseStatus.code < 400", EV), Ok(true));
-        assert_eq!(run("event.effectiveUser.username == \"alice\"", EV), Ok(true));
-        assert_eq!(run("event.requestObject.spec.hostNetwork == true", EV), Ok(true));
+        assert_eq!(
+            run("event.effectiveUser.username == \"alice\"", EV),
+            Ok(true)
+        );
+        assert_eq!(
+            run("event.requestObject.spec.hostNetwork == true", EV),
+            Ok(true)
+        );
     }
 
     #[test]
     fn missing_fields_are_unit_not_errors() {
-        assert_eq!(run("event.requestObject.spec.hostNetwork == true", META), Ok(false));
-        assert_eq!(run("event.requestObject.spec.containers[0].image == \"x\"", META), Ok(false));
+        assert_eq!(
+            run("event.requestObject.spec.hostNetwork == true", META),
+            Ok(false)
+        );
+        assert_eq!(
+            run(
+                "event.requestObject.spec.containers[0].image == \"x\"",
+                META
+            ),
+            Ok(false)
+        );
         assert_eq!(run("event.objectRef.namespace == \"\"", META), Ok(true));
         assert_eq!(run("event.responseStatus.code == 0", META), Ok(true));
-        assert_eq!(run("event.impersonatedUser.username == \"\"", META), Ok(true));
+        assert_eq!(
+            run("event.impersonatedUser.username == \"\"", META),
+            Ok(true)
+        );
     }
 
     #[test]
     fn helpers() {
         assert_eq!(run("glob(event.user.username, \"al*\")", EV), Ok(true));
-        assert_eq!(run("regex(event.objectRef.namespace, \"^pr(od|e)$\")", EV), Ok(true));
+        assert_eq!(
+            run("regex(event.objectRef.namespace, \"^pr(od|e)$\")", EV),
+            Ok(true)
+        );
         assert_eq!(run("event.sourceIP == \"10.1.1.1\"", EV), Ok(true));
         assert_eq!(run("type_of(event.sourceIP) == \"string\"", EV), Ok(true));
         assert_eq!(run("cidr(event.sourceIP, \"10.0.0.0/8\")", EV), Ok(true));
-        assert_eq!(run("cidr(event.sourceIPs, [\"192.168.0.0/16\"])", EV), Ok(false));
-        assert_eq!(run("has(event, \"requestObject.spec.hostNetwork\")", EV), Ok(true));
-        assert_eq!(run("has(event, \"requestObject.spec.hostPID\")", EV), Ok(false));
         assert_eq!(
-            run("get_path(event.requestObject, \"spec.containers.0.image\") == \"nginx\"", EV),
+            run("cidr(event.sourceIPs, [\"192.168.0.0/16\"])", EV),
+            Ok(false)
+        );
+        assert_eq!(
+            run("has(event, \"requestObject.spec.hostNetwork\")", EV),
             Ok(true)
         );
-        assert_eq!(run("get_path(event, \"requestObject.x\", 5) == 5", META), Ok(true));
         assert_eq!(
-            run("json_pointer(event.requestObject, \"/metadata/annotations/a~1b\") == \"x\"", EV),
+            run("has(event, \"requestObject.spec.hostPID\")", EV),
+            Ok(false)
+        );
+        assert_eq!(
+            run(
+                "get_path(event.requestObject, \"spec.containers.0.image\") == \"nginx\"",
+                EV
+            ),
             Ok(true)
         );
-        assert_eq!(run("any_in(event.user.groups, [\"dev\", \"ops\"])", EV), Ok(true));
-        assert_eq!(run("object_get(event, \"spec.hostNetwork\") == true", EV), Ok(true));
+        assert_eq!(
+            run("get_path(event, \"requestObject.x\", 5) == 5", META),
+            Ok(true)
+        );
+        assert_eq!(
+            run(
+                "json_pointer(event.requestObject, \"/metadata/annotations/a~1b\") == \"x\"",
+                EV
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            run("any_in(event.user.groups, [\"dev\", \"ops\"])", EV),
+            Ok(true)
+        );
+        assert_eq!(
+            run("object_get(event, \"spec.hostNetwork\") == true", EV),
+            Ok(true)
+        );
         assert_eq!(run("object_get(event, \"spec.nope\") == ()", EV), Ok(true));
         assert_eq!(
-            run("event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)", EV),
+            run(
+                "event.requestObject.spec.containers.some(|c| c.securityContext?.privileged == true)",
+                EV
+            ),
             Ok(true)
         );
     }
@@ -579,18 +671,48 @@ mod tests {
         let n = ObjectNeeds::of_script("event.verb == \"get\"");
         assert_eq!(n, ObjectNeeds::default());
         // Without the need, the objects are not there.
-        assert_eq!(run("event.verb == \"create\" && type_of(event.responseObject) == \"()\"", EV), Ok(true));
+        assert_eq!(
+            run(
+                "event.verb == \"create\" && type_of(event.responseObject) == \"()\"",
+                EV
+            ),
+            Ok(true)
+        );
     }
 
     #[test]
     fn pod_helpers_find_specs_in_workloads() {
         let deploy = r#"{"auditID":"3","verb":"create","requestObject":{"kind":"Deployment","spec":{"template":{"spec":{"hostPID":true,"initContainers":[{"image":"busybox"}],"containers":[{"image":"app"}]}}}}}"#;
-        assert_eq!(run("pod_spec(event.requestObject).hostPID == true", deploy), Ok(true));
-        assert_eq!(run("containers(event.requestObject).len() == 2", deploy), Ok(true));
-        assert_eq!(run("containers(event.requestObject).len() == 1", EV), Ok(true));
-        assert_eq!(run("containers(event.requestObject).len() == 0", META), Ok(true));
-        assert_eq!(run("event.requestObject.pod_spec_get(\"hostPID\") == true", deploy), Ok(true));
-        assert_eq!(run("event.requestObject.pod_spec_get(\"hostNetwork\") == true", EV), Ok(true));
+        assert_eq!(
+            run("pod_spec(event.requestObject).hostPID == true", deploy),
+            Ok(true)
+        );
+        assert_eq!(
+            run("containers(event.requestObject).len() == 2", deploy),
+            Ok(true)
+        );
+        assert_eq!(
+            run("containers(event.requestObject).len() == 1", EV),
+            Ok(true)
+        );
+        assert_eq!(
+            run("containers(event.requestObject).len() == 0", META),
+            Ok(true)
+        );
+        assert_eq!(
+            run(
+                "event.requestObject.pod_spec_get(\"hostPID\") == true",
+                deploy
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            run(
+                "event.requestObject.pod_spec_get(\"hostNetwork\") == true",
+                EV
+            ),
+            Ok(true)
+        );
     }
 
     #[test]

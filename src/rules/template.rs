@@ -129,7 +129,9 @@ impl Summary {
         match env.get_template(&self.name) {
             Ok(t) => t
                 .render(minijinja::Value::from(minijinja::value::Serde(&root)))
-                .unwrap_or_else(|e| format!("<summary template failed: {}>", template_error_text(&e))),
+                .unwrap_or_else(|e| {
+                    format!("<summary template failed: {}>", template_error_text(&e))
+                }),
             Err(e) => format!("<summary template missing: {e}>"),
         }
     }
@@ -254,7 +256,10 @@ mod tests {
     fn rejects_unknown_variables_and_bad_syntax() {
         let mut env = Environment::new();
         let (_, err) = Summary::compile(&mut env, "a", "{{ usr.name }}").unwrap_err();
-        assert!(err.starts_with("unknown template variable \"usr.name\""), "{err}");
+        assert!(
+            err.starts_with("unknown template variable \"usr.name\""),
+            "{err}"
+        );
         let (line, err) = Summary::compile(&mut env, "b", "ok\n{{ verb ").unwrap_err();
         assert_eq!(line, 2);
         assert!(err.contains("syntax error"), "{err}");

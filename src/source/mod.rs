@@ -62,7 +62,10 @@ impl RecordReader {
     /// Opens `path`, or stdin for `-`.
     pub fn open(path: &Path) -> io::Result<RecordReader> {
         if path.as_os_str() == "-" {
-            return Ok(RecordReader::new("<stdin>", Box::new(BufReader::new(io::stdin()))));
+            return Ok(RecordReader::new(
+                "<stdin>",
+                Box::new(BufReader::new(io::stdin())),
+            ));
         }
         let file = File::open(path)?;
         Ok(RecordReader::new(
@@ -99,7 +102,8 @@ impl RecordReader {
     /// Reads the next physical line (with its newline) into place; returns its length, 0 at
     /// the end of the input.
     fn read_line(&mut self) -> io::Result<usize> {
-        self.reader.consume(std::mem::take(&mut self.pending_consume));
+        self.reader
+            .consume(std::mem::take(&mut self.pending_consume));
         self.in_buffer = None;
         self.spill.clear();
         let buf = self.reader.fill_buf()?;
@@ -199,7 +203,8 @@ impl RecordReader {
             if let Some(mut doc) = doc_start {
                 // The first value spans lines: read the rest as one document.
                 doc.push('\n');
-                self.reader.consume(std::mem::take(&mut self.pending_consume));
+                self.reader
+                    .consume(std::mem::take(&mut self.pending_consume));
                 self.in_buffer = None;
                 self.reader.read_to_string(&mut doc)?;
                 self.doc = doc;
@@ -274,7 +279,9 @@ mod tests {
     fn invalid_utf8_is_an_error_for_that_line_only() {
         let mut r = RecordReader::new(
             "t",
-            Box::new(io::Cursor::new(b"{\"a\":1}\n\xff\xfe\n{\"b\":2}\n".to_vec())),
+            Box::new(io::Cursor::new(
+                b"{\"a\":1}\n\xff\xfe\n{\"b\":2}\n".to_vec(),
+            )),
         );
         assert!(r.next_record().unwrap().is_some());
         let err = r.next_record().err().unwrap();

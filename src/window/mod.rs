@@ -20,8 +20,8 @@
 
 mod reorder;
 
-use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 pub use reorder::{Hit, ReorderBuffer};
@@ -123,28 +123,25 @@ impl RuleWindow {
             self.evict_oldest();
         }
         let spec = self.spec.clone();
-        let entry = self
-            .keys
-            .entry(hit.key.clone())
-            .or_insert_with(|| Entry {
-                state: match spec {
-                    WindowSpec::Count { .. } => KeyState::Count(CountState {
-                        hits: VecDeque::new(),
-                    }),
-                    WindowSpec::Distinct { .. } => KeyState::Distinct(DistinctState {
-                        hits: VecDeque::new(),
-                        latest: HashMap::new(),
-                    }),
-                    WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
-                        last: hit.time,
-                        fired: false,
-                        armed: false,
-                        captured: Captured::default(),
-                        audit_id: String::new(),
-                    }),
-                },
-                updated: hit.time,
-            });
+        let entry = self.keys.entry(hit.key.clone()).or_insert_with(|| Entry {
+            state: match spec {
+                WindowSpec::Count { .. } => KeyState::Count(CountState {
+                    hits: VecDeque::new(),
+                }),
+                WindowSpec::Distinct { .. } => KeyState::Distinct(DistinctState {
+                    hits: VecDeque::new(),
+                    latest: HashMap::new(),
+                }),
+                WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
+                    last: hit.time,
+                    fired: false,
+                    armed: false,
+                    captured: Captured::default(),
+                    audit_id: String::new(),
+                }),
+            },
+            updated: hit.time,
+        });
         entry.updated = hit.time;
         match (&spec, &mut entry.state) {
             (WindowSpec::Count { over, threshold }, KeyState::Count(st)) => {
@@ -178,7 +175,12 @@ impl RuleWindow {
                 }
                 None
             }
-            (WindowSpec::Distinct { over, threshold, .. }, KeyState::Distinct(st)) => {
+            (
+                WindowSpec::Distinct {
+                    over, threshold, ..
+                },
+                KeyState::Distinct(st),
+            ) => {
                 while let Some((t, value, _)) = st.hits.front() {
                     if hit.time.0.saturating_sub(t.0) <= over.0 {
                         break;
@@ -282,7 +284,8 @@ impl RuleWindow {
                 st.captured = captured;
                 if !st.armed {
                     st.armed = true;
-                    self.deadlines.push(Reverse((time.saturating_add(after), key)));
+                    self.deadlines
+                        .push(Reverse((time.saturating_add(after), key)));
                 }
             }
             return;

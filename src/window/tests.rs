@@ -35,7 +35,10 @@ fn count_window_slides_across_minute_boundaries() {
     }
     assert_eq!(fired.len(), 1);
     let f = &fired[0];
-    assert_eq!((f.count, f.first_seen, f.last_seen), (5, EventTime::from_secs(58), EventTime::from_secs(290)));
+    assert_eq!(
+        (f.count, f.first_seen, f.last_seen),
+        (5, EventTime::from_secs(58), EventTime::from_secs(290))
+    );
     assert_eq!(f.audit_ids, ["id0", "id1", "id2", "id3", "id4"]);
 }
 
@@ -72,7 +75,10 @@ fn keys_are_independent_and_bounded() {
     // A third key evicts the least recently updated one ("a").
     assert!(w.on_hit(hit(2, "c", "3")).is_none());
     assert_eq!((w.key_count(), w.evicted), (2, 1));
-    assert!(w.on_hit(hit(3, "a", "4")).is_none(), "a's first hit was evicted");
+    assert!(
+        w.on_hit(hit(3, "a", "4")).is_none(),
+        "a's first hit was evicted"
+    );
     assert!(w.on_hit(hit(4, "c", "5")).is_some());
 }
 
@@ -138,7 +144,10 @@ fn throttle_swallows_and_reports() {
     assert_eq!(t.admit(&k, EventTime::from_secs(60)), None);
     assert_eq!(t.admit(&k, EventTime::from_secs(599)), None);
     assert_eq!(t.admit(&k, EventTime::from_secs(600)), Some(2));
-    assert_eq!(t.admit(&Arc::from("other"), EventTime::from_secs(601)), Some(0));
+    assert_eq!(
+        t.admit(&Arc::from("other"), EventTime::from_secs(601)),
+        Some(0)
+    );
 }
 
 #[test]
@@ -152,7 +161,11 @@ fn reorder_buffer_releases_in_time_order_and_refuses_late_hits() {
             released.push(h.time.0 / 1_000_000_000);
         }
     }
-    assert_eq!(released, [3, 5, 8], "newest 20s - lateness 10s releases everything before 10s");
+    assert_eq!(
+        released,
+        [3, 5, 8],
+        "newest 20s - lateness 10s releases everything before 10s"
+    );
     b.observe(EventTime::from_secs(30));
     assert!(!b.push(0, hit(10, "k", "late")), "older than 30s - 10s");
     assert_eq!(b.late, 1);
