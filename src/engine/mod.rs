@@ -98,6 +98,20 @@ struct RuleState {
 }
 
 impl RuleState {
+    /// Passes an alert for `key` at `time` through the throttle. `Some(swallowed)` if it may
+    /// go out; `None` (counted) if throttled.
+    fn admit(&mut self, key: &GroupKey, time: EventTime) -> Option<u64> {
+        let swallowed = match &mut self.throttle {
+            Some(t) => t.admit(key, time),
+            None => Some(0),
+        };
+        match swallowed {
+            Some(_) => self.stats.alerts += 1,
+            None => self.stats.throttled += 1,
+        }
+        swallowed
+    }
+
     fn new(rule: &Rule, opts: &EngineOptions) -> RuleState {
         RuleState {
             window: rule
@@ -299,17 +313,9 @@ impl Engine {
                 .unwrap_or_default();
             match &rule.window {
                 None => {
-                    let swallowed = match &mut state.throttle {
-                        Some(t) => match t.admit(&key, time) {
-                            Some(n) => n,
-                            None => {
-                                state.stats.throttled += 1;
-                                continue;
-                            }
-                        },
-                        None => 0,
+                    let Some(swallowed) = state.admit(&key, time) else {
+                        continue;
                     };
-                    state.stats.alerts += 1;
                     let summary = match &rule.summary {
                         Some(_) => None,
                         None => Some(default_summary(ev)),
@@ -464,18 +470,9 @@ fn emit(
     firing: Firing,
     out: &mut Vec<Alert>,
 ) {
-    let swallowed = match &mut state.throttle {
-        Some(t) => match t.admit(&firing.key, at) {
-            Some(n) => n,
-            None => {
-                state.stats.throttled += 1;
-                return;
-            }
-        },
-        None => 0,
-    };
-    state.stats.alerts += 1;
-    out.push(build_alert(rule, rules, kind, firing, swallowed, None));
+    if let Some(swallowed) = state.admit(&firing.key, at) {
+        out.push(build_alert(rule, rules, kind, firing, swallowed, None));
+    }
 }
 
 fn index_by_verb(rules: &RuleSet) -> (VerbIndex, Vec<u32>) {

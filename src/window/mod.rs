@@ -45,6 +45,25 @@ pub struct Firing {
     pub captured: Captured,
 }
 
+impl Firing {
+    /// A window completed by the hit of `key` at `last_seen`.
+    fn closing(
+        (key, last_seen, captured): (GroupKey, EventTime, Captured),
+        count: u64,
+        first_seen: EventTime,
+        audit_ids: Vec<String>,
+    ) -> Firing {
+        Firing {
+            key,
+            count,
+            first_seen,
+            last_seen,
+            audit_ids,
+            captured,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct CountState {
     hits: VecDeque<(EventTime, Box<str>)>,
@@ -164,14 +183,12 @@ impl RuleWindow {
                         .map(|(_, id)| id.to_string())
                         .collect();
                     st.hits.clear();
-                    return Some(Firing {
-                        key: hit.key,
+                    return Some(Firing::closing(
+                        (hit.key, hit.time, hit.captured),
                         count,
                         first_seen,
-                        last_seen: hit.time,
                         audit_ids,
-                        captured: hit.captured,
-                    });
+                    ));
                 }
                 None
             }
@@ -210,14 +227,12 @@ impl RuleWindow {
                         .collect();
                     st.hits.clear();
                     st.latest.clear();
-                    return Some(Firing {
-                        key: hit.key,
+                    return Some(Firing::closing(
+                        (hit.key, hit.time, hit.captured),
                         count,
                         first_seen,
-                        last_seen: hit.time,
                         audit_ids,
-                        captured: hit.captured,
-                    });
+                    ));
                 }
                 None
             }
