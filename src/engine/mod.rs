@@ -18,6 +18,7 @@ pub use dedup::{RequestDedup, audit_key};
 
 use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS};
 use crate::event::{AuditEvent, EventTime, Span};
+use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
 use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
 use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
@@ -263,11 +264,12 @@ impl Engine {
             Some((_, list)) => list,
             None => &self.any_verb,
         };
+        let objects = ObjectCache::default();
         let mut event_value: Option<Dynamic> = None;
         let mut has_objects = ObjectNeeds::default();
         for &idx in candidates {
             let rule = &rules.rules[idx as usize];
-            if !rule.matcher.matches(ev) {
+            if !rule.matcher.matches(ev, &objects) {
                 continue;
             }
             let state = &mut self.states[idx as usize];

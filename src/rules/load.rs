@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 
 use thiserror::Error;
 
+use super::fields::{Accepted, FieldCriterion, ValuePath};
 use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
 use super::position::{Pos, PositionIndex};
 use super::schema::{CodeDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, WindowDoc};
@@ -698,6 +699,29 @@ impl RuleContext<'_> {
                 self.compile_match(x, &format!("{rel}.except.{i}"))
             })
             .collect();
+        let any = m
+            .any
+            .iter()
+            .enumerate()
+            .map(|(i, x)| self.compile_match(x, &format!("{rel}.any.{i}")))
+            .collect();
+        let mut fields = Vec::new();
+        for (path_text, values) in &m.fields {
+            let key_rel = format!("{rel}.fields.{path_text}");
+            let path = match ValuePath::parse(path_text) {
+                Ok(p) => p,
+                Err(e) => {
+                    let pos = self.file.index.key(&format!("{}.{key_rel}", self.base));
+                    self.errors.at(&self.file.name, pos, e);
+                    continue;
+                }
+            };
+            if let Some(accepted) = self.accepted(&key_rel, values) {
+                fields.push(FieldCriterion { path, accepted });
+            }
+        }
+        let absent = self.value_paths(&m.absent, &format!("{rel}.absent"));
+        let present = self.value_paths(&m.present, &format!("{rel}.present"));
         Matcher {
             verbs,
             resources,
@@ -712,8 +736,68 @@ impl RuleContext<'_> {
             source_ips,
             user_agents: self.patterns(&format!("{rel}.user_agents"), &m.user_agents),
             request_uris: self.patterns(&format!("{rel}.request_uris"), &m.request_uris),
+            fields,
+            absent,
+            present,
+            any,
             except,
         }
+    }
+
+    fn value_paths(&mut self, list: &[String], rel: &str) -> Vec<ValuePath> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                ValuePath::parse(p)
+                    .map_err(|e| self.err(&format!("{rel}.{i}"), e))
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// The accepted values of one `fields` criterion: strings (patterns, `$list`), booleans,
+    /// numbers, and null for "missing".
+    fn accepted(&mut self, rel: &str, values: &[serde_yaml::Value]) -> Option<Accepted> {
+        let mut accepted = Accepted::default();
+        let mut strings = Vec::new();
+        let mut ok = true;
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                serde_yaml::Value::Null => accepted.null = true,
+                serde_yaml::Value::Bool(b) => accepted.bools.push(*b),
+                serde_yaml::Value::Number(n) => match n.as_f64() {
+                    Some(x) => accepted.numbers.push(x),
+                    None => ok = false,
+                },
+                serde_yaml::Value::String(s) => {
+                    strings.extend(self.expand(&format!("{rel}.{i}"), std::slice::from_ref(s)))
+                }
+                _ => {
+                    self.err(
+                        &format!("{rel}.{i}"),
+                        "fields accept strings (patterns, $lists), booleans, numbers or null",
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if values.is_empty() {
+            self.err(
+                rel,
+                "give at least one accepted value (use `absent` for missing)",
+            );
+            ok = false;
+        }
+        if !strings.is_empty() {
+            match Patterns::compile(&strings) {
+                Ok(p) => accepted.strings = Some(p),
+                Err(e) => {
+                    self.err(rel, e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(accepted)
     }
 
     /// Maps a (line, column) inside the condition script to a position in the YAML file.

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use globset::{Glob, GlobMatcher};
 use ipnet::IpNet;
 
+use super::fields::{FieldCriterion, ObjectCache, ValuePath};
 use crate::event::{AuditEvent, Level, Stage};
 
 /// One string pattern. `*` and `?` and `[...]` are globs; anything else is exact.
@@ -172,16 +173,33 @@ pub struct Matcher {
     pub source_ips: Option<Vec<IpNet>>,
     pub user_agents: Option<Patterns>,
     pub request_uris: Option<Patterns>,
+    pub fields: Vec<FieldCriterion>,
+    pub absent: Vec<ValuePath>,
+    pub present: Vec<ValuePath>,
+    pub any: Vec<Matcher>,
     pub except: Vec<Matcher>,
 }
 
 impl Matcher {
-    /// True when the event passes every criterion and no exception.
-    pub fn matches(&self, ev: &AuditEvent<'_>) -> bool {
-        self.matches_positive(ev) && !self.except.iter().any(|x| x.matches_positive(ev))
+    /// True when the event passes every criterion and no exception. `objects` holds the
+    /// event's parsed objects, shared by all rules for this event.
+    pub fn matches(&self, ev: &AuditEvent<'_>, objects: &ObjectCache) -> bool {
+        self.matches_positive(ev, objects)
+            && !self.except.iter().any(|x| x.matches_positive(ev, objects))
     }
 
-    fn matches_positive(&self, ev: &AuditEvent<'_>) -> bool {
+    fn matches_positive(&self, ev: &AuditEvent<'_>, objects: &ObjectCache) -> bool {
+        // Typed criteria first: they are cheap and rule most events out.
+        if !self.matches_typed(ev) {
+            return false;
+        }
+        self.fields.iter().all(|c| c.matches(ev, objects))
+            && self.absent.iter().all(|p| !p.present(ev, objects))
+            && self.present.iter().all(|p| p.present(ev, objects))
+            && (self.any.is_empty() || self.any.iter().any(|m| m.matches(ev, objects)))
+    }
+
+    fn matches_typed(&self, ev: &AuditEvent<'_>) -> bool {
         if let Some(v) = &self.verbs
             && !v.matches(&ev.verb)
         {
@@ -384,11 +402,12 @@ mod tests {
             response_codes: Some(vec![(200, 299)]),
             ..Matcher::default()
         };
-        assert!(m.matches(&ev));
+        let objects = ObjectCache::default();
+        assert!(m.matches(&ev, &objects));
         m.except.push(Matcher {
             namespaces: Some(Patterns::compile(&["prod".into()]).unwrap()),
             ..Matcher::default()
         });
-        assert!(!m.matches(&ev));
+        assert!(!m.matches(&ev, &objects));
     }
 }

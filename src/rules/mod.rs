@@ -5,6 +5,7 @@
 //! Rhai syntax, templates, duplicate names) so that a rule set that loads cannot fail later for
 //! a reason visible in the file.
 
+pub mod fields;
 mod load;
 mod matcher;
 mod position;

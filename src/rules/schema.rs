@@ -109,6 +109,18 @@ pub struct MatchDoc {
     pub user_agents: Option<Vec<String>>,
     #[serde(default)]
     pub request_uris: Option<Vec<String>>,
+    /// Field criteria: path → accepted values (any of); see docs/rules.md.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Vec<serde_yaml::Value>>,
+    /// Paths that must reach nothing (or only null, "", [] or {}).
+    #[serde(default)]
+    pub absent: Vec<String>,
+    /// Paths that must reach something.
+    #[serde(default)]
+    pub present: Vec<String>,
+    /// At least one of these blocks must match.
+    #[serde(default)]
+    pub any: Vec<MatchDoc>,
     /// Exceptions: the event is excluded when any of these blocks matches it fully.
     #[serde(default)]
     pub except: Vec<MatchDoc>,

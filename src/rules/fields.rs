@@ -1,0 +1,361 @@
+//! Declarative field criteria in match blocks (`fields`, `absent`, `present`): checks on the
+//! event and on its request/response objects, evaluated in Rust without a script.
+//!
+//! ```yaml
+//! match:
+//!   fields:
+//!     object.kind: [Ingress]
+//!     pod.containers[*].securityContext.privileged: [true]
+//!     object.metadata.annotations.@keys: [$dangerous_ingress_annotations]
+//!   absent: [object.spec.tls]
+//! ```
+//! Roots: `requestObject.`, `responseObject.`, `object.` (the object as written:
+//! `responseObject` when recorded, else `requestObject`), `pod.` (the pod spec inside the
+//! written object, for Pods, workload templates and CronJobs), or any typed event field
+//! (`user.username`, `objectRef.namespace`, ...). `[*]` (or `.*`) visits every element of an
+//! array or value of a map; `@keys` yields a map's keys. A criterion holds when any value the
+//! path reaches is accepted; `null` accepts a missing value (an element without the key, when
+//! the path went through `[*]`).
+//!
+//! Each object is parsed into a `serde_json::Value` at most once per event, only when a rule
+//! that passed its cheaper criteria asks for it, and shared by all rules.
+
+use std::cell::OnceCell;
+
+use serde_json::Value;
+
+use super::matcher::Patterns;
+use crate::event::AuditEvent;
+use crate::event::field::{FieldPath, FieldValue};
+
+/// Which object a path reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    Request,
+    Response,
+    Written,
+    Pod,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    Each,
+    Keys,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Object(Root, Vec<Step>),
+    Event(FieldPath),
+}
+
+/// A path as written in a rule.
+#[derive(Debug, Clone)]
+pub struct ValuePath {
+    target: Target,
+}
+
+/// Values a criterion accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Accepted {
+    pub strings: Option<Patterns>,
+    pub bools: Vec<bool>,
+    pub numbers: Vec<f64>,
+    pub null: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldCriterion {
+    pub path: ValuePath,
+    pub accepted: Accepted,
+}
+
+/// The event's objects, parsed on first use.
+#[derive(Default)]
+pub struct ObjectCache {
+    request: OnceCell<Option<Value>>,
+    response: OnceCell<Option<Value>>,
+}
+
+impl ObjectCache {
+    fn request(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
+        self.request
+            .get_or_init(|| {
+                ev.request_object
+                    .and_then(|r| serde_json::from_str(r.get()).ok())
+            })
+            .as_ref()
+    }
+
+    fn response(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
+        self.response
+            .get_or_init(|| {
+                ev.response_object
+                    .and_then(|r| serde_json::from_str(r.get()).ok())
+            })
+            .as_ref()
+    }
+
+    fn written(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
+        match self.response(ev) {
+            Some(v) if v.is_object() => Some(v),
+            _ => self.request(ev),
+        }
+    }
+}
+
+fn parse_steps(text: &str, rest: &str) -> Result<Vec<Step>, String> {
+    let mut steps = Vec::new();
+    let bad = |why: &str| format!("invalid path {text:?}: {why}");
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'.' => i += 1,
+            b'[' => {
+                let close = rest[i..]
+                    .find(']')
+                    .map(|c| i + c)
+                    .ok_or_else(|| bad("unclosed ["))?;
+                let inner = &rest[i + 1..close];
+                if inner == "*" {
+                    steps.push(Step::Each);
+                } else if let Some(q) = inner
+                    .strip_prefix('"')
+                    .and_then(|s| s.strip_suffix('"'))
+                    .or_else(|| inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+                {
+                    steps.push(Step::Key(q.to_owned()));
+                } else {
+                    let n = inner
+                        .parse()
+                        .map_err(|_| bad("[...] takes *, a number or a quoted key"))?;
+                    steps.push(Step::Index(n));
+                }
+                i = close + 1;
+            }
+            _ => {
+                let end = rest[i..].find(['.', '[']).map_or(bytes.len(), |e| i + e);
+                let seg = &rest[i..end];
+                steps.push(match seg {
+                    "*" => Step::Each,
+                    "@keys" => Step::Keys,
+                    s => match s.parse::<usize>() {
+                        Ok(n) => Step::Index(n),
+                        Err(_) => Step::Key(s.to_owned()),
+                    },
+                });
+                i = end;
+            }
+        }
+    }
+    Ok(steps)
+}
+
+impl ValuePath {
+    pub fn parse(text: &str) -> Result<ValuePath, String> {
+        for (prefix, root) in [
+            ("requestObject", Root::Request),
+            ("responseObject", Root::Response),
+            ("object", Root::Written),
+            ("pod", Root::Pod),
+        ] {
+            if let Some(rest) = text.strip_prefix(prefix)
+                && (rest.is_empty() || rest.starts_with(['.', '[']))
+            {
+                return Ok(ValuePath {
+                    target: Target::Object(root, parse_steps(text, rest)?),
+                });
+            }
+        }
+        FieldPath::parse(text).map(|p| ValuePath {
+            target: Target::Event(p),
+        })
+    }
+
+    /// Calls `visit` with every value the path reaches (`None` for a missing one reached
+    /// through `[*]`); stops early when `visit` returns true. Returns whether it did.
+    fn any(
+        &self,
+        ev: &AuditEvent<'_>,
+        cache: &ObjectCache,
+        visit: &mut dyn FnMut(Option<&Value>) -> bool,
+    ) -> bool {
+        match &self.target {
+            Target::Event(path) => match path.resolve(ev) {
+                FieldValue::Missing => visit(None),
+                FieldValue::Str(s) => visit(Some(&Value::String(s.into_owned()))),
+                FieldValue::Int(n) => visit(Some(&Value::from(n))),
+                FieldValue::List(items) => items
+                    .into_iter()
+                    .any(|s| visit(Some(&Value::String(s.into_owned())))),
+                FieldValue::Json(v) => visit(Some(&v)),
+            },
+            Target::Object(root, steps) => {
+                let base = match root {
+                    Root::Request => cache.request(ev),
+                    Root::Response => cache.response(ev),
+                    Root::Written => cache.written(ev),
+                    Root::Pod => cache.written(ev).and_then(pod_spec),
+                };
+                match base {
+                    Some(v) => walk(v, steps, false, visit),
+                    None => visit(None),
+                }
+            }
+        }
+    }
+
+    /// Whether the path reaches any value that is not null, empty text, an empty array or an
+    /// empty map.
+    pub fn present(&self, ev: &AuditEvent<'_>, cache: &ObjectCache) -> bool {
+        self.any(ev, cache, &mut |v| match v {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(_) => true,
+        })
+    }
+}
+
+fn walk(
+    value: &Value,
+    steps: &[Step],
+    through_each: bool,
+    visit: &mut dyn FnMut(Option<&Value>) -> bool,
+) -> bool {
+    let Some((step, rest)) = steps.split_first() else {
+        return visit(Some(value));
+    };
+    let missing = |visit: &mut dyn FnMut(Option<&Value>) -> bool| through_each && visit(None);
+    match (step, value) {
+        (Step::Key(k), Value::Object(map)) => match map.get(k) {
+            Some(v) => walk(v, rest, through_each, visit),
+            None => missing(visit),
+        },
+        (Step::Index(i), Value::Array(items)) => match items.get(*i) {
+            Some(v) => walk(v, rest, through_each, visit),
+            None => missing(visit),
+        },
+        (Step::Each, Value::Array(items)) => items.iter().any(|v| walk(v, rest, true, visit)),
+        (Step::Each, Value::Object(map)) => map.values().any(|v| walk(v, rest, true, visit)),
+        (Step::Keys, Value::Object(map)) => map
+            .keys()
+            .any(|k| walk(&Value::String(k.clone()), rest, through_each, visit)),
+        _ => missing(visit),
+    }
+}
+
+/// The pod spec inside a Pod, a workload template or a CronJob (or a bare/partial object).
+fn pod_spec(obj: &Value) -> Option<&Value> {
+    let path: &[&str] = match obj.get("kind").and_then(Value::as_str) {
+        Some("Pod") => &["spec"],
+        Some("CronJob") => &["spec", "jobTemplate", "spec", "template", "spec"],
+        Some("PodTemplate") => &["template", "spec"],
+        Some(
+            "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "ReplicationController",
+        ) => &["spec", "template", "spec"],
+        _ if obj.get("containers").is_some() => &[],
+        _ => &["spec"],
+    };
+    path.iter().try_fold(obj, |v, k| v.get(k))
+}
+
+impl Accepted {
+    fn accepts(&self, value: Option<&Value>) -> bool {
+        match value {
+            None | Some(Value::Null) => self.null,
+            Some(Value::Bool(b)) => self.bools.contains(b),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .is_some_and(|x| self.numbers.iter().any(|y| (x - y).abs() < f64::EPSILON)),
+            Some(Value::String(s)) => self.strings.as_ref().is_some_and(|p| p.matches(s)),
+            Some(_) => false,
+        }
+    }
+}
+
+impl FieldCriterion {
+    pub fn matches(&self, ev: &AuditEvent<'_>, cache: &ObjectCache) -> bool {
+        self.path.any(ev, cache, &mut |v| self.accepted.accepts(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::decode_event;
+
+    fn accept_strings(items: &[&str]) -> Accepted {
+        let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+        Accepted {
+            strings: Some(Patterns::compile(&items).unwrap()),
+            ..Accepted::default()
+        }
+    }
+
+    const DEPLOY: &str = r#"{"auditID":"1","verb":"patch","user":{"username":"dev"},"requestObject":{"spec":{"replicas":3}},"responseObject":{"kind":"Deployment","metadata":{"annotations":{"a.io/x":"1"}},"spec":{"template":{"spec":{"hostPID":true,"volumes":[{"name":"v","hostPath":{"path":"/etc"}},{"name":"w","emptyDir":{}}],"containers":[{"name":"a"},{"name":"b","securityContext":{"privileged":true}}]}}}}}"#;
+
+    fn check(path: &str, accepted: Accepted) -> bool {
+        let ev = decode_event(DEPLOY).unwrap();
+        FieldCriterion {
+            path: ValuePath::parse(path).unwrap(),
+            accepted,
+        }
+        .matches(&ev, &ObjectCache::default())
+    }
+
+    #[test]
+    fn wildcards_keys_and_roots() {
+        let yes = || Accepted {
+            bools: vec![true],
+            ..Accepted::default()
+        };
+        assert!(check("pod.containers[*].securityContext.privileged", yes()));
+        assert!(check("pod.hostPID", yes()));
+        assert!(!check("pod.hostNetwork", yes()));
+        assert!(check(
+            "pod.volumes.*.hostPath.path",
+            accept_strings(&["/etc"])
+        ));
+        assert!(check(
+            "object.metadata.annotations.@keys",
+            accept_strings(&["a.io/*"])
+        ));
+        assert!(check("object.kind", accept_strings(&["Deployment"])));
+        assert!(check(
+            "requestObject.spec.replicas",
+            Accepted {
+                numbers: vec![3.0],
+                ..Accepted::default()
+            }
+        ));
+        assert!(check("user.username", accept_strings(&["dev"])));
+        let null = || Accepted {
+            null: true,
+            ..Accepted::default()
+        };
+        // The first container has no securityContext: reached through [*], so it counts.
+        assert!(check("pod.containers[*].securityContext", null()));
+        assert!(check("object.spec.nothing", Accepted::default()) == false);
+    }
+
+    #[test]
+    fn presence() {
+        let ev = decode_event(DEPLOY).unwrap();
+        let cache = ObjectCache::default();
+        let p = |s: &str| ValuePath::parse(s).unwrap().present(&ev, &cache);
+        assert!(p("pod.volumes"));
+        assert!(!p("pod.volumes[*].emptyDir"), "an empty map is not present");
+        assert!(!p("object.spec.tls"));
+        assert!(p("pod.volumes[*].hostPath"));
+    }
+}
