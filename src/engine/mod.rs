@@ -143,6 +143,8 @@ pub struct Engine {
     firings: Vec<(EventTime, Firing)>,
     /// The group key of rules without `group_by`, shared to avoid an allocation per hit.
     empty_key: GroupKey,
+    /// Indices of the absence rules, the only ones the watermark alone can fire.
+    absence_rules: Vec<usize>,
 }
 
 impl Engine {
@@ -153,6 +155,7 @@ impl Engine {
             .map(|r| RuleState::new(r, &opts))
             .collect();
         let (by_verb, any_verb) = index_by_verb(&rules);
+        let absence = absence_rules(&rules);
         let mut scope = Scope::new();
         scope.push_dynamic("event", Dynamic::UNIT);
         scope.push_dynamic("lists", rules.lists_value().clone());
@@ -170,6 +173,7 @@ impl Engine {
             last_expiry: EventTime::MIN,
             firings: Vec::new(),
             empty_key: Arc::from(""),
+            absence_rules: absence,
         }
     }
 
@@ -229,6 +233,7 @@ impl Engine {
         let (by_verb, any_verb) = index_by_verb(&rules);
         self.by_verb = by_verb;
         self.any_verb = any_verb;
+        self.absence_rules = absence_rules(&rules);
         self.scope = Scope::new();
         self.scope.push_dynamic("event", Dynamic::UNIT);
         self.scope
@@ -427,14 +432,17 @@ impl Engine {
     }
 
     fn fire_absences(&mut self, watermark: EventTime, out: &mut Vec<Alert>) {
+        if self.absence_rules.is_empty() {
+            return;
+        }
         let rules = Arc::clone(&self.rules);
-        for (rule, state) in rules.rules.iter().zip(self.states.iter_mut()) {
+        for &i in &self.absence_rules {
+            let (Some(rule), Some(state)) = (rules.rules.get(i), self.states.get_mut(i)) else {
+                continue;
+            };
             let Some(window) = state.window.as_mut() else {
                 continue;
             };
-            if !matches!(window.spec(), WindowSpec::Absence { .. }) {
-                continue;
-            }
             window.on_watermark(watermark, &mut self.firings);
             for (at, firing) in self.firings.drain(..) {
                 emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
@@ -475,6 +483,16 @@ fn emit(
     if let Some(swallowed) = state.admit(&firing.key, at) {
         out.push(build_alert(rule, rules, kind, firing, swallowed, None));
     }
+}
+
+fn absence_rules(rules: &RuleSet) -> Vec<usize> {
+    rules
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r.window, Some(WindowSpec::Absence { .. })))
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn index_by_verb(rules: &RuleSet) -> (VerbIndex, Vec<u32>) {

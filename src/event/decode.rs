@@ -90,8 +90,10 @@ impl fmt::Display for DecodeError {
 }
 
 /// The decoded content of one record.
+// Not boxed: this is the hot path, and a box costs an allocation and a copy per event.
+#[allow(clippy::large_enum_variant)]
 pub enum Record<'a> {
-    Event(Box<AuditEvent<'a>>),
+    Event(AuditEvent<'a>),
     /// An `EventList` or a JSON array: the raw items, to be decoded one by one with
     /// [`decode_event`] so that one bad item does not cost the whole batch.
     Batch(Vec<&'a RawValue>),
@@ -109,7 +111,7 @@ pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
         return Ok(Record::Batch(event.items.take().unwrap_or_default()));
     }
     validate(&mut event)?;
-    Ok(Record::Event(Box::new(event)))
+    Ok(Record::Event(event))
 }
 
 /// Decodes one item that must be a single event (an `EventList` item, or a known-single record).
@@ -200,7 +202,7 @@ mod tests {
 
     fn single(text: &str) -> AuditEvent<'_> {
         match decode_record(text).unwrap() {
-            Record::Event(e) => *e,
+            Record::Event(e) => e,
             Record::Batch(_) => panic!("expected a single event"),
         }
     }

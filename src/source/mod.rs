@@ -120,14 +120,7 @@ impl RecordReader {
     }
 
     fn line_bytes(&mut self) -> &[u8] {
-        match self.in_buffer {
-            // fill_buf returns the same, unconsumed buffer again without reading.
-            Some(len) => match self.reader.fill_buf() {
-                Ok(buf) => &buf[..len.min(buf.len())],
-                Err(_) => &[],
-            },
-            None => &self.spill,
-        }
+        line_in(&mut self.reader, &self.spill, self.in_buffer)
     }
 
     /// The record returned by the last `next_record` call, again.
@@ -175,46 +168,68 @@ impl RecordReader {
                 offset: line_start,
                 item: None,
             };
-            let sniff = self.shape == Shape::Unknown;
-            // (blank line, first line of a multi-line document); `None` for invalid UTF-8.
-            let verdict = {
-                let bytes = self.line_bytes();
-                line_text(bytes).map(|text| {
-                    let blank = text.trim().is_empty();
-                    let doc_start = (sniff && !blank)
-                        .then(|| match serde_json::from_str::<IgnoredAny>(text.trim()) {
-                            Err(e) if e.is_eof() => Some(text.to_owned()),
-                            _ => None,
-                        })
-                        .flatten();
-                    (blank, doc_start)
-                })
-            };
-            let Some((blank, doc_start)) = verdict else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: invalid UTF-8", self.current),
-                ));
-            };
-            if blank {
+            if self.line_bytes().trim_ascii().is_empty() {
                 continue;
             }
-            self.shape = Shape::Lines;
-            if let Some(mut doc) = doc_start {
-                // The first value spans lines: read the rest as one document.
-                doc.push('\n');
-                self.reader
-                    .consume(std::mem::take(&mut self.pending_consume));
-                self.in_buffer = None;
-                self.reader.read_to_string(&mut doc)?;
-                self.doc = doc;
-                self.shape = Shape::Document;
-                continue;
+            if self.shape == Shape::Unknown {
+                self.shape = Shape::Lines;
+                if self.sniff_document()? {
+                    continue;
+                }
             }
-            // Borrow again for the caller (the checks above needed `self` mutably).
-            let (position, text) = self.current();
-            return Ok(Some(RawRecord { position, text }));
+            break;
         }
+        // One UTF-8 validation per line, and the line is handed out in place.
+        let bytes = line_in(&mut self.reader, &self.spill, self.in_buffer);
+        match line_text(bytes) {
+            Some(text) => Ok(Some(RawRecord {
+                position: &self.current,
+                text,
+            })),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: invalid UTF-8", self.current),
+            )),
+        }
+    }
+
+    /// On the first non-blank line: if it is not a complete JSON value by itself, reads the
+    /// whole input as one document and returns true.
+    fn sniff_document(&mut self) -> io::Result<bool> {
+        let start = {
+            let Some(text) = line_text(self.line_bytes()) else {
+                return Ok(false);
+            };
+            match serde_json::from_str::<IgnoredAny>(text.trim()) {
+                Err(e) if e.is_eof() => text.to_owned(),
+                _ => return Ok(false),
+            }
+        };
+        let mut doc = start;
+        doc.push('\n');
+        self.reader.consume(std::mem::take(&mut self.pending_consume));
+        self.in_buffer = None;
+        self.reader.read_to_string(&mut doc)?;
+        self.doc = doc;
+        self.shape = Shape::Document;
+        Ok(true)
+    }
+}
+
+/// The current line's bytes: in the reader's buffer (`Some(len)`) or assembled in `spill`.
+/// A free function so callers can borrow other fields of the reader at the same time.
+fn line_in<'a>(
+    reader: &'a mut Box<dyn BufRead + Send>,
+    spill: &'a [u8],
+    in_buffer: Option<usize>,
+) -> &'a [u8] {
+    match in_buffer {
+        // fill_buf returns the same, unconsumed buffer again without reading.
+        Some(len) => match reader.fill_buf() {
+            Ok(buf) => &buf[..len.min(buf.len())],
+            Err(_) => &[],
+        },
+        None => spill,
     }
 }
 
