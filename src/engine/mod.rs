@@ -269,7 +269,7 @@ impl Engine {
             Some((_, list)) => list,
             None => &self.any_verb,
         };
-        let objects = ObjectCache::default();
+        let objects = ObjectCache::new(rules.object_paths());
         let mut event_value: Option<Dynamic> = None;
         let mut has_objects = ObjectNeeds::default();
         for &idx in candidates {

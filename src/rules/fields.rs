@@ -17,12 +17,17 @@
 //! path reaches is accepted; `null` accepts a missing value (an element without the key, when
 //! the path went through `[*]`).
 //!
-//! Each object is parsed into a `serde_json::Value` at most once per event, only when a rule
-//! that passed its cheaper criteria asks for it, and shared by all rules.
+//! Each object is parsed at most once per event, only when a rule that passed its cheaper
+//! criteria asks for it, and shared by all rules. The parse is pruned: the paths every loaded
+//! rule reads form an [`ObjectPaths`] trie, and subtrees outside it are skipped without being
+//! built (a pod's spec is kilobytes; the rules read a few fields of it).
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::fmt;
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
 
 use super::matcher::Patterns;
 use crate::event::AuditEvent;
@@ -72,29 +77,185 @@ pub struct FieldCriterion {
     pub accepted: Accepted,
 }
 
-/// The event's objects, parsed on first use.
-#[derive(Default)]
-pub struct ObjectCache {
+/// The parts of an object some rule reads: a trie of keys. `all` keeps a whole subtree.
+#[derive(Debug, Default, Clone)]
+pub struct Trie {
+    keys: HashMap<String, Trie>,
+    each: Option<Box<Trie>>,
+    all: bool,
+}
+
+impl Trie {
+    fn insert(&mut self, steps: &[Step]) {
+        if self.all {
+            return;
+        }
+        match steps.split_first() {
+            None | Some((Step::Keys, _)) => {
+                // A leaf (compared or tested for presence) or a map whose keys are read.
+                *self = Trie {
+                    all: true,
+                    ..Trie::default()
+                };
+            }
+            Some((Step::Key(k), rest)) => self.keys.entry(k.clone()).or_default().insert(rest),
+            Some((Step::Index(_) | Step::Each, rest)) => {
+                self.each.get_or_insert_with(Box::default).insert(rest)
+            }
+        }
+    }
+}
+
+/// The tries of the request and response objects, for all loaded rules.
+#[derive(Debug, Default, Clone)]
+pub struct ObjectPaths {
+    request: Option<Trie>,
+    response: Option<Trie>,
+}
+
+/// Where a pod spec may sit (see [`pod_spec`]).
+const POD_SPEC_PREFIXES: &[&[&str]] = &[
+    &["spec"],
+    &["spec", "template", "spec"],
+    &["spec", "jobTemplate", "spec", "template", "spec"],
+    &["template", "spec"],
+    &[],
+];
+
+impl ObjectPaths {
+    /// Adds the object paths a criterion reads.
+    pub fn add(&mut self, path: &ValuePath) {
+        let Target::Object(root, steps) = &path.target else {
+            return;
+        };
+        let mut paths: Vec<Vec<Step>> = Vec::new();
+        if *root == Root::Pod {
+            // What pod_spec() looks at, then the path under every place a pod spec may be.
+            paths.push(vec![Step::Key("kind".into())]);
+            paths.push(vec![Step::Key("containers".into())]);
+            for prefix in POD_SPEC_PREFIXES {
+                let mut p: Vec<Step> = prefix.iter().map(|k| Step::Key((*k).into())).collect();
+                p.extend(steps.iter().cloned());
+                paths.push(p);
+            }
+        } else {
+            paths.push(steps.clone());
+        }
+        let (request, response) = match root {
+            Root::Request => (true, false),
+            Root::Response => (false, true),
+            Root::Written | Root::Pod => (true, true),
+        };
+        for p in &paths {
+            if request {
+                self.request.get_or_insert_with(Trie::default).insert(p);
+            }
+            if response {
+                self.response.get_or_insert_with(Trie::default).insert(p);
+            }
+        }
+    }
+}
+
+struct Pruned<'t>(&'t Trie);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.0.all {
+            return serde::Deserialize::deserialize(d);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let Some(each) = &self.0.each else {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(Value::Null);
+        };
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(Pruned(each))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<crate::event::Text<'de>>()? {
+            match self.0.keys.get(key.as_str()).or(self.0.each.as_deref()) {
+                Some(t) => {
+                    let v = map.next_value_seed(Pruned(t))?;
+                    out.insert(key.as_str().to_owned(), v);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+fn parse_part(raw: Option<&serde_json::value::RawValue>, trie: Option<&Trie>) -> Option<Value> {
+    let raw = raw?;
+    match trie {
+        Some(t) => {
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            Pruned(t).deserialize(&mut de).ok()
+        }
+        None => serde_json::from_str(raw.get()).ok(),
+    }
+}
+
+/// The event's objects, parsed on first use (pruned to what the rules read).
+pub struct ObjectCache<'p> {
+    paths: &'p ObjectPaths,
     request: OnceCell<Option<Value>>,
     response: OnceCell<Option<Value>>,
 }
 
-impl ObjectCache {
+impl<'p> ObjectCache<'p> {
+    pub fn new(paths: &'p ObjectPaths) -> ObjectCache<'p> {
+        ObjectCache {
+            paths,
+            request: OnceCell::new(),
+            response: OnceCell::new(),
+        }
+    }
+
     fn request(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
         self.request
-            .get_or_init(|| {
-                ev.request_object
-                    .and_then(|r| serde_json::from_str(r.get()).ok())
-            })
+            .get_or_init(|| parse_part(ev.request_object, self.paths.request.as_ref()))
             .as_ref()
     }
 
     fn response(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
         self.response
-            .get_or_init(|| {
-                ev.response_object
-                    .and_then(|r| serde_json::from_str(r.get()).ok())
-            })
+            .get_or_init(|| parse_part(ev.response_object, self.paths.response.as_ref()))
             .as_ref()
     }
 
@@ -180,7 +341,7 @@ impl ValuePath {
     fn any(
         &self,
         ev: &AuditEvent<'_>,
-        cache: &ObjectCache,
+        cache: &ObjectCache<'_>,
         visit: &mut dyn FnMut(Option<&Value>) -> bool,
     ) -> bool {
         match &self.target {
@@ -210,7 +371,7 @@ impl ValuePath {
 
     /// Whether the path reaches any value that is not null, empty text, an empty array or an
     /// empty map.
-    pub fn present(&self, ev: &AuditEvent<'_>, cache: &ObjectCache) -> bool {
+    pub fn present(&self, ev: &AuditEvent<'_>, cache: &ObjectCache<'_>) -> bool {
         self.any(ev, cache, &mut |v| match v {
             None | Some(Value::Null) => false,
             Some(Value::String(s)) => !s.is_empty(),
@@ -284,7 +445,7 @@ impl Accepted {
 }
 
 impl FieldCriterion {
-    pub fn matches(&self, ev: &AuditEvent<'_>, cache: &ObjectCache) -> bool {
+    pub fn matches(&self, ev: &AuditEvent<'_>, cache: &ObjectCache<'_>) -> bool {
         self.path.any(ev, cache, &mut |v| self.accepted.accepts(v))
     }
 }
@@ -306,11 +467,16 @@ mod tests {
 
     fn check(path: &str, accepted: Accepted) -> bool {
         let ev = decode_event(DEPLOY).unwrap();
-        FieldCriterion {
-            path: ValuePath::parse(path).unwrap(),
-            accepted,
-        }
-        .matches(&ev, &ObjectCache::default())
+        let path = ValuePath::parse(path).unwrap();
+        // Unpruned and pruned parses must agree.
+        let full = ObjectPaths::default();
+        let mut pruned = ObjectPaths::default();
+        pruned.add(&path);
+        let c = FieldCriterion { path, accepted };
+        let a = c.matches(&ev, &ObjectCache::new(&full));
+        let b = c.matches(&ev, &ObjectCache::new(&pruned));
+        assert_eq!(a, b, "pruning changed the result");
+        a
     }
 
     #[test]
@@ -351,11 +517,25 @@ mod tests {
     #[test]
     fn presence() {
         let ev = decode_event(DEPLOY).unwrap();
-        let cache = ObjectCache::default();
+        let full = ObjectPaths::default();
+        let cache = ObjectCache::new(&full);
         let p = |s: &str| ValuePath::parse(s).unwrap().present(&ev, &cache);
         assert!(p("pod.volumes"));
         assert!(!p("pod.volumes[*].emptyDir"), "an empty map is not present");
         assert!(!p("object.spec.tls"));
         assert!(p("pod.volumes[*].hostPath"));
+    }
+
+    #[test]
+    fn pruning_keeps_only_what_rules_read() {
+        let mut paths = ObjectPaths::default();
+        paths.add(&ValuePath::parse("pod.containers[*].securityContext.privileged").unwrap());
+        let ev = decode_event(DEPLOY).unwrap();
+        let cache = ObjectCache::new(&paths);
+        let v = cache.response(&ev).unwrap();
+        assert_eq!(
+            v,
+            &serde_json::json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{}, {"securityContext": {"privileged": true}}]}}}})
+        );
     }
 }

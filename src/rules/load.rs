@@ -300,6 +300,10 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         return Err(LoadError::Invalid(errors.list));
     }
+    let mut object_paths = super::fields::ObjectPaths::default();
+    for r in &rules {
+        r.matcher.collect_object_paths(&mut object_paths);
+    }
     Ok(RuleSet {
         rules,
         lists,
@@ -307,6 +311,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         scripts,
         lists_value,
         templates,
+        object_paths,
     })
 }
 

@@ -183,12 +183,12 @@ pub struct Matcher {
 impl Matcher {
     /// True when the event passes every criterion and no exception. `objects` holds the
     /// event's parsed objects, shared by all rules for this event.
-    pub fn matches(&self, ev: &AuditEvent<'_>, objects: &ObjectCache) -> bool {
+    pub fn matches(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> bool {
         self.matches_positive(ev, objects)
             && !self.except.iter().any(|x| x.matches_positive(ev, objects))
     }
 
-    fn matches_positive(&self, ev: &AuditEvent<'_>, objects: &ObjectCache) -> bool {
+    fn matches_positive(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> bool {
         // Typed criteria first: they are cheap and rule most events out.
         if !self.matches_typed(ev) {
             return false;
@@ -197,6 +197,19 @@ impl Matcher {
             && self.absent.iter().all(|p| !p.present(ev, objects))
             && self.present.iter().all(|p| p.present(ev, objects))
             && (self.any.is_empty() || self.any.iter().any(|m| m.matches(ev, objects)))
+    }
+
+    /// Adds the object paths this block (and its nested blocks) reads.
+    pub fn collect_object_paths(&self, out: &mut crate::rules::fields::ObjectPaths) {
+        for c in &self.fields {
+            out.add(&c.path);
+        }
+        for p in self.absent.iter().chain(&self.present) {
+            out.add(p);
+        }
+        for m in self.any.iter().chain(&self.except) {
+            m.collect_object_paths(out);
+        }
     }
 
     fn matches_typed(&self, ev: &AuditEvent<'_>) -> bool {
@@ -402,7 +415,8 @@ mod tests {
             response_codes: Some(vec![(200, 299)]),
             ..Matcher::default()
         };
-        let objects = ObjectCache::default();
+        let paths = crate::rules::fields::ObjectPaths::default();
+        let objects = ObjectCache::new(&paths);
         assert!(m.matches(&ev, &objects));
         m.except.push(Matcher {
             namespaces: Some(Patterns::compile(&["prod".into()]).unwrap()),

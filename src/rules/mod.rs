@@ -120,6 +120,8 @@ pub struct RuleSet {
     pub(crate) scripts: rhai::Engine,
     pub(crate) lists_value: rhai::Dynamic,
     pub(crate) templates: minijinja::Environment<'static>,
+    /// Object paths read by any rule's match block (for pruned object parsing).
+    pub(crate) object_paths: fields::ObjectPaths,
 }
 
 impl fmt::Debug for RuleSet {
@@ -147,5 +149,9 @@ impl RuleSet {
 
     pub fn templates(&self) -> &minijinja::Environment<'static> {
         &self.templates
+    }
+
+    pub fn object_paths(&self) -> &fields::ObjectPaths {
+        &self.object_paths
     }
 }

@@ -207,7 +207,8 @@ impl RecordReader {
         };
         let mut doc = start;
         doc.push('\n');
-        self.reader.consume(std::mem::take(&mut self.pending_consume));
+        self.reader
+            .consume(std::mem::take(&mut self.pending_consume));
         self.in_buffer = None;
         self.reader.read_to_string(&mut doc)?;
         self.doc = doc;
