@@ -5,11 +5,14 @@
 //! record that satisfies it. Only matches are stored (not every record), keyed by the auditID
 //! packed into 128 bits, and bounded both by age (`horizon` of event time) and by count.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use crate::event::{EventTime, Span};
+
+/// foldhash, randomly seeded: auditIDs come from event data.
+type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
 
 pub struct RequestDedup {
     seen: HashSet<(u128, u32)>,
@@ -52,7 +55,7 @@ pub fn audit_key(id: &str) -> u128 {
 impl RequestDedup {
     pub fn new(horizon: Span, capacity: usize) -> RequestDedup {
         RequestDedup {
-            seen: HashSet::new(),
+            seen: HashSet::default(),
             order: VecDeque::new(),
             horizon,
             capacity: capacity.max(1),

@@ -23,8 +23,44 @@ use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
 use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
 use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
 
-/// Verb → indices of the rules that can match it, in rule order.
-type VerbIndex = Vec<(Box<str>, Vec<u32>)>;
+/// Response code classes: 0 = no response yet, 1-5 = 1xx-5xx, 6 = anything else.
+const CODE_CLASSES: usize = 7;
+
+/// Candidate rules per response code class, in rule order.
+type ByCode = [Vec<u32>; CODE_CLASSES];
+
+/// Verb → candidate rules per code class.
+type VerbIndex = Vec<(Box<str>, ByCode)>;
+
+fn code_class(ev: &AuditEvent<'_>) -> usize {
+    match &ev.response_status {
+        None => 0,
+        Some(s) => match s.code / 100 {
+            c @ 1..=5 => c as usize,
+            _ => 6,
+        },
+    }
+}
+
+/// The code classes a rule's top-level `response_codes` can match (all without it).
+fn rule_classes(rule: &Rule) -> [bool; CODE_CLASSES] {
+    let Some(ranges) = &rule.matcher.response_codes else {
+        return [true; CODE_CLASSES];
+    };
+    let mut classes = [false; CODE_CLASSES];
+    for &(lo, hi) in ranges {
+        for (c, slot) in classes.iter_mut().enumerate().take(6).skip(1) {
+            let (clo, chi) = (c as i32 * 100, c as i32 * 100 + 99);
+            if lo <= chi && hi >= clo {
+                *slot = true;
+            }
+        }
+        if lo < 100 || hi > 599 {
+            classes[6] = true;
+        }
+    }
+    classes
+}
 
 /// Tuning knobs; the defaults suit both replay and a live stream.
 #[derive(Clone, Debug)]
@@ -131,7 +167,7 @@ pub struct Engine {
     /// Verb → indices of the rules that can match it, in rule order. A short list searched
     /// linearly: there are a dozen verbs, and hashing every event's verb costs more.
     by_verb: VerbIndex,
-    any_verb: Vec<u32>,
+    any_verb: ByCode,
     states: Vec<RuleState>,
     dedup: RequestDedup,
     reorder: ReorderBuffer,
@@ -265,9 +301,10 @@ impl Engine {
         };
         let rules = Arc::clone(&self.rules);
         let verb = ev.verb.as_str();
+        let class = code_class(ev);
         let candidates: &[u32] = match self.by_verb.iter().find(|(v, _)| &**v == verb) {
-            Some((_, list)) => list,
-            None => &self.any_verb,
+            Some((_, by_code)) => &by_code[class],
+            None => &self.any_verb[class],
         };
         let objects = ObjectCache::new(rules.object_paths());
         let mut event_value: Option<Dynamic> = None;
@@ -495,32 +532,44 @@ fn absence_rules(rules: &RuleSet) -> Vec<usize> {
         .collect()
 }
 
-fn index_by_verb(rules: &RuleSet) -> (VerbIndex, Vec<u32>) {
-    let mut any = Vec::new();
-    let mut by_verb: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+fn index_by_verb(rules: &RuleSet) -> (VerbIndex, ByCode) {
+    let mut any: ByCode = Default::default();
+    let mut by_verb: HashMap<Box<str>, ByCode> = HashMap::new();
+    let mut verb_rules: Vec<(u32, Vec<&str>)> = Vec::new();
     for (i, rule) in rules.rules.iter().enumerate() {
         if !rule.enabled {
             continue;
         }
+        let classes = rule_classes(rule);
         match rule.matcher.verbs.as_ref().and_then(|v| v.exact_values()) {
             Some(verbs) => {
-                for v in verbs {
-                    by_verb.entry(v.into()).or_default().push(i as u32);
+                for v in &verbs {
+                    by_verb.entry((*v).into()).or_default();
+                }
+                verb_rules.push((i as u32, verbs));
+            }
+            None => {
+                for (c, list) in any.iter_mut().enumerate() {
+                    if classes[c] {
+                        list.push(i as u32);
+                    }
                 }
             }
-            None => any.push(i as u32),
         }
     }
-    // Each verb's list also holds the any-verb rules, merged in rule order.
-    let mut index: VerbIndex = by_verb
-        .into_iter()
-        .map(|(verb, mut list)| {
-            list.extend(&any);
+    // Each verb's lists hold its own rules and the any-verb rules, in rule order.
+    for (verb, by_code) in by_verb.iter_mut() {
+        for (c, list) in by_code.iter_mut().enumerate() {
+            list.extend(&any[c]);
+            for (i, verbs) in &verb_rules {
+                if verbs.contains(&&**verb) && rule_classes(&rules.rules[*i as usize])[c] {
+                    list.push(*i);
+                }
+            }
             list.sort_unstable();
             list.dedup();
-            (verb, list)
-        })
-        .collect();
+        }
+    }
     // Most frequent verbs first.
     let rank = |v: &str| {
         [
@@ -530,6 +579,7 @@ fn index_by_verb(rules: &RuleSet) -> (VerbIndex, Vec<u32>) {
         .position(|x| *x == v)
         .unwrap_or(usize::MAX)
     };
+    let mut index: VerbIndex = by_verb.into_iter().collect();
     index.sort_by_key(|(v, _)| (rank(v), v.clone()));
     (index, any)
 }

@@ -481,3 +481,18 @@ fn absence_catches_a_gap_the_watermark_has_not_closed() {
     assert_eq!(alerts.len(), 1);
     assert_eq!(alerts[0].last_seen, EventTime::from_secs(1_700_000_000));
 }
+
+#[test]
+fn response_code_classes_only_narrow_candidates() {
+    let set = load_str(
+        "t.yaml",
+        "rules:\n  - { name: a, severity: low, match: { response_codes: [401, 403] } }\n  - { name: b, severity: low, match: { response_codes: [\"100-399\"] } }\n  - { name: c, severity: low, match: { response_codes: [\"0-99\", 600] } }\n  - { name: d, severity: low }\n",
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let classes: Vec<[bool; CODE_CLASSES]> = set.rules.iter().map(rule_classes).collect();
+    assert_eq!(classes[0], [false, false, false, false, true, false, false]);
+    assert_eq!(classes[1], [false, true, true, true, false, false, false]);
+    assert_eq!(classes[2], [false, false, false, false, false, false, true]);
+    assert_eq!(classes[3], [true; CODE_CLASSES]);
+}

@@ -21,13 +21,16 @@
 mod reorder;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
 pub use reorder::{Hit, ReorderBuffer};
 
 use crate::event::{EventTime, Span};
 use crate::rules::{Captured, WindowSpec};
+
+/// Hash maps on the hot path: foldhash, randomly seeded (keys come from event data).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A group key: the rule's `group_by` values joined with U+001F.
 pub type GroupKey = Arc<str>;
@@ -120,7 +123,7 @@ impl RuleWindow {
     pub fn new(spec: WindowSpec, max_keys: usize) -> RuleWindow {
         RuleWindow {
             spec,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             max_keys: max_keys.max(1),
             deadlines: BinaryHeap::new(),
             evicted: 0,
@@ -138,10 +141,11 @@ impl RuleWindow {
 
     /// Applies one hit (in event-time order). Returns a firing if the window fired.
     pub fn on_hit(&mut self, hit: Hit) -> Option<Firing> {
-        if !self.keys.contains_key(&hit.key) && self.keys.len() >= self.max_keys {
+        if self.keys.len() >= self.max_keys && !self.keys.contains_key(&hit.key) {
             self.evict_oldest();
         }
-        let spec = self.spec.clone();
+        // Borrowed, not cloned: this runs for every hit (a distinct spec holds a String).
+        let spec = &self.spec;
         let entry = self.keys.entry(hit.key.clone()).or_insert_with(|| Entry {
             state: match spec {
                 WindowSpec::Count { .. } => KeyState::Count(CountState {
@@ -149,7 +153,7 @@ impl RuleWindow {
                 }),
                 WindowSpec::Distinct { .. } => KeyState::Distinct(DistinctState {
                     hits: VecDeque::new(),
-                    latest: HashMap::new(),
+                    latest: HashMap::default(),
                 }),
                 WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
                     last: hit.time,
@@ -162,7 +166,7 @@ impl RuleWindow {
             updated: hit.time,
         });
         entry.updated = hit.time;
-        match (&spec, &mut entry.state) {
+        match (spec, &mut entry.state) {
             (WindowSpec::Count { over, threshold }, KeyState::Count(st)) => {
                 while st
                     .hits
@@ -365,8 +369,8 @@ impl RuleWindow {
 
     /// Drops keys with nothing left in their window before `watermark`, to keep memory flat.
     pub fn expire(&mut self, watermark: EventTime) {
-        let spec = self.spec.clone();
-        self.keys.retain(|_, e| match (&spec, &e.state) {
+        let spec = &self.spec;
+        self.keys.retain(|_, e| match (spec, &e.state) {
             (WindowSpec::Count { over, .. }, KeyState::Count(st)) => st
                 .hits
                 .back()
@@ -382,10 +386,11 @@ impl RuleWindow {
     }
 
     fn evict_oldest(&mut self) {
+        // Ties broken by key, so the choice does not depend on the hash map's order.
         if let Some(oldest) = self
             .keys
             .iter()
-            .min_by_key(|(_, e)| e.updated)
+            .min_by_key(|(k, e)| (e.updated, *k))
             .map(|(k, _)| k.clone())
         {
             self.keys.remove(&oldest);
@@ -405,7 +410,7 @@ impl Throttle {
     pub fn new(period: Span) -> Throttle {
         Throttle {
             period,
-            until: HashMap::new(),
+            until: HashMap::default(),
         }
     }
 
