@@ -620,35 +620,31 @@ fn build_alert(
     });
     let summary = match (&rule.summary, fallback_summary) {
         (Some(template), _) => {
+            // Only the alert fields the template reads are built.
             let mut vars = Map::new();
-            vars.insert("rule".into(), Value::from(&*rule.name));
-            vars.insert("severity".into(), Value::from(rule.severity.as_str()));
-            vars.insert("count".into(), Value::from(firing.count));
-            vars.insert(
-                "group".into(),
-                serde_json::to_value(&group).unwrap_or(Value::Null),
-            );
-            vars.insert(
-                "first_seen".into(),
-                Value::from(firing.first_seen.to_string()),
-            );
-            vars.insert(
-                "last_seen".into(),
-                Value::from(firing.last_seen.to_string()),
-            );
-            vars.insert(
-                "labels".into(),
-                serde_json::to_value(&*rule.labels).unwrap_or(Value::Null),
-            );
-            vars.insert(
-                "description".into(),
-                Value::from(rule.description.as_deref().unwrap_or("")),
-            );
-            vars.insert("suppressed".into(), Value::from(suppressed));
-            vars.insert(
-                "kind".into(),
-                serde_json::to_value(kind).unwrap_or(Value::Null),
-            );
+            let mut put = |name: &str, value: &dyn Fn() -> Value| {
+                if template.uses(name) {
+                    vars.insert(name.to_owned(), value());
+                }
+            };
+            put("rule", &|| Value::from(&*rule.name));
+            put("severity", &|| Value::from(rule.severity.as_str()));
+            put("count", &|| Value::from(firing.count));
+            put("group", &|| {
+                serde_json::to_value(&group).unwrap_or(Value::Null)
+            });
+            put("first_seen", &|| Value::from(firing.first_seen.to_string()));
+            put("last_seen", &|| Value::from(firing.last_seen.to_string()));
+            put("labels", &|| {
+                serde_json::to_value(&*rule.labels).unwrap_or(Value::Null)
+            });
+            put("description", &|| {
+                Value::from(rule.description.as_deref().unwrap_or(""))
+            });
+            put("suppressed", &|| Value::from(suppressed));
+            put("kind", &|| {
+                serde_json::to_value(kind).unwrap_or(Value::Null)
+            });
             template.render(rules.templates(), &firing.captured, vars)
         }
         (None, Some(text)) => text,

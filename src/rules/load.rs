@@ -425,10 +425,14 @@ impl RuleContext<'_> {
         if doc.name.trim().is_empty() {
             self.err("name", "rule name must not be empty");
         }
-        let matcher = match &doc.match_ {
+        let mut matcher = match &doc.match_ {
             Some(m) => self.compile_match(m, "match"),
             None => Matcher::default(),
         };
+        matcher.verbs_indexed = matcher
+            .verbs
+            .as_ref()
+            .is_some_and(|v| v.exact_values().is_some());
         let condition = doc
             .condition
             .as_deref()
@@ -729,6 +733,7 @@ impl RuleContext<'_> {
         let present = self.value_paths(&m.present, &format!("{rel}.present"));
         Matcher {
             verbs,
+            verbs_indexed: false,
             resources,
             namespaces: self.patterns(&format!("{rel}.namespaces"), &m.namespaces),
             names: self.patterns(&format!("{rel}.names"), &m.names),

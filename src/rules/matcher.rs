@@ -160,6 +160,9 @@ impl ResourcePattern {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     pub verbs: Option<Patterns>,
+    /// Set when `verbs` are all exact: the engine only offers events with one of those verbs
+    /// to this rule, so the check is skipped. Only on a rule's top-level block.
+    pub verbs_indexed: bool,
     pub resources: Option<Vec<ResourcePattern>>,
     pub namespaces: Option<Patterns>,
     pub names: Option<Patterns>,
@@ -213,7 +216,9 @@ impl Matcher {
     }
 
     fn matches_typed(&self, ev: &AuditEvent<'_>) -> bool {
+        // Exact verb lists are guaranteed by the engine's verb index already.
         if let Some(v) = &self.verbs
+            && !self.verbs_indexed
             && !v.matches(&ev.verb)
         {
             return false;

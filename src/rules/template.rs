@@ -46,6 +46,8 @@ enum EventVar {
 pub struct Summary {
     pub(crate) name: String,
     vars: Vec<(Arc<str>, EventVar)>,
+    /// The alert fields the template reads (from [`ALERT_VARS`]); only these are built.
+    alert_vars: Vec<&'static str>,
 }
 
 /// Event values captured for a later render.
@@ -67,9 +69,13 @@ impl Summary {
         let mut names: Vec<String> = template.undeclared_variables(true).into_iter().collect();
         names.sort();
         let mut vars = Vec::new();
+        let mut alert_vars = Vec::new();
         for var in names {
             let root = var.split('.').next().unwrap_or_default();
-            if ALERT_VARS.contains(&root) {
+            if let Some(v) = ALERT_VARS.iter().find(|v| **v == root) {
+                if !alert_vars.contains(v) {
+                    alert_vars.push(*v);
+                }
                 continue;
             }
             if let Some(obj) = EVENT_OBJECTS.iter().find(|o| **o == var) {
@@ -92,7 +98,13 @@ impl Summary {
         Ok(Summary {
             name: name.to_owned(),
             vars,
+            alert_vars,
         })
+    }
+
+    /// Whether the template reads the alert field `name`.
+    pub fn uses(&self, name: &str) -> bool {
+        self.alert_vars.contains(&name)
     }
 
     /// Takes the values this template reads from `ev`.
