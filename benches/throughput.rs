@@ -449,7 +449,11 @@ fn main() {
     );
     println!(
         "target >= 300,000 events/s on one core: {} ({:.0})",
-        if events as f64 / replay_cpu >= 300_000.0 { "met" } else { "NOT met" },
+        if events as f64 / replay_cpu >= 300_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
         events as f64 / replay_cpu
     );
 }
@@ -458,6 +462,10 @@ fn main() {
 fn cpu_time() -> f64 {
     std::fs::read_to_string("/proc/self/schedstat")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
         .map_or(0.0, |ns| ns as f64 / 1e9)
 }

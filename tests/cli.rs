@@ -383,3 +383,29 @@ fn rule_tests_pass_and_failures_show_a_diff() {
     let text = stdout(&out).replace(&dir.display().to_string(), "DIR");
     insta::assert_snapshot!(text);
 }
+
+/// Every YAML example in the docs that defines `rules:` must load, so the docs cannot drift.
+#[test]
+fn rule_examples_in_the_docs_load() {
+    let dir = tempdir("doc-examples");
+    let mut checked = 0;
+    for doc in ["README.md", "docs/rules.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).unwrap();
+        for (i, block) in text.split("```yaml\n").skip(1).enumerate() {
+            let yaml = block.split("```").next().unwrap();
+            if !yaml.lines().any(|l| l.starts_with("rules:")) {
+                continue;
+            }
+            let file = dir.join(format!("{}-{i}.yaml", doc.replace('/', "-")));
+            std::fs::write(&file, yaml).unwrap();
+            let out = run(bin().arg("check").arg(&file));
+            assert!(
+                out.status.success(),
+                "{doc} example {i}:\n{yaml}\n{}",
+                stderr(&out)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "found only {checked} examples");
+}

@@ -511,7 +511,7 @@ mod tests {
         };
         // The first container has no securityContext: reached through [*], so it counts.
         assert!(check("pod.containers[*].securityContext", null()));
-        assert!(check("object.spec.nothing", Accepted::default()) == false);
+        assert!(!check("object.spec.nothing", Accepted::default()));
     }
 
     #[test]
