@@ -113,7 +113,7 @@ pub struct ObjectPaths {
     response: Option<Trie>,
 }
 
-/// Where a pod spec may sit (see [`pod_spec`]).
+/// Every place a pod spec may sit: what [`pod_spec_location`] can return (a test checks it).
 const POD_SPEC_PREFIXES: &[&[&str]] = &[
     &["spec"],
     &["spec", "template", "spec"],
@@ -410,9 +410,13 @@ fn walk(
     }
 }
 
-/// The pod spec inside a Pod, a workload template or a CronJob (or a bare/partial object).
-fn pod_spec(obj: &Value) -> Option<&Value> {
-    let path: &[&str] = match obj.get("kind").and_then(Value::as_str) {
+/// Where the pod spec sits in an object of `kind`: a Pod's `spec`, a workload's template
+/// (Deployment, ReplicaSet, StatefulSet, DaemonSet, Job, ReplicationController), a
+/// PodTemplate's `template.spec`, a CronJob's job template. Without a known kind (partial
+/// events), a bare pod spec (`has_containers`) or the object's `spec`. Shared by the match-block
+/// paths (`pod.`) and the Rhai helpers.
+pub fn pod_spec_location(kind: Option<&str>, has_containers: bool) -> &'static [&'static str] {
+    match kind {
         Some("Pod") => &["spec"],
         Some("CronJob") => &["spec", "jobTemplate", "spec", "template", "spec"],
         Some("PodTemplate") => &["template", "spec"],
@@ -424,10 +428,17 @@ fn pod_spec(obj: &Value) -> Option<&Value> {
             | "Job"
             | "ReplicationController",
         ) => &["spec", "template", "spec"],
-        _ if obj.get("containers").is_some() => &[],
+        _ if has_containers => &[],
         _ => &["spec"],
-    };
-    path.iter().try_fold(obj, |v, k| v.get(k))
+    }
+}
+
+/// The pod spec inside `obj` (see [`pod_spec_location`]).
+fn pod_spec(obj: &Value) -> Option<&Value> {
+    let kind = obj.get("kind").and_then(Value::as_str);
+    pod_spec_location(kind, obj.get("containers").is_some())
+        .iter()
+        .try_fold(obj, |v, k| v.get(k))
 }
 
 impl Accepted {
@@ -524,6 +535,29 @@ mod tests {
         assert!(!p("pod.volumes[*].emptyDir"), "an empty map is not present");
         assert!(!p("object.spec.tls"));
         assert!(p("pod.volumes[*].hostPath"));
+    }
+
+    #[test]
+    fn pruning_covers_every_pod_spec_location() {
+        let kinds = [
+            Some("Pod"),
+            Some("CronJob"),
+            Some("PodTemplate"),
+            Some("Deployment"),
+            Some("ReplicaSet"),
+            Some("StatefulSet"),
+            Some("DaemonSet"),
+            Some("Job"),
+            Some("ReplicationController"),
+            Some("Other"),
+            None,
+        ];
+        for kind in kinds {
+            for bare in [true, false] {
+                let loc = pod_spec_location(kind, bare);
+                assert!(POD_SPEC_PREFIXES.contains(&loc), "{kind:?} {bare}: {loc:?}");
+            }
+        }
     }
 
     #[test]

@@ -250,33 +250,16 @@ fn json_pointer(value: &Dynamic, pointer: &str) -> Dynamic {
     walk_segments(value, &segs, true)
 }
 
-/// Where the pod spec sits in a Pod, a pod template (Deployment, ReplicaSet, StatefulSet,
-/// DaemonSet, Job, ReplicationController, PodTemplate) or a CronJob.
+/// Where the pod spec sits in `obj` (see [`super::fields::pod_spec_location`]).
 fn pod_spec_path(obj: &Dynamic) -> Option<&'static [&'static str]> {
-    let kind = obj.read_lock::<Map>().and_then(|m| {
-        m.get("kind")
-            .and_then(|k| k.read_lock::<ImmutableString>().map(|s| s.clone()))
-    });
-    Some(match kind.as_deref() {
-        Some("Pod") => &["spec"],
-        Some("CronJob") => &["spec", "jobTemplate", "spec", "template", "spec"],
-        Some("PodTemplate") => &["template", "spec"],
-        Some(
-            "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "ReplicationController",
-        ) => &["spec", "template", "spec"],
-        // No (known) kind, as in partial events: a bare pod spec, or an object with `spec`.
-        _ => {
-            let bare = obj
-                .read_lock::<Map>()
-                .is_some_and(|m| m.contains_key("containers"));
-            if bare { &[] } else { &["spec"] }
-        }
-    })
+    let map = obj.read_lock::<Map>()?;
+    let kind = map
+        .get("kind")
+        .and_then(|k| k.read_lock::<ImmutableString>().map(|s| s.clone()));
+    Some(super::fields::pod_spec_location(
+        kind.as_deref(),
+        map.contains_key("containers"),
+    ))
 }
 
 /// The pod spec inside `obj` (see [`pod_spec_path`]); `()` when there is none.
