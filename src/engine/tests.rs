@@ -496,3 +496,78 @@ fn response_code_classes_only_narrow_candidates() {
     assert_eq!(classes[2], [false, false, false, false, false, false, true]);
     assert_eq!(classes[3], [true; CODE_CLASSES]);
 }
+
+/// Brute-force oracle for distinct-count windows: for each event in time order, the distinct
+/// values of its key within `over` since the key's last firing; fire at the threshold.
+fn distinct_oracle(events: &[(i64, u8, u8)], over: i64, threshold: usize) -> Vec<(u8, i64, usize)> {
+    let mut sorted: Vec<(i64, usize, u8, u8)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, (t, k, v))| (*t, i, *k, *v))
+        .collect();
+    sorted.sort();
+    let mut last_fire: HashMap<u8, usize> = HashMap::new();
+    let mut fired = Vec::new();
+    for (pos, (t, _, k, _)) in sorted.iter().enumerate() {
+        let start = last_fire.get(k).map_or(0, |p| p + 1);
+        let values: std::collections::BTreeSet<u8> = sorted[start..=pos]
+            .iter()
+            .filter(|(t2, _, k2, _)| k2 == k && t - t2 <= over)
+            .map(|(_, _, _, v)| *v)
+            .collect();
+        if values.len() >= threshold {
+            fired.push((*k, *t, values.len()));
+            last_fire.insert(*k, pos);
+        }
+    }
+    fired
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A distinct-count window agrees with a brute-force recount under bounded disorder.
+    #[test]
+    fn distinct_window_matches_brute_force_under_bounded_disorder(
+        gaps in prop::collection::vec(1i64..30, 1..120),
+        keys in prop::collection::vec(0u8..2, 120),
+        values in prop::collection::vec(0u8..6, 120),
+        jitter in prop::collection::vec(0i64..=30, 120),
+        threshold in 2usize..5,
+        over in 20i64..150,
+    ) {
+        let mut t = 0;
+        let events: Vec<(i64, u8, u8)> = gaps
+            .iter()
+            .enumerate()
+            .map(|(i, g)| { t += g; (t, keys[i], values[i]) })
+            .collect();
+        let mut arrival: Vec<usize> = (0..events.len()).collect();
+        arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
+        let rules = format!(
+            "rules:\n  - name: d\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, distinct: objectRef.name, group_by: [user.username] }}\n"
+        );
+        let mut e = engine_with(&rules, EngineOptions { lateness: Span::from_secs(30), ..EngineOptions::default() });
+        let lines: Vec<String> = arrival
+            .iter()
+            .map(|&i| {
+                let (time, key, value) = events[i];
+                line(&format!("id{i:04}"), time, "get", &format!("u{key}"), "secrets", 200, "ResponseComplete")
+                    .replace(&format!("\"name\":\"obj-id{i:04}\""), &format!("\"name\":\"s{value}\""))
+            })
+            .collect();
+        let alerts = feed(&mut e, &lines);
+        prop_assert_eq!(e.stats().late_hits, 0);
+        let mut got: Vec<(u8, i64, usize)> = alerts
+            .iter()
+            .map(|a| {
+                let k: u8 = a.group.0[0].1[1..].parse().unwrap();
+                (k, (a.last_seen.0 / 1_000_000_000) - 1_700_000_000, a.count as usize)
+            })
+            .collect();
+        let mut want = distinct_oracle(&events, over, threshold);
+        got.sort();
+        want.sort();
+        prop_assert_eq!(got, want);
+    }
+}
