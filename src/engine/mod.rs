@@ -423,6 +423,8 @@ impl Engine {
     pub fn advance_watermark(&mut self, to: EventTime, out: &mut Vec<Alert>) {
         self.reorder.advance_to(to);
         self.release(out);
+        let watermark = self.reorder.watermark();
+        self.fire_absences(watermark, out);
     }
 
     /// End of input: releases every pending hit and fires what is due at the newest event time.
@@ -446,9 +448,9 @@ impl Engine {
             self.fire_absences(time, out);
             self.apply_hit(rule, hit, out);
         }
-        let watermark = self.reorder.watermark();
-        self.fire_absences(watermark, out);
-        self.housekeeping(watermark);
+        // Deadlines up to the watermark itself: `process` fires them before applying its
+        // event, `advance_watermark` after releasing.
+        self.housekeeping(self.reorder.watermark());
     }
 
     fn apply_hit(&mut self, idx: usize, hit: Hit, out: &mut Vec<Alert>) {

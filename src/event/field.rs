@@ -58,11 +58,14 @@ pub enum RawPart {
     StatusDetails,
 }
 
-/// One step of a walk into raw JSON.
+/// One step of a path. `Each` (`[*]` or `.*`) and `Keys` (`@keys`) are wildcards, accepted
+/// only in match-block `fields` paths (`crate::rules::fields`); field paths reject them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Key(String),
     Index(usize),
+    Each,
+    Keys,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,6 +143,11 @@ impl FieldPath {
     /// Parses a path; the error says what is accepted.
     pub fn parse(text: &str) -> Result<FieldPath, String> {
         let steps = split_steps(text)?;
+        if steps.iter().any(|s| matches!(s, Step::Each | Step::Keys)) {
+            return Err(format!(
+                "invalid field path {text:?}: [*] and @keys are only allowed in match `fields` paths"
+            ));
+        }
         let first = match steps.first() {
             Some(Step::Key(k)) => k.as_str(),
             _ => return Err(format!("unknown field {text:?}")),
@@ -261,11 +269,6 @@ impl FieldPath {
         })
     }
 
-    /// True when resolving needs the raw JSON parts (slower: parses on demand).
-    pub fn is_raw(&self) -> bool {
-        matches!(self.target, Target::Raw(..))
-    }
-
     pub fn resolve<'e>(&self, ev: &'e AuditEvent<'_>) -> FieldValue<'e> {
         fn s<'e>(v: &'e str) -> FieldValue<'e> {
             if v.is_empty() {
@@ -356,6 +359,7 @@ fn walk_raw<'e>(raw: Option<&RawValue>, steps: &[Step]) -> FieldValue<'e> {
             (Step::Index(i), Value::Array(items)) if *i < items.len() => {
                 Some(items.swap_remove(*i))
             }
+            // Wildcards never reach here: FieldPath::parse rejects them.
             _ => None,
         };
         match next {
@@ -371,7 +375,8 @@ fn walk_raw<'e>(raw: Option<&RawValue>, steps: &[Step]) -> FieldValue<'e> {
     }
 }
 
-/// Splits `a.b[0]["c.d"]` into steps.
+/// Splits `a.b[0]["c.d"]` (and `a[*].b`, `a.*`, `a.@keys`) into steps: the one path tokenizer
+/// for field paths and match-block `fields` paths.
 pub fn split_steps(text: &str) -> Result<Vec<Step>, String> {
     let bad = |why: &str| format!("invalid field path {text:?}: {why}");
     let bytes = text.as_bytes();
@@ -394,7 +399,9 @@ pub fn split_steps(text: &str) -> Result<Vec<Step>, String> {
                     .map(|c| i + c)
                     .ok_or_else(|| bad("unclosed ["))?;
                 let inner = &text[i + 1..close];
-                if let Some(q) = inner
+                if inner == "*" {
+                    steps.push(Step::Each);
+                } else if let Some(q) = inner
                     .strip_prefix('"')
                     .and_then(|s| s.strip_suffix('"'))
                     .or_else(|| inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
@@ -403,7 +410,7 @@ pub fn split_steps(text: &str) -> Result<Vec<Step>, String> {
                 } else {
                     let idx = inner
                         .parse::<usize>()
-                        .map_err(|_| bad("[...] takes a number or a quoted key"))?;
+                        .map_err(|_| bad("[...] takes *, a number or a quoted key"))?;
                     steps.push(Step::Index(idx));
                 }
                 i = close + 1;
@@ -411,10 +418,14 @@ pub fn split_steps(text: &str) -> Result<Vec<Step>, String> {
             _ => {
                 let end = text[i..].find(['.', '[']).map_or(bytes.len(), |e| i + e);
                 let seg = &text[i..end];
-                match seg.parse::<usize>() {
-                    Ok(idx) if !steps.is_empty() => steps.push(Step::Index(idx)),
-                    _ => steps.push(Step::Key(seg.to_owned())),
-                }
+                steps.push(match seg {
+                    "*" if !steps.is_empty() => Step::Each,
+                    "@keys" if !steps.is_empty() => Step::Keys,
+                    _ => match seg.parse::<usize>() {
+                        Ok(idx) if !steps.is_empty() => Step::Index(idx),
+                        _ => Step::Key(seg.to_owned()),
+                    },
+                });
                 i = end;
             }
         }
@@ -493,5 +504,20 @@ mod tests {
         assert!(err.starts_with("unknown field \"usr\""), "{err}");
         assert!(FieldPath::parse("user..name").is_err());
         assert!(FieldPath::parse("requestObject[x]").is_err());
+        let err = FieldPath::parse("requestObject.spec.containers[*].image").unwrap_err();
+        assert!(
+            err.contains("only allowed in match `fields` paths"),
+            "{err}"
+        );
+        assert_eq!(
+            split_steps("a[*].b.*.@keys").unwrap(),
+            vec![
+                Step::Key("a".into()),
+                Step::Each,
+                Step::Key("b".into()),
+                Step::Each,
+                Step::Keys
+            ]
+        );
     }
 }

@@ -19,10 +19,6 @@ impl<'a> Text<'a> {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    pub fn into_static(self) -> Text<'static> {
-        Text(Cow::Owned(self.0.into_owned()))
-    }
 }
 
 impl Deref for Text<'_> {

@@ -58,8 +58,6 @@ impl serde::Serialize for EventTime {
 pub struct Span(pub i64);
 
 impl Span {
-    pub const ZERO: Span = Span(0);
-
     pub fn from_secs(secs: i64) -> Span {
         Span(secs.saturating_mul(1_000_000_000))
     }

@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 
 use super::matcher::Patterns;
 use crate::event::AuditEvent;
-use crate::event::field::{FieldPath, FieldValue};
+use crate::event::field::{FieldPath, FieldValue, Step, split_steps};
 
 /// Which object a path reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +40,6 @@ enum Root {
     Response,
     Written,
     Pod,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-    Each,
-    Keys,
 }
 
 #[derive(Debug, Clone)]
@@ -267,69 +259,24 @@ impl<'p> ObjectCache<'p> {
     }
 }
 
-fn parse_steps(text: &str, rest: &str) -> Result<Vec<Step>, String> {
-    let mut steps = Vec::new();
-    let bad = |why: &str| format!("invalid path {text:?}: {why}");
-    let bytes = rest.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'.' => i += 1,
-            b'[' => {
-                let close = rest[i..]
-                    .find(']')
-                    .map(|c| i + c)
-                    .ok_or_else(|| bad("unclosed ["))?;
-                let inner = &rest[i + 1..close];
-                if inner == "*" {
-                    steps.push(Step::Each);
-                } else if let Some(q) = inner
-                    .strip_prefix('"')
-                    .and_then(|s| s.strip_suffix('"'))
-                    .or_else(|| inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-                {
-                    steps.push(Step::Key(q.to_owned()));
-                } else {
-                    let n = inner
-                        .parse()
-                        .map_err(|_| bad("[...] takes *, a number or a quoted key"))?;
-                    steps.push(Step::Index(n));
-                }
-                i = close + 1;
-            }
-            _ => {
-                let end = rest[i..].find(['.', '[']).map_or(bytes.len(), |e| i + e);
-                let seg = &rest[i..end];
-                steps.push(match seg {
-                    "*" => Step::Each,
-                    "@keys" => Step::Keys,
-                    s => match s.parse::<usize>() {
-                        Ok(n) => Step::Index(n),
-                        Err(_) => Step::Key(s.to_owned()),
-                    },
-                });
-                i = end;
-            }
-        }
-    }
-    Ok(steps)
-}
-
 impl ValuePath {
     pub fn parse(text: &str) -> Result<ValuePath, String> {
-        for (prefix, root) in [
-            ("requestObject", Root::Request),
-            ("responseObject", Root::Response),
-            ("object", Root::Written),
-            ("pod", Root::Pod),
-        ] {
-            if let Some(rest) = text.strip_prefix(prefix)
-                && (rest.is_empty() || rest.starts_with(['.', '[']))
-            {
-                return Ok(ValuePath {
-                    target: Target::Object(root, parse_steps(text, rest)?),
-                });
-            }
+        let mut steps = split_steps(text)?;
+        let root = match steps.first() {
+            Some(Step::Key(k)) => match k.as_str() {
+                "requestObject" => Some(Root::Request),
+                "responseObject" => Some(Root::Response),
+                "object" => Some(Root::Written),
+                "pod" => Some(Root::Pod),
+                _ => None,
+            },
+            _ => None,
+        };
+        if let Some(root) = root {
+            steps.remove(0);
+            return Ok(ValuePath {
+                target: Target::Object(root, steps),
+            });
         }
         FieldPath::parse(text).map(|p| ValuePath {
             target: Target::Event(p),

@@ -651,36 +651,22 @@ impl RuleContext<'_> {
                 .collect()
         });
         let stages = m.stages.as_ref().map(|items| {
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    let found = Stage::ALL.iter().copied().find(|st| st.as_str() == s);
-                    if found.is_none() {
-                        self.err(
-                            &format!("{rel}.stages.{i}"),
-                            format!("unknown stage {s:?}: expected RequestReceived, ResponseStarted, ResponseComplete or Panic"),
-                        );
-                    }
-                    found
-                })
-                .collect()
+            self.named(
+                items,
+                &format!("{rel}.stages"),
+                &Stage::ALL,
+                Stage::as_str,
+                "stage",
+            )
         });
         let levels = m.levels.as_ref().map(|items| {
-            items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| {
-                    let found = Level::ALL.iter().copied().find(|l| l.as_str() == s);
-                    if found.is_none() {
-                        self.err(
-                            &format!("{rel}.levels.{i}"),
-                            format!("unknown level {s:?}: expected None, Metadata, Request or RequestResponse"),
-                        );
-                    }
-                    found
-                })
-                .collect()
+            self.named(
+                items,
+                &format!("{rel}.levels"),
+                &Level::ALL,
+                Level::as_str,
+                "level",
+            )
         });
         let source_ips = m.source_ips.as_ref().map(|items| {
             let expanded = self.expand(&format!("{rel}.source_ips"), items);
@@ -752,6 +738,37 @@ impl RuleContext<'_> {
             any,
             except,
         }
+    }
+
+    /// Parses names of a closed set (stages, levels); an unknown name is an error that lists
+    /// the choices.
+    fn named<T: Copy>(
+        &mut self,
+        items: &[String],
+        rel: &str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+        what: &str,
+    ) -> Vec<T> {
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let found = all.iter().copied().find(|v| name(*v) == s);
+                if found.is_none() {
+                    let choices: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+                    let (last, rest) = choices.split_last().unwrap_or((&"", &[]));
+                    self.err(
+                        &format!("{rel}.{i}"),
+                        format!(
+                            "unknown {what} {s:?}: expected {} or {last}",
+                            rest.join(", ")
+                        ),
+                    );
+                }
+                found
+            })
+            .collect()
     }
 
     fn value_paths(&mut self, list: &[String], rel: &str) -> Vec<ValuePath> {
