@@ -99,6 +99,36 @@ impl RequestDedup {
         self.seen.len()
     }
 
+    /// The remembered matches, oldest first: (time, auditID key as two halves, rule index).
+    pub fn snapshot(&self) -> Vec<(EventTime, [u64; 2], u32)> {
+        self.order
+            .iter()
+            .map(|&(t, k, r)| (t, [(k >> 64) as u64, k as u64], r))
+            .collect()
+    }
+
+    /// Adds remembered matches from a snapshot; `rule_map` translates rule indices (`None`
+    /// drops the entry).
+    pub fn restore(
+        &mut self,
+        entries: Vec<(EventTime, [u64; 2], u32)>,
+        rule_map: impl Fn(u32) -> Option<u32>,
+    ) {
+        for (t, [hi, lo], rule) in entries {
+            let Some(rule) = rule_map(rule) else { continue };
+            let key = (u128::from(hi) << 64) | u128::from(lo);
+            if self.seen.insert((key, rule)) {
+                self.order.push_back((t, key, rule));
+            }
+        }
+        while self.order.len() > self.capacity {
+            if let Some((_, k, r)) = self.order.pop_front() {
+                self.seen.remove(&(k, r));
+                self.evicted += 1;
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

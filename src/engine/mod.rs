@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rhai::{Dynamic, Scope};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use dedup::{RequestDedup, audit_key};
@@ -21,7 +22,10 @@ use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
 use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
-use crate::window::{Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, RuleWindow, Throttle};
+use crate::window::{
+    Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
+    WindowSnapshot,
+};
 
 /// Response code classes: 0 = no response yet, 1-5 = 1xx-5xx, 6 = anything else.
 const CODE_CLASSES: usize = 7;
@@ -126,6 +130,27 @@ pub struct ScriptError {
     pub rule: Arc<str>,
     pub audit_id: String,
     pub message: String,
+}
+
+/// The engine's state (windows, throttles, pending hits, remembered requests), for the
+/// daemon to persist and restore across restarts. Rules are identified by name and
+/// fingerprint, so a snapshot restores into a changed rule set: unchanged rules get their
+/// state back, the others start empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub rules: Vec<RuleSnapshot>,
+    pub reorder: ReorderSnapshot,
+    /// (time, auditID key, index into `rules`).
+    pub dedup: Vec<(EventTime, [u64; 2], u32)>,
+    pub last_expiry: EventTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleSnapshot {
+    pub name: String,
+    pub fingerprint: u64,
+    pub window: Option<WindowSnapshot>,
+    pub throttle: Vec<(GroupKey, EventTime, u64)>,
 }
 
 struct RuleState {
@@ -278,6 +303,72 @@ impl Engine {
         let mut sink = Vec::new();
         self.drain_pending(&mut sink);
         self.rules = rules;
+    }
+
+    /// The state to persist; see [`EngineSnapshot`].
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            rules: self
+                .rules
+                .rules
+                .iter()
+                .zip(&self.states)
+                .map(|(rule, state)| RuleSnapshot {
+                    name: rule.name.to_string(),
+                    fingerprint: rule.fingerprint,
+                    window: state.window.as_ref().map(RuleWindow::snapshot),
+                    throttle: state
+                        .throttle
+                        .as_ref()
+                        .map(Throttle::snapshot)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            reorder: self.reorder.snapshot(),
+            dedup: self.dedup.snapshot(),
+            last_expiry: self.last_expiry,
+        }
+    }
+
+    /// Restores a snapshot into a fresh engine. Returns how many of the snapshot's rules were
+    /// restored (the others no longer exist or changed).
+    pub fn restore(&mut self, snap: EngineSnapshot) -> usize {
+        let current: HashMap<(&str, u64), usize> = self
+            .rules
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((&*r.name, r.fingerprint), i))
+            .collect();
+        let map: Vec<Option<usize>> = snap
+            .rules
+            .iter()
+            .map(|r| current.get(&(r.name.as_str(), r.fingerprint)).copied())
+            .collect();
+        let mut restored = 0;
+        for (snapshot, target) in snap.rules.into_iter().zip(&map) {
+            let Some(i) = *target else { continue };
+            let rule = &self.rules.rules[i];
+            let state = &mut self.states[i];
+            if let (Some(spec), Some(w)) = (&rule.window, snapshot.window) {
+                state.window = Some(RuleWindow::restore(
+                    spec.clone(),
+                    self.opts.max_keys_per_rule,
+                    w,
+                ));
+            }
+            if let Some(period) = rule.throttle {
+                state.throttle = Some(Throttle::restore(period, snapshot.throttle));
+            }
+            restored += 1;
+        }
+        self.reorder
+            .restore(snap.reorder, |r| map.get(r).copied().flatten());
+        self.dedup.restore(snap.dedup, |r| {
+            map.get(r as usize).copied().flatten().map(|i| i as u32)
+        });
+        self.last_expiry = self.last_expiry.max(snap.last_expiry);
+        restored
     }
 
     /// Evaluates one event; alerts go to `out`.

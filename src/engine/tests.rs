@@ -571,3 +571,107 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+const STATEFUL: &str = r#"
+rules:
+  - name: forbidden-burst
+    severity: medium
+    match: { response_codes: [403] }
+    window: { threshold: 3, over: 1m, group_by: [user.username] }
+  - name: many-secrets
+    severity: high
+    match: { verbs: [get], resources: [secrets] }
+    window: { distinct: objectRef.name, threshold: 3, over: 5m, group_by: [user.username] }
+    throttle: 10m
+  - name: heartbeat-gone
+    severity: low
+    match: { resources: [leases] }
+    window: { absent_for: 2m, group_by: [user.username] }
+"#;
+
+/// A stream exercising every kind of state: count and distinct windows, a throttle,
+/// absence keys, pending hits and remembered requests.
+fn stateful_stream() -> Vec<String> {
+    let mut lines = Vec::new();
+    for i in 0..40i64 {
+        let t = i * 7;
+        lines.push(line(
+            &format!("f{i}"),
+            t,
+            "get",
+            &format!("u{}", i % 3),
+            "pods",
+            403,
+            "ResponseComplete",
+        ));
+        lines.push(line(
+            &format!("s{i}"),
+            t + 1,
+            "get",
+            &format!("u{}", i % 2),
+            "secrets",
+            200,
+            "ResponseComplete",
+        ));
+        // The same request's second record: must not count again after a restore.
+        lines.push(line(
+            &format!("s{i}"),
+            t + 2,
+            "get",
+            &format!("u{}", i % 2),
+            "secrets",
+            200,
+            "ResponseComplete",
+        ));
+        if i < 20 || i > 35 {
+            lines.push(line(
+                &format!("l{i}"),
+                t + 3,
+                "update",
+                "kubelet",
+                "leases",
+                200,
+                "ResponseComplete",
+            ));
+        }
+    }
+    lines
+}
+
+#[test]
+fn snapshot_and_restore_gives_the_alerts_of_an_uninterrupted_run() {
+    let lines = stateful_stream();
+    let whole = feed(&mut engine(STATEFUL), &lines);
+    assert!(whole.len() > 5, "the stream must fire: {whole:?}");
+    for cut in [1, lines.len() / 3, lines.len() / 2, lines.len() - 1] {
+        let mut first = engine(STATEFUL);
+        let mut out = Vec::new();
+        for l in &lines[..cut] {
+            first.process(&decode_event(l).unwrap(), &mut out);
+        }
+        let json = serde_json::to_string(&first.snapshot()).unwrap();
+        drop(first);
+        let mut second = engine(STATEFUL);
+        let restored = second.restore(serde_json::from_str(&json).unwrap());
+        assert_eq!(restored, 3);
+        for l in &lines[cut..] {
+            second.process(&decode_event(l).unwrap(), &mut out);
+        }
+        second.finish(&mut out);
+        assert_eq!(out, whole, "cut at {cut}");
+    }
+}
+
+#[test]
+fn restore_skips_changed_rules() {
+    let lines = stateful_stream();
+    let mut first = engine(STATEFUL);
+    let mut out = Vec::new();
+    for l in &lines[..30] {
+        first.process(&decode_event(l).unwrap(), &mut out);
+    }
+    let snap = first.snapshot();
+    let changed = STATEFUL.replace("threshold: 3, over: 1m", "threshold: 4, over: 1m");
+    let mut second = engine(&changed);
+    assert_eq!(second.restore(snap), 2, "the changed rule starts empty");
+}

@@ -53,6 +53,32 @@ impl serde::Serialize for EventTime {
     }
 }
 
+/// Reads what [`Serialize`](serde::Serialize) writes (RFC 3339), or nanoseconds as an integer.
+impl<'de> serde::Deserialize<'de> for EventTime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventTime, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EventTime;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 timestamp or nanoseconds since the epoch")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EventTime, E> {
+                Ok(EventTime(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EventTime, E> {
+                i64::try_from(v)
+                    .map(EventTime)
+                    .map_err(|_| E::custom("timestamp out of range"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EventTime, E> {
+                EventTime::parse_rfc3339(v)
+                    .ok_or_else(|| E::custom(format!("invalid RFC 3339 timestamp {v:?}")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// A length of event time (ns). Parsed from rule files as `30s`, `5m`, `1h30m`, `2d`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Span(pub i64);
@@ -151,6 +177,22 @@ mod tests {
         assert_eq!(micro.0 - secs.0, 867_116_000);
         assert_eq!(secs.to_string(), "2018-10-26T13:38:34Z");
         assert!(EventTime::parse_rfc3339("yesterday").is_none());
+    }
+
+    #[test]
+    fn serialized_times_read_back_exactly() {
+        for t in [
+            EventTime::MIN,
+            EventTime(0),
+            EventTime(1_540_561_114_867_116_123),
+        ] {
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(
+                serde_json::from_str::<EventTime>(&json).unwrap(),
+                t,
+                "{json}"
+            );
+        }
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub struct Summary {
 }
 
 /// Event values captured for a later render.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Captured(Vec<(Arc<str>, Value)>);
 
 impl Summary {

@@ -24,7 +24,9 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
-pub use reorder::{Hit, ReorderBuffer};
+use serde::{Deserialize, Serialize};
+
+pub use reorder::{Hit, ReorderBuffer, ReorderSnapshot};
 
 use crate::event::{EventTime, Span};
 use crate::rules::{Captured, WindowSpec};
@@ -67,12 +69,12 @@ impl Firing {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct CountState {
     hits: VecDeque<(EventTime, Box<str>)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct DistinctState {
     /// Hits in time order; may hold stale entries for values seen again later.
     hits: VecDeque<(EventTime, Box<str>, Box<str>)>,
@@ -80,7 +82,7 @@ struct DistinctState {
     latest: HashMap<Box<str>, EventTime>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct AbsenceState {
     last: EventTime,
     fired: bool,
@@ -91,14 +93,14 @@ struct AbsenceState {
     audit_id: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyState {
     Count(CountState),
     Distinct(DistinctState),
     Absence(AbsenceState),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     state: KeyState,
     updated: EventTime,
@@ -132,6 +134,49 @@ impl RuleWindow {
 
     pub fn spec(&self) -> &WindowSpec {
         &self.spec
+    }
+
+    /// The window's state, for a snapshot (keys sorted, so equal states serialize equally).
+    pub fn snapshot(&self) -> WindowSnapshot {
+        let mut keys: Vec<(GroupKey, Entry)> = self
+            .keys
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut deadlines: Vec<(EventTime, GroupKey)> =
+            self.deadlines.iter().map(|Reverse(d)| d.clone()).collect();
+        deadlines.sort();
+        WindowSnapshot {
+            keys,
+            deadlines,
+            evicted: self.evicted,
+        }
+    }
+
+    /// Rebuilds a window from a snapshot taken of a window with the same spec. Keys whose
+    /// state does not fit the spec are dropped.
+    pub fn restore(spec: WindowSpec, max_keys: usize, snap: WindowSnapshot) -> RuleWindow {
+        let mut w = RuleWindow::new(spec, max_keys);
+        for (key, entry) in snap.keys {
+            let fits = matches!(
+                (&w.spec, &entry.state),
+                (WindowSpec::Count { .. }, KeyState::Count(_))
+                    | (WindowSpec::Distinct { .. }, KeyState::Distinct(_))
+                    | (WindowSpec::Absence { .. }, KeyState::Absence(_))
+            );
+            if fits && w.keys.len() < w.max_keys {
+                w.keys.insert(key, entry);
+            }
+        }
+        w.deadlines = snap
+            .deadlines
+            .into_iter()
+            .filter(|(_, k)| w.keys.contains_key(k))
+            .map(Reverse)
+            .collect();
+        w.evicted = snap.evicted;
+        w
     }
 
     /// Number of keys currently held.
@@ -399,6 +444,14 @@ impl RuleWindow {
     }
 }
 
+/// A [`RuleWindow`]'s state in a serializable form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowSnapshot {
+    keys: Vec<(GroupKey, Entry)>,
+    deadlines: Vec<(EventTime, GroupKey)>,
+    evicted: u64,
+}
+
 /// Per-key throttle: at most one alert per key per `period` of event time.
 #[derive(Debug)]
 pub struct Throttle {
@@ -442,6 +495,23 @@ impl Throttle {
 
     pub fn len(&self) -> usize {
         self.until.len()
+    }
+
+    /// (key, until, swallowed) for every key, sorted by key.
+    pub fn snapshot(&self) -> Vec<(GroupKey, EventTime, u64)> {
+        let mut v: Vec<_> = self
+            .until
+            .iter()
+            .map(|(k, (t, n))| (k.clone(), *t, *n))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn restore(period: Span, entries: Vec<(GroupKey, EventTime, u64)>) -> Throttle {
+        let mut t = Throttle::new(period);
+        t.until = entries.into_iter().map(|(k, u, n)| (k, (u, n))).collect();
+        t
     }
 
     pub fn is_empty(&self) -> bool {

@@ -4,12 +4,14 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
+use serde::{Deserialize, Serialize};
+
 use super::GroupKey;
 use crate::event::{EventTime, Span};
 use crate::rules::Captured;
 
 /// One matching request of a windowed rule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub time: EventTime,
     pub key: GroupKey,
@@ -45,6 +47,17 @@ impl Ord for Pending {
             other.seq,
         ))
     }
+}
+
+/// A [`ReorderBuffer`]'s state in a serializable form.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReorderSnapshot {
+    pub newest: EventTime,
+    pub watermark: EventTime,
+    pub late: u64,
+    pub forced: u64,
+    /// (rule index, hit) in release order.
+    pub pending: Vec<(usize, Hit)>,
 }
 
 /// Orders hits by event time within the allowed lateness.
@@ -140,6 +153,38 @@ impl ReorderBuffer {
             self.forced += 1;
         }
         self.heap.pop().map(|Reverse(p)| (p.rule, p.hit))
+    }
+
+    /// The buffer's state; pending hits are listed with their rule index, in release order.
+    pub fn snapshot(&self) -> ReorderSnapshot {
+        let mut pending: Vec<&Pending> = self.heap.iter().map(|Reverse(p)| p).collect();
+        pending.sort();
+        ReorderSnapshot {
+            newest: self.newest,
+            watermark: self.watermark,
+            late: self.late,
+            forced: self.forced,
+            pending: pending.iter().map(|p| (p.rule, p.hit.clone())).collect(),
+        }
+    }
+
+    /// Restores a snapshot; `rule_map` translates the snapshot's rule indices to current ones
+    /// (`None` drops the hits of rules that no longer exist).
+    pub fn restore(&mut self, snap: ReorderSnapshot, rule_map: impl Fn(usize) -> Option<usize>) {
+        self.newest = self.newest.max(snap.newest);
+        self.watermark = self.watermark.max(snap.watermark);
+        self.late += snap.late;
+        self.forced += snap.forced;
+        for (rule, hit) in snap.pending {
+            if let Some(rule) = rule_map(rule) {
+                self.seq += 1;
+                self.heap.push(Reverse(Pending {
+                    hit,
+                    rule,
+                    seq: self.seq,
+                }));
+            }
+        }
     }
 
     /// Pops the next hit regardless of the watermark (end of input). The watermark follows,
