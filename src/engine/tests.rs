@@ -623,7 +623,7 @@ fn stateful_stream() -> Vec<String> {
             200,
             "ResponseComplete",
         ));
-        if i < 20 || i > 35 {
+        if !(20..=35).contains(&i) {
             lines.push(line(
                 &format!("l{i}"),
                 t + 3,
