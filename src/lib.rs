@@ -9,6 +9,7 @@
 
 pub mod alert;
 pub mod bundled;
+pub mod config;
 pub mod engine;
 pub mod event;
 pub mod replay;

@@ -8,7 +8,7 @@
 pub mod fields;
 mod load;
 mod matcher;
-mod position;
+pub(crate) mod position;
 mod schema;
 pub mod script;
 mod template;

@@ -1,0 +1,608 @@
+//! The daemon's configuration file (`auditwatch run --config auditwatch.yaml`).
+//!
+//! Every field has a default that works on a laptop, so an empty file (or no file) is a valid
+//! configuration: a webhook on 127.0.0.1, the rules in `rules/` (or the built-in packs), state
+//! in `./auditwatch-state`, alerts on stdout. Unknown keys are errors, and every error names
+//! `file:line:column`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::event::Span;
+use crate::rules::position::{Pos, PositionIndex};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the ingest journal, snapshots, checkpoints and the alert journal live.
+    pub state_dir: PathBuf,
+    /// Rule files or directories. Empty: `rules/` if it exists, else the built-in packs.
+    pub rules: Vec<PathBuf>,
+    pub reload: ReloadConfig,
+    pub engine: EngineConfig,
+    pub sources: Vec<SourceConfig>,
+    pub http: HttpConfig,
+    pub journal: JournalConfig,
+    pub snapshot: SnapshotConfig,
+    pub pipeline: PipelineConfig,
+    pub alerts: AlertOutputConfig,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("auditwatch-state"),
+            rules: Vec::new(),
+            reload: ReloadConfig::default(),
+            engine: EngineConfig::default(),
+            sources: vec![SourceConfig::Webhook(WebhookConfig::default())],
+            http: HttpConfig::default(),
+            journal: JournalConfig::default(),
+            snapshot: SnapshotConfig::default(),
+            pipeline: PipelineConfig::default(),
+            alerts: AlertOutputConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Reload when a rule file changes (checked every `interval`); SIGHUP always reloads.
+    pub watch: bool,
+    pub interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        ReloadConfig {
+            watch: true,
+            interval: Duration(Span::from_secs(2)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub lateness: Duration,
+    pub max_keys_per_rule: usize,
+    pub dedup_horizon: Duration,
+    pub dedup_capacity: usize,
+    pub max_pending: usize,
+    /// Rhai operation budget per condition run.
+    pub max_operations: u64,
+    /// Wall-clock time without events after which event time moves on by itself, so windows
+    /// close and absence rules fire while the audit stream is silent.
+    pub idle_after: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let e = crate::engine::EngineOptions::default();
+        EngineConfig {
+            lateness: Duration(e.lateness),
+            max_keys_per_rule: e.max_keys_per_rule,
+            dedup_horizon: Duration(e.dedup_horizon),
+            dedup_capacity: 200_000,
+            max_pending: 200_000,
+            max_operations: 100_000,
+            idle_after: Duration(Span::from_secs(10)),
+        }
+    }
+}
+
+/// One input. Written as a map with one key: `- webhook: {...}`, `- file: {...}`, `- stdin: {}`.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    Webhook(WebhookConfig),
+    File(FileConfig),
+    Stdin(StdinConfig),
+}
+
+impl<'de> Deserialize<'de> for SourceConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A struct of options rather than an enum: serde_yaml's `Value` only reads enums
+        // written as YAML tags, and the one-key map reads better.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct OneOf {
+            webhook: Option<WebhookConfig>,
+            file: Option<FileConfig>,
+            stdin: Option<StdinConfig>,
+        }
+        let one = OneOf::deserialize(d)?;
+        match (one.webhook, one.file, one.stdin) {
+            (Some(w), None, None) => Ok(SourceConfig::Webhook(w)),
+            (None, Some(f), None) => Ok(SourceConfig::File(f)),
+            (None, None, Some(s)) => Ok(SourceConfig::Stdin(s)),
+            _ => Err(serde::de::Error::custom(
+                "a source is a map with exactly one of `webhook`, `file`, `stdin` (e.g. `- stdin: {}`)",
+            )),
+        }
+    }
+}
+
+impl SourceConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Webhook(w) => &w.name,
+            SourceConfig::File(f) => &f.name,
+            SourceConfig::Stdin(s) => &s.name,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Path the apiserver POSTs to (any path is accepted when empty).
+    pub path: String,
+    pub tls: Option<TlsConfig>,
+    /// File holding the bearer token senders must present (`Authorization: Bearer ...`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Largest request body accepted, after gzip decompression as well.
+    pub max_body: ByteSize,
+    /// Time allowed to receive a whole request (headers and body); slower clients get 408.
+    pub read_timeout: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            name: "webhook".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            path: String::new(),
+            tls: None,
+            bearer_token_file: None,
+            max_body: ByteSize(32 << 20),
+            read_timeout: Duration(Span::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA bundle for client certificates; when set, a valid client certificate is required.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub name: String,
+    pub path: PathBuf,
+    /// How often the file is checked for new lines and rotation.
+    #[serde(default = "default_poll")]
+    pub poll_interval: Duration,
+}
+
+fn default_poll() -> Duration {
+    Duration(Span::from_millis(200))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StdinConfig {
+    pub name: String,
+}
+
+impl Default for StdinConfig {
+    fn default() -> Self {
+        StdinConfig {
+            name: "stdin".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// `/metrics`, `/healthz`, `/readyz`. Empty disables it.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9095))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// fsync before every acknowledgement (batches that arrive together share one fsync).
+    Always,
+    /// Never fsync: survives a killed process, not a crashed machine.
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    pub fsync: FsyncPolicy,
+    /// When the journal holds this much not yet covered by a snapshot, the webhook answers
+    /// 503 until a snapshot lets it compact.
+    pub max_size: ByteSize,
+    pub segment_size: ByteSize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            fsync: FsyncPolicy::Always,
+            max_size: ByteSize(1 << 30),
+            segment_size: ByteSize(64 << 20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    pub interval: Duration,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            interval: Duration(Span::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Batches queued for the engine; when full, the webhook answers 429 and files wait.
+    pub queue: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig { queue: 64 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdoutFormat {
+    Text,
+    Json,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertOutputConfig {
+    pub stdout: StdoutFormat,
+}
+
+impl Default for AlertOutputConfig {
+    fn default() -> Self {
+        AlertOutputConfig {
+            stdout: StdoutFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `auditwatch=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// A duration written as in rule files: `250ms`, `30s`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub Span);
+
+impl Duration {
+    pub fn std(self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.0.0.max(0) as u64)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Span::parse(&text)
+            .map(Duration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A size in bytes: an integer, or `512KiB`, `32MiB`, `1GiB` (also kB/MB/GB, powers of 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = t.split_at(digits);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {text:?}: expected a number and a unit"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            "kB" | "KB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            other => {
+                return Err(format!(
+                    "invalid size {text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, kB, MB, GB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("invalid size {text:?}: too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let invalid = |pos: Pos, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+        };
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+            let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
+                line: l.line(),
+                column: l.column(),
+            });
+            invalid(pos, strip_location(&e.to_string()))
+        })?;
+        let mut config: Config = if value.is_null() {
+            Config::default()
+        } else {
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let index = PositionIndex::build(text);
+                let path = e.path().to_string();
+                let dotted = path.replace('[', ".").replace(']', "");
+                let inner = strip_location(&e.inner().to_string());
+                let pos = match unknown_field(&inner) {
+                    Some(_) => index.key(&dotted),
+                    None => index.value(&dotted),
+                };
+                let shown = if path == "." { String::new() } else { format!("{path}: ") };
+                invalid(pos, format!("{shown}{inner}"))
+            })?
+        };
+        let index = PositionIndex::build(text);
+        config.finish(&index).map_err(|(path, msg)| invalid(index.value(&path), msg))?;
+        Ok(config)
+    }
+
+    /// Fills in derived defaults and checks what serde cannot.
+    fn finish(&mut self, _index: &PositionIndex) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        let mut listens = std::collections::HashSet::new();
+        let mut stdin = 0;
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            match source {
+                SourceConfig::File(f) if f.name.is_empty() => {
+                    f.name = format!("file:{}", f.path.display());
+                }
+                SourceConfig::Webhook(w) => {
+                    if !listens.insert(w.listen) {
+                        return Err((
+                            format!("sources.{i}.webhook.listen"),
+                            format!("two webhook sources listen on {}", w.listen),
+                        ));
+                    }
+                    if !w.path.is_empty() && !w.path.starts_with('/') {
+                        return Err((
+                            format!("sources.{i}.webhook.path"),
+                            format!("path {:?} must start with /", w.path),
+                        ));
+                    }
+                }
+                SourceConfig::Stdin(_) => stdin += 1,
+                _ => {}
+            }
+            if !names.insert(source.name().to_owned()) {
+                return Err((
+                    format!("sources.{i}"),
+                    format!("duplicate source name {:?}", source.name()),
+                ));
+            }
+        }
+        if stdin > 1 {
+            return Err(("sources".into(), "stdin can be read by one source only".into()));
+        }
+        if self.sources.is_empty() {
+            return Err(("sources".into(), "no sources configured".into()));
+        }
+        if let (Some(http), Some(hook)) = (
+            self.http.listen,
+            self.sources.iter().find_map(|s| match s {
+                SourceConfig::Webhook(w) if Some(w.listen) == self.http.listen => Some(w),
+                _ => None,
+            }),
+        ) {
+            return Err((
+                "http.listen".into(),
+                format!("{http} is also the listen address of webhook source {:?}", hook.name),
+            ));
+        }
+        if self.pipeline.queue == 0 {
+            return Err(("pipeline.queue".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn engine_options(&self) -> crate::engine::EngineOptions {
+        crate::engine::EngineOptions {
+            lateness: self.engine.lateness.0,
+            max_keys_per_rule: self.engine.max_keys_per_rule,
+            dedup_horizon: self.engine.dedup_horizon.0,
+            dedup_capacity: self.engine.dedup_capacity,
+            max_pending: self.engine.max_pending,
+            ..Default::default()
+        }
+    }
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(" column ") => msg[..i].to_owned(),
+        _ => msg.to_owned(),
+    }
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    msg.strip_prefix("unknown field `")?.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_laptop_default() {
+        let c = Config::parse("c.yaml", "# nothing\n").unwrap();
+        assert!(matches!(&c.sources[..], [SourceConfig::Webhook(w)] if w.listen.ip().is_loopback()));
+        assert_eq!(c.journal.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let text = r#"
+state_dir: /var/lib/auditwatch
+rules: [/etc/auditwatch/rules]
+engine: { lateness: 10s, idle_after: 30s }
+sources:
+  - webhook:
+      listen: 0.0.0.0:8443
+      tls: { cert: tls.crt, key: tls.key, client_ca: ca.crt }
+      bearer_token_file: token
+      max_body: 16MiB
+  - file: { path: /var/log/kubernetes/audit/audit.log }
+journal: { fsync: never, max_size: 2GiB }
+"#;
+        let c = Config::parse("c.yaml", text).unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources[1].name(), "file:/var/log/kubernetes/audit/audit.log");
+        assert_eq!(c.journal.max_size, ByteSize(2 << 30));
+        assert_eq!(c.engine.lateness.0, Span::from_secs(10));
+    }
+
+    #[test]
+    fn errors_point_at_file_line_column() {
+        let text = "sources:\n  - webhook:\n      listen: 127.0.0.1:8443\n      max_body: 12 parsecs\n";
+        let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:4:17: "), "{e}");
+        assert!(e.contains("unknown unit"), "{e}");
+
+        let text = "sources:\n  - file:\n      path: a.log\n      pol_interval: 1s\n";
+        let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:4:7: "), "{e}");
+        assert!(e.contains("unknown field `pol_interval`"), "{e}");
+
+        let text = "engine:\n  lateness: soon\n";
+        let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:2:13: "), "{e}");
+
+        let text = "sources:\n  - file: { path: a }\n  - file: { path: a }\n";
+        let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:3:") && e.contains("duplicate source name"), "{e}");
+
+        let e = Config::parse("c.yaml", "sources: [\n").unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:2:1: "), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("512KiB").unwrap(), ByteSize(512 << 10));
+        assert_eq!(ByteSize::parse("10MB").unwrap(), ByteSize(10_000_000));
+        assert!(ByteSize::parse("MiB").is_err());
+    }
+}
