@@ -452,12 +452,18 @@ impl Config {
                     Some(_) => index.key(&dotted),
                     None => index.value(&dotted),
                 };
-                let shown = if path == "." { String::new() } else { format!("{path}: ") };
+                let shown = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
                 invalid(pos, format!("{shown}{inner}"))
             })?
         };
         let index = PositionIndex::build(text);
-        config.finish(&index).map_err(|(path, msg)| invalid(index.value(&path), msg))?;
+        config
+            .finish(&index)
+            .map_err(|(path, msg)| invalid(index.value(&path), msg))?;
         Ok(config)
     }
 
@@ -496,7 +502,10 @@ impl Config {
             }
         }
         if stdin > 1 {
-            return Err(("sources".into(), "stdin can be read by one source only".into()));
+            return Err((
+                "sources".into(),
+                "stdin can be read by one source only".into(),
+            ));
         }
         if self.sources.is_empty() {
             return Err(("sources".into(), "no sources configured".into()));
@@ -510,7 +519,10 @@ impl Config {
         ) {
             return Err((
                 "http.listen".into(),
-                format!("{http} is also the listen address of webhook source {:?}", hook.name),
+                format!(
+                    "{http} is also the listen address of webhook source {:?}",
+                    hook.name
+                ),
             ));
         }
         if self.pipeline.queue == 0 {
@@ -549,7 +561,9 @@ mod tests {
     #[test]
     fn empty_file_is_the_laptop_default() {
         let c = Config::parse("c.yaml", "# nothing\n").unwrap();
-        assert!(matches!(&c.sources[..], [SourceConfig::Webhook(w)] if w.listen.ip().is_loopback()));
+        assert!(
+            matches!(&c.sources[..], [SourceConfig::Webhook(w)] if w.listen.ip().is_loopback())
+        );
         assert_eq!(c.journal.fsync, FsyncPolicy::Always);
     }
 
@@ -570,14 +584,18 @@ journal: { fsync: never, max_size: 2GiB }
 "#;
         let c = Config::parse("c.yaml", text).unwrap();
         assert_eq!(c.sources.len(), 2);
-        assert_eq!(c.sources[1].name(), "file:/var/log/kubernetes/audit/audit.log");
+        assert_eq!(
+            c.sources[1].name(),
+            "file:/var/log/kubernetes/audit/audit.log"
+        );
         assert_eq!(c.journal.max_size, ByteSize(2 << 30));
         assert_eq!(c.engine.lateness.0, Span::from_secs(10));
     }
 
     #[test]
     fn errors_point_at_file_line_column() {
-        let text = "sources:\n  - webhook:\n      listen: 127.0.0.1:8443\n      max_body: 12 parsecs\n";
+        let text =
+            "sources:\n  - webhook:\n      listen: 127.0.0.1:8443\n      max_body: 12 parsecs\n";
         let e = Config::parse("c.yaml", text).unwrap_err().to_string();
         assert!(e.starts_with("c.yaml:4:17: "), "{e}");
         assert!(e.contains("unknown unit"), "{e}");
@@ -593,9 +611,14 @@ journal: { fsync: never, max_size: 2GiB }
 
         let text = "sources:\n  - file: { path: a }\n  - file: { path: a }\n";
         let e = Config::parse("c.yaml", text).unwrap_err().to_string();
-        assert!(e.starts_with("c.yaml:3:") && e.contains("duplicate source name"), "{e}");
+        assert!(
+            e.starts_with("c.yaml:3:") && e.contains("duplicate source name"),
+            "{e}"
+        );
 
-        let e = Config::parse("c.yaml", "sources: [\n").unwrap_err().to_string();
+        let e = Config::parse("c.yaml", "sources: [\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("c.yaml:2:1: "), "{e}");
     }
 

@@ -16,4 +16,5 @@ pub mod replay;
 pub mod rules;
 pub mod ruletest;
 pub mod source;
+pub mod state;
 pub mod window;

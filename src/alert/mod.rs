@@ -52,6 +52,9 @@ pub enum AlertKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Alert {
+    /// Stable identity of this firing (see [`alert_id`]): the same events give the same ID,
+    /// so a restart that replays them, and receivers that deduplicate, see one alert.
+    pub id: String,
     pub rule: Arc<str>,
     pub severity: Severity,
     pub kind: AlertKind,
@@ -72,6 +75,48 @@ pub struct Alert {
     pub suppressed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<Arc<str>>,
+}
+
+/// The ID of a firing: 32 hex digits of two FNV-1a hashes over the rule, kind, group key,
+/// time span, count and first auditID. Fixed algorithm (not std's hasher, which may change
+/// between Rust releases), because IDs are persisted and sent to receivers.
+pub fn alert_id(
+    rule: &str,
+    kind: AlertKind,
+    key: &str,
+    first_seen: EventTime,
+    last_seen: EventTime,
+    count: u64,
+    first_audit_id: &str,
+) -> String {
+    fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
+        let mut h = seed;
+        for part in parts {
+            for &b in *part {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            // Separator, so ("ab","c") and ("a","bc") differ.
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+    let kind = kind as u8;
+    let parts: [&[u8]; 7] = [
+        rule.as_bytes(),
+        &[kind],
+        key.as_bytes(),
+        &first_seen.0.to_le_bytes(),
+        &last_seen.0.to_le_bytes(),
+        &count.to_le_bytes(),
+        first_audit_id.as_bytes(),
+    ];
+    format!(
+        "{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325, &parts),
+        fnv(0x6c62_272e_07bb_0142, &parts)
+    )
 }
 
 /// Cap on `audit_ids` per alert, so a 10,000-event burst makes a readable alert.

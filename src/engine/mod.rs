@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 pub use dedup::{RequestDedup, audit_key};
 
-use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS};
+use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS, alert_id};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
@@ -745,7 +745,17 @@ fn build_alert(
     };
     let mut audit_ids = firing.audit_ids;
     audit_ids.truncate(MAX_AUDIT_IDS);
+    let id = alert_id(
+        &rule.name,
+        kind,
+        &firing.key,
+        firing.first_seen,
+        firing.last_seen,
+        firing.count,
+        audit_ids.first().map_or("", |s| s.as_str()),
+    );
     Alert {
+        id,
         rule: rule.name.clone(),
         severity: rule.severity,
         kind,

@@ -1,0 +1,111 @@
+//! The alert journal: every alert that fired, one JSON line each, in `alerts.jsonl` of the
+//! state dir. It is the record on-call can search (`auditwatch alerts`), and after a restart
+//! the part written since the last snapshot tells which replayed alerts already went out.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::alert::Alert;
+use crate::config::FsyncPolicy;
+
+pub struct AlertJournal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    fsync: FsyncPolicy,
+    buf: Vec<u8>,
+}
+
+impl AlertJournal {
+    /// Opens (creating) the journal; a partial last line (a crash mid-write) is cut off.
+    pub fn open(path: &Path, fsync: FsyncPolicy) -> io::Result<AlertJournal> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let mut good = len;
+        if len > 0 {
+            // Find the last newline from the end, in 64 KiB steps.
+            let mut end = len;
+            let mut found = None;
+            let mut chunk = vec![0u8; 1 << 16];
+            while end > 0 && found.is_none() {
+                let start = end.saturating_sub(chunk.len() as u64);
+                let n = (end - start) as usize;
+                file.seek(SeekFrom::Start(start))?;
+                io::Read::read_exact(&mut file, &mut chunk[..n])?;
+                found = chunk[..n]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map(|i| start + i as u64 + 1);
+                end = start;
+            }
+            good = found.unwrap_or(0);
+            if good < len {
+                tracing::warn!(path = %path.display(), dropped = len - good, "alert journal: cutting a partial last line");
+                file.set_len(good)?;
+                file.sync_all()?;
+            }
+        }
+        Ok(AlertJournal {
+            path: path.to_owned(),
+            file,
+            len: good,
+            fsync,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written so far (a position to resume reading from).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends alerts in one write, then fsyncs by policy.
+    pub fn append(&mut self, alerts: &[Alert]) -> io::Result<()> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        for a in alerts {
+            serde_json::to_writer(&mut self.buf, a).map_err(io::Error::other)?;
+            self.buf.push(b'\n');
+        }
+        self.file.write_all(&self.buf)?;
+        self.len += self.buf.len() as u64;
+        if self.fsync == FsyncPolicy::Always {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// IDs of the alerts written at or after byte `from`.
+    pub fn ids_since(&self, from: u64) -> io::Result<HashSet<String>> {
+        #[derive(serde::Deserialize)]
+        struct IdOnly {
+            id: String,
+        }
+        let mut file = File::open(&self.path)?;
+        file.seek(SeekFrom::Start(from.min(self.len)))?;
+        let mut ids = HashSet::new();
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            if let Ok(a) = serde_json::from_str::<IdOnly>(&line) {
+                ids.insert(a.id);
+            }
+        }
+        Ok(ids)
+    }
+}

@@ -1,0 +1,374 @@
+//! The ingest journal: webhook batches are appended here (and, by policy, fsynced) before the
+//! sender gets its 2xx, so an accepted batch survives a kill -9.
+//!
+//! Layout: `journal/<first seq, 20 digits>.seg` files, each a run of records
+//! `[len: u32 LE][crc32: u32 LE][seq: u64 LE][payload: len bytes]`, the CRC covering the
+//! sequence number and the payload. A segment is closed when it exceeds the segment size.
+//! On open, a torn record at the end of the newest segment (a crash mid-write) is cut off;
+//! a bad record anywhere else is reported, and reading stops there.
+//! Segments whose records are all covered by a state snapshot are deleted ([`Journal::compact`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::config::FsyncPolicy;
+
+const HEADER: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("journal {path}: corrupt record at byte {offset}: {why}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        why: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+struct Segment {
+    first_seq: u64,
+    path: PathBuf,
+    len: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    /// The newest segment, open for appending.
+    file: Option<File>,
+    next_seq: u64,
+    segment_size: u64,
+    fsync: FsyncPolicy,
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir`, repairing a torn tail.
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+        fsync: FsyncPolicy,
+    ) -> Result<Journal, JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut segments = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name();
+            let Some(first) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let len = entry.metadata().map_err(io_err(&entry.path()))?.len();
+            segments.push(Segment {
+                first_seq: first,
+                path: entry.path(),
+                len,
+            });
+        }
+        segments.sort_by_key(|s| s.first_seq);
+        let mut journal = Journal {
+            dir: dir.to_owned(),
+            segments,
+            file: None,
+            next_seq: 1,
+            segment_size: segment_size.max(4096),
+            fsync,
+        };
+        if let Some(last) = journal.segments.last_mut() {
+            // Find the end of the last whole record; cut what follows.
+            let mut reader = SegmentReader::open(&last.path)?;
+            let mut last_seq = last.first_seq.saturating_sub(1);
+            let mut good_end = 0;
+            loop {
+                match reader.next_record() {
+                    Ok(Some((seq, _))) => {
+                        last_seq = seq;
+                        good_end = reader.offset;
+                    }
+                    Ok(None) => break,
+                    Err(JournalError::Corrupt { .. }) => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if good_end < last.len {
+                tracing::warn!(
+                    segment = %last.path.display(),
+                    kept = good_end,
+                    dropped = last.len - good_end,
+                    "journal: cutting a torn record at the end (a crash during a write; that batch was never acknowledged)"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&last.path)
+                    .map_err(io_err(&last.path))?;
+                f.set_len(good_end).map_err(io_err(&last.path))?;
+                f.sync_all().map_err(io_err(&last.path))?;
+                last.len = good_end;
+            }
+            journal.next_seq = last_seq + 1;
+        }
+        Ok(journal)
+    }
+
+    /// The sequence number the next record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Bytes held in all segments.
+    pub fn size(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    /// Appends records and makes them durable according to the fsync policy (one fsync for
+    /// the whole group). Returns the sequence number of each.
+    pub fn append(&mut self, payloads: &[&[u8]]) -> Result<Vec<u64>, JournalError> {
+        let mut seqs = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            if self.file.is_none()
+                || self
+                    .segments
+                    .last()
+                    .is_some_and(|s| s.len >= self.segment_size)
+            {
+                self.roll()?;
+            }
+            let seq = self.next_seq;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&seq.to_le_bytes());
+            crc.update(payload);
+            let mut record = Vec::with_capacity(HEADER + payload.len());
+            record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            record.extend_from_slice(&crc.finalize().to_le_bytes());
+            record.extend_from_slice(&seq.to_le_bytes());
+            record.extend_from_slice(payload);
+            let segment = self.segments.last_mut().ok_or_else(|| JournalError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("no open segment"),
+            })?;
+            let file = self.file.as_mut().ok_or_else(|| JournalError::Io {
+                path: segment.path.clone(),
+                source: io::Error::other("no open segment"),
+            })?;
+            file.write_all(&record).map_err(io_err(&segment.path))?;
+            segment.len += record.len() as u64;
+            self.next_seq += 1;
+            seqs.push(seq);
+        }
+        if self.fsync == FsyncPolicy::Always
+            && let (Some(file), Some(segment)) = (&self.file, self.segments.last())
+        {
+            file.sync_data().map_err(io_err(&segment.path))?;
+        }
+        Ok(seqs)
+    }
+
+    /// Starts a new segment (on open, and when the current one is full).
+    fn roll(&mut self) -> Result<(), JournalError> {
+        if let (Some(file), Some(segment)) = (&self.file, self.segments.last()) {
+            file.sync_all().map_err(io_err(&segment.path))?;
+        }
+        // Reuse an empty newest segment (e.g. after opening) instead of making another.
+        let reuse = self.file.is_none()
+            && self
+                .segments
+                .last()
+                .is_some_and(|s| s.len < self.segment_size);
+        let path = if reuse {
+            self.segments.last().map(|s| s.path.clone())
+        } else {
+            None
+        };
+        let path = match path {
+            Some(p) => p,
+            None => {
+                let p = self.dir.join(format!("{:020}.seg", self.next_seq));
+                self.segments.push(Segment {
+                    first_seq: self.next_seq,
+                    path: p.clone(),
+                    len: 0,
+                });
+                p
+            }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if !reuse {
+            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Reads every record with a sequence number above `after`, in order.
+    pub fn read_after(&self, after: u64) -> Result<Vec<(u64, Vec<u8>)>, JournalError> {
+        let mut out = Vec::new();
+        for (i, segment) in self.segments.iter().enumerate() {
+            let next_first = self.segments.get(i + 1).map(|s| s.first_seq);
+            if next_first.is_some_and(|n| n <= after + 1) {
+                continue;
+            }
+            let mut reader = SegmentReader::open(&segment.path)?;
+            while let Some((seq, payload)) = reader.next_record()? {
+                if seq > after {
+                    out.push((seq, payload));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes segments whose records all have sequence numbers ≤ `upto` (covered by a
+    /// snapshot). The newest segment stays.
+    pub fn compact(&mut self, upto: u64) -> Result<usize, JournalError> {
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[1].first_seq <= upto + 1 {
+            let segment = self.segments.remove(0);
+            fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
+        Ok(removed)
+    }
+}
+
+/// fsyncs a directory so that a created, renamed or removed entry is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct SegmentReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    offset: u64,
+}
+
+impl SegmentReader {
+    fn open(path: &Path) -> Result<SegmentReader, JournalError> {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+        Ok(SegmentReader {
+            path: path.to_owned(),
+            reader: BufReader::with_capacity(1 << 16, file),
+            offset: 0,
+        })
+    }
+
+    /// The next whole record; `None` at a clean end. A short or bad record is `Corrupt`.
+    fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        let mut header = [0u8; HEADER];
+        let mut got = 0;
+        while got < HEADER {
+            let n = self
+                .reader
+                .read(&mut header[got..])
+                .map_err(io_err(&self.path))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == 0 {
+            return Ok(None);
+        }
+        let corrupt = |why: &str, offset| JournalError::Corrupt {
+            path: self.path.clone(),
+            offset,
+            why: why.to_owned(),
+        };
+        if got < HEADER {
+            return Err(corrupt("truncated header", self.offset));
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        let mut seq_bytes = [0u8; 8];
+        seq_bytes.copy_from_slice(&header[8..16]);
+        let seq = u64::from_le_bytes(seq_bytes);
+        let mut payload = vec![0u8; len];
+        self.reader
+            .read_exact(&mut payload)
+            .map_err(|_| corrupt("truncated payload", self.offset))?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&seq_bytes);
+        h.update(&payload);
+        if h.finalize() != crc {
+            return Err(corrupt("checksum mismatch", self.offset));
+        }
+        self.offset += (HEADER + len) as u64;
+        Ok(Some((seq, payload)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aw-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn appends_survive_reopen_and_torn_tails_are_cut() {
+        let dir = tempdir("torn");
+        let mut j = Journal::open(&dir, 4096, FsyncPolicy::Always).unwrap();
+        assert_eq!(j.append(&[b"one", b"two"]).unwrap(), vec![1, 2]);
+        drop(j);
+        // A crash in the middle of writing record 3.
+        let seg = dir.join(format!("{:020}.seg", 1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        drop(f);
+        let mut j = Journal::open(&dir, 4096, FsyncPolicy::Always).unwrap();
+        assert_eq!(j.next_seq(), 3);
+        assert_eq!(j.append(&[b"three"]).unwrap(), vec![3]);
+        let all = j.read_after(0).unwrap();
+        let payloads: Vec<&[u8]> = all.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
+        assert_eq!(j.read_after(2).unwrap().len(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_roll_and_compact() {
+        let dir = tempdir("compact");
+        let mut j = Journal::open(&dir, 4096, FsyncPolicy::Never).unwrap();
+        let big = vec![b'x'; 3000];
+        for _ in 0..10 {
+            j.append(&[&big]).unwrap();
+        }
+        assert_eq!(j.segments.len(), 5, "two 3 KB records per 4 KiB segment");
+        assert_eq!(j.compact(4).unwrap(), 2);
+        assert_eq!(j.read_after(4).unwrap().len(), 6);
+        assert_eq!(j.compact(100).unwrap(), 2, "the newest segment stays");
+        drop(j);
+        let j = Journal::open(&dir, 4096, FsyncPolicy::Never).unwrap();
+        assert_eq!(j.next_seq(), 11);
+        assert_eq!(j.read_after(8).unwrap().len(), 2);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
