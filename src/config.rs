@@ -206,6 +206,14 @@ pub struct FileConfig {
     /// How often the file is checked for new lines and rotation.
     #[serde(default = "default_poll")]
     pub poll_interval: Duration,
+    /// Where to start reading when there is no checkpoint yet: `end` (default, like
+    /// `tail -F`) or `beginning`. With a checkpoint, reading always resumes at it.
+    #[serde(default = "default_start")]
+    pub start_at: crate::source::tail::StartAt,
+}
+
+fn default_start() -> crate::source::tail::StartAt {
+    crate::source::tail::StartAt::End
 }
 
 fn default_poll() -> Duration {

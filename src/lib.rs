@@ -10,8 +10,10 @@
 pub mod alert;
 pub mod bundled;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod metrics;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -55,6 +55,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the daemon: receive live audit events (webhook, log files, stdin) and alert.
+    ///
+    /// Without --config: a webhook on 127.0.0.1:8443 (plain HTTP), metrics on
+    /// 127.0.0.1:9095, rules from ./rules (or the built-in packs), state in
+    /// ./auditwatch-state, alerts on stdout.
+    Run {
+        /// The daemon's YAML configuration (see docs/daemon.md).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Validate the configuration and the rules, then exit.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run rule unit tests (*.test.yaml) against rules.
     Test {
         /// Rule files or directories.
@@ -89,12 +102,64 @@ fn main() -> ExitCode {
             files,
         } => run_replay(&rules, format, lateness, max_operations, max_errors, &files),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
+        Command::Run { config, check } => run_daemon(config.as_deref(), check),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_daemon(config: Option<&std::path::Path>, check_only: bool) -> anyhow::Result<ExitCode> {
+    use auditwatch::config::{Config, LogFormat};
+    use auditwatch::daemon::{self, RuleSource};
+    let config = match config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        None => Config::default(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .context("log.level")?;
+    // Logs go to stderr; stdout carries alerts.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    let rules = RuleSource::from_config(&config);
+    if check_only {
+        let opts = LoadOptions {
+            script_limits: ScriptLimits {
+                max_operations: config.engine.max_operations,
+            },
+        };
+        return match rules.load(&opts) {
+            Ok(set) => {
+                println!("ok: configuration valid; {} rules", set.rules.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    match daemon::run(config, rules) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            Err(e)
         }
     }
 }

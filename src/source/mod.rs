@@ -1,5 +1,6 @@
-//! Sources: where records come from. For now, files and stdin read to the end (replay);
-//! the live daemon adds followed files and the webhook behind the same record interface.
+//! Sources: where records come from. This module reads files and stdin to the end (replay);
+//! [`tail`] follows a live log file with checkpoints and [`webhook`] is the apiserver's audit
+//! webhook endpoint (both used by the daemon).
 //!
 //! A record is one unit for the decoder: a line of a JSON-lines file, or the whole input when it
 //! is one pretty-printed document (a single `Event`, an `EventList`, or an array). The shape is
@@ -14,6 +15,9 @@ use std::sync::Arc;
 use serde::de::IgnoredAny;
 
 use crate::event::Position;
+
+pub mod tail;
+pub mod webhook;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {

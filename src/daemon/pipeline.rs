@@ -1,0 +1,350 @@
+//! The engine thread: the one place events are evaluated. Sources hand it batches through a
+//! bounded channel (that bound is the daemon's backpressure); it decodes, evaluates, emits
+//! alerts, remembers how far each source got, and writes state snapshots.
+//!
+//! It is a plain thread, not a task: evaluation is CPU work and must not stall the runtime
+//! that serves the webhook.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use crate::alert::Alert;
+use crate::config::StdoutFormat;
+use crate::engine::Engine;
+use crate::event::{EventTime, Position};
+use crate::metrics::Metrics;
+use crate::replay::decode_each;
+use crate::rules::RuleSet;
+use crate::state::{AlertJournal, FileCheckpoint, SNAPSHOT_VERSION, StateDir, StateSnapshot};
+
+/// How far a batch brings its source.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A webhook batch: its ingest journal sequence number.
+    Journal(u64),
+    /// Lines of a file, ending at this checkpoint.
+    File(FileCheckpoint),
+    /// Stdin: nothing to resume.
+    None,
+}
+
+/// What the batch's bytes are.
+#[derive(Debug, Clone, Copy)]
+pub enum Shape {
+    /// One record: an Event, an EventList or an array (a webhook body).
+    Document,
+    /// Newline-separated records starting at this line and byte offset.
+    Lines { first_line: u64, offset: u64 },
+}
+
+pub struct Batch {
+    pub source: Arc<str>,
+    pub data: Vec<u8>,
+    pub shape: Shape,
+    pub progress: Progress,
+    /// When the batch was received, for the latency histogram.
+    pub received: Instant,
+}
+
+pub enum Input {
+    Batch(Batch),
+    /// The wall clock moved on (sent every second).
+    Tick,
+    Reload(Arc<RuleSet>),
+    /// Everything before this has been processed; write the final snapshot and stop.
+    Shutdown,
+}
+
+/// What the engine thread tells the rest of the daemon.
+pub enum Feedback {
+    /// A snapshot covering journal records up to this sequence number is on disk.
+    Snapshotted { journal_seq: u64 },
+}
+
+pub struct PipelineOptions {
+    pub stdout: StdoutFormat,
+    pub snapshot_every: Duration,
+    pub idle_after: Duration,
+    pub lateness: crate::event::Span,
+    /// The ingest journal's size; past half of `journal_max` snapshots come every second
+    /// so the journal can compact before the webhook has to refuse batches.
+    pub journal_size: Arc<AtomicU64>,
+    pub journal_max: u64,
+}
+
+pub struct Pipeline {
+    engine: Engine,
+    state: StateDir,
+    alerts: AlertJournal,
+    metrics: Arc<Metrics>,
+    opts: PipelineOptions,
+    journal_seq: u64,
+    files: BTreeMap<String, FileCheckpoint>,
+    /// IDs of alerts already in the alert journal that a replay after restart may produce
+    /// again; each is suppressed once.
+    already_sent: HashSet<String>,
+    last_snapshot: Instant,
+    /// Wall time and event time of the newest event, to move event time on when idle.
+    newest: Option<(Instant, EventTime)>,
+    out: Vec<Alert>,
+    feedback: mpsc::UnboundedSender<Feedback>,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        state: StateDir,
+        alerts: AlertJournal,
+        metrics: Arc<Metrics>,
+        opts: PipelineOptions,
+        restored: Option<&StateSnapshot>,
+        feedback: mpsc::UnboundedSender<Feedback>,
+    ) -> std::io::Result<Pipeline> {
+        let (journal_seq, files, already_sent) = match restored {
+            Some(s) => (
+                s.journal_seq,
+                s.files.clone(),
+                alerts.ids_since(s.alert_journal_len)?,
+            ),
+            // No snapshot: every alert in the journal may come again from a full replay.
+            None => (0, BTreeMap::new(), alerts.ids_since(0)?),
+        };
+        metrics.rules_loaded.set(engine.rules().rules.len() as i64);
+        Ok(Pipeline {
+            engine,
+            state,
+            alerts,
+            metrics,
+            opts,
+            journal_seq,
+            files,
+            already_sent,
+            last_snapshot: Instant::now(),
+            newest: None,
+            out: Vec::new(),
+            feedback,
+        })
+    }
+
+    /// Where each source had got to (for sources to resume from).
+    pub fn file_checkpoints(&self) -> &BTreeMap<String, FileCheckpoint> {
+        &self.files
+    }
+
+    pub fn journal_seq(&self) -> u64 {
+        self.journal_seq
+    }
+
+    /// Runs until `Shutdown` or until every sender is gone.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        while let Some(input) = rx.blocking_recv() {
+            self.metrics
+                .queue_depth
+                .with_label_values(&["engine"])
+                .set(rx.len() as i64);
+            match input {
+                Input::Batch(batch) => self.process(batch),
+                Input::Tick => self.tick(),
+                Input::Reload(rules) => {
+                    let n = rules.rules.len();
+                    self.engine.replace_rules(rules);
+                    self.metrics.rules_loaded.set(n as i64);
+                    tracing::info!(
+                        rules = n,
+                        "rules reloaded; window state of unchanged rules kept"
+                    );
+                }
+                Input::Shutdown => break,
+            }
+        }
+        self.snapshot();
+        tracing::info!(
+            journal_seq = self.journal_seq,
+            "engine stopped; final snapshot written"
+        );
+    }
+
+    /// Processes one batch (also used to replay the journal at start-up).
+    pub fn process(&mut self, batch: Batch) {
+        let source = batch.source.clone();
+        let received = self.metrics.events_received.with_label_values(&[&source]);
+        let decoded = self.metrics.events_decoded.with_label_values(&[&source]);
+        let rejected = self.metrics.events_rejected.with_label_values(&[&source]);
+        let text = match std::str::from_utf8(&batch.data) {
+            Ok(t) => t,
+            Err(e) => {
+                // Keep the valid prefix; the rest is reported like any bad record.
+                let valid = e.valid_up_to();
+                tracing::warn!(source = %source, byte = valid, "input is not UTF-8 from this byte on; skipping the rest of the batch");
+                rejected.inc();
+                std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
+            }
+        };
+        let engine = &mut self.engine;
+        let out = &mut self.out;
+        let mut newest = None;
+        let mut on_event = |ev: &crate::event::AuditEvent<'_>| {
+            decoded.inc();
+            if let Some(t) = ev.time {
+                newest = Some(newest.map_or(t, |n: EventTime| n.max(t)));
+            }
+            engine.process(ev, out);
+        };
+        let mut on_error = |e: crate::event::DecodeError| {
+            rejected.inc();
+            tracing::warn!(error = %e, "rejected record");
+        };
+        match batch.shape {
+            Shape::Document => {
+                received.inc();
+                let position = Position {
+                    source: source.clone(),
+                    line: 1,
+                    offset: 0,
+                    item: None,
+                };
+                decode_each(&position, text, &mut on_error, &mut on_event);
+            }
+            Shape::Lines { first_line, offset } => {
+                let mut at = offset;
+                for (line_no, line) in (first_line..).zip(text.split_inclusive('\n')) {
+                    let record = line.trim_end_matches(['\n', '\r']);
+                    if !record.trim().is_empty() {
+                        received.inc();
+                        let position = Position {
+                            source: source.clone(),
+                            line: line_no,
+                            offset: at,
+                            item: None,
+                        };
+                        decode_each(&position, record, &mut on_error, &mut on_event);
+                    }
+                    at += line.len() as u64;
+                }
+            }
+        }
+        if let Some(t) = newest {
+            self.newest = Some((Instant::now(), t));
+            if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
+                let lag = now.as_secs_f64() - t.0 as f64 / 1e9;
+                self.metrics.event_lag_seconds.set(lag);
+            }
+        }
+        match batch.progress {
+            Progress::Journal(seq) => self.journal_seq = self.journal_seq.max(seq),
+            Progress::File(cp) => {
+                self.files.insert(source.to_string(), cp);
+            }
+            Progress::None => {}
+        }
+        self.emit();
+        self.metrics
+            .processing_latency
+            .with_label_values(&[&source])
+            .observe(batch.received.elapsed().as_secs_f64());
+        for e in self.engine.take_script_errors() {
+            self.metrics
+                .script_errors
+                .with_label_values(&[&e.rule])
+                .inc();
+            tracing::warn!(rule = %e.rule, audit_id = %e.audit_id, error = %e.message, "script error");
+        }
+    }
+
+    fn tick(&mut self) {
+        // A quiet stream: move event time on by the wall time that passed since the newest
+        // event, so windows close and absence rules fire.
+        if let Some((wall, event)) = self.newest {
+            let idle = wall.elapsed();
+            if idle >= self.opts.idle_after {
+                let to = event
+                    .saturating_add(crate::event::Span(
+                        idle.as_nanos().min(i64::MAX as u128) as i64
+                    ))
+                    .saturating_sub(self.opts.lateness);
+                self.engine.advance_watermark(to, &mut self.out);
+                self.emit();
+            }
+        }
+        self.metrics
+            .window_keys
+            .set(self.engine.window_keys() as i64);
+        let journal_pressure =
+            self.opts.journal_size.load(Ordering::Relaxed) > self.opts.journal_max / 2;
+        if self.last_snapshot.elapsed() >= self.opts.snapshot_every || journal_pressure {
+            self.snapshot();
+        }
+    }
+
+    /// Writes alerts to the alert journal, then stdout; skips those a restart re-produced.
+    fn emit(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let mut alerts = std::mem::take(&mut self.out);
+        if !self.already_sent.is_empty() {
+            alerts.retain(|a| {
+                let again = self.already_sent.remove(&a.id);
+                if again {
+                    self.metrics.alerts_replayed_suppressed.inc();
+                }
+                !again
+            });
+        }
+        if let Err(e) = self.alerts.append(&alerts) {
+            tracing::error!(path = %self.alerts.path().display(), error = %e, "cannot append to the alert journal");
+        }
+        let stdout = std::io::stdout();
+        let mut w = stdout.lock();
+        for a in &alerts {
+            self.metrics
+                .alerts
+                .with_label_values(&[&a.rule, a.severity.as_str()])
+                .inc();
+            let line = match self.opts.stdout {
+                StdoutFormat::Json => a.to_json_line(),
+                StdoutFormat::Text => a.to_text_line(),
+                StdoutFormat::Off => continue,
+            };
+            let _ = writeln!(w, "{line}");
+        }
+        let _ = w.flush();
+        alerts.clear();
+        self.out = alerts;
+    }
+
+    /// Writes the state snapshot; on success the journal may compact up to `journal_seq`.
+    pub fn snapshot(&mut self) {
+        let started = Instant::now();
+        let snap = StateSnapshot {
+            version: SNAPSHOT_VERSION,
+            journal_seq: self.journal_seq,
+            files: self.files.clone(),
+            alert_journal_len: self.alerts.len(),
+            engine: self.engine.snapshot(),
+        };
+        match self.state.save_snapshot(&snap) {
+            Ok(bytes) => {
+                self.metrics.snapshots.with_label_values(&["ok"]).inc();
+                tracing::debug!(bytes, journal_seq = self.journal_seq, "snapshot written");
+                let _ = self.feedback.send(Feedback::Snapshotted {
+                    journal_seq: self.journal_seq,
+                });
+            }
+            Err(e) => {
+                self.metrics.snapshots.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "cannot write the state snapshot; the journal keeps growing until it can");
+            }
+        }
+        self.metrics
+            .snapshot_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.last_snapshot = Instant::now();
+    }
+}

@@ -1,0 +1,438 @@
+//! Following the apiserver's audit log file like `tail -F`, with a checkpoint to resume from.
+//!
+//! The apiserver (`--audit-log-path`, rotated by `--audit-log-maxsize`/`--audit-log-maxbackup`)
+//! rotates by renaming the file to a timestamped backup in the same directory and creating a
+//! new one. The follower reads the open file to its end, then notices that the path now names
+//! another file (device, inode) and switches to it from byte 0. A file that shrank was
+//! truncated: reading restarts at 0. A missing file is waited for. Only whole lines are handed
+//! on; a partial last line waits for its newline.
+//!
+//! Each batch carries a [`FileCheckpoint`] (device, inode, offset after its last line). On
+//! restart, a checkpoint of the current file resumes at its offset; a checkpoint of a file
+//! that was rotated away meanwhile is found again by inode among the directory's files, read
+//! to its end, and then the current file is read from the start.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::daemon::pipeline::{Batch, Input, Progress, Shape};
+use crate::state::FileCheckpoint;
+
+/// Largest batch handed to the engine at once.
+const CHUNK: usize = 1 << 20;
+
+/// Where to start when there is no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartAt {
+    /// Read the existing content (replays history on a first start).
+    Beginning,
+    /// Only what is written from now on (like `tail -F`).
+    End,
+}
+
+pub struct Follower {
+    name: Arc<str>,
+    path: PathBuf,
+    poll: Duration,
+    file: Option<Open>,
+    /// Bytes after the last newline, waiting for the rest of their line.
+    partial: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+struct Open {
+    file: File,
+    dev: u64,
+    ino: u64,
+    /// Offset of the first byte not yet read.
+    read_at: u64,
+    /// Checkpoint after the last whole line handed on.
+    done: FileCheckpoint,
+}
+
+/// Sends to the engine; `false` when the engine is gone.
+pub trait Sink {
+    fn send(&mut self, input: Input) -> bool;
+}
+
+impl Sink for tokio::sync::mpsc::Sender<Input> {
+    fn send(&mut self, input: Input) -> bool {
+        self.blocking_send(input).is_ok()
+    }
+}
+
+impl Follower {
+    pub fn new(name: &str, path: &Path, poll: Duration) -> Follower {
+        Follower {
+            name: Arc::from(name),
+            path: path.to_owned(),
+            poll,
+            file: None,
+            partial: Vec::new(),
+            buf: vec![0; CHUNK],
+        }
+    }
+
+    /// Runs until `stop` is set or the engine goes away.
+    pub fn run(
+        mut self,
+        checkpoint: Option<FileCheckpoint>,
+        start: StartAt,
+        sink: &mut dyn Sink,
+        stop: &AtomicBool,
+    ) {
+        if let Err(e) = self.resume(checkpoint, start, sink) {
+            tracing::warn!(source = %self.name, error = %e, "cannot resume from the checkpoint");
+        }
+        let mut missing_since: Option<Instant> = None;
+        while !stop.load(Ordering::Relaxed) {
+            match self.step(sink) {
+                Ok(Step::Progress) => continue,
+                Ok(Step::Idle) => missing_since = None,
+                Ok(Step::Missing) => {
+                    if missing_since.is_none() {
+                        tracing::info!(source = %self.name, path = %self.path.display(), "waiting for the file to appear");
+                        missing_since = Some(Instant::now());
+                    }
+                }
+                Ok(Step::EngineGone) => return,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, path = %self.path.display(), error = %e, "read failed; retrying")
+                }
+            }
+            std::thread::sleep(self.poll);
+        }
+    }
+
+    /// Positions the follower from a checkpoint (or `start` without one).
+    fn resume(
+        &mut self,
+        checkpoint: Option<FileCheckpoint>,
+        start: StartAt,
+        sink: &mut dyn Sink,
+    ) -> io::Result<()> {
+        let current = fs::metadata(&self.path).ok();
+        let Some(cp) = checkpoint else {
+            if let Some(meta) = current {
+                let offset = if start == StartAt::End { meta.len() } else { 0 };
+                self.open_current(offset, 0)?;
+                if offset > 0 {
+                    tracing::info!(source = %self.name, offset, "no checkpoint: starting at the end of the file (start_at: end)");
+                }
+            }
+            return Ok(());
+        };
+        if let Some(meta) = &current
+            && meta.dev() == cp.dev
+            && meta.ino() == cp.ino
+        {
+            if meta.len() < cp.offset {
+                tracing::warn!(source = %self.name, "the file shrank while auditwatch was down (truncated): reading it from the start");
+                self.open_current(0, 0)?;
+            } else {
+                self.open_current(cp.offset, cp.line)?;
+            }
+            return Ok(());
+        }
+        // Rotated while we were down: finish the old file if it is still there.
+        match find_by_inode(&self.path, cp.dev, cp.ino) {
+            Some(old) => {
+                tracing::info!(source = %self.name, rotated = %old.display(), "rotated while down: finishing the rotated file first");
+                let file = File::open(&old)?;
+                let meta = file.metadata()?;
+                if meta.len() >= cp.offset {
+                    self.file = Some(Open {
+                        file,
+                        dev: cp.dev,
+                        ino: cp.ino,
+                        read_at: cp.offset,
+                        done: cp,
+                    });
+                    // Drain it; then `step` sees the path names another file and switches.
+                    while let Step::Progress = self.read_available(sink)? {}
+                }
+            }
+            None => tracing::warn!(
+                source = %self.name,
+                "the file read before the restart is gone (rotated and removed by --audit-log-maxbackup?): its unread lines are lost"
+            ),
+        }
+        self.flush_partial(sink);
+        self.file = None;
+        if current.is_some() {
+            self.open_current(0, 0)?;
+        }
+        Ok(())
+    }
+
+    fn open_current(&mut self, offset: u64, line: u64) -> io::Result<()> {
+        let file = File::open(&self.path)?;
+        let meta = file.metadata()?;
+        self.partial.clear();
+        self.file = Some(Open {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            read_at: offset,
+            done: FileCheckpoint {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                offset,
+                line,
+            },
+        });
+        Ok(())
+    }
+
+    fn step(&mut self, sink: &mut dyn Sink) -> io::Result<Step> {
+        if self.file.is_none() {
+            if !self.path.exists() {
+                return Ok(Step::Missing);
+            }
+            self.open_current(0, 0)?;
+            tracing::info!(source = %self.name, path = %self.path.display(), "following");
+        }
+        let step = self.read_available(sink)?;
+        if !matches!(step, Step::Idle) {
+            return Ok(step);
+        }
+        // At the end of the open file: rotated, truncated, or just quiet?
+        let Some(open) = &self.file else {
+            return Ok(Step::Idle);
+        };
+        match fs::metadata(&self.path) {
+            Ok(meta) if meta.dev() == open.dev && meta.ino() == open.ino => {
+                if meta.len() < open.read_at {
+                    tracing::warn!(source = %self.name, "file truncated: reading from the start");
+                    self.open_current(0, 0)?;
+                    return Ok(Step::Progress);
+                }
+                Ok(Step::Idle)
+            }
+            Ok(_) => {
+                // A new file under the name. The old one was read to its end above; its
+                // writer has moved on, so a partial last line will not be completed.
+                tracing::info!(source = %self.name, "file rotated: following the new file");
+                self.flush_partial(sink);
+                self.open_current(0, 0)?;
+                Ok(Step::Progress)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Renamed away and not yet recreated: keep the old handle until it is.
+                Ok(Step::Idle)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads what is there and hands on whole lines.
+    fn read_available(&mut self, sink: &mut dyn Sink) -> io::Result<Step> {
+        let Some(open) = self.file.as_mut() else {
+            return Ok(Step::Idle);
+        };
+        open.file.seek(SeekFrom::Start(open.read_at))?;
+        let n = open.file.read(&mut self.buf)?;
+        if n == 0 {
+            return Ok(Step::Idle);
+        }
+        open.read_at += n as u64;
+        let chunk = &self.buf[..n];
+        let Some(last_nl) = memchr::memrchr(b'\n', chunk) else {
+            self.partial.extend_from_slice(chunk);
+            return Ok(Step::Progress);
+        };
+        let mut data = std::mem::take(&mut self.partial);
+        data.extend_from_slice(&chunk[..=last_nl]);
+        self.partial.extend_from_slice(&chunk[last_nl + 1..]);
+        let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
+        let start = open.done;
+        open.done.offset += data.len() as u64;
+        open.done.line += lines;
+        let batch = Batch {
+            source: Arc::clone(&self.name),
+            data,
+            shape: Shape::Lines {
+                first_line: start.line + 1,
+                offset: start.offset,
+            },
+            progress: Progress::File(open.done),
+            received: Instant::now(),
+        };
+        if !sink.send(Input::Batch(batch)) {
+            return Ok(Step::EngineGone);
+        }
+        Ok(Step::Progress)
+    }
+
+    /// Hands on a last line without a newline (the end of a rotated-away file).
+    fn flush_partial(&mut self, sink: &mut dyn Sink) {
+        let Some(open) = self.file.as_mut() else {
+            return;
+        };
+        if self.partial.is_empty() {
+            return;
+        }
+        let data = std::mem::take(&mut self.partial);
+        let start = open.done;
+        open.done.offset += data.len() as u64;
+        open.done.line += 1;
+        sink.send(Input::Batch(Batch {
+            source: Arc::clone(&self.name),
+            data,
+            shape: Shape::Lines {
+                first_line: start.line + 1,
+                offset: start.offset,
+            },
+            progress: Progress::File(open.done),
+            received: Instant::now(),
+        }));
+    }
+}
+
+enum Step {
+    /// Read something; read again at once.
+    Progress,
+    /// Nothing new.
+    Idle,
+    /// The file does not exist (yet).
+    Missing,
+    EngineGone,
+}
+
+/// A file in `path`'s directory with this device and inode (a rotated backup of it).
+fn find_by_inode(path: &Path, dev: u64, ino: u64) -> Option<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let meta = entry.metadata().ok()?;
+        (meta.is_file() && meta.dev() == dev && meta.ino() == ino).then(|| entry.path())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct Collect(Vec<(Vec<u8>, FileCheckpoint)>);
+    impl Sink for Collect {
+        fn send(&mut self, input: Input) -> bool {
+            if let Input::Batch(b) = input
+                && let Progress::File(cp) = b.progress
+            {
+                self.0.push((b.data, cp));
+            }
+            true
+        }
+    }
+
+    impl Collect {
+        fn text(&self) -> String {
+            self.0
+                .iter()
+                .map(|(d, _)| String::from_utf8_lossy(d).into_owned())
+                .collect()
+        }
+        fn last(&self) -> FileCheckpoint {
+            self.0.last().map(|(_, c)| *c).unwrap_or_default()
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aw-tail-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn drain(f: &mut Follower, sink: &mut Collect) {
+        for _ in 0..10 {
+            f.step(sink).unwrap();
+        }
+    }
+
+    #[test]
+    fn partial_lines_wait_rotation_and_truncation_are_followed() {
+        let d = dir("rotate");
+        let log = d.join("audit.log");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        assert!(matches!(f.step(&mut sink).unwrap(), Step::Missing));
+        append(&log, "a\nb\npar");
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), "a\nb\n", "the partial line waits");
+        append(&log, "tial\n");
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), "a\nb\npartial\n");
+        assert_eq!((sink.last().offset, sink.last().line), (12, 3));
+        // Rotation: the writer adds a line to the old file, renames it, starts a new one.
+        append(&log, "last-old\n");
+        fs::rename(&log, d.join("audit-2026-11-23T10-00-00.000.log")).unwrap();
+        append(&log, "first-new\n");
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), "a\nb\npartial\nlast-old\nfirst-new\n");
+        // Truncation.
+        fs::write(&log, "").unwrap();
+        drain(&mut f, &mut sink);
+        append(&log, "after-truncate\n");
+        drain(&mut f, &mut sink);
+        assert!(
+            sink.text().ends_with("first-new\nafter-truncate\n"),
+            "{}",
+            sink.text()
+        );
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn resumes_from_a_checkpoint_across_a_rotation_while_down() {
+        let d = dir("resume");
+        let log = d.join("audit.log");
+        append(&log, "1\n2\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        let cp = sink.last();
+        drop(f);
+        // While down: more lines, a rotation, lines in the new file.
+        append(&log, "3\n");
+        fs::rename(&log, d.join("audit-2026-11-23T11-00-00.000.log")).unwrap();
+        append(&log, "4\n5\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_eq!(
+            sink.text(),
+            "3\n4\n5\n",
+            "nothing skipped, nothing repeated"
+        );
+        // Same file resumed: only what came after.
+        let cp = sink.last();
+        append(&log, "6\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(cp), StartAt::Beginning, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), "6\n");
+        let _ = fs::remove_dir_all(&d);
+    }
+}
