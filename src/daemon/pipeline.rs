@@ -93,6 +93,7 @@ pub struct Pipeline {
     newest: Option<(Instant, EventTime)>,
     out: Vec<Alert>,
     feedback: mpsc::UnboundedSender<Feedback>,
+    snapshot_after_batch: bool,
 }
 
 impl Pipeline {
@@ -129,6 +130,7 @@ impl Pipeline {
             newest: None,
             out: Vec::new(),
             feedback,
+            snapshot_after_batch: false,
         })
     }
 
@@ -239,11 +241,20 @@ impl Pipeline {
         match batch.progress {
             Progress::Journal(seq) => self.journal_seq = self.journal_seq.max(seq),
             Progress::File(cp) => {
-                self.files.insert(source.to_string(), cp);
+                let previous = self.files.insert(source.to_string(), cp);
+                // A file seen for the first time, or a new file after a rotation: persist its
+                // identity at once, so that a crash before the next periodic snapshot still
+                // finds the file (by inode) to resume in, even if it is rotated meanwhile.
+                if previous.is_none_or(|p| (p.dev, p.ino) != (cp.dev, cp.ino)) {
+                    self.snapshot_after_batch = true;
+                }
             }
             Progress::None => {}
         }
         self.emit();
+        if std::mem::take(&mut self.snapshot_after_batch) {
+            self.snapshot();
+        }
         self.metrics
             .processing_latency
             .with_label_values(&[&source])

@@ -299,9 +299,22 @@ impl Engine {
         self.scope.push_dynamic("event", Dynamic::UNIT);
         self.scope
             .push_dynamic("lists", rules.lists_value().clone());
-        // Pending hits of removed rules would index the wrong rule: release them first.
-        let mut sink = Vec::new();
-        self.drain_pending(&mut sink);
+        // Pending hits keep waiting for the watermark, renumbered to the new rule set; those
+        // of removed or changed rules go with their window.
+        let positions: HashMap<(Arc<str>, u64), usize> = rules
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((r.name.clone(), r.fingerprint), i))
+            .collect();
+        let old_ids: Vec<(Arc<str>, u64)> = self
+            .rules
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), r.fingerprint))
+            .collect();
+        self.reorder
+            .remap(|old| old_ids.get(old).and_then(|id| positions.get(id).copied()));
         self.rules = rules;
     }
 

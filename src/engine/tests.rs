@@ -675,3 +675,34 @@ fn restore_skips_changed_rules() {
     let mut second = engine(&changed);
     assert_eq!(second.restore(snap), 2, "the changed rule starts empty");
 }
+
+#[test]
+fn reload_keeps_hits_still_waiting_for_the_watermark() {
+    let mut e = engine(BURST);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let l = line(
+            &format!("w{i}"),
+            i,
+            "get",
+            "m",
+            "pods",
+            403,
+            "ResponseComplete",
+        );
+        e.process(&decode_event(&l).unwrap(), &mut out);
+    }
+    // Reloading with an extra rule in front renumbers the rules; the pending hits follow.
+    let extra = BURST.replace(
+        "rules:\n",
+        "rules:\n  - name: first\n    severity: low\n    match: { verbs: [delete] }\n",
+    );
+    e.replace_rules(Arc::new(
+        load_str("t.yaml", &extra, &LoadOptions::default()).unwrap(),
+    ));
+    let l = line("w4", 4, "get", "m", "pods", 403, "ResponseComplete");
+    e.process(&decode_event(&l).unwrap(), &mut out);
+    e.finish(&mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].count, 5);
+}

@@ -154,8 +154,7 @@ impl Follower {
                         read_at: cp.offset,
                         done: cp,
                     });
-                    // Drain it; then `step` sees the path names another file and switches.
-                    while let Step::Progress = self.read_available(sink)? {}
+                    self.finish_rotated(sink)?;
                 }
             }
             None => tracing::warn!(
@@ -163,7 +162,6 @@ impl Follower {
                 "the file read before the restart is gone (rotated and removed by --audit-log-maxbackup?): its unread lines are lost"
             ),
         }
-        self.flush_partial(sink);
         self.file = None;
         if current.is_some() {
             self.open_current(0, 0)?;
@@ -219,7 +217,7 @@ impl Follower {
                 // A new file under the name. The old one was read to its end above; its
                 // writer has moved on, so a partial last line will not be completed.
                 tracing::info!(source = %self.name, "file rotated: following the new file");
-                self.flush_partial(sink);
+                self.finish_rotated(sink)?;
                 self.open_current(0, 0)?;
                 Ok(Step::Progress)
             }
@@ -270,6 +268,47 @@ impl Follower {
         Ok(Step::Progress)
     }
 
+    /// The open file was rotated away: reads it to its end, then every backup rotated after
+    /// it (several rotations may have happened while auditwatch was down or blocked), oldest
+    /// first. The caller then opens the current file.
+    fn finish_rotated(&mut self, sink: &mut dyn Sink) -> io::Result<()> {
+        let Some(open) = &self.file else {
+            return Ok(());
+        };
+        let (dev, ino) = (open.dev, open.ino);
+        let since = open.file.metadata()?.modified().ok();
+        while let Step::Progress = self.read_available(sink)? {}
+        self.flush_partial(sink);
+        for backup in rotated_after(&self.path, (dev, ino), since) {
+            let file = match File::open(&backup) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, file = %backup.display(), error = %e, "cannot read a rotated file: its lines are lost");
+                    continue;
+                }
+            };
+            let meta = file.metadata()?;
+            tracing::info!(source = %self.name, file = %backup.display(), "reading a file rotated meanwhile");
+            self.partial.clear();
+            self.file = Some(Open {
+                file,
+                dev: meta.dev(),
+                ino: meta.ino(),
+                read_at: 0,
+                done: FileCheckpoint {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    offset: 0,
+                    line: 0,
+                },
+            });
+            while let Step::Progress = self.read_available(sink)? {}
+            self.flush_partial(sink);
+        }
+        self.file = None;
+        Ok(())
+    }
+
     /// Hands on a last line without a newline (the end of a rotated-away file).
     fn flush_partial(&mut self, sink: &mut dyn Sink) {
         let Some(open) = self.file.as_mut() else {
@@ -303,6 +342,56 @@ enum Step {
     /// The file does not exist (yet).
     Missing,
     EngineGone,
+}
+
+/// Backups of `path` (same directory, named `<stem>*.<ext>` as the apiserver's rotation does:
+/// `audit-2026-11-23T10-00-00.000.log`) modified at or after `since`, other than the file
+/// `skip` and the current file, oldest first. Compressed backups (`--audit-log-compress`)
+/// cannot be followed and are not listed.
+fn rotated_after(
+    path: &Path,
+    skip: (u64, u64),
+    since: Option<std::time::SystemTime>,
+) -> Vec<PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|s| s.to_str())
+        .map(|e| format!(".{e}"));
+    let current = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let is_backup = name.starts_with(stem)
+                && ext.as_deref().is_none_or(|e| name.ends_with(e))
+                && Some(name.as_str()) != path.file_name().and_then(|n| n.to_str());
+            if !is_backup {
+                return None;
+            }
+            let meta = entry.metadata().ok()?;
+            let id = (meta.dev(), meta.ino());
+            if !meta.is_file() || id == skip || Some(id) == current {
+                return None;
+            }
+            let modified = meta.modified().ok()?;
+            since
+                .is_none_or(|s| modified >= s)
+                .then(|| (modified, entry.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
 }
 
 /// A file in `path`'s directory with this device and inode (a rotated backup of it).
@@ -433,6 +522,35 @@ mod tests {
         f.resume(Some(cp), StartAt::Beginning, &mut sink).unwrap();
         drain(&mut f, &mut sink);
         assert_eq!(sink.text(), "6\n");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn several_rotations_while_down_are_read_in_order() {
+        let d = dir("multi");
+        let log = d.join("audit.log");
+        append(&log, "1\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        let cp = sink.last();
+        drop(f);
+        for (i, backup) in ["audit-a.log", "audit-b.log", "audit-c.log"]
+            .iter()
+            .enumerate()
+        {
+            append(&log, &format!("{}\n", i + 2));
+            std::thread::sleep(Duration::from_millis(20));
+            fs::rename(&log, d.join(backup)).unwrap();
+        }
+        append(&log, "5\n");
+        fs::write(d.join("other.log"), "not ours\n").unwrap();
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), "2\n3\n4\n5\n");
         let _ = fs::remove_dir_all(&d);
     }
 }

@@ -187,6 +187,19 @@ impl ReorderBuffer {
         }
     }
 
+    /// Renumbers the rules of pending hits (after a reload); hits of rules mapped to `None`
+    /// are dropped.
+    pub fn remap(&mut self, rule_map: impl Fn(usize) -> Option<usize>) {
+        let heap = std::mem::take(&mut self.heap);
+        self.heap = heap
+            .into_iter()
+            .filter_map(|Reverse(mut p)| {
+                p.rule = rule_map(p.rule)?;
+                Some(Reverse(p))
+            })
+            .collect();
+    }
+
     /// Pops the next hit regardless of the watermark (end of input). The watermark follows,
     /// so a hit older than one released this way is late.
     pub fn pop_any(&mut self) -> Option<(usize, Hit)> {

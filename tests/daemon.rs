@@ -1,0 +1,812 @@
+//! End-to-end tests of `auditwatch run`: the real binary, real TLS with certificates made
+//! here, a client that behaves like the apiserver's webhook backend, a writer that appends
+//! and rotates a log file like the apiserver's log backend, and kill -9 in the middle.
+//! Everything listens on 127.0.0.1 only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// Generous: the tests must pass on a slow, busy machine.
+const PATIENCE: Duration = Duration::from_secs(90);
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("aw-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Kept when the test failed, for its logs.
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `auditwatch run`; killed (SIGKILL) on drop.
+struct Daemon {
+    child: Child,
+    metrics: u16,
+}
+
+impl Daemon {
+    fn start(dir: &Path, config: &Path, metrics: u16, run: usize) -> Daemon {
+        let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.jsonl"))).unwrap();
+        let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start auditwatch run");
+        let mut d = Daemon { child, metrics };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = d.child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(dir.join(format!("stderr-{run}.log")))
+                    .unwrap_or_default();
+                panic!("auditwatch exited early ({status}):\n{log}");
+            }
+            if http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "auditwatch never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        http_get(self.metrics, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A bare HTTP/1.1 GET on loopback: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned())?;
+    Some((code, body))
+}
+
+/// The value of one sample in Prometheus text output (0 if absent).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn now_rfc3339(offset_ms: i64) -> String {
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + offset_ms;
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+fn event(id: &str, verb: &str, user: &str, resource: &str, name: &str, code: u16) -> String {
+    let ts = now_rfc3339(0);
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/{name}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.1.2.3"],"userAgent":"kubectl/v1.31.0","objectRef":{{"resource":"{resource}","namespace":"prod","name":"{name}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+    )
+}
+
+fn event_list(events: &[String]) -> String {
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        events.join(",")
+    )
+}
+
+const RULES: &str = r#"
+rules:
+  - name: secret-read
+    severity: medium
+    match: { verbs: [get], resources: [secrets] }
+    summary: '{{ user.username }} read secret {{ objectRef.name }}'
+  - name: forbidden-burst
+    severity: high
+    match: { response_codes: [403] }
+    window: { threshold: 3, over: 5m, group_by: [user.username] }
+"#;
+
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+    rogue_cert: String,
+    rogue_key: String,
+}
+
+fn pki() -> Pki {
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+    fn leaf(
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+        names: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+    let good = ca("auditwatch");
+    let other = ca("rogue");
+    let (server_cert, server_key) = leaf(
+        &good,
+        &["localhost", "127.0.0.1"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        &good,
+        &["kube-apiserver"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let (rogue_cert, rogue_key) = leaf(
+        &other,
+        &["kube-apiserver"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Pki {
+        ca: good.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        rogue_cert,
+        rogue_key,
+    }
+}
+
+fn client(pki: &Pki, identity: Option<(&str, &str)>) -> reqwest::blocking::Client {
+    let mut b = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30));
+    if let Some((cert, key)) = identity {
+        b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// Writes certificates, token and rules; returns the config path.
+fn setup_tls(dir: &Path, pki: &Pki) {
+    for (name, text) in [
+        ("ca.crt", &pki.ca),
+        ("tls.crt", &pki.server_cert),
+        ("tls.key", &pki.server_key),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+}
+
+#[test]
+fn webhook_refuses_wrong_certs_tokens_oversized_garbage_and_slow_clients() {
+    let dir = Scratch::new("refusals");
+    let pki = pki();
+    setup_tls(&dir.0, &pki);
+    let (tls_port, plain_port, metrics) = (free_port(), free_port(), free_port());
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources:
+  - webhook:
+      name: apiserver
+      listen: "127.0.0.1:{tls_port}"
+      path: /audit
+      tls: {{ cert: tls.crt, key: tls.key, client_ca: ca.crt }}
+      bearer_token_file: token
+      max_body: 64KiB
+  - webhook:
+      name: plain
+      listen: "127.0.0.1:{plain_port}"
+      read_timeout: 1s
+"#
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir.0, &config, metrics, 0);
+    let url = format!("https://127.0.0.1:{tls_port}/audit");
+    let body = event_list(&[event(
+        "aaaaaaaa-0000-0000-0000-000000000001",
+        "get",
+        "mallory",
+        "secrets",
+        "db",
+        200,
+    )]);
+    let good = client(&pki, Some((&pki.client_cert, &pki.client_key)));
+
+    // Accepted: right certificate, right token.
+    let r = good
+        .post(&url)
+        .bearer_auth("s3cret-token")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A certificate from another CA, and no certificate: the handshake fails.
+    let rogue = client(&pki, Some((&pki.rogue_cert, &pki.rogue_key)));
+    assert!(
+        rogue
+            .post(&url)
+            .bearer_auth("s3cret-token")
+            .body(body.clone())
+            .send()
+            .is_err()
+    );
+    let anonymous = client(&pki, None);
+    assert!(
+        anonymous
+            .post(&url)
+            .bearer_auth("s3cret-token")
+            .body(body.clone())
+            .send()
+            .is_err()
+    );
+
+    // Token missing or wrong.
+    let r = good.post(&url).body(body.clone()).send().unwrap();
+    assert_eq!(r.status(), 401);
+    let r = good
+        .post(&url)
+        .bearer_auth("guess")
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Too large (64 KiB limit), also when it only grows past the limit once un-gzipped.
+    let big = event_list(&vec![event("x", "get", "u", "pods", "p", 200); 400]);
+    let r = good
+        .post(&url)
+        .bearer_auth("s3cret-token")
+        .body(big.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(big.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 64 << 10, "compresses below the limit");
+    let r = good
+        .post(&url)
+        .bearer_auth("s3cret-token")
+        .header("Content-Encoding", "gzip")
+        .body(gz)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Garbage: 400 with the reason.
+    let r = good
+        .post(&url)
+        .bearer_auth("s3cret-token")
+        .body("{\"kind\": \"EventList\", \"items\": [")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let reason = r.text().unwrap();
+    assert!(
+        reason.contains("invalid JSON") && reason.contains("line 1"),
+        "{reason}"
+    );
+
+    // A client that sends headers and then stalls its body gets 408.
+    let mut slow = TcpStream::connect(("127.0.0.1", plain_port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        slow,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // Only the accepted batch was processed: one alert.
+    let m = daemon.metrics();
+    for (reason, at_least) in [
+        ("tls", 2.0),
+        ("unauthenticated", 2.0),
+        ("too_large", 2.0),
+        ("bad_json", 1.0),
+        ("timeout", 1.0),
+    ] {
+        let source = if reason == "timeout" {
+            "plain"
+        } else {
+            "apiserver"
+        };
+        let got = sample(
+            &m,
+            &format!("auditwatch_webhook_refused_total{{reason=\"{reason}\",source=\"{source}\"}}"),
+        );
+        assert!(got >= at_least, "{reason}: {got}\n{m}");
+    }
+    assert_eq!(
+        sample(&m, "auditwatch_events_decoded_total{source=\"apiserver\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let alerts = std::fs::read_to_string(dir.0.join("stdout-0.jsonl")).unwrap();
+    assert_eq!(alerts.lines().count(), 1, "{alerts}");
+    assert!(alerts.contains("mallory read secret db"), "{alerts}");
+}
+
+/// Sends batches like the apiserver's webhook backend: each batch until it gets a 2xx,
+/// retrying with backoff on 429, 5xx and connection errors.
+fn apiserver_sender(
+    client: reqwest::blocking::Client,
+    url: String,
+    batches: Vec<String>,
+    sent: Arc<AtomicUsize>,
+    pause: Duration,
+) {
+    for body in batches {
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = client
+                .post(&url)
+                .bearer_auth("s3cret-token")
+                .header("Content-Type", "application/json")
+                .body(body.clone())
+                .send();
+            match r {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status() == 429 || r.status().is_server_error() => {}
+                Ok(r) => panic!("batch refused for good: {} {:?}", r.status(), r.text()),
+                Err(_) => {} // down (killed): retry
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        sent.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(pause);
+    }
+}
+
+/// Appends lines like the apiserver's log backend, rotating (rename + new file) every
+/// `rotate_every` lines.
+fn log_writer(
+    path: PathBuf,
+    lines: Vec<String>,
+    rotate_every: usize,
+    written: Arc<AtomicUsize>,
+    pause: Duration,
+) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 && i % rotate_every == 0 {
+            drop(file);
+            let backup = path.with_file_name(format!("audit-rotated-{i:05}.log"));
+            std::fs::rename(&path, backup).unwrap();
+            file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+        }
+        // Written in two parts sometimes, so the reader sees partial lines.
+        let (a, b) = line.split_at(line.len() / 2);
+        file.write_all(a.as_bytes()).unwrap();
+        if i % 7 == 0 {
+            file.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        file.write_all(b.as_bytes()).unwrap();
+        file.write_all(b"\n").unwrap();
+        written.fetch_add(1, Ordering::Relaxed);
+        if i % 10 == 0 {
+            std::thread::sleep(pause);
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Fired {
+    rule: String,
+    audit_ids: Vec<String>,
+}
+
+fn alert_journal(dir: &Path) -> Vec<Fired> {
+    let text = std::fs::read_to_string(dir.join("state/alerts.jsonl")).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            Fired {
+                rule: v["rule"].as_str().unwrap().to_owned(),
+                audit_ids: v["audit_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.as_str().unwrap().to_owned())
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_and_restart_lose_nothing_and_repeat_nothing() {
+    let dir = Scratch::new("restart");
+    let pki = pki();
+    setup_tls(&dir.0, &pki);
+    let (port, metrics) = (free_port(), free_port());
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+engine: {{ lateness: 1s, idle_after: 1s }}
+snapshot: {{ interval: 1s }}
+pipeline: {{ queue: 4 }}
+sources:
+  - webhook:
+      name: apiserver
+      listen: "127.0.0.1:{port}"
+      tls: {{ cert: tls.crt, key: tls.key, client_ca: ca.crt }}
+      bearer_token_file: token
+  - file:
+      name: audit-log
+      path: audit.log
+      poll_interval: 20ms
+      start_at: beginning
+"#
+        ),
+    )
+    .unwrap();
+
+    // Webhook: 30 batches of 20 secret reads. Log file: 600 secret reads, and for each of
+    // 20 users three 403s (a window that must fire across the restart).
+    let uuid = |prefix: u32, i: usize| format!("{prefix:08x}-0000-4000-8000-{i:012x}");
+    let mut expected: BTreeSet<Fired> = BTreeSet::new();
+    let mut batches = Vec::new();
+    for b in 0..30 {
+        let events: Vec<String> = (0..20)
+            .map(|i| {
+                let id = uuid(1, b * 20 + i);
+                expected.insert(Fired {
+                    rule: "secret-read".into(),
+                    audit_ids: vec![id.clone()],
+                });
+                event(&id, "get", "ci-bot", "secrets", &format!("s{b}-{i}"), 200)
+            })
+            .collect();
+        batches.push(event_list(&events));
+    }
+    let mut lines = Vec::new();
+    let mut forbidden: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for i in 0..600 {
+        let id = uuid(2, i);
+        expected.insert(Fired {
+            rule: "secret-read".into(),
+            audit_ids: vec![id.clone()],
+        });
+        lines.push(event(
+            &id,
+            "get",
+            "operator",
+            "secrets",
+            &format!("f{i}"),
+            200,
+        ));
+        if i % 10 == 0 {
+            let user = format!("intruder-{}", (i / 10) % 20);
+            let id = uuid(3, i);
+            forbidden.entry(user.clone()).or_default().push(id.clone());
+            lines.push(event(&id, "list", &user, "secrets", "", 403));
+        }
+    }
+    for ids in forbidden.values() {
+        assert_eq!(ids.len(), 3);
+        expected.insert(Fired {
+            rule: "forbidden-burst".into(),
+            audit_ids: ids.clone(),
+        });
+    }
+
+    let daemon = Daemon::start(&dir.0, &config, metrics, 0);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let written = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let (client, url, sent) = (
+            client(&pki, Some((&pki.client_cert, &pki.client_key))),
+            format!("https://127.0.0.1:{port}/"),
+            Arc::clone(&sent),
+        );
+        std::thread::spawn(move || {
+            apiserver_sender(client, url, batches, sent, Duration::from_millis(40))
+        })
+    };
+    let total_lines = lines.len();
+    let writer = {
+        let (path, written) = (dir.0.join("audit.log"), Arc::clone(&written));
+        std::thread::spawn(move || log_writer(path, lines, 150, written, Duration::from_millis(15)))
+    };
+
+    // Kill -9 in the middle of both streams, with a snapshot already taken.
+    let deadline = Instant::now() + PATIENCE;
+    while sent.load(Ordering::Relaxed) < 12 || written.load(Ordering::Relaxed) < 300 {
+        assert!(Instant::now() < deadline, "the streams did not progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    daemon.kill9();
+    // Down for a while: the writer rotates meanwhile, the sender retries.
+    std::thread::sleep(Duration::from_millis(800));
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    sender.join().unwrap();
+    writer.join().unwrap();
+    assert_eq!(written.load(Ordering::Relaxed), total_lines);
+
+    // Wait until everything expected is in the alert journal (and a little longer, to catch
+    // duplicates arriving late).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let got = alert_journal(&dir.0);
+        if got.len() >= expected.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} alerts arrived",
+            got.len(),
+            expected.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let got = alert_journal(&dir.0);
+    let unique: BTreeSet<Fired> = got.iter().cloned().collect();
+    assert_eq!(got.len(), unique.len(), "duplicated alerts");
+    let missing: Vec<_> = expected.difference(&unique).take(5).collect();
+    let extra: Vec<_> = unique.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}\nextra {extra:?}"
+    );
+    // And it really was a restart that replayed something.
+    let log = std::fs::read_to_string(dir.0.join("stderr-1.log")).unwrap();
+    assert!(log.contains("state restored from snapshot"), "{log}");
+}
+
+#[test]
+fn invalid_rule_reload_keeps_the_old_rules_and_a_valid_one_applies() {
+    let dir = Scratch::new("reload");
+    let (port, metrics) = (free_port(), free_port());
+    std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+reload: {{ interval: 100ms }}
+engine: {{ lateness: 1s, idle_after: 1s }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources: [ {{ webhook: {{ listen: "127.0.0.1:{port}" }} }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir.0, &config, metrics, 0);
+    let post = |body: String| {
+        reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{port}/"))
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+    };
+    let wait_for = |series: &str, value: f64| {
+        let deadline = Instant::now() + PATIENCE;
+        while sample(&daemon.metrics(), series) < value {
+            assert!(Instant::now() < deadline, "{series} never reached {value}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Two 403s of a burst of three, then a broken edit: refused, the old rules keep running.
+    for i in 0..2 {
+        assert_eq!(
+            post(event_list(&[event(
+                &format!("r{i}"),
+                "get",
+                "eve",
+                "pods",
+                "p",
+                403
+            )])),
+            200
+        );
+    }
+    std::fs::write(
+        dir.0.join("rules.yaml"),
+        "rules:\n  - name: broken\n    severity: extreme\n",
+    )
+    .unwrap();
+    wait_for("auditwatch_rule_reloads_total{result=\"invalid\"}", 1.0);
+    assert_eq!(
+        post(event_list(&[event("r2", "get", "eve", "pods", "p", 403)])),
+        200
+    );
+    // A valid edit that keeps forbidden-burst as it was and adds a rule: the window survives.
+    std::fs::write(
+        dir.0.join("rules.yaml"),
+        format!("{RULES}\n  - name: pod-read\n    severity: low\n    match: {{ resources: [pods], verbs: [get] }}\n"),
+    )
+    .unwrap();
+    wait_for("auditwatch_rule_reloads_total{result=\"ok\"}", 1.0);
+    assert_eq!(
+        post(event_list(&[event("r3", "get", "eve", "pods", "p", 403)])),
+        200
+    );
+    wait_for(
+        "auditwatch_alerts_total{rule=\"pod-read\",severity=\"low\"}",
+        1.0,
+    );
+    // The burst r0-r2 fires once event time has moved past it (idle_after: 1s).
+    wait_for(
+        "auditwatch_alerts_total{rule=\"forbidden-burst\",severity=\"high\"}",
+        1.0,
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let out = std::fs::read_to_string(dir.0.join("stdout-0.jsonl")).unwrap();
+    let rules: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["rule"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // r0, r1, r2 made the burst (with the old rules running through the broken edit);
+    // r3 starts a new window and fires pod-read.
+    let mut rules = rules;
+    rules.sort();
+    assert_eq!(rules, ["forbidden-burst", "pod-read"], "{out}");
+    let stderr = std::fs::read_to_string(dir.0.join("stderr-0.log")).unwrap();
+    assert!(
+        stderr.contains("rules.yaml:3:15"),
+        "the refused reload names the place:\n{stderr}"
+    );
+}
+
+#[test]
+fn config_errors_name_file_line_column() {
+    let dir = Scratch::new("config");
+    let config = dir.0.join("bad.yaml");
+    std::fs::write(
+        &config,
+        "sources:\n  - webhook:\n      listen: 127.0.0.1:1\n      max_body: lots\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:4:17:") && err.contains("invalid size"),
+        "{err}"
+    );
+}
