@@ -1,0 +1,345 @@
+//! End-to-end latency of the live daemon: webhook POST → alert on stdout, over mTLS on
+//! loopback, with every bundled pack loaded and the journal fsynced before each 2xx.
+//!
+//! ```sh
+//! cargo bench --bench webhook_latency                     # 50,000 events/s for 10 s, then 10x overload
+//! cargo bench --bench webhook_latency -- --rate 20000 --seconds 5
+//! ```
+//!
+//! A load client behaves like the apiserver's batching webhook backend: batches of 400 events,
+//! sent open-loop on a fixed schedule from several connections; each batch carries one marker
+//! event that a marker rule turns into an alert, so the latency of every batch is measured
+//! from the start of its POST to the moment its alert line is read from auditwatch's stdout.
+//! Refused batches (429/503) are counted and not retried (the load is open-loop).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+const BATCH: usize = 400;
+const CONNECTIONS: usize = 6;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn timestamp() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let t =
+        chrono::DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos()).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// A batch of background traffic plus one marker event.
+fn batch(seq: u64) -> String {
+    let ts = timestamp();
+    let mut items = Vec::with_capacity(BATCH);
+    for i in 0..BATCH - 1 {
+        let (verb, resource, user, code) = match i % 10 {
+            0..=3 => (
+                "get",
+                "pods",
+                "system:serviceaccount:kube-system:replicaset-controller",
+                200,
+            ),
+            4..=5 => ("update", "leases", "system:node:node-7", 200),
+            6 => (
+                "list",
+                "configmaps",
+                "system:serviceaccount:monitoring:prometheus",
+                200,
+            ),
+            7 => ("create", "events", "system:node:node-3", 201),
+            8 => ("watch", "endpoints", "system:kube-proxy", 200),
+            _ => ("get", "secrets", "system:serviceaccount:prod:app", 403),
+        };
+        items.push(format!(
+            r#"{{"level":"Metadata","auditID":"{seq:08x}-{i:04x}-4000-8000-000000000000","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/x{i}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.0.0.{}"],"userAgent":"kube-controller-manager/v1.31.0","objectRef":{{"resource":"{resource}","namespace":"prod","name":"x{i}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#,
+            i % 250
+        ));
+    }
+    items.push(format!(
+        r#"{{"level":"Metadata","auditID":"marker-{seq}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/bench/configmaps/marker","verb":"delete","user":{{"username":"latency-probe"}},"sourceIPs":["127.0.0.1"],"objectRef":{{"resource":"configmaps","namespace":"bench","name":"marker"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+    ));
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+struct Phase {
+    name: &'static str,
+    rate: u64,
+    seconds: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let mut rate = 50_000u64;
+    let mut seconds = 10u64;
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--rate" => rate = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(rate),
+            "--seconds" => {
+                seconds = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(seconds)
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/tmp/webhook-latency");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+
+    // Certificates: a CA, the server's, the apiserver's client certificate.
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into()]);
+    let (client_cert, client_key) = leaf(vec!["kube-apiserver".into()]);
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write");
+    std::fs::write(dir.join("tls.crt"), &server_cert).expect("write");
+    std::fs::write(dir.join("tls.key"), &server_key).expect("write");
+    std::fs::write(
+        dir.join("marker.yaml"),
+        "rules:\n  - name: latency-marker\n    severity: info\n    match: { verbs: [delete], users: [latency-probe] }\n",
+    )
+    .expect("write");
+    let (port, metrics) = (free_port(), free_port());
+    std::fs::write(
+        dir.join("auditwatch.yaml"),
+        format!(
+            r#"state_dir: state
+rules: ["{rules}", marker.yaml]
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+log: {{ level: warn }}
+sources:
+  - webhook:
+      listen: "127.0.0.1:{port}"
+      tls: {{ cert: tls.crt, key: tls.key, client_ca: ca.crt }}
+"#,
+            rules = root.join("rules").display()
+        ),
+    )
+    .expect("write");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["run", "--config", "auditwatch.yaml"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start auditwatch");
+    let pid = child.id();
+    let seen: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    {
+        let seen = Arc::clone(&seen);
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let at = Instant::now();
+                if let Some(i) = line.find("\"marker-") {
+                    let rest = &line[i + 8..];
+                    if let Some(seq) = rest.split('"').next().and_then(|s| s.parse().ok()) {
+                        seen.lock().expect("lock").insert(seq, at);
+                    }
+                }
+            }
+        });
+    }
+    let client = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).expect("ca"))
+        .identity(
+            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes())
+                .expect("identity"),
+        )
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let url = format!("https://127.0.0.1:{port}/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(format!("http://127.0.0.1:{metrics}/readyz"))
+        .send()
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "auditwatch did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let mut seq_base = 0u64;
+    for phase in [
+        Phase {
+            name: "target",
+            rate,
+            seconds,
+        },
+        Phase {
+            name: "10x overload",
+            rate: rate * 10,
+            seconds: seconds.div_ceil(2),
+        },
+    ] {
+        let batches = phase.rate * phase.seconds / BATCH as u64;
+        let interval = Duration::from_secs_f64(BATCH as f64 / phase.rate as f64);
+        let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let (accepted, refused, failed) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let next = Arc::new(AtomicU64::new(0));
+        let start = Instant::now() + Duration::from_millis(200);
+        let rss_samples = Arc::new(Mutex::new(Vec::new()));
+        let mut workers = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let (client, url) = (client.clone(), url.clone());
+            let (sent_at, accepted, refused, failed, next) = (
+                Arc::clone(&sent_at),
+                Arc::clone(&accepted),
+                Arc::clone(&refused),
+                Arc::clone(&failed),
+                Arc::clone(&next),
+            );
+            workers.push(std::thread::spawn(move || {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= batches {
+                        break;
+                    }
+                    let due = start + interval * n as u32;
+                    let body = batch(seq_base + n);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let t = Instant::now();
+                    match client.post(&url).body(body).send() {
+                        Ok(r) if r.status().is_success() => {
+                            sent_at.lock().expect("lock").insert(seq_base + n, t);
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        {
+            let rss_samples = Arc::clone(&rss_samples);
+            let until = start + Duration::from_secs(phase.seconds);
+            std::thread::spawn(move || {
+                while Instant::now() < until {
+                    rss_samples
+                        .lock()
+                        .expect("lock")
+                        .push(vm_kib(pid, "VmRSS:"));
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        // Let the last alerts arrive.
+        std::thread::sleep(Duration::from_secs(2));
+        let sent = sent_at.lock().expect("lock");
+        let seen = seen.lock().expect("lock");
+        let mut lat: Vec<f64> = sent
+            .iter()
+            .filter_map(|(seq, t)| {
+                seen.get(seq)
+                    .map(|a| a.duration_since(*t).as_secs_f64() * 1e3)
+            })
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let lost = sent.keys().filter(|s| !seen.contains_key(s)).count();
+        let rss = rss_samples.lock().expect("lock").clone();
+        let accepted_events = accepted.load(Ordering::Relaxed) * BATCH as u64;
+        println!("phase: {}", phase.name);
+        println!(
+            "  offered  {:>9.0} events/s ({} batches of {BATCH} over {:.1} s, {CONNECTIONS} connections)",
+            (batches * BATCH as u64) as f64 / elapsed,
+            batches,
+            elapsed
+        );
+        println!(
+            "  accepted {:>9.0} events/s; refused (429/503) {} batches, failed {}",
+            accepted_events as f64 / elapsed,
+            refused.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed)
+        );
+        println!(
+            "  latency POST -> alert: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms ({} batches; {} accepted without an alert)",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 0.999),
+            lat.last().copied().unwrap_or(f64::NAN),
+            lat.len(),
+            lost
+        );
+        println!(
+            "  RSS during the phase: min {} MiB, max {} MiB; peak RSS so far {} MiB",
+            rss.iter().min().copied().unwrap_or(0) / 1024,
+            rss.iter().max().copied().unwrap_or(0) / 1024,
+            vm_kib(pid, "VmHWM:") / 1024
+        );
+        seq_base += batches;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+}
