@@ -2,9 +2,14 @@
 //! loopback, with every bundled pack loaded and the journal fsynced before each 2xx.
 //!
 //! ```sh
-//! cargo bench --bench webhook_latency                     # 50,000 events/s for 10 s, then 10x overload
-//! cargo bench --bench webhook_latency -- --rate 20000 --seconds 5
+//! cargo bench --bench webhook_latency                     # 50,000 events/s for 40 s, then 10x overload for 20 s
+//! cargo bench --bench webhook_latency -- --rate 20000 --seconds 5 --refused-percent 10
 //! ```
+//!
+//! The phase lasts long enough to include periodic state snapshots (every 30 s) and journal
+//! compaction. Background traffic: controller reads and lists, lease updates, event writes,
+//! watches, and `--refused-percent` (default 1) 403s from one service account, which keep the
+//! auth rules' windows busy.
 //!
 //! A load client behaves like the apiserver's batching webhook backend: batches of 400 events,
 //! sent open-loop on a fixed schedule from several connections; each batch carries one marker
@@ -42,12 +47,16 @@ fn timestamp() -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// A batch of background traffic plus one marker event.
-fn batch(seq: u64) -> String {
+/// A batch of background traffic plus one marker event. `refused_percent` of the background
+/// events are 403s (which every auth rule's window holds for the lateness period).
+fn batch(seq: u64, refused_percent: usize) -> String {
     let ts = timestamp();
     let mut items = Vec::with_capacity(BATCH);
     for i in 0..BATCH - 1 {
         let (verb, resource, user, code) = match i % 10 {
+            _ if i % 100 < refused_percent => {
+                ("get", "secrets", "system:serviceaccount:prod:app", 403)
+            }
             0..=3 => (
                 "get",
                 "pods",
@@ -63,7 +72,7 @@ fn batch(seq: u64) -> String {
             ),
             7 => ("create", "events", "system:node:node-3", 201),
             8 => ("watch", "endpoints", "system:kube-proxy", 200),
-            _ => ("get", "secrets", "system:serviceaccount:prod:app", 403),
+            _ => ("get", "secrets", "system:serviceaccount:prod:app", 200),
         };
         items.push(format!(
             r#"{{"level":"Metadata","auditID":"{seq:08x}-{i:04x}-4000-8000-000000000000","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/x{i}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.0.0.{}"],"userAgent":"kube-controller-manager/v1.31.0","objectRef":{{"resource":"{resource}","namespace":"prod","name":"x{i}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#,
@@ -106,12 +115,19 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
 
 fn main() {
     let mut rate = 50_000u64;
-    let mut seconds = 10u64;
+    let mut seconds = 40u64;
+    let mut refused_percent = 1usize;
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--rate" => rate = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(rate),
+            "--refused-percent" => {
+                refused_percent = args
+                    .get(i + 1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(refused_percent)
+            }
             "--seconds" => {
                 seconds = args
                     .get(i + 1)
@@ -256,7 +272,7 @@ sources:
                         break;
                     }
                     let due = start + interval * n as u32;
-                    let body = batch(seq_base + n);
+                    let body = batch(seq_base + n, refused_percent);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
@@ -305,6 +321,20 @@ sources:
             })
             .collect();
         lat.sort_by(|a, b| a.total_cmp(b));
+        // Seconds of the phase whose worst batch took longer than 50 ms: shows whether slow
+        // batches are spread out or come from one stall.
+        let mut slow_seconds: std::collections::BTreeMap<u64, (usize, f64)> = Default::default();
+        for (seq, t) in sent.iter() {
+            if let Some(a) = seen.get(seq) {
+                let ms = a.duration_since(*t).as_secs_f64() * 1e3;
+                if ms > 50.0 {
+                    let second = t.saturating_duration_since(start).as_secs();
+                    let e = slow_seconds.entry(second).or_default();
+                    e.0 += 1;
+                    e.1 = e.1.max(ms);
+                }
+            }
+        }
         let lost = sent.keys().filter(|s| !seen.contains_key(s)).count();
         let rss = rss_samples.lock().expect("lock").clone();
         let accepted_events = accepted.load(Ordering::Relaxed) * BATCH as u64;
@@ -330,12 +360,27 @@ sources:
             lat.len(),
             lost
         );
+        // Flat memory means the second half of the phase needs no more than the first.
+        let (first, second) = rss.split_at(rss.len() / 2);
+        let max_mib = |s: &[u64]| s.iter().max().copied().unwrap_or(0) / 1024;
         println!(
-            "  RSS during the phase: min {} MiB, max {} MiB; peak RSS so far {} MiB",
+            "  RSS during the phase: min {} MiB, max {} MiB (first half max {} MiB, second half max {} MiB); peak RSS so far {} MiB",
             rss.iter().min().copied().unwrap_or(0) / 1024,
-            rss.iter().max().copied().unwrap_or(0) / 1024,
+            max_mib(&rss),
+            max_mib(first),
+            max_mib(second),
             vm_kib(pid, "VmHWM:") / 1024
         );
+        if !slow_seconds.is_empty() {
+            let list: Vec<String> = slow_seconds
+                .iter()
+                .map(|(s, (n, worst))| format!("{s}s: {n} (worst {worst:.0} ms)"))
+                .collect();
+            println!(
+                "  batches over 50 ms by second of the phase: {}",
+                list.join(", ")
+            );
+        }
         seq_base += batches;
     }
     let _ = Command::new("kill")

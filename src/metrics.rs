@@ -35,6 +35,7 @@ pub struct Metrics {
     /// Webhook receipt → batch evaluated (alerts emitted), seconds.
     pub processing_latency: HistogramVec,
     pub snapshot_seconds: Histogram,
+    pub snapshot_capture_seconds: Histogram,
     /// Event-time lag: wall clock minus the newest event time, seconds.
     pub event_lag_seconds: prometheus::Gauge,
 }
@@ -76,6 +77,17 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(snapshot_seconds.clone()))
+            .expect("unique metric");
+        let snapshot_capture_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "auditwatch_snapshot_capture_seconds",
+                "Time the engine pauses to copy its state for a snapshot (the write happens beside it).",
+            )
+            .buckets(vec![0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(snapshot_capture_seconds.clone()))
             .expect("unique metric");
         let queue_depth = IntGaugeVec::new(
             Opts::new(
@@ -178,6 +190,7 @@ impl Metrics {
             ),
             processing_latency: latency,
             snapshot_seconds,
+            snapshot_capture_seconds,
             event_lag_seconds: lag,
             registry,
         }

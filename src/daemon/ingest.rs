@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::pipeline::{Batch, Input, Progress, Shape};
 use crate::metrics::Metrics;
 use crate::state::Journal;
+use crate::state::journal::remove_segments;
 
 pub struct AppendRequest {
     pub source: Arc<str>,
@@ -60,6 +61,20 @@ pub fn run(
     metrics: Arc<Metrics>,
 ) {
     size.store(journal.size(), Ordering::Relaxed);
+    // Old segments are unlinked on their own thread: deleting hundreds of MiB can take a
+    // few hundred ms, which must not delay acknowledgements.
+    let (remove_tx, remove_rx) = std::sync::mpsc::channel::<Vec<std::path::PathBuf>>();
+    let dir = journal.dir().to_owned();
+    let remover = std::thread::Builder::new()
+        .name("journal-compact".into())
+        .spawn(move || {
+            for paths in remove_rx {
+                match remove_segments(&dir, &paths) {
+                    Ok(()) => tracing::debug!(segments = paths.len(), "journal compacted"),
+                    Err(e) => tracing::error!(error = %e, "journal compaction failed"),
+                }
+            }
+        });
     let mut group: Vec<AppendRequest> = Vec::with_capacity(GROUP);
     let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -67,11 +82,16 @@ pub fn run(
         while let Some(msg) = next.take() {
             match msg {
                 JournalMsg::Append(req) => group.push(req),
-                JournalMsg::Compact(upto) => match journal.compact(upto) {
-                    Ok(n) if n > 0 => tracing::debug!(segments = n, upto, "journal compacted"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "journal compaction failed"),
-                },
+                JournalMsg::Compact(upto) => {
+                    let paths = journal.detach(upto);
+                    let sent = !paths.is_empty() && remover.is_ok() && {
+                        let _ = remove_tx.send(paths.clone());
+                        true
+                    };
+                    if !sent && let Err(e) = remove_segments(journal.dir(), &paths) {
+                        tracing::error!(error = %e, "journal compaction failed");
+                    }
+                }
             }
             if group.len() < GROUP {
                 next = rx.try_recv().ok();
@@ -84,7 +104,12 @@ pub fn run(
         payloads.clear();
         payloads.extend(group.iter().map(|r| encode_payload(&r.source, &r.body)));
         let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        let started = Instant::now();
         let result = journal.append(&refs);
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(50) {
+            tracing::debug!(?took, requests = refs.len(), "slow journal append");
+        }
         size.store(journal.size(), Ordering::Relaxed);
         metrics.journal_bytes.set(journal.size() as i64);
         match result {
@@ -107,5 +132,9 @@ pub fn run(
                 }
             }
         }
+    }
+    drop(remove_tx);
+    if let Ok(remover) = remover {
+        let _ = remover.join();
     }
 }

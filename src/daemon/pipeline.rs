@@ -3,7 +3,8 @@
 //! alerts, remembers how far each source got, and writes state snapshots.
 //!
 //! It is a plain thread, not a task: evaluation is CPU work and must not stall the runtime
-//! that serves the webhook.
+//! that serves the webhook. Snapshots are captured here (a consistent copy of the state) but
+//! serialised and fsynced by a writer thread, so writing one never stalls evaluation.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -79,7 +80,6 @@ pub struct PipelineOptions {
 
 pub struct Pipeline {
     engine: Engine,
-    state: StateDir,
     alerts: AlertJournal,
     metrics: Arc<Metrics>,
     opts: PipelineOptions,
@@ -92,8 +92,56 @@ pub struct Pipeline {
     /// Wall time and event time of the newest event, to move event time on when idle.
     newest: Option<(Instant, EventTime)>,
     out: Vec<Alert>,
-    feedback: mpsc::UnboundedSender<Feedback>,
+    writer: Option<SnapshotWriter>,
     snapshot_after_batch: bool,
+}
+
+/// Serialises and writes snapshots on its own thread, one at a time.
+struct SnapshotWriter {
+    tx: std::sync::mpsc::SyncSender<StateSnapshot>,
+    /// Set when a snapshot is handed over, cleared when it is written.
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SnapshotWriter {
+    fn start(
+        state: StateDir,
+        metrics: Arc<Metrics>,
+        feedback: mpsc::UnboundedSender<Feedback>,
+    ) -> std::io::Result<SnapshotWriter> {
+        // At most one snapshot in flight (see `busy`): capturing another while one is being
+        // written would only produce one that is overtaken.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<StateSnapshot>(1);
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = Arc::clone(&busy);
+        let thread = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                for mut snap in rx {
+                    let started = Instant::now();
+                    snap.engine.canonicalize();
+                    match state.save_snapshot(&snap) {
+                        Ok(bytes) => {
+                            metrics.snapshots.with_label_values(&["ok"]).inc();
+                            tracing::debug!(bytes, journal_seq = snap.journal_seq, took = ?started.elapsed(), "snapshot written");
+                            let _ = feedback.send(Feedback::Snapshotted {
+                                journal_seq: snap.journal_seq,
+                            });
+                        }
+                        Err(e) => {
+                            metrics.snapshots.with_label_values(&["error"]).inc();
+                            tracing::error!(error = %e, "cannot write the state snapshot; the journal keeps growing until it can");
+                        }
+                    }
+                    metrics
+                        .snapshot_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    done.store(false, Ordering::Release);
+                }
+            })?;
+        Ok(SnapshotWriter { tx, busy, thread })
+    }
 }
 
 impl Pipeline {
@@ -117,9 +165,9 @@ impl Pipeline {
             None => (0, BTreeMap::new(), alerts.ids_since(0)?),
         };
         metrics.rules_loaded.set(engine.rules().rules.len() as i64);
+        let (state_for_writer, metrics_for_writer) = (state.clone(), Arc::clone(&metrics));
         Ok(Pipeline {
             engine,
-            state,
             alerts,
             metrics,
             opts,
@@ -129,7 +177,11 @@ impl Pipeline {
             last_snapshot: Instant::now(),
             newest: None,
             out: Vec::new(),
-            feedback,
+            writer: Some(SnapshotWriter::start(
+                state_for_writer,
+                metrics_for_writer,
+                feedback,
+            )?),
             snapshot_after_batch: false,
         })
     }
@@ -165,7 +217,7 @@ impl Pipeline {
                 Input::Shutdown => break,
             }
         }
-        self.snapshot();
+        self.final_snapshot();
         tracing::info!(
             journal_seq = self.journal_seq,
             "engine stopped; final snapshot written"
@@ -286,8 +338,11 @@ impl Pipeline {
         self.metrics
             .window_keys
             .set(self.engine.window_keys() as i64);
-        let journal_pressure =
-            self.opts.journal_size.load(Ordering::Relaxed) > self.opts.journal_max / 2;
+        // Under journal pressure snapshot every second (not every batch: compaction follows
+        // each write asynchronously).
+        let journal_pressure = self.opts.journal_size.load(Ordering::Relaxed)
+            > self.opts.journal_max / 2
+            && self.last_snapshot.elapsed() >= Duration::from_secs(1);
         if self.last_snapshot.elapsed() >= self.opts.snapshot_every || journal_pressure {
             self.snapshot();
         }
@@ -330,32 +385,47 @@ impl Pipeline {
         self.out = alerts;
     }
 
-    /// Writes the state snapshot; on success the journal may compact up to `journal_seq`.
-    pub fn snapshot(&mut self) {
-        let started = Instant::now();
-        let snap = StateSnapshot {
+    fn capture(&self) -> StateSnapshot {
+        StateSnapshot {
             version: SNAPSHOT_VERSION,
             journal_seq: self.journal_seq,
             files: self.files.clone(),
             alert_journal_len: self.alerts.len(),
-            engine: self.engine.snapshot(),
-        };
-        match self.state.save_snapshot(&snap) {
-            Ok(bytes) => {
-                self.metrics.snapshots.with_label_values(&["ok"]).inc();
-                tracing::debug!(bytes, journal_seq = self.journal_seq, "snapshot written");
-                let _ = self.feedback.send(Feedback::Snapshotted {
-                    journal_seq: self.journal_seq,
-                });
-            }
-            Err(e) => {
-                self.metrics.snapshots.with_label_values(&["error"]).inc();
-                tracing::error!(error = %e, "cannot write the state snapshot; the journal keeps growing until it can");
-            }
+            engine: self.engine.capture(),
         }
+    }
+
+    /// Captures the state and hands it to the writer; once written, the journal may compact
+    /// up to its `journal_seq`. While the writer is still busy with the previous snapshot
+    /// this one is skipped, and tried again at the next opportunity.
+    pub fn snapshot(&mut self) {
+        let Some(writer) = &self.writer else { return };
+        if writer.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let started = Instant::now();
+        let snap = self.capture();
+        writer.busy.store(true, Ordering::Release);
+        if writer.tx.send(snap).is_err() {
+            tracing::error!("the snapshot writer stopped; no more snapshots");
+            self.writer = None;
+        }
+        let capture = started.elapsed();
+        tracing::debug!(?capture, "snapshot captured");
         self.metrics
-            .snapshot_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .snapshot_capture_seconds
+            .observe(capture.as_secs_f64());
         self.last_snapshot = Instant::now();
+    }
+
+    /// The snapshot at shutdown: waits for it to be on disk.
+    fn final_snapshot(&mut self) {
+        let snap = self.capture();
+        if let Some(writer) = self.writer.take() {
+            let SnapshotWriter { tx, thread, .. } = writer;
+            let _ = tx.send(snap);
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 }

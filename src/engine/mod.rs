@@ -145,6 +145,20 @@ pub struct EngineSnapshot {
     pub last_expiry: EventTime,
 }
 
+impl EngineSnapshot {
+    /// Sorts the per-key state so the same engine state always serialises the same way.
+    /// Kept out of [`Engine::snapshot`] so the copy the engine pauses for stays short.
+    pub fn canonicalize(&mut self) {
+        self.reorder.canonicalize();
+        for rule in &mut self.rules {
+            if let Some(w) = &mut rule.window {
+                w.canonicalize();
+            }
+            rule.throttle.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleSnapshot {
     pub name: String,
@@ -318,8 +332,17 @@ impl Engine {
         self.rules = rules;
     }
 
-    /// The state to persist; see [`EngineSnapshot`].
+    /// The state to persist, in canonical order; see [`EngineSnapshot`].
     pub fn snapshot(&self) -> EngineSnapshot {
+        let mut snap = self.capture();
+        snap.canonicalize();
+        snap
+    }
+
+    /// The state to persist as a quick copy: [`EngineSnapshot::canonicalize`] must run before
+    /// it is written or restored. The daemon captures on the engine thread and sorts on the
+    /// snapshot writer's.
+    pub fn capture(&self) -> EngineSnapshot {
         EngineSnapshot {
             rules: self
                 .rules

@@ -48,8 +48,13 @@ impl fmt::Display for EventTime {
 }
 
 impl serde::Serialize for EventTime {
+    /// RFC 3339 in human-readable formats (JSON), nanoseconds in binary ones (snapshots).
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_i64(self.0)
+        }
     }
 }
 

@@ -242,17 +242,42 @@ impl Journal {
     /// Deletes segments whose records all have sequence numbers ≤ `upto` (covered by a
     /// snapshot). The newest segment stays.
     pub fn compact(&mut self, upto: u64) -> Result<usize, JournalError> {
-        let mut removed = 0;
-        while self.segments.len() > 1 && self.segments[1].first_seq <= upto + 1 {
-            let segment = self.segments.remove(0);
-            fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
-            removed += 1;
-        }
-        if removed > 0 {
-            sync_dir(&self.dir).map_err(io_err(&self.dir))?;
-        }
-        Ok(removed)
+        let paths = self.detach(upto);
+        let n = paths.len();
+        remove_segments(&self.dir, &paths)?;
+        Ok(n)
     }
+
+    /// Forgets the segments wholly at or before `upto` and returns their paths, for
+    /// [`remove_segments`] to delete elsewhere: unlinking large files can take long enough
+    /// to stall appends. Until they are removed they are harmless: reading starts after the
+    /// snapshot's sequence number anyway.
+    pub fn detach(&mut self, upto: u64) -> Vec<PathBuf> {
+        let mut paths = Vec::new();
+        while self.segments.len() > 1 && self.segments[1].first_seq <= upto + 1 {
+            paths.push(self.segments.remove(0).path);
+        }
+        paths
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Deletes detached segments and makes the removal durable.
+pub fn remove_segments(dir: &Path, paths: &[PathBuf]) -> Result<(), JournalError> {
+    for path in paths {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    if !paths.is_empty() {
+        sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so that a created, renamed or removed entry is durable.

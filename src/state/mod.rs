@@ -89,7 +89,7 @@ impl StateDir {
     }
 
     pub fn snapshot_path(&self) -> PathBuf {
-        self.root.join("snapshot.json")
+        self.root.join("snapshot.msgpack")
     }
 
     pub fn alerts_path(&self) -> PathBuf {
@@ -105,7 +105,7 @@ impl StateDir {
             Err(source) => return Err(StateError::Io { path, source }),
         };
         let snap: StateSnapshot =
-            serde_json::from_slice(&text).map_err(|e| StateError::Snapshot {
+            rmp_serde::from_slice(&text).map_err(|e| StateError::Snapshot {
                 path: path.clone(),
                 why: e.to_string(),
             })?;
@@ -125,17 +125,20 @@ impl StateDir {
     /// then the directory fsynced. A crash at any point leaves the old or the new snapshot.
     pub fn save_snapshot(&self, snap: &StateSnapshot) -> Result<u64, StateError> {
         let path = self.snapshot_path();
-        let tmp = self.root.join("snapshot.json.tmp");
+        let tmp = self.root.join("snapshot.msgpack.tmp");
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| StateError::Io { path, source }
         };
         let file = File::create(&tmp).map_err(io(&tmp))?;
         let mut w = BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut w, snap).map_err(|e| StateError::Io {
-            path: tmp.clone(),
-            source: io::Error::other(e),
-        })?;
+        // MessagePack with field names: several times faster to write than JSON and half the
+        // size (snapshots of a busy engine run to tens of MB), still self-describing.
+        snap.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map())
+            .map_err(|e| StateError::Io {
+                path: tmp.clone(),
+                source: io::Error::other(e),
+            })?;
         w.flush().map_err(io(&tmp))?;
         let file = w.into_inner().map_err(|e| StateError::Io {
             path: tmp.clone(),
@@ -179,7 +182,11 @@ mod tests {
         let back = dir.load_snapshot().unwrap().unwrap();
         assert_eq!(back.journal_seq, 8);
         assert_eq!(back.files["audit"].ino, 2);
-        fs::write(dir.snapshot_path(), "{\"version\": 99}").unwrap();
+        let mut bad = Vec::new();
+        serde_json::json!({ "version": 99 })
+            .serialize(&mut rmp_serde::Serializer::new(&mut bad).with_struct_map())
+            .unwrap();
+        fs::write(dir.snapshot_path(), bad).unwrap();
         assert!(
             dir.load_snapshot()
                 .unwrap_err()

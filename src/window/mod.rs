@@ -137,16 +137,16 @@ impl RuleWindow {
     }
 
     /// The window's state, for a snapshot (keys sorted, so equal states serialize equally).
+    /// A copy of the state, in no particular order: [`WindowSnapshot::canonicalize`] sorts
+    /// it, which the daemon does off the engine thread.
     pub fn snapshot(&self) -> WindowSnapshot {
-        let mut keys: Vec<(GroupKey, Entry)> = self
+        let keys: Vec<(GroupKey, Entry)> = self
             .keys
             .iter()
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut deadlines: Vec<(EventTime, GroupKey)> =
+        let deadlines: Vec<(EventTime, GroupKey)> =
             self.deadlines.iter().map(|Reverse(d)| d.clone()).collect();
-        deadlines.sort();
         WindowSnapshot {
             keys,
             deadlines,
@@ -452,6 +452,14 @@ pub struct WindowSnapshot {
     evicted: u64,
 }
 
+impl WindowSnapshot {
+    /// Sorts the contents so the same state always serialises the same way.
+    pub fn canonicalize(&mut self) {
+        self.keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.deadlines.sort_unstable();
+    }
+}
+
 /// Per-key throttle: at most one alert per key per `period` of event time.
 #[derive(Debug)]
 pub struct Throttle {
@@ -498,14 +506,12 @@ impl Throttle {
     }
 
     /// (key, until, swallowed) for every key, sorted by key.
+    /// A copy of the state, in no particular order (sort by key to compare).
     pub fn snapshot(&self) -> Vec<(GroupKey, EventTime, u64)> {
-        let mut v: Vec<_> = self
-            .until
+        self.until
             .iter()
             .map(|(k, (t, n))| (k.clone(), *t, *n))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
+            .collect()
     }
 
     pub fn restore(period: Span, entries: Vec<(GroupKey, EventTime, u64)>) -> Throttle {

@@ -56,8 +56,33 @@ pub struct ReorderSnapshot {
     pub watermark: EventTime,
     pub late: u64,
     pub forced: u64,
-    /// (rule index, hit) in release order.
+    /// (rule index, hit) in release order (once [`ReorderSnapshot::canonicalize`]d).
     pub pending: Vec<(usize, Hit)>,
+    /// Arrival order of `pending` as captured, for `canonicalize`; empty once sorted.
+    #[serde(skip)]
+    arrival: Vec<u64>,
+}
+
+impl ReorderSnapshot {
+    /// Puts the pending hits in release order, which restoring relies on to break ties of
+    /// (time, auditID) the way the live buffer would. Kept out of
+    /// [`ReorderBuffer::snapshot`] so the engine's pause for a snapshot stays short.
+    pub fn canonicalize(&mut self) {
+        if self.arrival.len() != self.pending.len() {
+            return;
+        }
+        let mut order: Vec<usize> = (0..self.pending.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (x, y) = (&self.pending[a].1, &self.pending[b].1);
+            (x.time, &x.audit_id, self.arrival[a]).cmp(&(y.time, &y.audit_id, self.arrival[b]))
+        });
+        let mut slots: Vec<Option<(usize, Hit)>> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.pending = order.into_iter().filter_map(|i| slots[i].take()).collect();
+        self.arrival.clear();
+    }
 }
 
 /// Orders hits by event time within the allowed lateness.
@@ -155,16 +180,21 @@ impl ReorderBuffer {
         self.heap.pop().map(|Reverse(p)| (p.rule, p.hit))
     }
 
-    /// The buffer's state; pending hits are listed with their rule index, in release order.
+    /// The buffer's state, with pending hits in heap order: call
+    /// [`ReorderSnapshot::canonicalize`] before writing it.
     pub fn snapshot(&self) -> ReorderSnapshot {
-        let mut pending: Vec<&Pending> = self.heap.iter().map(|Reverse(p)| p).collect();
-        pending.sort();
+        let (pending, arrival) = self
+            .heap
+            .iter()
+            .map(|Reverse(p)| ((p.rule, p.hit.clone()), p.seq))
+            .unzip();
         ReorderSnapshot {
             newest: self.newest,
             watermark: self.watermark,
             late: self.late,
             forced: self.forced,
-            pending: pending.iter().map(|p| (p.rule, p.hit.clone())).collect(),
+            pending,
+            arrival,
         }
     }
 
