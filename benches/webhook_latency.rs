@@ -4,6 +4,8 @@
 //! ```sh
 //! cargo bench --bench webhook_latency                     # 50,000 events/s for 40 s, then 10x overload for 20 s
 //! cargo bench --bench webhook_latency -- --rate 20000 --seconds 5 --refused-percent 10
+//! cargo bench --bench webhook_latency -- --refused-percent 10 --overload-seconds 90
+//! cargo bench --bench webhook_latency -- --log-level debug     # daemon's snapshot/journal timings on stderr
 //! ```
 //!
 //! The phase lasts long enough to include periodic state snapshots (every 30 s) and journal
@@ -117,6 +119,8 @@ fn main() {
     let mut rate = 50_000u64;
     let mut seconds = 40u64;
     let mut refused_percent = 1usize;
+    let mut log_level = String::from("warn");
+    let mut overload_seconds = None;
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -127,6 +131,12 @@ fn main() {
                     .get(i + 1)
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(refused_percent)
+            }
+            "--overload-seconds" => {
+                overload_seconds = args.get(i + 1).and_then(|v| v.parse().ok());
+            }
+            "--log-level" => {
+                log_level = args.get(i + 1).cloned().unwrap_or(log_level);
             }
             "--seconds" => {
                 seconds = args
@@ -175,7 +185,7 @@ fn main() {
 rules: ["{rules}", marker.yaml]
 alerts: {{ stdout: json }}
 http: {{ listen: "127.0.0.1:{metrics}" }}
-log: {{ level: warn }}
+log: {{ level: {log_level} }}
 sources:
   - webhook:
       listen: "127.0.0.1:{port}"
@@ -241,7 +251,7 @@ sources:
         Phase {
             name: "10x overload",
             rate: rate * 10,
-            seconds: seconds.div_ceil(2),
+            seconds: overload_seconds.unwrap_or(seconds.div_ceil(2)),
         },
     ] {
         let batches = phase.rate * phase.seconds / BATCH as u64;
@@ -371,15 +381,30 @@ sources:
             max_mib(second),
             vm_kib(pid, "VmHWM:") / 1024
         );
+        // The shape over time: a plateau means the state has reached its configured bounds.
+        let per_slot = 20; // samples are 250 ms apart
+        let timeline: Vec<String> = rss
+            .chunks(per_slot)
+            .map(|c| (c.iter().max().copied().unwrap_or(0) / 1024).to_string())
+            .collect();
+        println!("  RSS max per 5 s (MiB): {}", timeline.join(" "));
         if !slow_seconds.is_empty() {
             let list: Vec<String> = slow_seconds
                 .iter()
                 .map(|(s, (n, worst))| format!("{s}s: {n} (worst {worst:.0} ms)"))
                 .collect();
-            println!(
-                "  batches over 50 ms by second of the phase: {}",
-                list.join(", ")
-            );
+            if list.len() <= 12 {
+                println!(
+                    "  batches over 50 ms by second of the phase: {}",
+                    list.join(", ")
+                );
+            } else {
+                let total: usize = slow_seconds.values().map(|(n, _)| n).sum();
+                println!(
+                    "  batches over 50 ms: {total} spread over {} seconds of the phase",
+                    list.len()
+                );
+            }
         }
         seq_base += batches;
     }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::pipeline::{Batch, Input, Progress, Shape};
 use crate::metrics::Metrics;
 use crate::state::Journal;
-use crate::state::journal::remove_segments;
+use crate::state::journal::{Removal, remove_segments};
 
 pub struct AppendRequest {
     pub source: Arc<str>,
@@ -61,15 +61,15 @@ pub fn run(
     metrics: Arc<Metrics>,
 ) {
     size.store(journal.size(), Ordering::Relaxed);
-    // Old segments are unlinked on their own thread: deleting hundreds of MiB can take a
-    // few hundred ms, which must not delay acknowledgements.
+    // Old segments are deleted on their own thread, paced (see `Removal`): deleting hundreds
+    // of MiB at once stalls the filesystem for a few hundred ms, delaying acknowledgements.
     let (remove_tx, remove_rx) = std::sync::mpsc::channel::<Vec<std::path::PathBuf>>();
     let dir = journal.dir().to_owned();
     let remover = std::thread::Builder::new()
         .name("journal-compact".into())
         .spawn(move || {
             for paths in remove_rx {
-                match remove_segments(&dir, &paths) {
+                match remove_segments(&dir, &paths, Removal::DAEMON) {
                     Ok(()) => tracing::debug!(segments = paths.len(), "journal compacted"),
                     Err(e) => tracing::error!(error = %e, "journal compaction failed"),
                 }
@@ -88,7 +88,9 @@ pub fn run(
                         let _ = remove_tx.send(paths.clone());
                         true
                     };
-                    if !sent && let Err(e) = remove_segments(journal.dir(), &paths) {
+                    if !sent
+                        && let Err(e) = remove_segments(journal.dir(), &paths, Removal::Immediate)
+                    {
                         tracing::error!(error = %e, "journal compaction failed");
                     }
                 }
@@ -133,8 +135,8 @@ pub fn run(
             }
         }
     }
+    // Not joined: paced deletion of a large backlog takes seconds, and shutdown need not wait
+    // for it. A segment whose deletion is cut short is finished on the next start (see
+    // `Journal::open`), or, if it was not renamed yet, is simply compacted again.
     drop(remove_tx);
-    if let Ok(remover) = remover {
-        let _ = remover.join();
-    }
 }
