@@ -10,6 +10,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::ser::SerializeMap;
 
+mod event_ref;
+
+pub use event_ref::EventRef;
+
 use crate::event::EventTime;
 use crate::rules::Severity;
 
@@ -69,6 +73,8 @@ pub struct Alert {
     pub last_seen: EventTime,
     /// auditIDs of the contributing requests, oldest first, at most [`MAX_AUDIT_IDS`].
     pub audit_ids: Vec<String>,
+    /// The contributing requests (who, verb, object, source IP, time, code), as `audit_ids`.
+    pub events: Vec<EventRef>,
     pub labels: Arc<BTreeMap<String, String>>,
     /// Firings of this rule and group swallowed by `throttle` since the previous alert.
     #[serde(skip_serializing_if = "is_zero")]

@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 pub use dedup::{RequestDedup, audit_key};
 
-use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS, alert_id};
+use crate::alert::{Alert, AlertKind, EventRef, Group, MAX_AUDIT_IDS, alert_id};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
@@ -496,11 +496,7 @@ impl Engine {
                         count: 1,
                         first_seen: time,
                         last_seen: time,
-                        audit_ids: if ev.audit_id.is_empty() {
-                            Vec::new()
-                        } else {
-                            vec![ev.audit_id.to_string()]
-                        },
+                        events: vec![EventRef::of(ev, time)],
                         captured,
                     };
                     out.push(build_alert(
@@ -532,7 +528,7 @@ impl Engine {
                     let hit = Hit {
                         time,
                         key,
-                        audit_id: ev.audit_id.as_str().into(),
+                        event: EventRef::of(ev, time),
                         distinct,
                         captured,
                     };
@@ -779,8 +775,13 @@ fn build_alert(
         (None, Some(text)) => text,
         (None, None) => window_summary(rule, kind, &group, &firing),
     };
-    let mut audit_ids = firing.audit_ids;
-    audit_ids.truncate(MAX_AUDIT_IDS);
+    let mut events = firing.events;
+    events.truncate(MAX_AUDIT_IDS);
+    let audit_ids: Vec<String> = events
+        .iter()
+        .filter(|e| !e.audit_id().is_empty())
+        .map(|e| e.audit_id().to_owned())
+        .collect();
     let id = alert_id(
         &rule.name,
         kind,
@@ -802,6 +803,7 @@ fn build_alert(
         first_seen: firing.first_seen,
         last_seen: firing.last_seen,
         audit_ids,
+        events,
         labels: rule.labels.clone(),
         suppressed,
         author: rule.author.clone(),

@@ -25,7 +25,7 @@ pub use journal::{Journal, JournalError, sync_dir};
 
 /// Bumped when the snapshot format changes incompatibly; an old snapshot is then ignored
 /// (with a warning), never misread.
-pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 #[derive(Debug, Error)]
 pub enum StateError {

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub use reorder::{Hit, ReorderBuffer, ReorderSnapshot};
 
+use crate::alert::EventRef;
 use crate::event::{EventTime, Span};
 use crate::rules::{Captured, WindowSpec};
 
@@ -46,7 +47,8 @@ pub struct Firing {
     pub count: u64,
     pub first_seen: EventTime,
     pub last_seen: EventTime,
-    pub audit_ids: Vec<String>,
+    /// The contributing requests, oldest first (at most the alert's cap are kept).
+    pub events: Vec<EventRef>,
     pub captured: Captured,
 }
 
@@ -56,14 +58,14 @@ impl Firing {
         (key, last_seen, captured): (GroupKey, EventTime, Captured),
         count: u64,
         first_seen: EventTime,
-        audit_ids: Vec<String>,
+        events: Vec<EventRef>,
     ) -> Firing {
         Firing {
             key,
             count,
             first_seen,
             last_seen,
-            audit_ids,
+            events,
             captured,
         }
     }
@@ -71,13 +73,13 @@ impl Firing {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CountState {
-    hits: VecDeque<(EventTime, Box<str>)>,
+    hits: VecDeque<EventRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DistinctState {
-    /// Hits in time order; may hold stale entries for values seen again later.
-    hits: VecDeque<(EventTime, Box<str>, Box<str>)>,
+    /// Hits in time order (value, request); may hold stale entries for values seen again later.
+    hits: VecDeque<(Box<str>, EventRef)>,
     /// Value → time of its newest hit in the window.
     latest: HashMap<Box<str>, EventTime>,
 }
@@ -91,6 +93,18 @@ struct AbsenceState {
     captured: Captured,
     /// auditID of the newest event (a reused buffer: this runs for every event).
     audit_id: String,
+}
+
+impl AbsenceState {
+    /// The last request seen, as the alert's only event (auditID and time: absence rules run
+    /// on every record, so they keep no more than that).
+    fn last_event(&self) -> Vec<EventRef> {
+        if self.audit_id.is_empty() {
+            Vec::new()
+        } else {
+            vec![EventRef::new(self.last, 0, &self.audit_id, "", "", "", "")]
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,27 +230,21 @@ impl RuleWindow {
                 while st
                     .hits
                     .front()
-                    .is_some_and(|(t, _)| hit.time.0.saturating_sub(t.0) > over.0)
+                    .is_some_and(|h| hit.time.0.saturating_sub(h.time.0) > over.0)
                 {
                     st.hits.pop_front();
                 }
-                st.hits.push_back((hit.time, hit.audit_id));
+                st.hits.push_back(hit.event);
                 if st.hits.len() as u64 >= *threshold {
-                    let first_seen = st.hits.front().map_or(hit.time, |h| h.0);
+                    let first_seen = st.hits.front().map_or(hit.time, |h| h.time);
                     let count = st.hits.len() as u64;
-                    let audit_ids = st
-                        .hits
-                        .iter()
-                        .filter(|(_, id)| !id.is_empty())
-                        .take(MAX_IDS)
-                        .map(|(_, id)| id.to_string())
-                        .collect();
+                    let events = st.hits.drain(..).take(MAX_IDS).collect();
                     st.hits.clear();
                     return Some(Firing::closing(
                         (hit.key, hit.time, hit.captured),
                         count,
                         first_seen,
-                        audit_ids,
+                        events,
                     ));
                 }
                 None
@@ -247,32 +255,33 @@ impl RuleWindow {
                 },
                 KeyState::Distinct(st),
             ) => {
-                while let Some((t, value, _)) = st.hits.front() {
-                    if hit.time.0.saturating_sub(t.0) <= over.0 {
+                while let Some((value, h)) = st.hits.front() {
+                    if hit.time.0.saturating_sub(h.time.0) <= over.0 {
                         break;
                     }
-                    if st.latest.get(value) == Some(t) {
+                    if st.latest.get(value) == Some(&h.time) {
                         st.latest.remove(value);
                     }
                     st.hits.pop_front();
                 }
                 let value = hit.distinct.unwrap_or_default();
                 st.latest.insert(value.clone(), hit.time);
-                st.hits.push_back((hit.time, value, hit.audit_id));
+                st.hits.push_back((value, hit.event));
                 // Keep the deque proportional to the distinct values it represents.
                 if st.hits.len() > 2 * st.latest.len() + 16 {
                     let latest = &st.latest;
-                    st.hits.retain(|(t, v, _)| latest.get(v) == Some(t));
+                    st.hits.retain(|(v, h)| latest.get(v) == Some(&h.time));
                 }
                 if st.latest.len() as u64 >= *threshold {
                     let count = st.latest.len() as u64;
-                    let first_seen = st.hits.front().map_or(hit.time, |h| h.0);
-                    let audit_ids = st
+                    let first_seen = st.hits.front().map_or(hit.time, |h| h.1.time);
+                    let latest = &st.latest;
+                    let events = st
                         .hits
-                        .iter()
-                        .filter(|(t, v, id)| !id.is_empty() && st.latest.get(v) == Some(t))
+                        .drain(..)
+                        .filter(|(v, h)| latest.get(v) == Some(&h.time))
                         .take(MAX_IDS)
-                        .map(|(_, _, id)| id.to_string())
+                        .map(|(_, h)| h)
                         .collect();
                     st.hits.clear();
                     st.latest.clear();
@@ -280,7 +289,7 @@ impl RuleWindow {
                         (hit.key, hit.time, hit.captured),
                         count,
                         first_seen,
-                        audit_ids,
+                        events,
                     ));
                 }
                 None
@@ -293,7 +302,7 @@ impl RuleWindow {
                 st.fired = false;
                 st.captured = hit.captured;
                 st.audit_id.clear();
-                st.audit_id.push_str(&hit.audit_id);
+                st.audit_id.push_str(hit.event.audit_id());
                 if needs_entry {
                     self.deadlines
                         .push(Reverse((hit.time.saturating_add(*after), hit.key)));
@@ -331,11 +340,7 @@ impl RuleWindow {
                             count: 0,
                             first_seen: st.last,
                             last_seen: st.last,
-                            audit_ids: if st.audit_id.is_empty() {
-                                Vec::new()
-                            } else {
-                                vec![st.audit_id.clone()]
-                            },
+                            events: st.last_event(),
                             captured: std::mem::take(&mut st.captured),
                         },
                     ));
@@ -357,7 +362,7 @@ impl RuleWindow {
         self.on_hit(Hit {
             time,
             key,
-            audit_id: audit_id.into(),
+            event: EventRef::new(time, 0, audit_id, "", "", "", ""),
             distinct: None,
             captured,
         });
@@ -393,11 +398,7 @@ impl RuleWindow {
                 continue;
             }
             st.fired = true;
-            let audit_ids = if st.audit_id.is_empty() {
-                Vec::new()
-            } else {
-                vec![st.audit_id.to_string()]
-            };
+            let events = st.last_event();
             out.push((
                 deadline,
                 Firing {
@@ -405,7 +406,7 @@ impl RuleWindow {
                     count: 0,
                     first_seen: st.last,
                     last_seen: st.last,
-                    audit_ids,
+                    events,
                     captured: st.captured.clone(),
                 },
             ));
@@ -419,11 +420,11 @@ impl RuleWindow {
             (WindowSpec::Count { over, .. }, KeyState::Count(st)) => st
                 .hits
                 .back()
-                .is_some_and(|(t, _)| watermark.0.saturating_sub(t.0) <= over.0),
+                .is_some_and(|h| watermark.0.saturating_sub(h.time.0) <= over.0),
             (WindowSpec::Distinct { over, .. }, KeyState::Distinct(st)) => st
                 .hits
                 .back()
-                .is_some_and(|(t, _, _)| watermark.0.saturating_sub(t.0) <= over.0),
+                .is_some_and(|(_, h)| watermark.0.saturating_sub(h.time.0) <= over.0),
             // An absence key is the memory that the key exists; keep it until it fired.
             (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
             _ => false,

@@ -7,6 +7,7 @@ use std::collections::BinaryHeap;
 use serde::{Deserialize, Serialize};
 
 use super::GroupKey;
+use crate::alert::EventRef;
 use crate::event::{EventTime, Span};
 use crate::rules::Captured;
 
@@ -15,7 +16,8 @@ use crate::rules::Captured;
 pub struct Hit {
     pub time: EventTime,
     pub key: GroupKey,
-    pub audit_id: Box<str>,
+    /// The request (its auditID orders hits of equal time).
+    pub event: EventRef,
     /// The `distinct` field's value, for distinct-count windows.
     pub distinct: Option<Box<str>>,
     /// Event values the rule's summary template reads.
@@ -41,9 +43,9 @@ impl PartialOrd for Pending {
 }
 impl Ord for Pending {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.hit.time, &self.hit.audit_id, self.seq).cmp(&(
+        (self.hit.time, self.hit.event.audit_id(), self.seq).cmp(&(
             other.hit.time,
-            &other.hit.audit_id,
+            other.hit.event.audit_id(),
             other.seq,
         ))
     }
@@ -74,7 +76,11 @@ impl ReorderSnapshot {
         let mut order: Vec<usize> = (0..self.pending.len()).collect();
         order.sort_unstable_by(|&a, &b| {
             let (x, y) = (&self.pending[a].1, &self.pending[b].1);
-            (x.time, &x.audit_id, self.arrival[a]).cmp(&(y.time, &y.audit_id, self.arrival[b]))
+            (x.time, x.event.audit_id(), self.arrival[a]).cmp(&(
+                y.time,
+                y.event.audit_id(),
+                self.arrival[b],
+            ))
         });
         let mut slots: Vec<Option<(usize, Hit)>> = std::mem::take(&mut self.pending)
             .into_iter()

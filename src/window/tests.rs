@@ -1,12 +1,24 @@
 use super::*;
 
+fn ids(f: &Firing) -> Vec<&str> {
+    f.events.iter().map(|e| e.audit_id()).collect()
+}
+
 const MIN: i64 = 60;
 
 fn hit(secs: i64, key: &str, id: &str) -> Hit {
     Hit {
         time: EventTime::from_secs(secs),
         key: Arc::from(key),
-        audit_id: id.into(),
+        event: EventRef::new(
+            EventTime::from_secs(secs),
+            403,
+            id,
+            "mallory",
+            "get",
+            "secrets prod/db",
+            "10.0.0.1",
+        ),
         distinct: None,
         captured: Captured::default(),
     }
@@ -39,7 +51,7 @@ fn count_window_slides_across_minute_boundaries() {
         (f.count, f.first_seen, f.last_seen),
         (5, EventTime::from_secs(58), EventTime::from_secs(290))
     );
-    assert_eq!(f.audit_ids, ["id0", "id1", "id2", "id3", "id4"]);
+    assert_eq!(ids(&f), ["id0", "id1", "id2", "id3", "id4"]);
 }
 
 #[test]
@@ -104,7 +116,7 @@ fn distinct_counts_values_not_hits() {
     assert!(h(50, "s2").is_none());
     let f = h(60, "s3").expect("three distinct secrets");
     assert_eq!(f.count, 3);
-    assert_eq!(f.audit_ids, ["id-49", "id-50", "id-60"]);
+    assert_eq!(ids(&f), ["id-49", "id-50", "id-60"]);
     // Values slide out too.
     assert!(h(4000, "a").is_none());
     assert!(h(4001, "b").is_none());
@@ -128,7 +140,7 @@ fn absence_fires_once_per_silence_and_rearms() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, EventTime::from_secs(15 * MIN));
     assert_eq!(out[0].1.last_seen, EventTime::from_secs(5 * MIN));
-    assert_eq!(out[0].1.audit_ids, ["b"]);
+    assert_eq!(ids(&out[0].1), ["b"]);
     w.on_watermark(EventTime::from_secs(60 * MIN), &mut out);
     assert_eq!(out.len(), 1, "one alert per silence");
     w.on_hit(hit(61 * MIN, "", "c"));
