@@ -48,6 +48,11 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub pipeline: PipelineConfig,
     pub alerts: AlertOutputConfig,
+    /// Named notifiers (email, webhook, slack, alertmanager, pagerduty, metrics).
+    pub notifiers: std::collections::BTreeMap<String, crate::notify::config::NotifierConfig>,
+    /// The routing tree's root.
+    pub route: crate::notify::config::RouteConfig,
+    pub delivery: crate::notify::config::DeliveryConfig,
     pub log: LogConfig,
 }
 
@@ -64,6 +69,9 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             pipeline: PipelineConfig::default(),
             alerts: AlertOutputConfig::default(),
+            notifiers: Default::default(),
+            route: Default::default(),
+            delivery: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -532,6 +540,17 @@ impl Config {
                     hook.name
                 ),
             ));
+        }
+        self.route.validate("route", &self.notifiers)?;
+        for (name, n) in &self.notifiers {
+            if let crate::notify::config::NotifierConfig::Email(e) = n
+                && e.to.is_empty()
+            {
+                return Err((
+                    format!("notifiers.{name}.email.to"),
+                    "needs at least one recipient".into(),
+                ));
+            }
         }
         if self.pipeline.queue == 0 {
             return Err(("pipeline.queue".into(), "must be at least 1".into()));

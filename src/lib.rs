@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod metrics;
+pub mod notify;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -38,6 +38,21 @@ pub struct Metrics {
     pub snapshot_capture_seconds: Histogram,
     /// Event-time lag: wall clock minus the newest event time, seconds.
     pub event_lag_seconds: prometheus::Gauge,
+    /// Final outcome per (notifier, alert): sent, silenced, failed, dropped, deduplicated.
+    pub notifications: IntCounterVec,
+    /// Send attempts by notifier and result (ok, transient, permanent).
+    pub notification_attempts: IntCounterVec,
+    pub notification_seconds: HistogramVec,
+    /// Alerts routed to a notifier and not settled yet.
+    pub notifications_pending: IntGaugeVec,
+    pub silences_active: IntGauge,
+    /// Metric alerts: firings and whether the rule's alert is active, by rule and severity.
+    pub alert_firings: IntCounterVec,
+    pub alert_active: IntGaugeVec,
+    /// Rule evaluations (matched the prefilter), matches and window evictions, by rule.
+    pub rule_evaluations: IntCounterVec,
+    pub rule_matches: IntCounterVec,
+    pub window_evictions: IntCounterVec,
 }
 
 impl Metrics {
@@ -116,7 +131,80 @@ impl Metrics {
         registry
             .register(Box::new(suppressed.clone()))
             .expect("unique metric");
+        let notification_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "auditwatch_notification_duration_seconds",
+                "Time of one send attempt, by notifier.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["notifier"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(notification_seconds.clone()))
+            .expect("unique metric");
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let notifications_pending = gauge_vec(
+            "auditwatch_notifications_pending",
+            "Alerts routed to a notifier and not delivered (or otherwise settled) yet.",
+            &["notifier"],
+        );
+        let alert_active = gauge_vec(
+            "auditwatch_alert_active",
+            "1 while an alert of the rule is active (metric alerts; see docs/metrics.md).",
+            &["rule", "severity"],
+        );
         Metrics {
+            notifications: counter_vec(
+                &registry,
+                "auditwatch_notifications_total",
+                "Alerts settled per notifier, by outcome (sent, silenced, failed, dropped, deduplicated).",
+                &["notifier", "outcome"],
+            ),
+            notification_attempts: counter_vec(
+                &registry,
+                "auditwatch_notification_attempts_total",
+                "Send attempts, by notifier and result (ok, transient, permanent).",
+                &["notifier", "result"],
+            ),
+            notification_seconds,
+            notifications_pending,
+            silences_active: gauge(
+                &registry,
+                "auditwatch_silences_active",
+                "Silences in effect now.",
+            ),
+            alert_firings: counter_vec(
+                &registry,
+                "auditwatch_alert_firings_total",
+                "Alerts of rules routed to a metrics notifier, by rule and severity.",
+                &["rule", "severity"],
+            ),
+            alert_active,
+            rule_evaluations: counter_vec(
+                &registry,
+                "auditwatch_rule_evaluations_total",
+                "Records that passed a rule's match block (and were evaluated further), by rule.",
+                &["rule"],
+            ),
+            rule_matches: counter_vec(
+                &registry,
+                "auditwatch_rule_matches_total",
+                "Requests a rule matched (after conditions and one-request-one-match), by rule.",
+                &["rule"],
+            ),
+            window_evictions: counter_vec(
+                &registry,
+                "auditwatch_window_evictions_total",
+                "Window keys evicted because a rule reached max_keys_per_rule, by rule.",
+                &["rule"],
+            ),
             events_received: counter_vec(
                 &registry,
                 "auditwatch_events_received_total",

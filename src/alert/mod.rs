@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
 
-use serde::Serialize;
 use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
 
 mod event_ref;
 
@@ -31,6 +31,29 @@ impl Serialize for Group {
     }
 }
 
+impl<'de> Deserialize<'de> for Group {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Group, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Group;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of group_by field to value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Group, A::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    out.push((Arc::from(k), v));
+                }
+                Ok(Group(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 impl fmt::Display for Group {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, (k, v)) in self.0.iter().enumerate() {
@@ -44,7 +67,7 @@ impl fmt::Display for Group {
 }
 
 /// Which kind of rule produced the alert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertKind {
     /// One matching request (no window).
@@ -54,7 +77,7 @@ pub enum AlertKind {
     Absence,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// Stable identity of this firing (see [`alert_id`]): the same events give the same ID,
     /// so a restart that replays them, and receivers that deduplicate, see one alert.
@@ -63,7 +86,7 @@ pub struct Alert {
     pub severity: Severity,
     pub kind: AlertKind,
     pub summary: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<Arc<str>>,
     pub group: Group,
     /// Requests in the window when it fired (distinct values for a distinct count; 0 for an
@@ -74,12 +97,16 @@ pub struct Alert {
     /// auditIDs of the contributing requests, oldest first, at most [`MAX_AUDIT_IDS`].
     pub audit_ids: Vec<String>,
     /// The contributing requests (who, verb, object, source IP, time, code), as `audit_ids`.
+    #[serde(default)]
     pub events: Vec<EventRef>,
     pub labels: Arc<BTreeMap<String, String>>,
+    /// The rule's `notify` list, when it has one (it replaces routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Arc<[String]>>,
     /// Firings of this rule and group swallowed by `throttle` since the previous alert.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Arc<str>>,
 }
 
@@ -95,6 +122,22 @@ pub fn alert_id(
     count: u64,
     first_audit_id: &str,
 ) -> String {
+    let kind = kind as u8;
+    let parts: [&[u8]; 7] = [
+        rule.as_bytes(),
+        &[kind],
+        key.as_bytes(),
+        &first_seen.0.to_le_bytes(),
+        &last_seen.0.to_le_bytes(),
+        &count.to_le_bytes(),
+        first_audit_id.as_bytes(),
+    ];
+    stable_hash(&parts)
+}
+
+/// 32 hex digits of two FNV-1a hashes over `parts`: stable across Rust releases and
+/// platforms (std's hasher is not), for IDs that are persisted or sent to receivers.
+pub fn stable_hash(parts: &[&[u8]]) -> String {
     fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
         let mut h = seed;
         for part in parts {
@@ -108,20 +151,10 @@ pub fn alert_id(
         }
         h
     }
-    let kind = kind as u8;
-    let parts: [&[u8]; 7] = [
-        rule.as_bytes(),
-        &[kind],
-        key.as_bytes(),
-        &first_seen.0.to_le_bytes(),
-        &last_seen.0.to_le_bytes(),
-        &count.to_le_bytes(),
-        first_audit_id.as_bytes(),
-    ];
     format!(
         "{:016x}{:016x}",
-        fnv(0xcbf2_9ce4_8422_2325, &parts),
-        fnv(0x6c62_272e_07bb_0142, &parts)
+        fnv(0xcbf2_9ce4_8422_2325, parts),
+        fnv(0x6c62_272e_07bb_0142, parts)
     )
 }
 

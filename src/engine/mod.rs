@@ -805,6 +805,7 @@ fn build_alert(
         audit_ids,
         events,
         labels: rule.labels.clone(),
+        notify: rule.notify.clone(),
         suppressed,
         author: rule.author.clone(),
     }

@@ -499,6 +499,7 @@ impl RuleContext<'_> {
             condition,
             summary,
             labels: Arc::new(doc.labels.clone()),
+            notify: doc.notify.as_deref().map(Arc::from),
             group_by,
             window,
             throttle,

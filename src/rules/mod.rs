@@ -32,7 +32,9 @@ pub use template::{Captured, Summary, default_summary};
 use crate::event::Span;
 use crate::event::field::FieldPath;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Info,
@@ -100,6 +102,8 @@ pub struct Rule {
     pub condition: Option<Condition>,
     pub summary: Option<Summary>,
     pub labels: Arc<BTreeMap<String, String>>,
+    /// The rule's own notifier list (replaces routing), checked against the config by the daemon.
+    pub notify: Option<Arc<[String]>>,
     pub group_by: Vec<FieldPath>,
     pub window: Option<WindowSpec>,
     pub throttle: Option<Span>,

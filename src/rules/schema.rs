@@ -40,6 +40,10 @@ pub struct RuleDoc {
     pub summary: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Notifiers (by name, from the daemon config) this rule's alerts go to, instead of the
+    /// routing tree.
+    #[serde(default)]
+    pub notify: Option<Vec<String>>,
     /// Fields that key throttling (and the alert's `group`) for a rule without a window.
     #[serde(default)]
     pub group_by: Option<Vec<String>>,

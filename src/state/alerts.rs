@@ -73,13 +73,15 @@ impl AlertJournal {
         self.len == 0
     }
 
-    /// Appends alerts in one write, then fsyncs by policy.
-    pub fn append(&mut self, alerts: &[Alert]) -> io::Result<()> {
+    /// Appends alerts in one write, then fsyncs by policy. Returns the offset of each line.
+    pub fn append(&mut self, alerts: &[Alert]) -> io::Result<Vec<u64>> {
         if alerts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.buf.clear();
+        let mut offsets = Vec::with_capacity(alerts.len());
         for a in alerts {
+            offsets.push(self.len + self.buf.len() as u64);
             serde_json::to_writer(&mut self.buf, a).map_err(io::Error::other)?;
             self.buf.push(b'\n');
         }
@@ -88,7 +90,7 @@ impl AlertJournal {
         if self.fsync == FsyncPolicy::Always {
             self.file.sync_data()?;
         }
-        Ok(())
+        Ok(offsets)
     }
 
     /// IDs of the alerts written at or after byte `from`.
@@ -108,4 +110,41 @@ impl AlertJournal {
         }
         Ok(ids)
     }
+}
+
+/// Reads the alerts of an alert journal from byte `from` (a line start) up to `until`,
+/// calling `each(offset, alert)`. A line that does not parse is reported and skipped.
+pub fn read_alerts(
+    path: &Path,
+    from: u64,
+    until: Option<u64>,
+    mut each: impl FnMut(u64, Alert),
+) -> io::Result<()> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(from))?;
+    let mut reader = BufReader::new(file);
+    let mut offset = from;
+    let mut line = String::new();
+    loop {
+        if until.is_some_and(|u| offset >= u) {
+            break;
+        }
+        line.clear();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        match serde_json::from_str::<Alert>(&line) {
+            Ok(a) => each(offset, a),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), offset, error = %e, "alert journal: skipping a line that is not an alert");
+            }
+        }
+        offset += n as u64;
+    }
+    Ok(())
 }

@@ -1,0 +1,590 @@
+//! Alert delivery: alerts → routes → silences → groups → per-notifier queues → receivers.
+//!
+//! The engine thread hands every alert it wrote to the alert journal to the **dispatcher**, a
+//! plain thread that never touches the network: it routes, checks silences, groups
+//! (`group_wait`, `group_interval`, `repeat_interval` as in Alertmanager) and offers finished
+//! notifications to each notifier's bounded queue. One async **worker** per notifier sends,
+//! retrying transient failures with exponential backoff and jitter, so a slow SMTP server
+//! delays neither webhooks nor evaluation. Outcomes come back to the dispatcher, which records
+//! them in the [`ledger::Ledger`]; alerts without an outcome are routed again after a restart.
+//! Metrics notifiers are updated by the dispatcher directly.
+
+pub mod config;
+pub mod format;
+pub mod ledger;
+pub mod route;
+pub mod send;
+pub mod silence;
+
+#[cfg(test)]
+pub(crate) mod testing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::alert::Alert;
+use crate::metrics::Metrics;
+use crate::state::alerts::read_alerts;
+
+use config::{DeliveryConfig, NotifierConfig, RouteConfig};
+use format::Notification;
+use ledger::{Entry, Ledger, Outcome};
+use route::{Grouping, Router};
+use send::{SendError, Sender};
+use silence::Silences;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("notifier {name:?}: {message}")]
+    Notifier { name: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Silences(#[from] silence::SilenceError),
+}
+
+/// Everything delivery needs from the daemon.
+pub struct NotifyOptions {
+    pub state_dir: PathBuf,
+    pub alert_journal: PathBuf,
+    /// Alert-journal length when the daemon started: alerts before it are recovered here.
+    pub alert_journal_len: u64,
+    pub notifiers: BTreeMap<String, NotifierConfig>,
+    pub route: RouteConfig,
+    pub delivery: DeliveryConfig,
+}
+
+enum Msg {
+    /// Alerts just written to the alert journal at these offsets; `end` is its new length.
+    Alerts {
+        alerts: Vec<(u64, Arc<Alert>)>,
+        end: u64,
+    },
+    /// A worker finished with these alerts.
+    Settled {
+        notifier: Arc<str>,
+        alerts: Vec<(u64, String)>,
+        outcome: Outcome,
+    },
+    Stop,
+}
+
+/// The daemon's handle on delivery.
+pub struct Notify {
+    tx: std_mpsc::SyncSender<Msg>,
+    pub silences: Arc<Mutex<Silences>>,
+    dispatcher: Option<std::thread::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Notify {
+    /// Opens the ledger and silences, builds every notifier, starts the workers on `runtime`
+    /// and the dispatcher thread, and queues whatever the previous run left undelivered.
+    pub fn start(
+        opts: NotifyOptions,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Notify, NotifyError> {
+        let dir = opts.state_dir.join("delivery");
+        let ledger = Ledger::open(&dir, opts.delivery.fsync).map_err(|source| NotifyError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let silences = Arc::new(Mutex::new(Silences::open(
+            &opts.state_dir.join("silences.json"),
+        )?));
+        let (tx, rx) = std_mpsc::sync_channel::<Msg>(1024);
+        let stop = CancellationToken::new();
+        let mut queues = HashMap::new();
+        let mut metric_notifiers = HashMap::new();
+        let mut workers = Vec::new();
+        for (name, config) in &opts.notifiers {
+            let name: Arc<str> = Arc::from(name.as_str());
+            if let NotifierConfig::Metrics(m) = config {
+                metric_notifiers.insert(name, m.active_for.std());
+                continue;
+            }
+            let sender = send::build(config, opts.delivery.timeout.std())
+                .map_err(|message| NotifyError::Notifier {
+                    name: name.to_string(),
+                    message,
+                })?
+                .ok_or_else(|| NotifyError::Notifier {
+                    name: name.to_string(),
+                    message: "cannot send".into(),
+                })?;
+            let (qtx, qrx) = mpsc::channel::<Notification>(opts.delivery.queue.max(1));
+            queues.insert(name.clone(), qtx);
+            workers.push(runtime.spawn(worker(
+                name,
+                sender,
+                qrx,
+                tx.clone(),
+                opts.delivery.retry.clone(),
+                Arc::clone(&metrics),
+                stop.clone(),
+            )));
+        }
+        let mut dispatcher = Dispatcher {
+            router: Router::new(&opts.route),
+            queues,
+            metric_notifiers,
+            active: HashMap::new(),
+            groups: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_by_notifier: HashMap::new(),
+            end: opts.alert_journal_len,
+            ledger,
+            silences: Arc::clone(&silences),
+            metrics,
+            max_pending: opts.delivery.max_pending.max(1),
+            last_notified: HashMap::new(),
+        };
+        let recovered = dispatcher.recover(&opts.alert_journal, opts.alert_journal_len);
+        if recovered > 0 {
+            tracing::info!(
+                alerts = recovered,
+                "delivery: re-queued alerts not delivered before the last stop"
+            );
+        }
+        let handle = std::thread::Builder::new()
+            .name("notify-dispatch".into())
+            .spawn(move || dispatcher.run(rx))
+            .map_err(|source| NotifyError::Io {
+                path: dir,
+                source,
+            })?;
+        Ok(Notify {
+            tx,
+            silences,
+            dispatcher: Some(handle),
+            workers,
+            stop,
+        })
+    }
+
+    /// Hands alerts written to the alert journal (at `offsets`; `end` is its length after)
+    /// to delivery. Blocks only if the dispatcher is far behind (it never waits on I/O).
+    pub fn submit(&self, alerts: &[Alert], offsets: &[u64], end: u64) {
+        let alerts = offsets
+            .iter()
+            .copied()
+            .zip(alerts.iter().cloned().map(Arc::new))
+            .collect();
+        let _ = self.tx.send(Msg::Alerts { alerts, end });
+    }
+
+    /// Stops the workers (an in-flight send gets up to `grace`), records the outcomes they
+    /// reported, then stops the dispatcher. Whatever is not delivered stays in the alert
+    /// journal without an outcome and is sent after a restart.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        for w in self.workers.drain(..) {
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                break;
+            }
+        }
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(d) = self.dispatcher.take() {
+            let _ = tokio::task::spawn_blocking(move || d.join()).await;
+        }
+    }
+}
+
+struct GroupState {
+    notifier: Arc<str>,
+    key: String,
+    labels: Vec<(String, String)>,
+    grouping: Grouping,
+    pending: Vec<(u64, Arc<Alert>)>,
+    /// When the pending alerts may go out.
+    due: Option<Instant>,
+    last_flush: Option<Instant>,
+}
+
+struct Dispatcher {
+    router: Router,
+    queues: HashMap<Arc<str>, mpsc::Sender<Notification>>,
+    metric_notifiers: HashMap<Arc<str>, Duration>,
+    /// Metric alerts: (rule, severity) → active until.
+    active: HashMap<(Arc<str>, &'static str), Instant>,
+    /// (notifier, route, group key) → group.
+    groups: BTreeMap<(Arc<str>, usize, String), GroupState>,
+    /// Alert-journal offset → notifiers still to settle it.
+    pending: BTreeMap<u64, u32>,
+    pending_by_notifier: HashMap<Arc<str>, i64>,
+    /// Alert-journal length covered by what the dispatcher has seen.
+    end: u64,
+    ledger: Ledger,
+    silences: Arc<Mutex<Silences>>,
+    metrics: Arc<Metrics>,
+    max_pending: usize,
+    /// (notifier, rule, group) → last notified, for `repeat_interval` folding.
+    last_notified: HashMap<(Arc<str>, Arc<str>, String), Instant>,
+}
+
+impl Dispatcher {
+    fn recover(&mut self, journal: &Path, until: u64) -> usize {
+        let from = self.ledger.cursor().min(until);
+        let mut found = Vec::new();
+        if let Err(e) = read_alerts(journal, from, Some(until), |offset, alert| {
+            found.push((offset, Arc::new(alert)));
+        }) {
+            tracing::error!(path = %journal.display(), error = %e, "delivery: cannot read the alert journal to recover undelivered alerts");
+        }
+        let mut n = 0;
+        for (offset, alert) in found {
+            n += self.accept(offset, alert, true);
+        }
+        self.advance_cursor();
+        n
+    }
+
+    fn run(mut self, rx: std_mpsc::Receiver<Msg>) {
+        loop {
+            let now = Instant::now();
+            let next = self
+                .groups
+                .values()
+                .filter_map(|g| g.due)
+                .min()
+                .map_or(Duration::from_secs(1), |d| d.saturating_duration_since(now))
+                .min(Duration::from_secs(1));
+            match rx.recv_timeout(next) {
+                Ok(Msg::Alerts { alerts, end }) => {
+                    for (offset, alert) in alerts {
+                        self.accept(offset, alert, false);
+                    }
+                    self.end = self.end.max(end);
+                    self.advance_cursor();
+                }
+                Ok(Msg::Settled {
+                    notifier,
+                    alerts,
+                    outcome,
+                }) => self.settle(&notifier, alerts, outcome),
+                Ok(Msg::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            self.flush_due();
+            self.update_active();
+        }
+        tracing::debug!("delivery dispatcher stopped");
+    }
+
+    /// Routes one alert; returns how many notifiers it was queued for.
+    fn accept(&mut self, offset: u64, alert: Arc<Alert>, recovering: bool) -> usize {
+        let now = Instant::now();
+        let destinations: Vec<(usize, Arc<str>, Grouping)> = self
+            .router
+            .route(&alert, alert.notify.as_deref())
+            .into_iter()
+            .map(|d| (d.route, Arc::from(d.notifier), d.grouping.clone()))
+            .collect();
+        let mut queued = 0;
+        let mut settled_now = Vec::new();
+        for (route, notifier, grouping) in destinations {
+            if let Some(active_for) = self.metric_notifiers.get(&notifier) {
+                if !recovering {
+                    let sev = alert.severity.as_str();
+                    self.metrics
+                        .alert_firings
+                        .with_label_values(&[&alert.rule, sev])
+                        .inc();
+                    self.active
+                        .insert((alert.rule.clone(), sev), now + *active_for);
+                    self.metrics
+                        .alert_active
+                        .with_label_values(&[&alert.rule, sev])
+                        .set(1);
+                }
+                continue;
+            }
+            if !self.queues.contains_key(&notifier) {
+                // Validated at start; a rule's own list may name a removed notifier after a
+                // reload that the config check did not see.
+                tracing::error!(notifier = %notifier, rule = %alert.rule, "delivery: unknown notifier; alert not sent");
+                continue;
+            }
+            if self.ledger.is_settled(&notifier, &alert.id) {
+                continue;
+            }
+            *self.pending.entry(offset).or_default() += 1;
+            *self.pending_by_notifier.entry(notifier.clone()).or_default() += 1;
+            queued += 1;
+            let silenced = self
+                .silences
+                .lock()
+                .ok()
+                .and_then(|s| s.silencing(&alert, Utc::now()).map(|s| s.id.clone()));
+            if let Some(id) = silenced {
+                tracing::info!(notifier = %notifier, rule = %alert.rule, alert = %alert.id, silence = %id, "alert silenced");
+                settled_now.push((notifier, (offset, alert.id.clone()), Outcome::Silenced));
+                continue;
+            }
+            // `repeat_interval`: the same rule and group notified recently is folded.
+            if !grouping.repeat.is_zero() {
+                let ident = (notifier.clone(), alert.rule.clone(), alert.group.to_string());
+                if let Some(last) = self.last_notified.get(&ident)
+                    && now.duration_since(*last) < grouping.repeat
+                {
+                    settled_now.push((
+                        notifier,
+                        (offset, alert.id.clone()),
+                        Outcome::Deduplicated,
+                    ));
+                    continue;
+                }
+                self.last_notified.insert(ident, now);
+            }
+            let (key, labels) = grouping.key_of(&alert);
+            let group = self
+                .groups
+                .entry((notifier.clone(), route, key.clone()))
+                .or_insert_with(|| GroupState {
+                    notifier: notifier.clone(),
+                    key,
+                    labels,
+                    grouping: grouping.clone(),
+                    pending: Vec::new(),
+                    due: None,
+                    last_flush: None,
+                });
+            if group.pending.len() >= self.max_pending {
+                let (old_offset, old) = group.pending.remove(0);
+                tracing::error!(notifier = %notifier, alert = %old.id, "delivery: backlog over delivery.max_pending; dropping the oldest undelivered alert (it stays in the alert journal)");
+                settled_now.push((notifier.clone(), (old_offset, old.id.clone()), Outcome::Dropped));
+            }
+            group.pending.push((offset, alert.clone()));
+            if group.due.is_none() {
+                group.due = Some(match group.last_flush {
+                    None => now + group.grouping.wait,
+                    Some(last) => (last + group.grouping.interval).max(now),
+                });
+            }
+        }
+        for (notifier, alert, outcome) in settled_now {
+            self.settle(&notifier, vec![alert], outcome);
+        }
+        self.publish_pending();
+        queued
+    }
+
+    fn flush_due(&mut self) {
+        let now = Instant::now();
+        let mut emptied = Vec::new();
+        for (gk, g) in self.groups.iter_mut() {
+            if g.due.is_none_or(|d| d > now) || g.pending.is_empty() {
+                if g.pending.is_empty()
+                    && g.last_flush
+                        .is_none_or(|l| now.duration_since(l) > g.grouping.interval.max(Duration::from_secs(60)))
+                {
+                    emptied.push(gk.clone());
+                }
+                continue;
+            }
+            let Some(queue) = self.queues.get(&g.notifier) else {
+                continue;
+            };
+            let alerts: Vec<Arc<Alert>> = g.pending.iter().map(|(_, a)| a.clone()).collect();
+            let offsets: Vec<u64> = g.pending.iter().map(|(o, _)| *o).collect();
+            let n = Notification {
+                id: Notification::make_id(&g.notifier, &alerts, None),
+                notifier: g.notifier.clone(),
+                group_key: g.key.clone(),
+                group: g.labels.clone(),
+                alerts,
+                offsets,
+                repeat: false,
+            };
+            match queue.try_send(n) {
+                Ok(()) => {
+                    g.pending.clear();
+                    g.last_flush = Some(now);
+                    g.due = None;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The worker is behind (retrying a receiver that is down): try again soon.
+                    g.due = Some(now + Duration::from_millis(500));
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    g.due = None;
+                }
+            }
+        }
+        for gk in emptied {
+            self.groups.remove(&gk);
+        }
+        self.metrics
+            .silences_active
+            .set(self.silences.lock().map_or(0, |s| s.active_count(Utc::now())) as i64);
+    }
+
+    fn update_active(&mut self) {
+        let now = Instant::now();
+        let metrics = &self.metrics;
+        self.active.retain(|(rule, sev), until| {
+            if *until <= now {
+                metrics.alert_active.with_label_values(&[&**rule, *sev]).set(0);
+                false
+            } else {
+                true
+            }
+        });
+        // Forget fold memory older than any repeat interval could need (a day).
+        if self.last_notified.len() > 10_000 {
+            self.last_notified
+                .retain(|_, t| now.duration_since(*t) < Duration::from_secs(24 * 3600));
+        }
+    }
+
+    fn settle(&mut self, notifier: &Arc<str>, alerts: Vec<(u64, String)>, outcome: Outcome) {
+        let entries: Vec<Entry> = alerts
+            .iter()
+            .map(|(at, id)| Entry {
+                n: notifier.to_string(),
+                id: id.clone(),
+                at: *at,
+                o: outcome,
+            })
+            .collect();
+        if let Err(e) = self.ledger.settle(entries) {
+            // The outcome is not durable: after a restart these alerts are sent again.
+            tracing::error!(error = %e, "delivery: cannot write the delivery ledger");
+        }
+        self.metrics
+            .notifications
+            .with_label_values(&[notifier, outcome.as_str()])
+            .inc_by(alerts.len() as u64);
+        for (at, _) in &alerts {
+            if let Some(left) = self.pending.get_mut(at) {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.pending.remove(at);
+                }
+            }
+        }
+        if let Some(p) = self.pending_by_notifier.get_mut(notifier) {
+            *p -= alerts.len() as i64;
+        }
+        self.publish_pending();
+        self.advance_cursor();
+    }
+
+    fn publish_pending(&self) {
+        for (n, p) in &self.pending_by_notifier {
+            self.metrics
+                .notifications_pending
+                .with_label_values(&[n])
+                .set(*p);
+        }
+    }
+
+    fn advance_cursor(&mut self) {
+        let cursor = self.pending.keys().next().copied().unwrap_or(self.end);
+        if let Err(e) = self.ledger.advance(cursor) {
+            tracing::error!(error = %e, "delivery: cannot write the delivery cursor");
+        }
+    }
+}
+
+/// Sends what arrives on `rx`, retrying transient failures, and reports each outcome.
+async fn worker(
+    name: Arc<str>,
+    sender: Sender,
+    mut rx: mpsc::Receiver<Notification>,
+    report: std_mpsc::SyncSender<Msg>,
+    retry: config::RetryConfig,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        let n = tokio::select! {
+            n = rx.recv() => match n {
+                Some(n) => n,
+                None => return,
+            },
+            _ = stop.cancelled() => return,
+        };
+        let started = Instant::now();
+        let mut delay = retry.initial.std().max(Duration::from_millis(10));
+        let mut attempt = 0u32;
+        let outcome = loop {
+            attempt += 1;
+            let t = Instant::now();
+            let result = tokio::select! {
+                r = sender.send(&n) => r,
+                _ = stop.cancelled() => return,
+            };
+            metrics
+                .notification_seconds
+                .with_label_values(&[&name])
+                .observe(t.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    metrics
+                        .notification_attempts
+                        .with_label_values(&[&name, "ok"])
+                        .inc();
+                    tracing::info!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, attempt, "notification sent");
+                    break Outcome::Sent;
+                }
+                Err(SendError::Permanent(e)) => {
+                    metrics
+                        .notification_attempts
+                        .with_label_values(&[&name, "permanent"])
+                        .inc();
+                    tracing::error!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, error = %e, "notification refused; not retrying");
+                    break Outcome::Failed;
+                }
+                Err(SendError::Transient(e)) => {
+                    metrics
+                        .notification_attempts
+                        .with_label_values(&[&name, "transient"])
+                        .inc();
+                    if started.elapsed() >= retry.give_up_after.std() {
+                        tracing::error!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, error = %e, attempts = attempt, "notification failed; giving up (delivery.retry.give_up_after)");
+                        break Outcome::Failed;
+                    }
+                    // Full jitter between half the delay and the delay.
+                    let wait = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    tracing::warn!(notifier = %name, notification = %n.id, error = %e, attempt, retry_in = ?wait, "notification failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    delay = (delay * 2).min(retry.max.std().max(Duration::from_millis(10)));
+                }
+            }
+        };
+        let alerts = n
+            .offsets
+            .iter()
+            .copied()
+            .zip(n.alerts.iter().map(|a| a.id.clone()))
+            .collect();
+        if report
+            .send(Msg::Settled {
+                notifier: name.clone(),
+                alerts,
+                outcome,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The routing tree: which notifiers an alert goes to, and how it is grouped there.
+//!
+//! Same shape and meaning as Alertmanager's, so on-call engineers already know it: children are
+//! tried in order, the first match takes the alert unless it has `continue: true`, an alert no
+//! child takes stays with the parent, and children inherit grouping settings.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::alert::Alert;
+use crate::rules::Severity;
+
+use super::config::{RouteConfig, RouteMatch};
+
+/// The value of an alert field as routes, groups and silences see it: `rule`, `severity`,
+/// `kind`, `id`, `group.<field>` (a `group_by` value), or a rule label.
+pub fn alert_field<'a>(alert: &'a Alert, name: &str) -> Option<Cow<'a, str>> {
+    match name {
+        "rule" | "alertname" => Some(Cow::Borrowed(&alert.rule)),
+        "severity" => Some(Cow::Borrowed(alert.severity.as_str())),
+        "kind" => Some(Cow::Owned(
+            serde_json::to_value(alert.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        )),
+        "id" => Some(Cow::Borrowed(&alert.id)),
+        _ => match name.strip_prefix("group.") {
+            Some(field) => alert
+                .group
+                .0
+                .iter()
+                .find(|(k, _)| &**k == field)
+                .map(|(_, v)| Cow::Borrowed(v.as_str())),
+            None => alert.labels.get(name).map(|v| Cow::Borrowed(v.as_str())),
+        },
+    }
+}
+
+/// How a route groups alerts into notifications.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grouping {
+    /// Fields grouped on; `None` means one group per alert (`["..."]`).
+    pub by: Option<Vec<String>>,
+    pub wait: Duration,
+    pub interval: Duration,
+    pub repeat: Duration,
+}
+
+impl Default for Grouping {
+    fn default() -> Self {
+        Grouping {
+            by: None,
+            wait: Duration::ZERO,
+            interval: Duration::from_secs(60),
+            repeat: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+impl Grouping {
+    /// The group an alert falls in: (key, the grouped fields and values).
+    pub fn key_of(&self, alert: &Alert) -> (String, Vec<(String, String)>) {
+        match &self.by {
+            None => (alert.id.clone(), Vec::new()),
+            Some(fields) => {
+                let labels: Vec<(String, String)> = fields
+                    .iter()
+                    .map(|f| {
+                        (
+                            f.clone(),
+                            alert_field(alert, f).map(Cow::into_owned).unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                let key = labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("\u{1f}");
+                (key, labels)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    matcher: RouteMatch,
+    notify: Vec<String>,
+    continue_: bool,
+    grouping: Grouping,
+    children: Vec<Node>,
+}
+
+/// A compiled routing tree.
+#[derive(Debug, Clone)]
+pub struct Router {
+    root: Node,
+}
+
+/// Where one alert goes: a notifier and the grouping of the route that chose it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Destination<'a> {
+    /// Index of the route in depth-first order (0 is the root), part of the group identity.
+    pub route: usize,
+    pub notifier: &'a str,
+    pub grouping: &'a Grouping,
+}
+
+impl Router {
+    pub fn new(config: &RouteConfig) -> Router {
+        Router {
+            root: compile(config, &Grouping::default()),
+        }
+    }
+
+    /// Destinations for `alert`, without duplicates (the first route naming a notifier wins).
+    /// A rule's own `notify` list, when set, replaces routing (root grouping).
+    pub fn route<'a>(&'a self, alert: &Alert, rule_notify: Option<&'a [String]>) -> Vec<Destination<'a>> {
+        let mut out: Vec<Destination<'a>> = Vec::new();
+        if let Some(names) = rule_notify {
+            for n in names {
+                push_unique(&mut out, 0, n, &self.root.grouping);
+            }
+            return out;
+        }
+        let mut index = 0;
+        walk(&self.root, alert, &mut index, &mut out);
+        out
+    }
+}
+
+fn push_unique<'a>(out: &mut Vec<Destination<'a>>, route: usize, notifier: &'a str, grouping: &'a Grouping) {
+    if !out.iter().any(|d| d.notifier == notifier) {
+        out.push(Destination {
+            route,
+            notifier,
+            grouping,
+        });
+    }
+}
+
+/// Returns whether `node` (or a descendant) took the alert. `index` numbers nodes depth-first.
+fn walk<'a>(node: &'a Node, alert: &Alert, index: &mut usize, out: &mut Vec<Destination<'a>>) -> bool {
+    let me = *index;
+    *index += 1;
+    if !matches(&node.matcher, alert) {
+        *index += count(node) - 1;
+        return false;
+    }
+    let mut taken = false;
+    for child in &node.children {
+        if walk(child, alert, index, out) {
+            taken = true;
+            if !child.continue_ {
+                // Skip the numbering of the remaining siblings consistently.
+                let rest: usize = node
+                    .children
+                    .iter()
+                    .skip_while(|c| !std::ptr::eq(*c, child))
+                    .skip(1)
+                    .map(count)
+                    .sum();
+                *index += rest;
+                break;
+            }
+        }
+    }
+    if !taken {
+        for n in &node.notify {
+            push_unique(out, me, n, &node.grouping);
+        }
+    }
+    true
+}
+
+fn count(node: &Node) -> usize {
+    1 + node.children.iter().map(count).sum::<usize>()
+}
+
+fn matches(m: &RouteMatch, alert: &Alert) -> bool {
+    (m.severity.is_empty() || m.severity.contains(&alert.severity))
+        && m.min_severity.is_none_or(|min: Severity| alert.severity >= min)
+        && (m.rules.is_empty() || m.rules.iter().any(|r| *r == *alert.rule))
+        && m
+            .labels
+            .iter()
+            .all(|(k, v)| alert_field(alert, k).is_some_and(|got| got == v.as_str()))
+}
+
+fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
+    let grouping = Grouping {
+        by: match &config.group_by {
+            None => parent.by.clone(),
+            Some(v) if v.iter().any(|f| f == "...") => None,
+            Some(v) => Some(v.clone()),
+        },
+        wait: config.group_wait.map_or(parent.wait, |d| d.std()),
+        interval: config.group_interval.map_or(parent.interval, |d| d.std()),
+        repeat: config.repeat_interval.map_or(parent.repeat, |d| d.std()),
+    };
+    Node {
+        matcher: config.matcher.clone(),
+        notify: config.notify.clone(),
+        continue_: config.continue_,
+        children: config
+            .routes
+            .iter()
+            .map(|c| compile(c, &grouping))
+            .collect(),
+        grouping,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::testing::alert;
+
+    fn router(yaml: &str) -> Router {
+        Router::new(&serde_yaml::from_str(yaml).unwrap())
+    }
+
+    fn names(r: &Router, a: &Alert) -> Vec<String> {
+        r.route(a, None).iter().map(|d| d.notifier.to_owned()).collect()
+    }
+
+    #[test]
+    fn first_match_wins_unless_continue_and_unmatched_stay_at_the_parent() {
+        let r = router(
+            r#"
+notify: [chat]
+routes:
+  - match: { severity: [critical] }
+    notify: [pager]
+    continue: true
+  - match: { min_severity: high }
+    notify: [email]
+  - match: { labels: { team: platform } }
+    notify: [platform]
+"#,
+        );
+        let crit = alert("a", Severity::Critical, &[("team", "platform")]);
+        assert_eq!(names(&r, &crit), ["pager", "email"]);
+        let high = alert("b", Severity::High, &[("team", "platform")]);
+        assert_eq!(names(&r, &high), ["email"]);
+        let low = alert("c", Severity::Low, &[("team", "platform")]);
+        assert_eq!(names(&r, &low), ["platform"]);
+        let other = alert("d", Severity::Low, &[]);
+        assert_eq!(names(&r, &other), ["chat"]);
+    }
+
+    #[test]
+    fn children_inherit_grouping_and_route_indexes_are_stable() {
+        let r = router(
+            r#"
+group_by: [rule]
+group_wait: 30s
+routes:
+  - match: { rules: [x] }
+    notify: [a]
+    routes:
+      - match: { severity: [low] }
+        notify: [b]
+        group_wait: 5s
+  - match: { rules: [y] }
+    notify: [c]
+    group_by: ["..."]
+"#,
+        );
+        let x = alert("x", Severity::Low, &[]);
+        let d = r.route(&x, None);
+        assert_eq!((d[0].notifier, d[0].route), ("b", 2));
+        assert_eq!(d[0].grouping.wait, Duration::from_secs(5));
+        assert_eq!(d[0].grouping.by.as_deref(), Some(&["rule".to_owned()][..]));
+        let y = alert("y", Severity::Low, &[]);
+        let d = r.route(&y, None);
+        assert_eq!((d[0].notifier, d[0].route), ("c", 3));
+        assert_eq!(d[0].grouping.by, None);
+        assert_eq!(d[0].grouping.wait, Duration::from_secs(30));
+        // A rule's own list replaces routing.
+        let own = ["z".to_owned()];
+        let d = r.route(&y, Some(&own));
+        assert_eq!((d[0].notifier, d[0].route), ("z", 0));
+    }
+
+    #[test]
+    fn group_keys_use_alert_fields() {
+        let g = Grouping {
+            by: Some(vec!["rule".into(), "group.user".into(), "team".into()]),
+            ..Grouping::default()
+        };
+        let mut a = alert("r", Severity::High, &[("team", "t1")]);
+        a.group = crate::alert::Group(vec![("user".into(), "bob".into())]);
+        let (key, labels) = g.key_of(&a);
+        assert_eq!(key, "rule=r\u{1f}group.user=bob\u{1f}team=t1");
+        assert_eq!(labels[1], ("group.user".into(), "bob".into()));
+        let one = Grouping::default();
+        assert_eq!(one.key_of(&a).0, a.id);
+    }
+}
