@@ -12,7 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use auditwatch::engine::EngineOptions;
 use auditwatch::event::Span;
 use auditwatch::replay::{Diagnostic, ReplayReport, replay};
-use auditwatch::rules::{LoadError, LoadOptions, RuleSet, ScriptLimits};
+use auditwatch::alert::query::AlertQuery;
+use auditwatch::rules::{LoadError, LoadOptions, RuleSet, ScriptLimits, Severity};
 use auditwatch::{bundled, ruletest};
 
 #[derive(Parser)]
@@ -68,6 +69,46 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// List alerts from the daemon's alert journal (state_dir/alerts.jsonl), oldest first.
+    Alerts {
+        /// The daemon's state dir.
+        #[arg(long, default_value = "auditwatch-state")]
+        state_dir: PathBuf,
+        /// Only these rules.
+        #[arg(long)]
+        rule: Vec<String>,
+        /// Only this severity or higher (info, low, medium, high, critical).
+        #[arg(long, value_parser = parse_severity)]
+        min_severity: Option<Severity>,
+        /// Only alerts whose last event is at most this old (e.g. 1h) or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_when)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only alerts whose last event is before this (age or RFC 3339 time).
+        #[arg(long, value_parser = parse_when)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// field=value over rule, severity, kind, labels and group.<field> (repeatable).
+        #[arg(long = "where", value_parser = parse_field)]
+        fields: Vec<(String, String)>,
+        /// Case-insensitive text in the summary, group values, or an event's user or object.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only the newest N matches.
+        #[arg(long)]
+        last: Option<usize>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Show each alert's delivery outcome per notifier.
+        #[arg(long)]
+        delivery: bool,
+    },
+    /// Manage silences of a running daemon (its http.listen address).
+    Silence {
+        /// Base URL of the daemon's HTTP endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:9095", global = true)]
+        url: String,
+        #[command(subcommand)]
+        action: SilenceAction,
+    },
     /// Run rule unit tests (*.test.yaml) against rules.
     Test {
         /// Rule files or directories.
@@ -77,6 +118,46 @@ enum Command {
         #[arg(long, num_args = 1..)]
         tests: Vec<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Silence alerts matching every matcher (rule=x, severity!=info, group.user=~"bob.*").
+    Add {
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long (e.g. 2h).
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        /// Who is silencing (default: $USER).
+        #[arg(long)]
+        author: Option<String>,
+    },
+    /// List silences (active, pending, and those expired within a week).
+    List,
+    /// End a silence now.
+    Expire { id: String },
+}
+
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase()))
+        .map_err(|_| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
+}
+
+fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.to_utc());
+    }
+    let span = Span::parse(s).map_err(|e| format!("{s:?}: not an RFC 3339 time nor an age ({e})"))?;
+    Ok(chrono::Utc::now() - chrono::TimeDelta::nanoseconds(span.0))
+}
+
+fn parse_field(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: expected field=value"))
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -103,6 +184,32 @@ fn main() -> ExitCode {
         } => run_replay(&rules, format, lateness, max_operations, max_errors, &files),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
         Command::Run { config, check } => run_daemon(config.as_deref(), check),
+        Command::Alerts {
+            state_dir,
+            rule,
+            min_severity,
+            since,
+            until,
+            fields,
+            grep,
+            last,
+            format,
+            delivery,
+        } => list_alerts(
+            &state_dir,
+            &AlertQuery {
+                rules: rule,
+                min_severity,
+                since,
+                until,
+                fields,
+                text: grep,
+            },
+            last,
+            format,
+            delivery,
+        ),
+        Command::Silence { url, action } => silence(&url, action),
     };
     match result {
         Ok(code) => code,
@@ -146,7 +253,17 @@ fn run_daemon(config: Option<&std::path::Path>, check_only: bool) -> anyhow::Res
         };
         return match rules.load(&opts) {
             Ok(set) => {
-                println!("ok: configuration valid; {} rules", set.rules.len());
+                let notifiers = auditwatch::notify::check_rule_notifiers(&set, &config.notifiers)
+                    .and_then(|()| auditwatch::notify::check_notifiers(&config));
+                if let Err(e) = notifiers {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+                println!(
+                    "ok: configuration valid; {} rules, {} notifiers",
+                    set.rules.len(),
+                    config.notifiers.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {
@@ -361,5 +478,138 @@ fn run_tests(rules: &[PathBuf], tests: &[PathBuf]) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+fn list_alerts(
+    state_dir: &std::path::Path,
+    query: &AlertQuery,
+    last: Option<usize>,
+    format: Format,
+    delivery: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = state_dir.join("alerts.jsonl");
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no alert journal (is --state-dir the daemon's state_dir?)",
+            path.display()
+        );
+    }
+    let mut found = Vec::new();
+    auditwatch::state::alerts::read_alerts(&path, 0, None, |_, a| {
+        if query.matches(&a) {
+            found.push(a);
+        }
+    })
+    .with_context(|| path.display().to_string())?;
+    let skip = last.map_or(0, |n| found.len().saturating_sub(n));
+    let outcomes = if delivery {
+        let ledger = auditwatch::notify::ledger::Ledger::open(
+            &state_dir.join("delivery"),
+            auditwatch::config::FsyncPolicy::Never,
+        )
+        .context("delivery ledger")?;
+        let mut map: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for e in ledger.outcomes() {
+            map.entry(e.id.clone())
+                .or_default()
+                .push(format!("{}={}", e.n, e.o.as_str()));
+        }
+        Some(map)
+    } else {
+        None
+    };
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for a in &found[skip..] {
+        let line = match format {
+            Format::Json => a.to_json_line(),
+            Format::Text => a.to_text_line(),
+        };
+        match outcomes.as_ref().map(|m| m.get(&a.id)) {
+            Some(Some(o)) => writeln!(out, "{line}  [delivery: {}]", o.join(", "))?,
+            Some(None) => writeln!(out, "{line}  [delivery: none recorded]")?,
+            None => writeln!(out, "{line}")?,
+        }
+    }
+    out.flush()?;
+    eprintln!("{} of {} alerts shown", found.len() - skip, found.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn silence(url: &str, action: SilenceAction) -> anyhow::Result<ExitCode> {
+    let base = format!("{}/api/v1/silences", url.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        let resp = match action {
+            SilenceAction::Add {
+                matchers,
+                duration,
+                comment,
+                author,
+            } => {
+                let author = author
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_default();
+                client
+                    .post(&base)
+                    .json(&serde_json::json!({
+                        "matchers": matchers,
+                        "duration": duration,
+                        "comment": comment,
+                        "created_by": author,
+                    }))
+                    .send()
+                    .await
+            }
+            SilenceAction::List => client.get(&base).send().await,
+            SilenceAction::Expire { id } => client.delete(format!("{base}/{id}")).send().await,
+        }
+        .with_context(|| format!("cannot reach the daemon at {url}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            eprintln!(
+                "error: {}",
+                body["error"].as_str().unwrap_or(status.as_str())
+            );
+            return Ok(ExitCode::from(1));
+        }
+        let show = |s: &serde_json::Value| {
+            let matchers: Vec<String> = s["matchers"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .map(|m| {
+                            format!(
+                                "{}{}{:?}",
+                                m["name"].as_str().unwrap_or(""),
+                                m["op"].as_str().unwrap_or(""),
+                                m["value"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "{}  {:<8} until {}  {}  by {:?}: {}",
+                s["id"].as_str().unwrap_or(""),
+                s["state"].as_str().unwrap_or(""),
+                s["ends_at"].as_str().unwrap_or(""),
+                matchers.join(" "),
+                s["created_by"].as_str().unwrap_or(""),
+                s["comment"].as_str().unwrap_or("")
+            );
+        };
+        match body.as_array() {
+            Some(list) => list.iter().for_each(show),
+            None => show(&body),
+        }
+        Ok(ExitCode::SUCCESS)
     })
 }

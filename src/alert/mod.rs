@@ -11,6 +11,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 
 mod event_ref;
+pub mod query;
 
 pub use event_ref::EventRef;
 

@@ -1,29 +1,98 @@
 //! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is
-//! up) and `/readyz` (state restored, sources started: ready to receive audit events).
+//! up), `/readyz` (state restored, sources started: ready to receive audit events) and the
+//! silences API (`/api/v1/silences`, used by `auditwatch silence`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
 
 use crate::metrics::Metrics;
+use crate::notify::silence::{NewSilence, SilenceError, Silences};
 
 #[derive(Clone)]
 struct Ops {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    silences: Arc<Mutex<Silences>>,
 }
 
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    silences: Arc<Mutex<Silences>>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Ops { metrics, ready })
+        .route("/api/v1/silences", get(list_silences).post(add_silence))
+        .route("/api/v1/silences/{id}", delete(expire_silence))
+        .with_state(Ops {
+            metrics,
+            ready,
+            silences,
+        })
+}
+
+fn silence_error(e: SilenceError) -> Response {
+    let status = match e {
+        SilenceError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SilenceError::NotFound(_) => StatusCode::NOT_FOUND,
+        SilenceError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
+}
+
+async fn list_silences(State(ops): State<Ops>) -> Response {
+    let now = chrono::Utc::now();
+    let Ok(s) = ops.silences.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let list: Vec<serde_json::Value> = s
+        .list()
+        .iter()
+        .map(|x| {
+            let mut v = serde_json::to_value(x).unwrap_or_default();
+            v["state"] = x.state(now).into();
+            v
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn add_silence(State(ops): State<Ops>, body: axum::body::Bytes) -> Response {
+    let new: NewSilence = match serde_json::from_slice(&body) {
+        Ok(n) => n,
+        Err(e) => return silence_error(SilenceError::Invalid(format!("request body: {e}"))),
+    };
+    let Ok(mut s) = ops.silences.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match s.add(new, chrono::Utc::now()) {
+        Ok(created) => {
+            tracing::info!(silence = %created.id, matchers = ?created.matchers.iter().map(ToString::to_string).collect::<Vec<_>>(), ends_at = %created.ends_at, by = %created.created_by, "silence added");
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Err(e) => silence_error(e),
+    }
+}
+
+async fn expire_silence(State(ops): State<Ops>, Path(id): Path<String>) -> Response {
+    let Ok(mut s) = ops.silences.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    match s.expire(&id, chrono::Utc::now()) {
+        Ok(expired) => {
+            tracing::info!(silence = %expired.id, "silence expired");
+            Json(expired).into_response()
+        }
+        Err(e) => silence_error(e),
+    }
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {

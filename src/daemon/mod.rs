@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, SourceConfig};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::notify::{Notify, NotifyOptions};
 use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
 use crate::source::tail::{Follower, Sink};
 use crate::source::webhook::{Webhook, WebhookDeps};
@@ -87,6 +88,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         },
     };
     let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::notify::check_rule_notifiers(&rule_set, &config.notifiers).map_err(anyhow::Error::msg)?;
     tracing::info!(
         rules = rule_set.rules.len(),
         files = rule_set.files.len(),
@@ -115,6 +117,29 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     }
     let alerts = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
         .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("auditwatch-io")
+        .build()?;
+    let notify = Notify::start(
+        NotifyOptions {
+            state_dir: config.state_dir.clone(),
+            alert_journal: state.alerts_path(),
+            alert_journal_len: alerts.len(),
+            notifiers: config.notifiers.clone(),
+            route: config.route.clone(),
+            delivery: config.delivery.clone(),
+        },
+        Arc::clone(&metrics),
+        runtime.handle(),
+    )?;
+    if !config.notifiers.is_empty() {
+        tracing::info!(
+            notifiers = ?config.notifiers.iter().map(|(n, c)| format!("{n} ({})", c.kind())).collect::<Vec<_>>(),
+            "alert delivery ready"
+        );
+    }
     let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
     let journal_size = Arc::new(AtomicU64::new(0));
     let mut pipeline = Pipeline::new(
@@ -129,6 +154,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             lateness: config.engine.lateness.0,
             journal_size: Arc::clone(&journal_size),
             journal_max: config.journal.max_size.0,
+            notify: Some(notify.submitter()),
         },
         snapshot.as_ref(),
         feedback_tx,
@@ -172,11 +198,6 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             .spawn(move || ingest::run(journal, journal_rx, size, metrics))?
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("auditwatch-io")
-        .build()?;
     let stop = CancellationToken::new();
     let stop_files = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
@@ -236,7 +257,11 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("http.listen {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "metrics and health on /metrics, /healthz, /readyz");
-            let app = http::router(Arc::clone(&metrics), Arc::clone(&ready));
+            let app = http::router(
+                Arc::clone(&metrics),
+                Arc::clone(&ready),
+                Arc::clone(&notify.silences),
+            );
             let stop = stop.clone();
             tasks.spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -291,7 +316,8 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             let rules = rules.clone();
             let metrics = Arc::clone(&metrics);
             let watch = config.reload.watch.then(|| config.reload.interval.std());
-            tasks.spawn(reload_loop(rules, load_opts, tx, metrics, watch, stop));
+            let notifiers = config.notifiers.clone();
+            tasks.spawn(reload_loop(rules, load_opts, notifiers, tx, metrics, watch, stop));
         }
 
         drop(journal_tx);
@@ -320,6 +346,9 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     if engine_thread.join().is_err() {
         bail!("the engine thread panicked");
     }
+    // Every alert is in the alert journal and handed to delivery; give sends in flight a
+    // moment, then stop (the rest goes out after the next start).
+    runtime.block_on(notify.shutdown(Duration::from_secs(2)));
     runtime.shutdown_timeout(Duration::from_secs(1));
     result?;
     tracing::info!("stopped");
@@ -329,6 +358,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
 async fn reload_loop(
     rules: RuleSource,
     opts: LoadOptions,
+    notifiers: std::collections::BTreeMap<String, crate::notify::config::NotifierConfig>,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     watch: Option<Duration>,
@@ -358,7 +388,13 @@ async fn reload_loop(
         };
         let loader = rules.clone();
         let opts = opts.clone();
-        let loaded = tokio::task::spawn_blocking(move || loader.load(&opts)).await;
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&opts))
+            .await
+            .map(|r| {
+                r.map_err(|e| e.to_string()).and_then(|set| {
+                    crate::notify::check_rule_notifiers(&set, &notifiers).map(|()| set)
+                })
+            });
         match loaded {
             Ok(Ok(set)) => {
                 metrics.rule_reloads.with_label_values(&["ok"]).inc();

@@ -76,6 +76,8 @@ pub struct PipelineOptions {
     /// so the journal can compact before the webhook has to refuse batches.
     pub journal_size: Arc<AtomicU64>,
     pub journal_max: u64,
+    /// Alert delivery; alerts go there once they are in the alert journal.
+    pub notify: Option<crate::notify::Submitter>,
 }
 
 pub struct Pipeline {
@@ -363,8 +365,17 @@ impl Pipeline {
                 !again
             });
         }
-        if let Err(e) = self.alerts.append(&alerts) {
-            tracing::error!(path = %self.alerts.path().display(), error = %e, "cannot append to the alert journal");
+        match self.alerts.append(&alerts) {
+            Ok(offsets) => {
+                if let Some(notify) = &self.opts.notify {
+                    notify.submit(&alerts, &offsets, self.alerts.len());
+                }
+            }
+            Err(e) => {
+                // Not durable, so not deliverable with the no-loss guarantee; stdout still
+                // shows them below.
+                tracing::error!(path = %self.alerts.path().display(), error = %e, alerts = alerts.len(), "cannot append to the alert journal; these alerts are not sent to notifiers");
+            }
         }
         let stdout = std::io::stdout();
         let mut w = stdout.lock();

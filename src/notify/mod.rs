@@ -175,15 +175,9 @@ impl Notify {
         })
     }
 
-    /// Hands alerts written to the alert journal (at `offsets`; `end` is its length after)
-    /// to delivery. Blocks only if the dispatcher is far behind (it never waits on I/O).
-    pub fn submit(&self, alerts: &[Alert], offsets: &[u64], end: u64) {
-        let alerts = offsets
-            .iter()
-            .copied()
-            .zip(alerts.iter().cloned().map(Arc::new))
-            .collect();
-        let _ = self.tx.send(Msg::Alerts { alerts, end });
+    /// What the engine thread uses to hand over alerts.
+    pub fn submitter(&self) -> Submitter {
+        Submitter(self.tx.clone())
     }
 
     /// Stops the workers (an in-flight send gets up to `grace`), records the outcomes they
@@ -202,6 +196,55 @@ impl Notify {
             let _ = tokio::task::spawn_blocking(move || d.join()).await;
         }
     }
+}
+
+/// Hands alerts to the dispatcher.
+#[derive(Clone)]
+pub struct Submitter(std_mpsc::SyncSender<Msg>);
+
+impl Submitter {
+    /// Alerts just written to the alert journal at `offsets`; `end` is its length after them.
+    /// Blocks only while the dispatcher is far behind (it never waits on the network).
+    pub fn submit(&self, alerts: &[Alert], offsets: &[u64], end: u64) {
+        let alerts = offsets
+            .iter()
+            .copied()
+            .zip(alerts.iter().cloned().map(Arc::new))
+            .collect();
+        if self.0.send(Msg::Alerts { alerts, end }).is_err() {
+            tracing::error!("delivery dispatcher stopped; alerts stay in the alert journal until the next start");
+        }
+    }
+}
+
+/// Builds every notifier once (templates compile, secrets and CA files read), for
+/// `auditwatch run --check`.
+pub fn check_notifiers(config: &crate::config::Config) -> Result<(), String> {
+    for (name, n) in &config.notifiers {
+        send::build(n, config.delivery.timeout.std())
+            .map_err(|e| format!("notifier {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks that every rule's own `notify` names a configured notifier.
+pub fn check_rule_notifiers(
+    rules: &crate::rules::RuleSet,
+    notifiers: &BTreeMap<String, NotifierConfig>,
+) -> Result<(), String> {
+    for rule in &rules.rules {
+        for name in rule.notify.iter().flat_map(|n| n.iter()) {
+            if !notifiers.contains_key(name) {
+                return Err(format!(
+                    "{}: rule {:?}: notify: unknown notifier {name:?} (the config defines: {})",
+                    rule.origin,
+                    rule.name,
+                    notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct GroupState {
