@@ -9,10 +9,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use auditwatch::alert::query::AlertQuery;
 use auditwatch::engine::EngineOptions;
 use auditwatch::event::Span;
 use auditwatch::replay::{Diagnostic, ReplayReport, replay};
-use auditwatch::alert::query::AlertQuery;
 use auditwatch::rules::{LoadError, LoadOptions, RuleSet, ScriptLimits, Severity};
 use auditwatch::{bundled, ruletest};
 
@@ -150,7 +150,8 @@ fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.to_utc());
     }
-    let span = Span::parse(s).map_err(|e| format!("{s:?}: not an RFC 3339 time nor an age ({e})"))?;
+    let span =
+        Span::parse(s).map_err(|e| format!("{s:?}: not an RFC 3339 time nor an age ({e})"))?;
     Ok(chrono::Utc::now() - chrono::TimeDelta::nanoseconds(span.0))
 }
 

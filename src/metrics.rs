@@ -136,7 +136,9 @@ impl Metrics {
                 "auditwatch_notification_duration_seconds",
                 "Time of one send attempt, by notifier.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["notifier"],
         )
         .expect("valid metric");

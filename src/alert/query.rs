@@ -33,7 +33,10 @@ impl AlertQuery {
             && self.text.as_ref().is_none_or(|needle| {
                 let needle = needle.to_lowercase();
                 a.summary.to_lowercase().contains(&needle)
-                    || a.group.0.iter().any(|(_, v)| v.to_lowercase().contains(&needle))
+                    || a.group
+                        .0
+                        .iter()
+                        .any(|(_, v)| v.to_lowercase().contains(&needle))
                     || a.events.iter().any(|e| {
                         e.user().to_lowercase().contains(&needle)
                             || e.object().to_lowercase().contains(&needle)

@@ -88,7 +88,8 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         },
     };
     let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::notify::check_rule_notifiers(&rule_set, &config.notifiers).map_err(anyhow::Error::msg)?;
+    crate::notify::check_rule_notifiers(&rule_set, &config.notifiers)
+        .map_err(anyhow::Error::msg)?;
     tracing::info!(
         rules = rule_set.rules.len(),
         files = rule_set.files.len(),

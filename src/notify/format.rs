@@ -27,7 +27,11 @@ pub struct Notification {
 }
 
 impl Notification {
-    pub fn make_id(notifier: &str, alerts: &[Arc<Alert>], repeat_at: Option<DateTime<Utc>>) -> String {
+    pub fn make_id(
+        notifier: &str,
+        alerts: &[Arc<Alert>],
+        repeat_at: Option<DateTime<Utc>>,
+    ) -> String {
         let mut parts: Vec<&[u8]> = vec![notifier.as_bytes()];
         for a in alerts {
             parts.push(a.id.as_bytes());
@@ -51,7 +55,11 @@ impl Notification {
                 rules.dedup();
                 rules.sort_unstable();
                 rules.dedup();
-                let top = many.iter().map(|a| a.severity).max().unwrap_or(Severity::Info);
+                let top = many
+                    .iter()
+                    .map(|a| a.severity)
+                    .max()
+                    .unwrap_or(Severity::Info);
                 format!(
                     "{} {} alerts: {}",
                     top.as_str().to_uppercase(),
@@ -130,8 +138,13 @@ pub fn slack(n: &Notification) -> Value {
 /// Alertmanager API v2 `POST /api/v2/alerts` body. Labels: `alertname` (the rule),
 /// `severity`, `source="auditwatch"`, the rule's labels, and each group field as
 /// `group_<field>` (sanitised to a label name). The alert is active for `active_for`.
-pub fn alertmanager(n: &Notification, now: DateTime<Utc>, active_for: std::time::Duration) -> Value {
-    let ends = now + chrono::TimeDelta::from_std(active_for).unwrap_or(chrono::TimeDelta::minutes(5));
+pub fn alertmanager(
+    n: &Notification,
+    now: DateTime<Utc>,
+    active_for: std::time::Duration,
+) -> Value {
+    let ends =
+        now + chrono::TimeDelta::from_std(active_for).unwrap_or(chrono::TimeDelta::minutes(5));
     let alerts: Vec<Value> = n
         .alerts
         .iter()
@@ -229,7 +242,10 @@ pub fn event_table(a: &Alert, max: usize) -> String {
             }
             s.push_str(c);
             if i + 1 < cells.len() {
-                s.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
+                s.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(c.chars().count()),
+                ));
             }
         }
         s.push('\n');
@@ -250,7 +266,13 @@ pub fn event_table(a: &Alert, max: usize) -> String {
 pub fn label_name(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
@@ -289,8 +311,14 @@ mod tests {
     fn alertmanager_labels_are_valid_names_and_carry_the_id() {
         let mut a = alert("pod-exec", Severity::High, &[("team.name", "apps")]);
         a.group = crate::alert::Group(vec![("effectiveUser.username".into(), "bob".into())]);
-        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().to_utc();
-        let v = alertmanager(&note(vec![a.clone()]), now, std::time::Duration::from_secs(300));
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        let v = alertmanager(
+            &note(vec![a.clone()]),
+            now,
+            std::time::Duration::from_secs(300),
+        );
         let labels = &v[0]["labels"];
         assert_eq!(labels["alertname"], "pod-exec");
         assert_eq!(labels["team_name"], "apps");
@@ -310,8 +338,18 @@ mod tests {
 
     #[test]
     fn ids_are_stable_and_titles_summarise() {
-        let n = note(vec![alert("a", Severity::Low, &[]), alert("b", Severity::High, &[])]);
-        assert_eq!(n.id, note(vec![alert("a", Severity::Low, &[]), alert("b", Severity::High, &[])]).id);
+        let n = note(vec![
+            alert("a", Severity::Low, &[]),
+            alert("b", Severity::High, &[]),
+        ]);
+        assert_eq!(
+            n.id,
+            note(vec![
+                alert("a", Severity::Low, &[]),
+                alert("b", Severity::High, &[])
+            ])
+            .id
+        );
         assert_eq!(n.title(), "HIGH 2 alerts: a, b");
         let g = generic(&n);
         assert_eq!(g["alerts"][1]["rule"], "b");

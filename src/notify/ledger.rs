@@ -123,8 +123,7 @@ impl Ledger {
     }
 
     pub fn is_settled(&self, notifier: &str, id: &str) -> bool {
-        self.settled
-            .contains(&(notifier.to_owned(), id.to_owned()))
+        self.settled.contains(&(notifier.to_owned(), id.to_owned()))
     }
 
     pub fn settle(&mut self, batch: Vec<Entry>) -> io::Result<()> {
@@ -208,7 +207,8 @@ mod tests {
             at,
             o: Outcome::Sent,
         };
-        l.settle(vec![e("mail", "a", 0), e("hook", "a", 0)]).unwrap();
+        l.settle(vec![e("mail", "a", 0), e("hook", "a", 0)])
+            .unwrap();
         l.advance(10).unwrap();
         drop(l);
         let mut f = OpenOptions::new()

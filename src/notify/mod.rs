@@ -162,10 +162,7 @@ impl Notify {
         let handle = std::thread::Builder::new()
             .name("notify-dispatch".into())
             .spawn(move || dispatcher.run(rx))
-            .map_err(|source| NotifyError::Io {
-                path: dir,
-                source,
-            })?;
+            .map_err(|source| NotifyError::Io { path: dir, source })?;
         Ok(Notify {
             tx,
             silences,
@@ -212,7 +209,9 @@ impl Submitter {
             .zip(alerts.iter().cloned().map(Arc::new))
             .collect();
         if self.0.send(Msg::Alerts { alerts, end }).is_err() {
-            tracing::error!("delivery dispatcher stopped; alerts stay in the alert journal until the next start");
+            tracing::error!(
+                "delivery dispatcher stopped; alerts stay in the alert journal until the next start"
+            );
         }
     }
 }
@@ -366,7 +365,10 @@ impl Dispatcher {
                 continue;
             }
             *self.pending.entry(offset).or_default() += 1;
-            *self.pending_by_notifier.entry(notifier.clone()).or_default() += 1;
+            *self
+                .pending_by_notifier
+                .entry(notifier.clone())
+                .or_default() += 1;
             queued += 1;
             let silenced = self
                 .silences
@@ -380,15 +382,15 @@ impl Dispatcher {
             }
             // `repeat_interval`: the same rule and group notified recently is folded.
             if !grouping.repeat.is_zero() {
-                let ident = (notifier.clone(), alert.rule.clone(), alert.group.to_string());
+                let ident = (
+                    notifier.clone(),
+                    alert.rule.clone(),
+                    alert.group.to_string(),
+                );
                 if let Some(last) = self.last_notified.get(&ident)
                     && now.duration_since(*last) < grouping.repeat
                 {
-                    settled_now.push((
-                        notifier,
-                        (offset, alert.id.clone()),
-                        Outcome::Deduplicated,
-                    ));
+                    settled_now.push((notifier, (offset, alert.id.clone()), Outcome::Deduplicated));
                     continue;
                 }
                 self.last_notified.insert(ident, now);
@@ -409,7 +411,11 @@ impl Dispatcher {
             if group.pending.len() >= self.max_pending {
                 let (old_offset, old) = group.pending.remove(0);
                 tracing::error!(notifier = %notifier, alert = %old.id, "delivery: backlog over delivery.max_pending; dropping the oldest undelivered alert (it stays in the alert journal)");
-                settled_now.push((notifier.clone(), (old_offset, old.id.clone()), Outcome::Dropped));
+                settled_now.push((
+                    notifier.clone(),
+                    (old_offset, old.id.clone()),
+                    Outcome::Dropped,
+                ));
             }
             group.pending.push((offset, alert.clone()));
             if group.due.is_none() {
@@ -432,8 +438,9 @@ impl Dispatcher {
         for (gk, g) in self.groups.iter_mut() {
             if g.due.is_none_or(|d| d > now) || g.pending.is_empty() {
                 if g.pending.is_empty()
-                    && g.last_flush
-                        .is_none_or(|l| now.duration_since(l) > g.grouping.interval.max(Duration::from_secs(60)))
+                    && g.last_flush.is_none_or(|l| {
+                        now.duration_since(l) > g.grouping.interval.max(Duration::from_secs(60))
+                    })
                 {
                     emptied.push(gk.clone());
                 }
@@ -471,9 +478,11 @@ impl Dispatcher {
         for gk in emptied {
             self.groups.remove(&gk);
         }
-        self.metrics
-            .silences_active
-            .set(self.silences.lock().map_or(0, |s| s.active_count(Utc::now())) as i64);
+        self.metrics.silences_active.set(
+            self.silences
+                .lock()
+                .map_or(0, |s| s.active_count(Utc::now())) as i64,
+        );
     }
 
     fn update_active(&mut self) {
@@ -481,7 +490,10 @@ impl Dispatcher {
         let metrics = &self.metrics;
         self.active.retain(|(rule, sev), until| {
             if *until <= now {
-                metrics.alert_active.with_label_values(&[&**rule, *sev]).set(0);
+                metrics
+                    .alert_active
+                    .with_label_values(&[&**rule, *sev])
+                    .set(0);
                 false
             } else {
                 true

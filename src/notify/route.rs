@@ -44,6 +44,7 @@ pub struct Grouping {
     pub by: Option<Vec<String>>,
     pub wait: Duration,
     pub interval: Duration,
+    /// Re-firings of the same rule and group within this are folded (0: never).
     pub repeat: Duration,
 }
 
@@ -53,7 +54,8 @@ impl Default for Grouping {
             by: None,
             wait: Duration::ZERO,
             interval: Duration::from_secs(60),
-            repeat: Duration::from_secs(4 * 3600),
+            // Off: every firing is its own incident; rules throttle their own floods.
+            repeat: Duration::ZERO,
         }
     }
 }
@@ -69,7 +71,9 @@ impl Grouping {
                     .map(|f| {
                         (
                             f.clone(),
-                            alert_field(alert, f).map(Cow::into_owned).unwrap_or_default(),
+                            alert_field(alert, f)
+                                .map(Cow::into_owned)
+                                .unwrap_or_default(),
                         )
                     })
                     .collect();
@@ -117,7 +121,11 @@ impl Router {
 
     /// Destinations for `alert`, without duplicates (the first route naming a notifier wins).
     /// A rule's own `notify` list, when set, replaces routing (root grouping).
-    pub fn route<'a>(&'a self, alert: &Alert, rule_notify: Option<&'a [String]>) -> Vec<Destination<'a>> {
+    pub fn route<'a>(
+        &'a self,
+        alert: &Alert,
+        rule_notify: Option<&'a [String]>,
+    ) -> Vec<Destination<'a>> {
         let mut out: Vec<Destination<'a>> = Vec::new();
         if let Some(names) = rule_notify {
             for n in names {
@@ -131,7 +139,12 @@ impl Router {
     }
 }
 
-fn push_unique<'a>(out: &mut Vec<Destination<'a>>, route: usize, notifier: &'a str, grouping: &'a Grouping) {
+fn push_unique<'a>(
+    out: &mut Vec<Destination<'a>>,
+    route: usize,
+    notifier: &'a str,
+    grouping: &'a Grouping,
+) {
     if !out.iter().any(|d| d.notifier == notifier) {
         out.push(Destination {
             route,
@@ -142,7 +155,12 @@ fn push_unique<'a>(out: &mut Vec<Destination<'a>>, route: usize, notifier: &'a s
 }
 
 /// Returns whether `node` (or a descendant) took the alert. `index` numbers nodes depth-first.
-fn walk<'a>(node: &'a Node, alert: &Alert, index: &mut usize, out: &mut Vec<Destination<'a>>) -> bool {
+fn walk<'a>(
+    node: &'a Node,
+    alert: &Alert,
+    index: &mut usize,
+    out: &mut Vec<Destination<'a>>,
+) -> bool {
     let me = *index;
     *index += 1;
     if !matches(&node.matcher, alert) {
@@ -181,10 +199,10 @@ fn count(node: &Node) -> usize {
 
 fn matches(m: &RouteMatch, alert: &Alert) -> bool {
     (m.severity.is_empty() || m.severity.contains(&alert.severity))
-        && m.min_severity.is_none_or(|min: Severity| alert.severity >= min)
+        && m.min_severity
+            .is_none_or(|min: Severity| alert.severity >= min)
         && (m.rules.is_empty() || m.rules.iter().any(|r| *r == *alert.rule))
-        && m
-            .labels
+        && m.labels
             .iter()
             .all(|(k, v)| alert_field(alert, k).is_some_and(|got| got == v.as_str()))
 }
@@ -223,7 +241,10 @@ mod tests {
     }
 
     fn names(r: &Router, a: &Alert) -> Vec<String> {
-        r.route(a, None).iter().map(|d| d.notifier.to_owned()).collect()
+        r.route(a, None)
+            .iter()
+            .map(|d| d.notifier.to_owned())
+            .collect()
     }
 
     #[test]

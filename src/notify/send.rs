@@ -114,7 +114,8 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 if let Some(ca) = &c.smtp.ca_file {
                     let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
                     b = b.add_root_certificate(
-                        Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?,
+                        Certificate::from_pem(&pem)
+                            .map_err(|e| format!("{}: {e}", ca.display()))?,
                     );
                 }
                 b.build().map_err(|e| e.to_string())
@@ -144,11 +145,10 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 .from
                 .parse()
                 .map_err(|e| format!("from {:?}: {e}", c.from))?;
-            let to = c
-                .to
-                .iter()
-                .map(|t| t.parse::<Mailbox>().map_err(|e| format!("to {t:?}: {e}")))
-                .collect::<Result<Vec<_>, _>>()?;
+            let to =
+                c.to.iter()
+                    .map(|t| t.parse::<Mailbox>().map_err(|e| format!("to {t:?}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
             if to.is_empty() {
                 return Err("email needs at least one recipient in `to`".into());
             }
@@ -190,7 +190,11 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 client: client(c.ca_file.as_deref(), timeout)?,
                 url: c.url.clone(),
                 kind: HttpKind::Generic,
-                headers: c.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                headers: c
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 bearer,
                 routing_key: None,
                 body_template,
@@ -312,8 +316,12 @@ impl Http {
                 // One event per alert, each deduplicated by PagerDuty on its id.
                 let key = self.routing_key.as_deref().unwrap_or("");
                 for a in &n.alerts {
-                    self.post(&n.id, format::pagerduty(a, key).to_string(), "application/json")
-                        .await?;
+                    self.post(
+                        &n.id,
+                        format::pagerduty(a, key).to_string(),
+                        "application/json",
+                    )
+                    .await?;
                 }
                 Ok(())
             }
@@ -321,7 +329,9 @@ impl Http {
                 Some((env, content_type)) => {
                     let body = env
                         .get_template("body")
-                        .and_then(|t| t.render(minijinja::Value::from(minijinja::value::Serde(n.context()))))
+                        .and_then(|t| {
+                            t.render(minijinja::Value::from(minijinja::value::Serde(n.context())))
+                        })
                         .map_err(|e| SendError::Permanent(format!("body template: {e:#}")))?;
                     self.post(&n.id, body, content_type).await
                 }
@@ -354,9 +364,10 @@ impl Http {
         if let Some(token) = &self.bearer {
             req = req.bearer_auth(token);
         }
-        let resp = req.send().await.map_err(|e| {
-            SendError::Transient(format!("{}: {}", self.url, error_chain(&e)))
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| SendError::Transient(format!("{}: {}", self.url, error_chain(&e))))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());

@@ -229,9 +229,8 @@ impl Silences {
             source,
         };
         let list = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                SilenceError::Invalid(format!("{}: {e}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| SilenceError::Invalid(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
@@ -285,7 +284,9 @@ impl Silences {
             }
         };
         if ends_at <= starts_at {
-            return Err(SilenceError::Invalid("ends_at must be after starts_at".into()));
+            return Err(SilenceError::Invalid(
+                "ends_at must be after starts_at".into(),
+            ));
         }
         let silence = Silence {
             id: silence_id(&matchers, starts_at, now),
@@ -322,7 +323,8 @@ impl Silences {
             source,
         };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.list).map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes =
+            serde_json::to_vec_pretty(&self.list).map_err(|e| io(std::io::Error::other(e)))?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -399,9 +401,16 @@ mod tests {
         assert!(s.silencing(&a, now + chrono::TimeDelta::hours(3)).is_none());
         let reopened = Silences::open(&path).unwrap();
         assert_eq!(reopened.list(), s.list());
-        s.expire(&created.id, now + chrono::TimeDelta::minutes(1)).unwrap();
-        assert!(s.silencing(&a, now + chrono::TimeDelta::minutes(2)).is_none());
-        assert!(matches!(s.expire("nope", now), Err(SilenceError::NotFound(_))));
+        s.expire(&created.id, now + chrono::TimeDelta::minutes(1))
+            .unwrap();
+        assert!(
+            s.silencing(&a, now + chrono::TimeDelta::minutes(2))
+                .is_none()
+        );
+        assert!(matches!(
+            s.expire("nope", now),
+            Err(SilenceError::NotFound(_))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

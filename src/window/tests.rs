@@ -51,7 +51,7 @@ fn count_window_slides_across_minute_boundaries() {
         (f.count, f.first_seen, f.last_seen),
         (5, EventTime::from_secs(58), EventTime::from_secs(290))
     );
-    assert_eq!(ids(&f), ["id0", "id1", "id2", "id3", "id4"]);
+    assert_eq!(ids(f), ["id0", "id1", "id2", "id3", "id4"]);
 }
 
 #[test]

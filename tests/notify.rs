@@ -1,0 +1,640 @@
+//! End-to-end tests of alert delivery with real receivers on 127.0.0.1: an SMTP server
+//! (aiosmtpd, Debian `python3-aiosmtpd`), Alertmanager 0.25 and Prometheus 2.42 (Debian
+//! `prometheus-alertmanager`, `prometheus`), `promtool`, and an HTTP receiver written here.
+//! `.ci/run` installs them; without them these tests fail and say what to install.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn need(binary: &str) -> PathBuf {
+    let p = PathBuf::from(binary);
+    assert!(
+        p.exists(),
+        "{binary} is missing: apt-get install -y prometheus prometheus-alertmanager python3-aiosmtpd (or run .ci/run)"
+    );
+    p
+}
+
+/// A child process killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Server {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let err = log.try_clone().unwrap();
+    Server(
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}")),
+    )
+}
+
+fn smtp_server(dir: &Path, port: u16, maildir: &Path) -> Server {
+    let python = need("/usr/bin/python3");
+    let s = spawn_logged(
+        dir,
+        "aiosmtpd",
+        Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir),
+    );
+    wait_until("aiosmtpd to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    s
+}
+
+fn mails(maildir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(maildir.join(sub)) {
+            for e in rd.flatten() {
+                out.push(std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    path: String,
+    headers: BTreeMap<String, String>,
+    body: serde_json::Value,
+}
+
+/// An HTTP receiver on 127.0.0.1: records JSON POSTs, answers the first `fail_first` with 503.
+struct Receiver {
+    port: u16,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let seen = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut served = 0usize;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let mut headers = BTreeMap::new();
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        headers.insert(k.trim().to_lowercase(), v.trim().to_owned());
+                    }
+                }
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                served += 1;
+                let status = if served <= fail_first {
+                    "503 Service Unavailable"
+                } else {
+                    seen.lock().unwrap().push(Received {
+                        path,
+                        headers,
+                        body: serde_json::from_slice(&body).unwrap_or_default(),
+                    });
+                    "202 Accepted"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, got }
+    }
+
+    fn at(&self, path: &str) -> Vec<Received> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+const RULES: &str = r#"
+rules:
+  - name: secret-read
+    severity: medium
+    match: { verbs: [get], resources: [secrets] }
+    summary: '{{ user.username }} read secret {{ objectRef.name }}'
+  - name: pod-deleted
+    severity: high
+    match: { verbs: [delete], resources: [pods] }
+    summary: '{{ user.username }} deleted pod {{ objectRef.name }}'
+"#;
+
+fn write_config(dir: &Path, hook: u16, metrics: u16, notify: &str) -> PathBuf {
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let config = format!(
+        r#"state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources:
+  - webhook: {{ listen: "127.0.0.1:{hook}" }}
+delivery:
+  retry: {{ initial: 100ms, max: 1s }}
+{notify}
+"#
+    );
+    let path = dir.join("auditwatch.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+fn post(hook: u16, events: &[String]) {
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(format!("http://127.0.0.1:{hook}/"))
+        .header("Content-Type", "application/json")
+        .body(event_list(events))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[test]
+fn webhook_slack_pagerduty_alertmanager_and_metric_alerts_receive_every_alert() {
+    let am_bin = need("/usr/bin/prometheus-alertmanager");
+    let dir = Scratch::new("notify-http");
+    let receiver = Receiver::start(1);
+    let am_port = free_port();
+    std::fs::write(
+        dir.0.join("alertmanager.yml"),
+        "route: { receiver: nobody }\nreceivers: [ { name: nobody } ]\n",
+    )
+    .unwrap();
+    let _am = spawn_logged(
+        &dir.0,
+        "alertmanager",
+        Command::new(am_bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("alertmanager.yml").display()
+            ))
+            .arg(format!(
+                "--storage.path={}",
+                dir.0.join("am-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address="),
+    );
+    wait_until("alertmanager ready", || {
+        http_get(am_port, "/-/ready").is_some_and(|(c, _)| c == 200)
+    });
+    let (hook, metrics) = (free_port(), free_port());
+    let r = receiver.port;
+    std::fs::write(dir.0.join("token"), "s3cret\n").unwrap();
+    let config = write_config(
+        &dir.0,
+        hook,
+        metrics,
+        &format!(
+            r#"notifiers:
+  hook:
+    webhook:
+      url: "http://127.0.0.1:{r}/generic"
+      headers: {{ X-Team: platform }}
+      bearer_token: {{ file: token }}
+  chat: {{ slack: {{ url: "http://127.0.0.1:{r}/slack" }} }}
+  pager: {{ pagerduty: {{ url: "http://127.0.0.1:{r}/pd", routing_key: {{ value: rk-1 }} }} }}
+  am: {{ alertmanager: {{ url: "http://127.0.0.1:{am_port}" }} }}
+  prom: {{ metrics: {{}} }}
+route:
+  notify: [hook, chat, am, prom]
+  routes:
+    - match: {{ min_severity: high }}
+      notify: [pager, hook, am, prom]
+"#
+        ),
+    );
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    post(
+        hook,
+        &[
+            event("r-1", "get", "alice", "secrets", "db-password", 200),
+            event("r-2", "delete", "bob", "pods", "web-1", 200),
+        ],
+    );
+    wait_until("every receiver to get its alerts", || {
+        receiver.at("/generic").len() == 2
+            && receiver.at("/slack").len() == 1
+            && receiver.at("/pd").len() == 1
+    });
+    let generic = receiver.at("/generic");
+    let read = generic
+        .iter()
+        .find(|g| g.body["alerts"][0]["rule"] == "secret-read")
+        .expect("the secret-read notification");
+    let a = &read.body["alerts"][0];
+    assert_eq!(read.body["version"], "1");
+    assert_eq!(a["summary"], "alice read secret db-password");
+    assert_eq!(a["events"][0]["user"], "alice");
+    assert_eq!(a["events"][0]["object"], "secrets prod/db-password");
+    assert_eq!(a["events"][0]["source_ip"], "10.1.2.3");
+    assert_eq!(read.headers["authorization"], "Bearer s3cret");
+    assert_eq!(read.headers["x-team"], "platform");
+    assert_eq!(
+        read.headers["idempotency-key"],
+        read.body["notification_id"].as_str().unwrap()
+    );
+    let slack = &receiver.at("/slack")[0].body;
+    assert!(slack["text"].as_str().unwrap().contains("secret-read"));
+    assert_eq!(slack["blocks"][0]["type"], "header");
+    let pd = &receiver.at("/pd")[0].body;
+    assert_eq!(pd["routing_key"], "rk-1");
+    assert_eq!(pd["event_action"], "trigger");
+    assert_eq!(pd["payload"]["severity"], "error");
+    let deleted_id = pd["dedup_key"].as_str().unwrap().to_owned();
+    assert_eq!(pd["payload"]["custom_details"]["id"], deleted_id.as_str());
+
+    // Alertmanager took both through API v2 and lists them in its own API.
+    wait_until("alertmanager to list both alerts", || {
+        http_get(am_port, "/api/v2/alerts").is_some_and(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let names: Vec<&str> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x["labels"]["alertname"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.contains(&"secret-read") && names.contains(&"pod-deleted")
+        })
+    });
+    let (_, body) = http_get(am_port, "/api/v2/alerts").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let del = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["labels"]["alertname"] == "pod-deleted")
+        .unwrap();
+    assert_eq!(del["labels"]["severity"], "high");
+    assert_eq!(del["labels"]["source"], "auditwatch");
+    assert_eq!(del["annotations"]["auditwatch_id"], deleted_id.as_str());
+
+    let m = daemon.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            r#"auditwatch_alert_firings_total{rule="secret-read",severity="medium"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"auditwatch_alert_active{rule="pod-deleted",severity="high"}"#
+        ),
+        1.0
+    );
+    // The first POST got a 503 and was retried.
+    assert!(
+        sample(
+            &m,
+            r#"auditwatch_notification_attempts_total{notifier="chat",result="transient"}"#
+        ) + sample(
+            &m,
+            r#"auditwatch_notification_attempts_total{notifier="hook",result="transient"}"#
+        ) + sample(
+            &m,
+            r#"auditwatch_notification_attempts_total{notifier="pager",result="transient"}"#
+        ) >= 1.0
+    );
+    wait_until("the outcomes to be counted", || {
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_notifications_total{notifier="hook",outcome="sent"}"#,
+        ) == 2.0
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
+
+#[test]
+fn email_reaches_every_recipient_once_across_an_smtp_outage_and_a_restart() {
+    let dir = Scratch::new("notify-smtp");
+    let (hook, metrics, smtp) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        &dir.0,
+        hook,
+        metrics,
+        &format!(
+            r#"notifiers:
+  oncall:
+    email:
+      smtp: {{ host: 127.0.0.1, port: {smtp}, tls: none }}
+      from: "auditwatch <auditwatch@example.com>"
+      to: [sec@example.com, "On Call <oncall@example.com>"]
+route:
+  notify: [oncall]
+"#
+        ),
+    );
+    // SMTP is down: the alerts wait.
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    post(
+        hook,
+        &[
+            event("m-1", "get", "alice", "secrets", "db-password", 200),
+            event("m-2", "delete", "bob", "pods", "web-1", 200),
+        ],
+    );
+    wait_until("failed SMTP attempts", || {
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_notification_attempts_total{notifier="oncall",result="transient"}"#,
+        ) >= 2.0
+    });
+    assert_eq!(
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_notifications_pending{notifier="oncall"}"#
+        ),
+        2.0
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    // SMTP comes back while auditwatch is down; the restart delivers what was pending.
+    let maildir = dir.0.join("mail");
+    let _smtp = smtp_server(&dir.0, smtp, &maildir);
+    let daemon = Daemon::start(&dir.0, &config, metrics, 2);
+    wait_until("two emails", || mails(&maildir).len() >= 2);
+    wait_until("the ledger to record them", || {
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_notifications_total{notifier="oncall",outcome="sent"}"#,
+        ) == 2.0
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // A third start sends nothing again.
+    let daemon = Daemon::start(&dir.0, &config, metrics, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_notifications_pending{notifier="oncall"}"#
+        ),
+        0.0
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let all = mails(&maildir);
+    assert_eq!(all.len(), 2, "each alert exactly once: {all:#?}");
+    let read = all
+        .iter()
+        .find(|m| m.contains("secret-read"))
+        .expect("the secret-read email");
+    let unfolded = read.replace("=\r\n", "").replace("=\n", "");
+    assert!(read.contains("Subject: [auditwatch] MEDIUM secret-read: alice read secret"));
+    assert!(read.contains("To: sec@example.com, \"On Call\" <oncall@example.com>"));
+    assert!(read.contains("Message-ID: <"));
+    assert!(read.contains("multipart/alternative"));
+    assert!(unfolded.contains("alice read secret db-password"));
+    // The event table: who, verb, object, source IP, time, code.
+    let row = unfolded
+        .lines()
+        .find(|l| l.contains("secrets prod/db-password") && !l.contains("<td>"))
+        .expect("an event table row");
+    assert!(
+        row.contains("alice")
+            && row.contains("get")
+            && row.contains("10.1.2.3")
+            && row.contains("200")
+    );
+}
+
+#[test]
+fn silences_grouping_and_the_alerts_listing() {
+    let dir = Scratch::new("notify-silence");
+    let receiver = Receiver::start(0);
+    let (hook, metrics) = (free_port(), free_port());
+    let r = receiver.port;
+    let config = write_config(
+        &dir.0,
+        hook,
+        metrics,
+        &format!(
+            r#"notifiers:
+  hook: {{ webhook: {{ url: "http://127.0.0.1:{r}/generic" }} }}
+route:
+  notify: [hook]
+  group_by: [rule]
+  group_wait: 2s
+"#
+        ),
+    );
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let url = format!("http://127.0.0.1:{metrics}");
+    let added = cli(&[
+        "silence",
+        "add",
+        "rule=secret-read",
+        "--duration",
+        "1h",
+        "--comment",
+        "rotation",
+        "--url",
+        &url,
+    ]);
+    let id = added.split_whitespace().next().unwrap().to_owned();
+    assert!(cli(&["silence", "list", "--url", &url]).contains("rule=\"secret-read\""));
+
+    post(
+        hook,
+        &[
+            event("s-1", "get", "alice", "secrets", "db", 200),
+            event("s-2", "delete", "bob", "pods", "web-1", 200),
+            event("s-3", "delete", "bob", "pods", "web-2", 200),
+        ],
+    );
+    // Both deletions within group_wait: one notification of two alerts.
+    wait_until("the grouped notification", || {
+        !receiver.at("/generic").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let got = receiver.at("/generic");
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert_eq!(got[0].body["group"]["rule"], "pod-deleted");
+    assert_eq!(got[0].body["alerts"].as_array().unwrap().len(), 2);
+    let m = daemon.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            r#"auditwatch_notifications_total{notifier="hook",outcome="silenced"}"#
+        ),
+        1.0
+    );
+    assert_eq!(sample(&m, "auditwatch_silences_active"), 1.0);
+
+    // Expired: the next secret read goes out.
+    cli(&["silence", "expire", &id, "--url", &url]);
+    post(hook, &[event("s-4", "get", "alice", "secrets", "db", 200)]);
+    wait_until("the unsilenced alert", || {
+        receiver.at("/generic").len() == 2
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let listed = cli(&[
+        "alerts",
+        "--state-dir",
+        "state",
+        "--rule",
+        "secret-read",
+        "--delivery",
+    ]);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(lines[0].contains("hook=silenced"), "{listed}");
+    assert!(lines[1].contains("hook=sent"), "{listed}");
+    let json = cli(&[
+        "alerts",
+        "--state-dir",
+        "state",
+        "--min-severity",
+        "high",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(json.lines().count(), 2);
+}
+
+#[test]
+fn prometheus_scrapes_metrics_and_promtool_accepts_them() {
+    let prom_bin = need("/usr/bin/prometheus");
+    let promtool = need("/usr/bin/promtool");
+    let dir = Scratch::new("notify-prom");
+    let (hook, metrics, prom_port) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        &dir.0,
+        hook,
+        metrics,
+        "notifiers:\n  prom: { metrics: {} }\nroute:\n  notify: [prom]\n",
+    );
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    post(hook, &[event("p-1", "get", "alice", "secrets", "db", 200)]);
+    wait_until("the metric alert", || {
+        sample(
+            &daemon.metrics(),
+            r#"auditwatch_alert_firings_total{rule="secret-read",severity="medium"}"#,
+        ) == 1.0
+    });
+    std::fs::write(
+        dir.0.join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: auditwatch\n    static_configs: [ {{ targets: ['127.0.0.1:{metrics}'] }} ]\n"
+        ),
+    )
+    .unwrap();
+    let _prom = spawn_logged(
+        &dir.0,
+        "prometheus",
+        Command::new(prom_bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.0.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
+    );
+    wait_until("prometheus to have scraped the alert counter", || {
+        http_get(
+            prom_port,
+            "/api/v1/query?query=auditwatch_alert_firings_total%7Brule%3D%22secret-read%22%7D",
+        )
+        .is_some_and(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            v["data"]["result"][0]["value"][1] == "1"
+        })
+    });
+
+    let text = daemon.metrics();
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+}
