@@ -90,6 +90,8 @@ pub struct Pipeline {
     /// IDs of alerts already in the alert journal that a replay after restart may produce
     /// again; each is suppressed once.
     already_sent: HashSet<String>,
+    /// Per-rule counts last published to the metrics (prefiltered, matched, evicted).
+    published: std::collections::HashMap<Arc<str>, [u64; 3]>,
     last_snapshot: Instant,
     /// Wall time and event time of the newest event, to move event time on when idle.
     newest: Option<(Instant, EventTime)>,
@@ -176,6 +178,7 @@ impl Pipeline {
             journal_seq,
             files,
             already_sent,
+            published: Default::default(),
             last_snapshot: Instant::now(),
             newest: None,
             out: Vec::new(),
@@ -340,6 +343,7 @@ impl Pipeline {
         self.metrics
             .window_keys
             .set(self.engine.window_keys() as i64);
+        self.publish_rule_stats();
         // Under journal pressure snapshot every second (not every batch: compaction follows
         // each write asynchronously).
         let journal_pressure = self.opts.journal_size.load(Ordering::Relaxed)
@@ -347,6 +351,27 @@ impl Pipeline {
             && self.last_snapshot.elapsed() >= Duration::from_secs(1);
         if self.last_snapshot.elapsed() >= self.opts.snapshot_every || journal_pressure {
             self.snapshot();
+        }
+    }
+
+    /// Adds what each rule counted since the last call to its metrics. A reload starts a
+    /// rule's counts again; a count below the published one is taken as such a restart.
+    fn publish_rule_stats(&mut self) {
+        for (rule, stats) in self.engine.rule_stats() {
+            let now = [stats.prefiltered, stats.matched, stats.evicted_keys];
+            let before = self.published.entry(rule.name.clone()).or_default();
+            let counters = [
+                &self.metrics.rule_evaluations,
+                &self.metrics.rule_matches,
+                &self.metrics.window_evictions,
+            ];
+            for ((counter, n), b) in counters.iter().zip(now).zip(before.iter_mut()) {
+                let delta = if n >= *b { n - *b } else { n };
+                if delta > 0 {
+                    counter.with_label_values(&[&rule.name]).inc_by(delta);
+                }
+                *b = n;
+            }
         }
     }
 
