@@ -51,38 +51,47 @@ impl EventRef {
     /// object as `resource[/subresource] namespace/name` (the request URI for non-resource
     /// requests), the first source IP.
     pub fn of(ev: &AuditEvent<'_>, time: EventTime) -> EventRef {
-        let mut object = String::new();
+        // Written straight into the packed buffer: this runs for every window hit.
+        let user: &str = &ev.effective_user().username;
+        let source_ip: &str = ev.source_ips.first().map_or("", |ip| ip.as_ref());
+        let mut text = String::with_capacity(ev.audit_id.len() + user.len() + 96);
+        let mut ends = [0u32; 4];
+        text.push_str(&ev.audit_id);
+        ends[0] = text.len() as u32;
+        text.push_str(user);
+        ends[1] = text.len() as u32;
+        text.push_str(&ev.verb);
+        ends[2] = text.len() as u32;
         match &ev.object_ref {
             Some(o) if !o.resource.is_empty() => {
-                object.push_str(&o.resource);
+                text.push_str(&o.resource);
                 if !o.subresource.is_empty() {
-                    object.push('/');
-                    object.push_str(&o.subresource);
+                    text.push('/');
+                    text.push_str(&o.subresource);
                 }
                 if !o.namespace.is_empty() || !o.name.is_empty() {
-                    object.push(' ');
+                    text.push(' ');
                     if !o.namespace.is_empty() {
-                        object.push_str(&o.namespace);
-                        object.push('/');
+                        text.push_str(&o.namespace);
+                        text.push('/');
                     }
-                    object.push_str(&o.name);
+                    text.push_str(&o.name);
                 }
             }
-            _ => object.push_str(&ev.request_uri),
+            _ => text.push_str(&ev.request_uri),
         }
+        ends[3] = text.len() as u32;
+        text.push_str(source_ip);
         let code = ev
             .response_status
             .as_ref()
             .map_or(0, |s| u16::try_from(s.code).unwrap_or(0));
-        EventRef::new(
+        EventRef {
             time,
             code,
-            &ev.audit_id,
-            &ev.effective_user().username,
-            &ev.verb,
-            &object,
-            ev.source_ips.first().map_or("", |ip| ip.as_ref()),
-        )
+            text: text.into_boxed_str(),
+            ends,
+        }
     }
 
     fn field(&self, i: usize) -> &str {

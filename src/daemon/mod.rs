@@ -155,7 +155,8 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             lateness: config.engine.lateness.0,
             journal_size: Arc::clone(&journal_size),
             journal_max: config.journal.max_size.0,
-            notify: Some(notify.submitter()),
+            // Without notifiers there is nothing to hand over (no copies of every alert).
+            notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
         },
         snapshot.as_ref(),
         feedback_tx,

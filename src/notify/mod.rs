@@ -588,28 +588,25 @@ async fn worker(
                 .notification_seconds
                 .with_label_values(&[&name])
                 .observe(t.elapsed().as_secs_f64());
+            let result_label = match &result {
+                Ok(()) => "ok",
+                Err(SendError::Permanent(_)) => "permanent",
+                Err(SendError::Transient(_)) => "transient",
+            };
+            metrics
+                .notification_attempts
+                .with_label_values(&[&name, result_label])
+                .inc();
             match result {
                 Ok(()) => {
-                    metrics
-                        .notification_attempts
-                        .with_label_values(&[&name, "ok"])
-                        .inc();
                     tracing::info!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, attempt, "notification sent");
                     break Outcome::Sent;
                 }
                 Err(SendError::Permanent(e)) => {
-                    metrics
-                        .notification_attempts
-                        .with_label_values(&[&name, "permanent"])
-                        .inc();
                     tracing::error!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, error = %e, "notification refused; not retrying");
                     break Outcome::Failed;
                 }
                 Err(SendError::Transient(e)) => {
-                    metrics
-                        .notification_attempts
-                        .with_label_values(&[&name, "transient"])
-                        .inc();
                     if started.elapsed() >= retry.give_up_after.std() {
                         tracing::error!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, error = %e, attempts = attempt, "notification failed; giving up (delivery.retry.give_up_after)");
                         break Outcome::Failed;
