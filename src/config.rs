@@ -543,14 +543,8 @@ impl Config {
         }
         self.route.validate("route", &self.notifiers)?;
         for (name, n) in &self.notifiers {
-            if let crate::notify::config::NotifierConfig::Email(e) = n
-                && e.to.is_empty()
-            {
-                return Err((
-                    format!("notifiers.{name}.email.to"),
-                    "needs at least one recipient".into(),
-                ));
-            }
+            n.validate()
+                .map_err(|(key, msg)| (format!("notifiers.{name}.{key}"), msg))?;
         }
         if self.pipeline.queue == 0 {
             return Err(("pipeline.queue".into(), "must be at least 1".into()));
@@ -647,6 +641,46 @@ journal: { fsync: never, max_size: 2GiB }
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.yaml:2:1: "), "{e}");
+    }
+
+    #[test]
+    fn notifier_and_route_errors_point_at_their_place() {
+        let cases = [
+            (
+                "notifiers:\n  hook: { webhook: { url: \"http://127.0.0.1:1/x\" } }\nroute:\n  notify: [hook, pager]\n",
+                "c.yaml:4:18: ",
+                "unknown notifier \"pager\"",
+            ),
+            (
+                "notifiers:\n  hook: { webhok: { url: x } }\n",
+                "c.yaml:2:11: ",
+                "unknown field `webhok`",
+            ),
+            (
+                "notifiers:\n  m: { email: { smtp: { host: h }, from: \"not an address\", to: [a@b] } }\n",
+                "c.yaml:2:42: ",
+                "not an address",
+            ),
+            (
+                "notifiers:\n  h: { webhook: { url: \"ftp://x\" } }\n",
+                "c.yaml:2:24: ",
+                "is not http or https",
+            ),
+            (
+                "notifiers:\n  h:\n    email:\n      smtp: { host: h }\n      from: a@b\n      to: [a@b]\n      subject: \"{{ oops\"\n",
+                "c.yaml:7:16: ",
+                "invalid template",
+            ),
+            (
+                "route:\n  group_wait: soon\n",
+                "c.yaml:2:15: ",
+                "invalid duration",
+            ),
+        ];
+        for (text, at, what) in cases {
+            let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+            assert!(e.starts_with(at) && e.contains(what), "{text}\n=> {e}");
+        }
     }
 
     #[test]

@@ -306,6 +306,61 @@ impl Default for DeliveryConfig {
     }
 }
 
+impl NotifierConfig {
+    /// Checks what can be checked without reading files or connecting: addresses, URLs and
+    /// templates. Errors carry the key under the notifier (`email.from`) and a message.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        fn url(key: &str, u: &str) -> Result<(), (String, String)> {
+            match reqwest::Url::parse(u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => Ok(()),
+                Ok(parsed) => Err((
+                    key.into(),
+                    format!("{u:?}: scheme {:?} is not http or https", parsed.scheme()),
+                )),
+                Err(e) => Err((key.into(), format!("{u:?}: {e}"))),
+            }
+        }
+        fn template(key: &str, source: &Option<String>) -> Result<(), (String, String)> {
+            match source {
+                Some(t) => minijinja::Environment::new()
+                    .template_from_str(t)
+                    .map(|_| ())
+                    .map_err(|e| (key.into(), format!("invalid template: {e}"))),
+                None => Ok(()),
+            }
+        }
+        match self {
+            NotifierConfig::Email(e) => {
+                e.from
+                    .parse::<lettre::message::Mailbox>()
+                    .map_err(|err| ("email.from".into(), format!("{:?}: {err}", e.from)))?;
+                if e.to.is_empty() {
+                    return Err(("email.to".into(), "needs at least one recipient".into()));
+                }
+                for (i, to) in e.to.iter().enumerate() {
+                    to.parse::<lettre::message::Mailbox>()
+                        .map_err(|err| (format!("email.to.{i}"), format!("{to:?}: {err}")))?;
+                }
+                template("email.subject", &e.subject)?;
+                template("email.text", &e.text)?;
+                template("email.html", &e.html)
+            }
+            NotifierConfig::Webhook(w) => {
+                url("webhook.url", &w.url)?;
+                template("webhook.body", &w.body)
+            }
+            NotifierConfig::Slack(c) => match &c.url {
+                Some(u) => url("slack.url", u),
+                None if c.url_file.is_some() => Ok(()),
+                None => Err(("slack".into(), "needs `url` or `url_file`".into())),
+            },
+            NotifierConfig::Alertmanager(a) => url("alertmanager.url", &a.url),
+            NotifierConfig::Pagerduty(p) => url("pagerduty.url", &p.url),
+            NotifierConfig::Metrics(_) => Ok(()),
+        }
+    }
+}
+
 impl RouteConfig {
     /// Checks notifier names and group_by fields; errors carry a dotted config path.
     pub fn validate(

@@ -478,6 +478,12 @@ impl Dispatcher {
         for gk in emptied {
             self.groups.remove(&gk);
         }
+        for (name, queue) in &self.queues {
+            self.metrics
+                .queue_depth
+                .with_label_values(&[&format!("notify:{name}")])
+                .set((queue.max_capacity() - queue.capacity()) as i64);
+        }
         self.metrics.silences_active.set(
             self.silences
                 .lock()
