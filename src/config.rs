@@ -438,7 +438,40 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&path.display().to_string(), &text)
+        let mut config = Config::parse(&path.display().to_string(), &text)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to `dir` (the config file's directory), so that a config
+    /// means the same whatever the working directory is.
+    fn resolve_paths(&mut self, dir: &Path) {
+        let mut paths: Vec<&mut PathBuf> = vec![&mut self.state_dir];
+        paths.extend(self.rules.iter_mut());
+        for source in &mut self.sources {
+            match source {
+                SourceConfig::Webhook(w) => {
+                    paths.extend(w.bearer_token_file.as_mut());
+                    if let Some(tls) = &mut w.tls {
+                        paths.push(&mut tls.cert);
+                        paths.push(&mut tls.key);
+                        paths.extend(tls.client_ca.as_mut());
+                    }
+                }
+                SourceConfig::File(f) => paths.push(&mut f.path),
+                SourceConfig::Stdin(_) => {}
+            }
+        }
+        for notifier in self.notifiers.values_mut() {
+            paths.extend(notifier.paths_mut());
+        }
+        for p in paths {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
     }
 
     /// Parses config text; `file` names it in errors.
@@ -611,6 +644,36 @@ journal: { fsync: never, max_size: 2GiB }
         );
         assert_eq!(c.journal.max_size, ByteSize(2 << 30));
         assert_eq!(c.engine.lateness.0, Span::from_secs(10));
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let dir = std::env::temp_dir().join(format!("aw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("auditwatch.yaml");
+        std::fs::write(
+            &file,
+            "state_dir: state\nrules: [rules, /abs/rules]\nsources:\n  - webhook:\n      tls: {cert: tls/c.pem, key: tls/k.pem, client_ca: /ca.pem}\n  - file: {path: audit.log}\nnotifiers:\n  pd: {pagerduty: {routing_key: {file: key}}}\n",
+        )
+        .unwrap();
+        let c = Config::load(&file).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.state_dir, dir.join("state"));
+        assert_eq!(c.rules, [dir.join("rules"), PathBuf::from("/abs/rules")]);
+        let SourceConfig::Webhook(w) = &c.sources[0] else {
+            panic!("webhook first")
+        };
+        let tls = w.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, dir.join("tls/c.pem"));
+        assert_eq!(tls.client_ca.as_deref(), Some(Path::new("/ca.pem")));
+        let SourceConfig::File(f) = &c.sources[1] else {
+            panic!("file second")
+        };
+        assert_eq!(f.path, dir.join("audit.log"));
+        let crate::notify::config::NotifierConfig::Pagerduty(pd) = &c.notifiers["pd"] else {
+            panic!("pagerduty")
+        };
+        assert_eq!(pd.routing_key.file.as_deref(), Some(&*dir.join("key")));
     }
 
     #[test]

@@ -109,6 +109,17 @@ enum Command {
         #[command(subcommand)]
         action: SilenceAction,
     },
+    /// Ask a running daemon whether it is healthy: exit 0 on a 2xx answer, 1 otherwise.
+    ///
+    /// For container health checks where the image has no shell or curl.
+    Probe {
+        /// The endpoint to ask (/healthz: alive; /readyz: state loaded, accepting events).
+        #[arg(default_value = "http://127.0.0.1:9095/healthz")]
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = parse_span)]
+        timeout: Span,
+    },
     /// Run rule unit tests (*.test.yaml) against rules.
     Test {
         /// Rule files or directories.
@@ -211,6 +222,10 @@ fn main() -> ExitCode {
             delivery,
         ),
         Command::Silence { url, action } => silence(&url, action),
+        Command::Probe { url, timeout } => probe(
+            &url,
+            std::time::Duration::from_nanos(timeout.0.max(0) as u64),
+        ),
     };
     match result {
         Ok(code) => code,
@@ -259,6 +274,14 @@ fn run_daemon(config: Option<&std::path::Path>, check_only: bool) -> anyhow::Res
                 if let Err(e) = notifiers {
                     eprintln!("{e}");
                     return Ok(ExitCode::from(1));
+                }
+                for source in &config.sources {
+                    if let auditwatch::config::SourceConfig::Webhook(w) = source
+                        && let Err(e) = auditwatch::source::webhook::check(w)
+                    {
+                        eprintln!("{e}");
+                        return Ok(ExitCode::from(1));
+                    }
                 }
                 println!(
                     "ok: configuration valid; {} rules, {} notifiers",
@@ -536,6 +559,28 @@ fn list_alerts(
     out.flush()?;
     eprintln!("{} of {} alerts shown", found.len() - skip, found.len());
     Ok(ExitCode::SUCCESS)
+}
+
+fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        match client.get(url).send().await {
+            Ok(resp) if resp.status().is_success() => Ok(ExitCode::SUCCESS),
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                eprintln!("{url}: {status} {}", body.trim());
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => {
+                eprintln!("{url}: {:#}", anyhow::Error::from(e));
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
 }
 
 fn silence(url: &str, action: SilenceAction) -> anyhow::Result<ExitCode> {

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub rule_evaluations: IntCounterVec,
     pub rule_matches: IntCounterVec,
     pub window_evictions: IntCounterVec,
+    /// The audited stream itself: events by verb and response code class (bounded label sets,
+    /// see [`verb_label`] and [`code_class_label`]).
+    pub audit_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -207,6 +210,12 @@ impl Metrics {
                 "Window keys evicted because a rule reached max_keys_per_rule, by rule.",
                 &["rule"],
             ),
+            audit_events: counter_vec(
+                &registry,
+                "auditwatch_audit_events_total",
+                "Audit events evaluated, by verb (get, list, watch, create, update, patch, delete, deletecollection, other) and response code class (2xx, 3xx, 4xx, 5xx, none).",
+                &["verb", "code_class"],
+            ),
             events_received: counter_vec(
                 &registry,
                 "auditwatch_events_received_total",
@@ -299,10 +308,178 @@ impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+
+    /// Creates the label sets known from configuration at zero, so that every series exists
+    /// from the first scrape: `rate()` and dashboards see 0 instead of "no data", and an
+    /// alert on `increase(...) > 0` fires on the first failure, not the second.
+    pub fn prime(&self, known: &Known<'_>) {
+        for &(source, is_webhook) in known.sources {
+            self.events_received.with_label_values(&[source]);
+            self.events_decoded.with_label_values(&[source]);
+            self.events_rejected.with_label_values(&[source]);
+            self.processing_latency.with_label_values(&[source]);
+            if is_webhook {
+                for reason in crate::source::webhook::REFUSE_REASONS {
+                    self.webhook_refused.with_label_values(&[source, reason]);
+                }
+            }
+        }
+        self.prime_rules(known.rules);
+        for notifier in known.notifiers {
+            for outcome in crate::notify::ledger::Outcome::ALL {
+                self.notifications
+                    .with_label_values(&[notifier, outcome.as_str()]);
+            }
+            for result in ["ok", "transient", "permanent"] {
+                self.notification_attempts
+                    .with_label_values(&[notifier, result]);
+            }
+            self.notification_seconds.with_label_values(&[notifier]);
+            self.notifications_pending.with_label_values(&[notifier]);
+            self.queue_depth
+                .with_label_values(&[&format!("notify:{notifier}")]);
+        }
+        self.queue_depth.with_label_values(&["engine"]);
+        for result in ["ok", "invalid"] {
+            self.rule_reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            self.snapshots.with_label_values(&[result]);
+        }
+    }
+
+    /// The per-rule part of [`Metrics::prime`], also run after a reload (new rules).
+    pub fn prime_rules(&self, rules: &[(&str, &str)]) {
+        for &(rule, severity) in rules {
+            self.alerts.with_label_values(&[rule, severity]);
+            self.script_errors.with_label_values(&[rule]);
+            self.rule_evaluations.with_label_values(&[rule]);
+            self.rule_matches.with_label_values(&[rule]);
+            self.window_evictions.with_label_values(&[rule]);
+        }
+    }
+}
+
+/// What the configuration says exists, for [`Metrics::prime`].
+pub struct Known<'a> {
+    /// Source names, and whether the source is a webhook.
+    pub sources: &'a [(&'a str, bool)],
+    /// Rule names and their severities.
+    pub rules: &'a [(&'a str, &'a str)],
+    pub notifiers: &'a [&'a str],
+}
+
+/// The `verb` label of `auditwatch_audit_events_total`: the Kubernetes resource verbs, and
+/// `other` for the rest (non-resource requests' HTTP methods, custom verbs).
+pub fn verb_label(verb: &str) -> usize {
+    VERBS
+        .iter()
+        .position(|v| *v == verb)
+        .unwrap_or(VERBS.len() - 1)
+}
+
+pub const VERBS: [&str; 9] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "other",
+];
+
+pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The `code_class` label: `none` when the event has no response status (RequestReceived) or
+/// a code outside 100..=599.
+pub fn code_class_label(code: Option<i32>) -> usize {
+    match code {
+        Some(c @ 100..=599) => (c / 100 - 1) as usize,
+        _ => CODE_CLASSES.len() - 1,
+    }
+}
+
+/// Counts of the audited stream by (verb, code class), kept in a plain array on the engine
+/// thread and added to `auditwatch_audit_events_total` once per batch, so the hot path does
+/// no hashing or atomic work per event.
+#[derive(Default)]
+pub struct StreamTally {
+    counts: [[u64; CODE_CLASSES.len()]; VERBS.len()],
+}
+
+impl StreamTally {
+    pub fn count(&mut self, verb: &str, code: Option<i32>) {
+        self.counts[verb_label(verb)][code_class_label(code)] += 1;
+    }
+
+    /// Adds the counts to the metric and starts again from zero.
+    pub fn flush(&mut self, metric: &IntCounterVec) {
+        for (v, row) in self.counts.iter_mut().enumerate() {
+            for (c, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    metric
+                        .with_label_values(&[VERBS[v], CODE_CLASSES[c]])
+                        .inc_by(std::mem::take(n));
+                }
+            }
+        }
+    }
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_labels_are_bounded() {
+        assert_eq!(VERBS[verb_label("list")], "list");
+        assert_eq!(VERBS[verb_label("post")], "other");
+        assert_eq!(VERBS[verb_label("")], "other");
+        assert_eq!(CODE_CLASSES[code_class_label(Some(201))], "2xx");
+        assert_eq!(CODE_CLASSES[code_class_label(Some(403))], "4xx");
+        assert_eq!(CODE_CLASSES[code_class_label(Some(599))], "5xx");
+        assert_eq!(CODE_CLASSES[code_class_label(Some(0))], "none");
+        assert_eq!(CODE_CLASSES[code_class_label(None)], "none");
+    }
+
+    #[test]
+    fn tally_flushes_into_the_counter_once() {
+        let m = Metrics::new();
+        let mut t = StreamTally::default();
+        t.count("get", Some(200));
+        t.count("get", Some(200));
+        t.count("exec", Some(101));
+        t.flush(&m.audit_events);
+        t.flush(&m.audit_events);
+        assert_eq!(m.audit_events.with_label_values(&["get", "2xx"]).get(), 2);
+        assert_eq!(m.audit_events.with_label_values(&["other", "1xx"]).get(), 1);
+    }
+
+    #[test]
+    fn priming_creates_zero_series() {
+        let m = Metrics::new();
+        m.prime(&Known {
+            sources: &[("apiserver", true)],
+            rules: &[("exec-into-pod", "high")],
+            notifiers: &["slack"],
+        });
+        let text = m.render();
+        for series in [
+            "auditwatch_events_rejected_total{source=\"apiserver\"} 0",
+            "auditwatch_webhook_refused_total{reason=\"saturated\",source=\"apiserver\"} 0",
+            "auditwatch_alerts_total{rule=\"exec-into-pod\",severity=\"high\"} 0",
+            "auditwatch_notifications_total{notifier=\"slack\",outcome=\"failed\"} 0",
+            "auditwatch_queue_depth{queue=\"notify:slack\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
     }
 }

@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-
 mod common;
 use common::*;
 
@@ -28,64 +26,6 @@ rules:
     match: { response_codes: [403] }
     window: { threshold: 3, over: 5m, group_by: [user.username] }
 "#;
-
-struct Pki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-    client_cert: String,
-    client_key: String,
-    rogue_cert: String,
-    rogue_key: String,
-}
-
-fn pki() -> Pki {
-    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    }
-    fn leaf(
-        issuer: &CertifiedIssuer<'static, KeyPair>,
-        names: &[&str],
-        usage: rcgen::ExtendedKeyUsagePurpose,
-    ) -> (String, String) {
-        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-    let good = ca("auditwatch");
-    let other = ca("rogue");
-    let (server_cert, server_key) = leaf(
-        &good,
-        &["localhost", "127.0.0.1"],
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-    );
-    let (client_cert, client_key) = leaf(
-        &good,
-        &["kube-apiserver"],
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    let (rogue_cert, rogue_key) = leaf(
-        &other,
-        &["kube-apiserver"],
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-    );
-    Pki {
-        ca: good.pem(),
-        server_cert,
-        server_key,
-        client_cert,
-        client_key,
-        rogue_cert,
-        rogue_key,
-    }
-}
 
 fn client(pki: &Pki, identity: Option<(&str, &str)>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()

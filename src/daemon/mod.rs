@@ -96,6 +96,24 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         source = ?rules,
         "rules loaded"
     );
+    {
+        let sources: Vec<(&str, bool)> = config
+            .sources
+            .iter()
+            .map(|s| (s.name(), matches!(s, SourceConfig::Webhook(_))))
+            .collect();
+        let rules: Vec<(&str, &str)> = rule_set
+            .rules
+            .iter()
+            .map(|r| (&*r.name, r.severity.as_str()))
+            .collect();
+        let notifiers: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+        metrics.prime(&crate::metrics::Known {
+            sources: &sources,
+            rules: &rules,
+            notifiers: &notifiers,
+        });
+    }
     let state = StateDir::new(&config.state_dir).context("state dir")?;
     let mut engine = Engine::new(Arc::new(rule_set), config.engine_options());
     let snapshot = match state.load_snapshot() {

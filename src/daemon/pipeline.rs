@@ -92,6 +92,8 @@ pub struct Pipeline {
     already_sent: HashSet<String>,
     /// Per-rule counts last published to the metrics (prefiltered, matched, evicted).
     published: std::collections::HashMap<Arc<str>, [u64; 3]>,
+    /// The audited stream by verb and code class, flushed to the metrics per batch.
+    tally: crate::metrics::StreamTally,
     last_snapshot: Instant,
     /// Wall time and event time of the newest event, to move event time on when idle.
     newest: Option<(Instant, EventTime)>,
@@ -179,6 +181,7 @@ impl Pipeline {
             files,
             already_sent,
             published: Default::default(),
+            tally: Default::default(),
             last_snapshot: Instant::now(),
             newest: None,
             out: Vec::new(),
@@ -212,6 +215,13 @@ impl Pipeline {
                 Input::Tick => self.tick(),
                 Input::Reload(rules) => {
                     let n = rules.rules.len();
+                    let names: Vec<(&str, &str)> = rules
+                        .rules
+                        .iter()
+                        .map(|r| (&*r.name, r.severity.as_str()))
+                        .collect();
+                    self.metrics.prime_rules(&names);
+                    drop(names);
                     self.engine.replace_rules(rules);
                     self.metrics.rules_loaded.set(n as i64);
                     tracing::info!(
@@ -248,8 +258,10 @@ impl Pipeline {
         let engine = &mut self.engine;
         let out = &mut self.out;
         let mut newest = None;
+        let tally = &mut self.tally;
         let mut on_event = |ev: &crate::event::AuditEvent<'_>| {
             decoded.inc();
+            tally.count(&ev.verb, ev.response_status.as_ref().map(|s| s.code));
             if let Some(t) = ev.time {
                 newest = Some(newest.map_or(t, |n: EventTime| n.max(t)));
             }
@@ -288,6 +300,7 @@ impl Pipeline {
                 }
             }
         }
+        self.tally.flush(&self.metrics.audit_events);
         if let Some(t) = newest {
             self.newest = Some((Instant::now(), t));
             if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {

@@ -75,6 +75,23 @@ impl<'de> Deserialize<'de> for NotifierConfig {
 }
 
 impl NotifierConfig {
+    /// Every file path in the notifier's settings (CA files, secrets read from files), for
+    /// resolving relative paths against the config file's directory.
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        fn secret(s: &mut Option<Secret>) -> Option<&mut PathBuf> {
+            s.as_mut().and_then(|s| s.file.as_mut())
+        }
+        let found = match self {
+            NotifierConfig::Email(c) => [c.smtp.ca_file.as_mut(), secret(&mut c.smtp.password)],
+            NotifierConfig::Webhook(c) => [c.ca_file.as_mut(), secret(&mut c.bearer_token)],
+            NotifierConfig::Slack(c) => [c.ca_file.as_mut(), c.url_file.as_mut()],
+            NotifierConfig::Alertmanager(c) => [c.ca_file.as_mut(), secret(&mut c.bearer_token)],
+            NotifierConfig::Pagerduty(c) => [c.ca_file.as_mut(), c.routing_key.file.as_mut()],
+            NotifierConfig::Metrics(_) => [None, None],
+        };
+        found.into_iter().flatten().collect()
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             NotifierConfig::Email(_) => "email",

@@ -31,6 +31,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Sent,
+        Outcome::Silenced,
+        Outcome::Failed,
+        Outcome::Dropped,
+        Outcome::Deduplicated,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Sent => "sent",

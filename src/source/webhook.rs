@@ -84,6 +84,35 @@ pub struct WebhookDeps {
     pub metrics: Arc<Metrics>,
 }
 
+/// Loads the source's TLS material and token as `bind` would, without binding: for
+/// `auditwatch run --check`.
+pub fn check(cfg: &WebhookConfig) -> Result<(), WebhookError> {
+    if let Some(t) = &cfg.tls {
+        tls_acceptor(&cfg.name, t)?;
+    }
+    read_token(cfg).map(drop)
+}
+
+fn read_token(cfg: &WebhookConfig) -> Result<Option<Vec<u8>>, WebhookError> {
+    let Some(path) = &cfg.bearer_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| WebhookError::Tls {
+        name: cfg.name.clone(),
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let token = text.trim().as_bytes().to_vec();
+    if token.is_empty() {
+        return Err(WebhookError::Tls {
+            name: cfg.name.clone(),
+            path: path.display().to_string(),
+            why: "the bearer token file is empty".into(),
+        });
+    }
+    Ok(Some(token))
+}
+
 impl Webhook {
     /// Loads TLS material and the token, and binds the address.
     pub async fn bind(cfg: &WebhookConfig, deps: WebhookDeps) -> Result<Webhook, WebhookError> {
@@ -92,25 +121,7 @@ impl Webhook {
             .as_ref()
             .map(|t| tls_acceptor(&cfg.name, t))
             .transpose()?;
-        let token = match &cfg.bearer_token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| WebhookError::Tls {
-                    name: cfg.name.clone(),
-                    path: path.display().to_string(),
-                    why: e.to_string(),
-                })?;
-                let token = text.trim().as_bytes().to_vec();
-                if token.is_empty() {
-                    return Err(WebhookError::Tls {
-                        name: cfg.name.clone(),
-                        path: path.display().to_string(),
-                        why: "the bearer token file is empty".into(),
-                    });
-                }
-                Some(token)
-            }
-            None => None,
-        };
+        let token = read_token(cfg)?;
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -229,7 +240,26 @@ where
     }
 }
 
+/// Every `reason` label of `auditwatch_webhook_refused_total` (primed at zero at start).
+pub const REFUSE_REASONS: [&str; 11] = [
+    "tls",
+    "unauthenticated",
+    "timeout",
+    "bad_request",
+    "bad_json",
+    "not_events",
+    "too_large",
+    "saturated",
+    "journal_full",
+    "journal_error",
+    "shutting_down",
+];
+
 fn refuse(shared: &Shared, status: StatusCode, reason: &str, message: String) -> Response {
+    debug_assert!(
+        REFUSE_REASONS.contains(&reason),
+        "undocumented reason {reason}"
+    );
     shared
         .metrics
         .webhook_refused

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
 /// Generous: the tests must pass on a slow, busy machine.
 pub const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -173,4 +175,64 @@ pub fn event_list(events: &[String]) -> String {
         r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{}]}}"#,
         events.join(",")
     )
+}
+
+/// A test CA with a serving certificate (localhost, 127.0.0.1), a client certificate it
+/// signed, and a client certificate from another CA.
+pub struct Pki {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+    pub rogue_cert: String,
+    pub rogue_key: String,
+}
+
+pub fn pki() -> Pki {
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+    fn leaf(
+        issuer: &CertifiedIssuer<'static, KeyPair>,
+        names: &[&str],
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (String, String) {
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+    let good = ca("auditwatch");
+    let other = ca("rogue");
+    let (server_cert, server_key) = leaf(
+        &good,
+        &["localhost", "127.0.0.1"],
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let (client_cert, client_key) = leaf(
+        &good,
+        &["kube-apiserver"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    let (rogue_cert, rogue_key) = leaf(
+        &other,
+        &["kube-apiserver"],
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    );
+    Pki {
+        ca: good.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        rogue_cert,
+        rogue_key,
+    }
 }
