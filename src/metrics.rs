@@ -30,7 +30,10 @@ pub struct Metrics {
     pub script_errors: IntCounterVec,
     pub window_keys: IntGauge,
     pub queue_depth: IntGaugeVec,
+    /// Capacity of each queue of `queue_depth`, so alerts can say "near full".
+    pub queue_capacity: IntGaugeVec,
     pub journal_bytes: IntGauge,
+    pub journal_max_bytes: IntGauge,
     pub snapshots: IntCounterVec,
     /// Webhook receipt → batch evaluated (alerts emitted), seconds.
     pub processing_latency: HistogramVec,
@@ -155,6 +158,11 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let queue_capacity = gauge_vec(
+            "auditwatch_queue_capacity",
+            "Capacity of an internal queue (see auditwatch_queue_depth).",
+            &["queue"],
+        );
         let notifications_pending = gauge_vec(
             "auditwatch_notifications_pending",
             "Alerts routed to a notifier and not delivered (or otherwise settled) yet.",
@@ -276,10 +284,16 @@ impl Metrics {
                 "Group keys held in windows, over all rules.",
             ),
             queue_depth,
+            queue_capacity,
             journal_bytes: gauge(
                 &registry,
                 "auditwatch_journal_bytes",
                 "Bytes in the ingest journal (not yet compacted).",
+            ),
+            journal_max_bytes: gauge(
+                &registry,
+                "auditwatch_journal_max_bytes",
+                "journal.max_size: at this many journal bytes the webhook answers 503.",
             ),
             snapshots: counter_vec(
                 &registry,
@@ -336,10 +350,17 @@ impl Metrics {
             }
             self.notification_seconds.with_label_values(&[notifier]);
             self.notifications_pending.with_label_values(&[notifier]);
-            self.queue_depth
-                .with_label_values(&[&format!("notify:{notifier}")]);
+            let queue = format!("notify:{notifier}");
+            self.queue_depth.with_label_values(&[&queue]);
+            self.queue_capacity
+                .with_label_values(&[&queue])
+                .set(known.notify_queue as i64);
         }
         self.queue_depth.with_label_values(&["engine"]);
+        self.queue_capacity
+            .with_label_values(&["engine"])
+            .set(known.engine_queue as i64);
+        self.journal_max_bytes.set(known.journal_max as i64);
         for result in ["ok", "invalid"] {
             self.rule_reloads.with_label_values(&[result]);
         }
@@ -367,6 +388,10 @@ pub struct Known<'a> {
     /// Rule names and their severities.
     pub rules: &'a [(&'a str, &'a str)],
     pub notifiers: &'a [&'a str],
+    /// Capacities: the engine's batch queue, each notifier's queue, the journal in bytes.
+    pub engine_queue: usize,
+    pub notify_queue: usize,
+    pub journal_max: u64,
 }
 
 /// The `verb` label of `auditwatch_audit_events_total`: the Kubernetes resource verbs, and
@@ -470,6 +495,9 @@ mod tests {
             sources: &[("apiserver", true)],
             rules: &[("exec-into-pod", "high")],
             notifiers: &["slack"],
+            engine_queue: 64,
+            notify_queue: 256,
+            journal_max: 1 << 30,
         });
         let text = m.render();
         for series in [
@@ -478,6 +506,8 @@ mod tests {
             "auditwatch_alerts_total{rule=\"exec-into-pod\",severity=\"high\"} 0",
             "auditwatch_notifications_total{notifier=\"slack\",outcome=\"failed\"} 0",
             "auditwatch_queue_depth{queue=\"notify:slack\"} 0",
+            "auditwatch_queue_capacity{queue=\"engine\"} 64",
+            "auditwatch_journal_max_bytes 1073741824",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -10,48 +10,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-fn need(binary: &str) -> PathBuf {
-    let p = PathBuf::from(binary);
-    assert!(
-        p.exists(),
-        "{binary} is missing: apt-get install -y prometheus prometheus-alertmanager python3-aiosmtpd (or run .ci/run)"
-    );
-    p
-}
-
-/// A child process killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Server {
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let err = log.try_clone().unwrap();
-    Server(
-        cmd.stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}")),
-    )
-}
+use std::time::Duration;
 
 fn smtp_server(dir: &Path, port: u16, maildir: &Path) -> Server {
     let python = need("/usr/bin/python3");
@@ -190,17 +151,6 @@ delivery:
     let path = dir.join("auditwatch.yaml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-fn post(hook: u16, events: &[String]) {
-    let client = reqwest::blocking::Client::new();
-    let resp = client
-        .post(format!("http://127.0.0.1:{hook}/"))
-        .header("Content-Type", "application/json")
-        .body(event_list(events))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             sources: &sources,
             rules: &rules,
             notifiers: &notifiers,
+            engine_queue: config.pipeline.queue,
+            notify_queue: config.delivery.queue,
+            journal_max: config.journal.max_size.0,
         });
     }
     let state = StateDir::new(&config.state_dir).context("state dir")?;

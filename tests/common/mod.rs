@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: scratch dirs, free loopback ports, the daemon
-//! process, bare HTTP GETs, Prometheus samples, audit events.
+//! process, bare HTTP GETs, Prometheus samples, audit events, test PKI, child servers.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -235,4 +235,55 @@ pub fn pki() -> Pki {
         rogue_cert,
         rogue_key,
     }
+}
+
+/// A binary the tests need from Debian packages (`.ci/run` installs them).
+pub fn need(binary: &str) -> PathBuf {
+    let p = PathBuf::from(binary);
+    assert!(
+        p.exists(),
+        "{binary} is missing: apt-get install -y prometheus prometheus-alertmanager python3-aiosmtpd (or run .ci/run)"
+    );
+    p
+}
+
+/// A child process (a receiver, Prometheus) killed on drop.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn spawn_logged(dir: &Path, name: &str, cmd: &mut Command) -> Server {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let err = log.try_clone().unwrap();
+    Server(
+        cmd.stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}")),
+    )
+}
+
+pub fn post(hook: u16, events: &[String]) {
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(format!("http://127.0.0.1:{hook}/"))
+        .header("Content-Type", "application/json")
+        .body(event_list(events))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
 }
