@@ -155,6 +155,7 @@ fn dashboard_queries() -> (Vec<Query>, Vec<(String, serde_json::Value)>) {
 fn dashboards_are_portable_and_laid_out() {
     let (queries, dashboards) = dashboard_queries();
     assert!(queries.len() >= 20, "expected a full dashboard");
+    let uid = regex::Regex::new(r#""uid":"([^"]*)""#).unwrap();
     for (name, dash) in dashboards {
         assert!(
             dash["schemaVersion"].as_u64().unwrap_or(0) >= 39,
@@ -168,7 +169,6 @@ fn dashboards_are_portable_and_laid_out() {
         );
         // Every datasource reference is the variable (or Grafana's built-in annotations).
         let text = serde_json::to_string(&dash).unwrap();
-        let uid = regex::Regex::new(r#""uid":"([^"]*)""#).unwrap();
         for c in uid.captures_iter(&text) {
             let v = &c[1];
             assert!(
