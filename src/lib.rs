@@ -15,6 +15,7 @@ pub mod engine;
 pub mod event;
 pub mod metrics;
 pub mod notify;
+pub mod policy;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -34,6 +34,10 @@ enum Command {
         /// Rule files or directories (searched recursively for *.yaml, *.yml).
         #[arg(required = true)]
         rules: Vec<PathBuf>,
+        /// Also check that this kube-apiserver audit Policy records every event the rules
+        /// look at, at the level they need (e.g. ingress specs at Request or above).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Run rules over audit logs in event time and print the alerts.
     Replay {
@@ -185,7 +189,7 @@ fn parse_span(s: &str) -> Result<Span, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { rules } => check(&rules),
+        Command::Check { rules, policy } => check(&rules, policy.as_deref()),
         Command::Replay {
             rules,
             format,
@@ -328,11 +332,33 @@ fn load(paths: &[PathBuf], limits: ScriptLimits) -> anyhow::Result<Result<RuleSe
     }
 }
 
-fn check(paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn check(paths: &[PathBuf], policy: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let set = match load(paths, ScriptLimits::default())? {
         Ok(set) => set,
         Err(code) => return Ok(code),
     };
+    if let Some(path) = policy {
+        let policy = match auditwatch::policy::AuditPolicy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let gaps = auditwatch::policy::check_rules(&policy, &set);
+        for gap in &gaps {
+            eprintln!("{}: {gap}", policy.file());
+        }
+        if !gaps.is_empty() {
+            eprintln!(
+                "{} requests the rules need are not recorded as needed by {}",
+                gaps.len(),
+                policy.file()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        println!("ok: {} records what every rule needs", policy.file());
+    }
     let windowed = set.rules.iter().filter(|r| r.window.is_some()).count();
     println!(
         "ok: {} rules ({} windowed, {} lists) in {} files",

@@ -103,6 +103,8 @@ impl Trie {
 pub struct ObjectPaths {
     request: Option<Trie>,
     response: Option<Trie>,
+    /// A path read `responseObject.` explicitly (only the RequestResponse level records it).
+    response_only: bool,
 }
 
 /// Every place a pod spec may sit: what [`pod_spec_location`] can return (a test checks it).
@@ -115,6 +117,15 @@ const POD_SPEC_PREFIXES: &[&[&str]] = &[
 ];
 
 impl ObjectPaths {
+    /// The objects these paths need recorded: (`requestObject` or the written object at all,
+    /// `responseObject` specifically).
+    pub fn needs(&self) -> (bool, bool) {
+        (
+            self.request.is_some() || self.response.is_some(),
+            self.response_only,
+        )
+    }
+
     /// Adds the object paths a criterion reads.
     pub fn add(&mut self, path: &ValuePath) {
         let Target::Object(root, steps) = &path.target else {
@@ -135,7 +146,10 @@ impl ObjectPaths {
         }
         let (request, response) = match root {
             Root::Request => (true, false),
-            Root::Response => (false, true),
+            Root::Response => {
+                self.response_only = true;
+                (false, true)
+            }
             Root::Written | Root::Pod => (true, true),
         };
         for p in &paths {

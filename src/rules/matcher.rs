@@ -108,7 +108,48 @@ const DOTLESS_GROUPS: &[&str] = &[
     "extensions",
 ];
 
+/// A resource pattern without wildcards (except "any subresource").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactResource<'a> {
+    /// `None`: any group.
+    pub group: Option<&'a str>,
+    pub resource: &'a str,
+    pub subresource: Subresource<'a>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subresource<'a> {
+    /// The resource itself.
+    None,
+    Any,
+    Exact(&'a str),
+}
+
 impl ResourcePattern {
+    /// The pattern's parts when each is exact or absent; `None` for wildcard resources.
+    pub fn exact(&self) -> Option<ExactResource<'_>> {
+        fn exact(p: &Pattern) -> Option<&str> {
+            match p {
+                Pattern::Exact(e) => Some(e),
+                _ => None,
+            }
+        }
+        let group = match &self.group {
+            None => None,
+            Some(g) => Some(exact(g)?),
+        };
+        let subresource = match &self.subresource {
+            None => Subresource::None,
+            Some(Pattern::Any) => Subresource::Any,
+            Some(s) => Subresource::Exact(exact(s)?),
+        };
+        Some(ExactResource {
+            group,
+            resource: exact(&self.resource)?,
+            subresource,
+        })
+    }
+
     pub fn parse(text: &str) -> Result<ResourcePattern, String> {
         let parts: Vec<&str> = text.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {

@@ -25,7 +25,7 @@ pub use load::{
     LoadError, LoadOptions, RuleError, collect_rule_files, is_test_file, load_paths, load_sources,
     load_str,
 };
-pub use matcher::{Matcher, Patterns, ResourcePattern};
+pub use matcher::{ExactResource, Matcher, Patterns, ResourcePattern, Subresource};
 pub use script::{Condition, ScriptLimits};
 pub use template::{Captured, Summary, default_summary};
 
