@@ -5,6 +5,7 @@
 //! in `./auditwatch-state`, alerts on stdout. Unknown keys are errors, and every error names
 //! `file:line:column`.
 
+use crate::event::InputFormat;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -163,6 +164,14 @@ impl SourceConfig {
             SourceConfig::Stdin(s) => &s.name,
         }
     }
+
+    pub fn input_format(&self) -> InputFormat {
+        match self {
+            SourceConfig::Webhook(w) => w.input_format,
+            SourceConfig::File(f) => f.input_format,
+            SourceConfig::Stdin(s) => s.input_format,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,6 +188,8 @@ pub struct WebhookConfig {
     pub max_body: ByteSize,
     /// Time allowed to receive a whole request (headers and body); slower clients get 408.
     pub read_timeout: Duration,
+    /// `auto` (default), `native`, `eks`, `aks` or `gke`: see docs/inputs.md.
+    pub input_format: InputFormat,
 }
 
 impl Default for WebhookConfig {
@@ -191,6 +202,7 @@ impl Default for WebhookConfig {
             bearer_token_file: None,
             max_body: ByteSize(32 << 20),
             read_timeout: Duration(Span::from_secs(30)),
+            input_format: InputFormat::Auto,
         }
     }
 }
@@ -218,6 +230,8 @@ pub struct FileConfig {
     /// `tail -F`) or `beginning`. With a checkpoint, reading always resumes at it.
     #[serde(default = "default_start")]
     pub start_at: crate::source::tail::StartAt,
+    #[serde(default)]
+    pub input_format: InputFormat,
 }
 
 fn default_start() -> crate::source::tail::StartAt {
@@ -232,12 +246,14 @@ fn default_poll() -> Duration {
 #[serde(deny_unknown_fields, default)]
 pub struct StdinConfig {
     pub name: String,
+    pub input_format: InputFormat,
 }
 
 impl Default for StdinConfig {
     fn default() -> Self {
         StdinConfig {
             name: "stdin".into(),
+            input_format: InputFormat::Auto,
         }
     }
 }

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use auditwatch::alert::query::AlertQuery;
 use auditwatch::engine::EngineOptions;
-use auditwatch::event::Span;
+use auditwatch::event::{InputFormat, Span};
 use auditwatch::replay::{Diagnostic, ReplayReport, replay};
 use auditwatch::rules::{LoadError, LoadOptions, RuleSet, ScriptLimits, Severity};
 use auditwatch::{bundled, ruletest};
@@ -56,6 +56,11 @@ enum Command {
         /// Report at most this many bad records (all are counted).
         #[arg(long, default_value_t = 100)]
         max_errors: usize,
+        /// How to read the input: native audit events, or a managed cluster's export (EKS
+        /// CloudWatch Logs, AKS diagnostic records, GKE Cloud Audit Logs); `auto` recognises
+        /// each record's shape (docs/inputs.md).
+        #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+        input_format: InputFormat,
         /// Audit log files: JSON lines, an Event, an EventList or an array; `-` is stdin.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -196,8 +201,17 @@ fn main() -> ExitCode {
             lateness,
             max_operations,
             max_errors,
+            input_format,
             files,
-        } => run_replay(&rules, format, lateness, max_operations, max_errors, &files),
+        } => run_replay(
+            &rules,
+            format,
+            lateness,
+            max_operations,
+            max_errors,
+            input_format,
+            &files,
+        ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
         Command::Run { config, check } => run_daemon(config.as_deref(), check),
         Command::Alerts {
@@ -376,6 +390,7 @@ fn run_replay(
     lateness: Span,
     max_operations: u64,
     max_errors: usize,
+    input_format: InputFormat,
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let set = match load(rules, ScriptLimits { max_operations })? {
@@ -394,6 +409,7 @@ fn run_replay(
     let report = replay(
         set,
         files,
+        input_format,
         opts,
         &mut |alert| {
             let line = match format {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use crate::alert::Alert;
 use crate::engine::{Engine, EngineOptions, EngineStats, RuleStats, ScriptError};
 use crate::event::{
-    AuditEvent, DecodeError, DecodeErrorKind, EventTime, Position, Record, decode_event,
-    decode_record,
+    AuditEvent, DecodeError, DecodeErrorKind, EventTime, InputFormat, Position, Record,
+    decode_event, decode_record,
 };
 use crate::rules::RuleSet;
 use crate::source::RecordReader;
@@ -64,14 +64,28 @@ impl ReplayReport {
     }
 }
 
-/// Decodes one record into events; errors go to `on_error`.
+/// Decodes one record into events; errors go to `on_error`. Native events are decoded in
+/// place; a record (or batch item) that is not one is offered to the managed-cluster shapes
+/// `format` allows (EKS, AKS, GKE), see [`crate::event::managed`].
 pub fn decode_each(
+    format: InputFormat,
     position: &Position,
     text: &str,
     on_error: &mut dyn FnMut(DecodeError),
     on_event: &mut dyn FnMut(&AuditEvent<'_>),
 ) -> u64 {
     let fail = |kind: DecodeErrorKind, position: Position| DecodeError { position, kind };
+    if !matches!(format, InputFormat::Auto | InputFormat::Native) {
+        // An explicit managed format: the record must be in it.
+        return managed(format, position, text, on_error, on_event).unwrap_or_else(|| {
+            let why = format!("not in the {format:?} input format");
+            on_error(fail(
+                DecodeErrorKind::NotAnEvent(why, None),
+                position.clone(),
+            ));
+            0
+        });
+    }
     match decode_record(text) {
         Ok(Record::Event(ev)) => {
             on_event(&ev);
@@ -91,14 +105,55 @@ pub fn decode_each(
                         on_event(&ev);
                         n += 1;
                     }
-                    Err(kind) => on_error(fail(kind, item_pos)),
+                    Err(kind) => match managed(format, &item_pos, item.get(), on_error, on_event) {
+                        Some(m) => n += m,
+                        None => on_error(fail(kind, item_pos)),
+                    },
                 }
             }
             n
         }
+        Err(kind) => match managed(format, position, text, on_error, on_event) {
+            Some(n) => n,
+            None => {
+                on_error(fail(kind, position.clone()));
+                0
+            }
+        },
+    }
+}
+
+/// The managed-cluster path of [`decode_each`]: `None` when `text` is not a managed shape.
+fn managed(
+    format: InputFormat,
+    position: &Position,
+    text: &str,
+    on_error: &mut dyn FnMut(DecodeError),
+    on_event: &mut dyn FnMut(&AuditEvent<'_>),
+) -> Option<u64> {
+    if format == InputFormat::Native {
+        return None;
+    }
+    match crate::event::managed::unwrap(format, text) {
+        Ok(None) => None,
+        Ok(Some(unwrapped)) => {
+            let mut n = 0;
+            for (i, event) in unwrapped.events.iter().enumerate() {
+                let at = Position {
+                    item: Some(i),
+                    ..position.clone()
+                };
+                // The inner events are native: decode them natively.
+                n += decode_each(InputFormat::Native, &at, event, on_error, on_event);
+            }
+            Some(n)
+        }
         Err(kind) => {
-            on_error(fail(kind, position.clone()));
-            0
+            on_error(DecodeError {
+                position: position.clone(),
+                kind,
+            });
+            Some(0)
         }
     }
 }
@@ -125,6 +180,7 @@ struct Input {
 pub fn replay(
     rules: Arc<RuleSet>,
     inputs: &[PathBuf],
+    format: InputFormat,
     opts: EngineOptions,
     on_alert: &mut dyn FnMut(&Alert),
     on_diagnostic: &mut dyn FnMut(Diagnostic),
@@ -163,7 +219,7 @@ pub fn replay(
         };
         let mut first = report.first_event;
         let mut last = report.last_event;
-        let n = decode_each(position, text, &mut on_error, &mut |ev| {
+        let n = decode_each(format, position, text, &mut on_error, &mut |ev| {
             if let Some(t) = ev.time {
                 first = Some(first.map_or(t, |f| f.min(t)));
                 last = Some(last.map_or(t, |l| l.max(t)));

@@ -32,6 +32,7 @@ use thiserror::Error;
 
 use crate::alert::Alert;
 use crate::engine::{Engine, EngineOptions};
+use crate::event::InputFormat;
 use crate::event::{EventTime, Position, Span};
 use crate::replay::decode_each;
 use crate::rules::RuleSet;
@@ -194,9 +195,13 @@ pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, Te
         let mut alerts = Vec::new();
         let mut errors = Vec::new();
         for (pos, line) in &lines {
-            decode_each(pos, line, &mut |e| errors.push(e.to_string()), &mut |ev| {
-                engine.process(ev, &mut alerts)
-            });
+            decode_each(
+                InputFormat::Auto,
+                pos,
+                line,
+                &mut |e| errors.push(e.to_string()),
+                &mut |ev| engine.process(ev, &mut alerts),
+            );
         }
         engine.finish(&mut alerts);
         for e in engine.take_script_errors() {

@@ -178,6 +178,11 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             journal_max: config.journal.max_size.0,
             // Without notifiers there is nothing to hand over (no copies of every alert).
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
+            formats: config
+                .sources
+                .iter()
+                .map(|s| (s.name().to_owned(), s.input_format()))
+                .collect(),
         },
         snapshot.as_ref(),
         feedback_tx,

@@ -78,6 +78,8 @@ pub struct PipelineOptions {
     pub journal_max: u64,
     /// Alert delivery; alerts go there once they are in the alert journal.
     pub notify: Option<crate::notify::Submitter>,
+    /// Each source's input format (by source name; `auto` for any other).
+    pub formats: std::collections::HashMap<String, crate::event::InputFormat>,
 }
 
 pub struct Pipeline {
@@ -255,6 +257,7 @@ impl Pipeline {
                 std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
             }
         };
+        let format = self.opts.formats.get(&*source).copied().unwrap_or_default();
         let engine = &mut self.engine;
         let out = &mut self.out;
         let mut newest = None;
@@ -280,7 +283,7 @@ impl Pipeline {
                     offset: 0,
                     item: None,
                 };
-                decode_each(&position, text, &mut on_error, &mut on_event);
+                decode_each(format, &position, text, &mut on_error, &mut on_event);
             }
             Shape::Lines { first_line, offset } => {
                 let mut at = offset;
@@ -294,7 +297,7 @@ impl Pipeline {
                             offset: at,
                             item: None,
                         };
-                        decode_each(&position, record, &mut on_error, &mut on_event);
+                        decode_each(format, &position, record, &mut on_error, &mut on_event);
                     }
                     at += line.len() as u64;
                 }

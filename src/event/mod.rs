@@ -2,15 +2,18 @@
 //!
 //! `model` is the typed, borrowed view of one event; `decode` turns records into events with
 //! positioned errors; `field` resolves the dotted field paths that rules use (`user.username`,
-//! `objectRef.namespace`, `requestObject.spec.hostNetwork`).
+//! `objectRef.namespace`, `requestObject.spec.hostNetwork`); `managed` unwraps the shapes EKS,
+//! AKS and GKE deliver their audit logs in.
 
 mod decode;
 pub mod field;
+pub mod managed;
 mod model;
 mod text;
 mod time;
 
 pub use decode::{DecodeError, DecodeErrorKind, Position, Record, decode_event, decode_record};
+pub use managed::InputFormat;
 pub use model::{AuditEvent, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
 pub use text::Text;
 pub use time::{EventTime, Span};

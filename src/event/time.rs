@@ -15,9 +15,17 @@ impl EventTime {
     pub const MIN: EventTime = EventTime(i64::MIN);
 
     /// Parses RFC 3339 as Kubernetes writes it (`2018-10-26T13:38:34.867116Z`, or whole seconds).
+    /// RFC 3339 (`T` or a space between date and time). A time without a zone is read as
+    /// UTC: exports that normalise timestamps (SIEMs, `2022-11-29 00:09:04.38`) drop it.
     pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
-        let dt = DateTime::parse_from_rfc3339(s).ok()?;
-        dt.timestamp_nanos_opt().map(EventTime)
+        let utc = match DateTime::parse_from_rfc3339(s) {
+            Ok(dt) => dt.to_utc(),
+            Err(_) => chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+                .or_else(|_| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+                .ok()?
+                .and_utc(),
+        };
+        utc.timestamp_nanos_opt().map(EventTime)
     }
 
     pub fn from_secs(secs: i64) -> EventTime {
@@ -182,6 +190,15 @@ mod tests {
         assert_eq!(micro.0 - secs.0, 867_116_000);
         assert_eq!(secs.to_string(), "2018-10-26T13:38:34Z");
         assert!(EventTime::parse_rfc3339("yesterday").is_none());
+        // Zone-less exports (SIEM-normalised) are UTC; a space may stand for the T.
+        let naive = EventTime::parse_rfc3339("2018-10-26 13:38:34.867116").unwrap();
+        assert_eq!(naive, micro);
+        assert_eq!(
+            EventTime::parse_rfc3339("2018-10-26T13:38:34").unwrap(),
+            secs
+        );
+        let offset = EventTime::parse_rfc3339("2018-10-26 15:38:34+02:00").unwrap();
+        assert_eq!(offset, secs);
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{TlsConfig, WebhookConfig};
 use crate::daemon::ingest::{AppendRequest, JournalMsg};
 use crate::daemon::pipeline::Input;
-use crate::event::{DecodeErrorKind, Record, decode_record};
+use crate::event::{DecodeErrorKind, InputFormat, Record, decode_record};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Error)]
@@ -67,6 +67,7 @@ struct Shared {
     journal_size: Arc<AtomicU64>,
     journal_max: u64,
     metrics: Arc<Metrics>,
+    format: crate::event::InputFormat,
 }
 
 /// A bound webhook endpoint, ready to serve.
@@ -144,6 +145,7 @@ impl Webhook {
                 journal_size: deps.journal_size,
                 journal_max: deps.journal_max,
                 metrics: deps.metrics,
+                format: cfg.input_format,
             }),
         })
     }
@@ -291,11 +293,23 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
+    let firehose_request_id = parts
+        .headers
+        .get("x-amz-firehose-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if let Some(token) = &shared.token {
+        // Kinesis Firehose HTTP endpoints send their access key in a header of their own.
         let presented = parts
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .or_else(|| {
+                parts
+                    .headers
+                    .get("x-amz-firehose-access-key")
+                    .map(|v| v.as_bytes())
+            });
         match presented {
             None => {
                 return refuse(
@@ -346,9 +360,28 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Err(r) => return r,
     };
     // Validate before accepting: a body that is not JSON, or not events, is refused whole.
-    let items = match decode_record(std::str::from_utf8(&body).unwrap_or("\u{0}")) {
-        Ok(Record::Batch(items)) => items.len(),
-        Ok(Record::Event(_)) => 1,
+    let text = std::str::from_utf8(&body).unwrap_or("\u{0}");
+    let native = match shared.format {
+        InputFormat::Auto | InputFormat::Native => decode_record(text),
+        _ => Err(DecodeErrorKind::NotAnEvent(
+            format!("not in the {:?} input format", shared.format),
+            None,
+        )),
+    };
+    let managed = |e: DecodeErrorKind| match crate::event::managed::unwrap(shared.format, text) {
+        Ok(Some(u)) => Ok(u.events.len()),
+        Ok(None) => Err(e),
+        Err(inner) => Err(inner),
+    };
+    let items = match native.map(|r| match r {
+        Record::Batch(items) => items.len(),
+        Record::Event(_) => 1,
+    }) {
+        Ok(n) => Ok(n),
+        Err(e) => managed(e),
+    };
+    let items = match items {
+        Ok(n) => n,
         Err(e) => {
             let at = match e.location() {
                 Some((line, column)) => format!(" at line {line} column {column}"),
@@ -408,7 +441,22 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(Ok(())) => {
             count(&shared, StatusCode::OK);
             tracing::trace!(source = %shared.name, items, "batch accepted");
-            (StatusCode::OK, "{}").into_response()
+            match firehose_request_id {
+                // Firehose counts a delivery as done only with its request ID echoed back.
+                Some(id) => {
+                    let millis = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    let body = serde_json::json!({ "requestId": id, "timestamp": millis });
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        body.to_string(),
+                    )
+                        .into_response()
+                }
+                None => (StatusCode::OK, "{}").into_response(),
+            }
         }
         Ok(Err(why)) => refuse(
             &shared,
