@@ -388,7 +388,7 @@ fn webhook_topology_fits_together() {
         "the ServiceMonitor scrapes Service port {port}"
     );
     // The job label is the Service's name; the self-monitoring rules select job="auditwatch".
-    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/rules.yaml")).unwrap();
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus-rules.yaml")).unwrap();
     assert!(rules.contains(&format!(
         "job=\"{}\"",
         service["metadata"]["name"].as_str().unwrap()

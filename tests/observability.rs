@@ -5,7 +5,7 @@
 //!   that scrapes that auditwatch;
 //! - the dashboards are portable (datasource as a variable, no Grafana-instance UIDs) and laid
 //!   out without overlapping panels;
-//! - `deploy/prometheus/rules.yaml` passes `promtool check rules` and its unit tests
+//! - `deploy/prometheus-rules.yaml` passes `promtool check rules` and its unit tests
 //!   (`promtool test rules`), and names only exported metrics (plus Prometheus' own `up`).
 
 mod common;
@@ -389,10 +389,10 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
 #[test]
 fn self_monitoring_rules_pass_promtool_and_name_exported_metrics() {
     let promtool = need("/usr/bin/promtool");
-    let rules = repo().join("deploy/prometheus/rules.yaml");
+    let rules = repo().join("deploy/prometheus-rules.yaml");
     for args in [
-        vec!["check", "rules", "rules.yaml"],
-        vec!["test", "rules", "rules.test.yaml"],
+        vec!["check", "rules", "prometheus-rules.yaml"],
+        vec!["test", "rules", "prometheus-rules.test.yaml"],
     ] {
         let out = Command::new(&promtool)
             .args(&args)
