@@ -12,6 +12,7 @@ pub const PACKS: &[(&str, &str)] = &[
     ("rules/auth.yaml", include_str!("../rules/auth.yaml")),
     ("rules/ingress.yaml", include_str!("../rules/ingress.yaml")),
     ("rules/rbac.yaml", include_str!("../rules/rbac.yaml")),
+    ("rules/recon.yaml", include_str!("../rules/recon.yaml")),
     ("rules/secrets.yaml", include_str!("../rules/secrets.yaml")),
     (
         "rules/workloads.yaml",
