@@ -179,15 +179,65 @@ fn has_content(text: &str) -> bool {
     })
 }
 
+/// The documents of a Sigma rule file, or `None` when the text is an auditwatch rule file.
+fn sigma_documents(text: &str) -> Option<Vec<serde_yaml::Value>> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(text) {
+        match serde_yaml::Value::deserialize(d) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(v) => docs.push(v),
+            // Not valid YAML: the auditwatch loader reports it with its position.
+            Err(_) => return None,
+        }
+    }
+    docs.first()
+        .is_some_and(super::sigma::is_sigma)
+        .then_some(docs)
+}
+
 static LOCATION_SUFFIX: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+$").expect("static regex"));
 
 fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
     let mut errors = Errors { list: Vec::new() };
     let mut files = Vec::new();
+    let mut sigma_rules: Vec<Rule> = Vec::new();
     for (name, text) in sources {
         let name: Arc<str> = Arc::from(name.as_str());
         if !has_content(text) {
+            continue;
+        }
+        if let Some(docs) = sigma_documents(text) {
+            let index = PositionIndex::build(text);
+            let stem = std::path::Path::new(&*name)
+                .file_stem()
+                .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned());
+            for (i, doc) in docs.iter().enumerate() {
+                let rule_name = match doc.get("name").and_then(serde_yaml::Value::as_str) {
+                    Some(n) => n.to_owned(),
+                    None if docs.len() == 1 => stem.clone(),
+                    None => format!("{stem}-{}", i + 1),
+                };
+                // Positions are exact for the first document of a file (the usual one rule
+                // per file); later documents point at the file's start.
+                let at = |key: &str| {
+                    if i == 0 {
+                        index.key(key)
+                    } else {
+                        Pos { line: 1, column: 1 }
+                    }
+                };
+                match super::sigma::compile(doc, &rule_name, &name) {
+                    Ok(mut rule) => {
+                        let pos = at("title");
+                        rule.origin.line = pos.line;
+                        rule.origin.column = pos.column;
+                        sigma_rules.push(rule);
+                    }
+                    Err((key, msg)) => errors.at(&name, at(&key), format!("Sigma rule: {msg}")),
+                }
+            }
             continue;
         }
         let shape = match super::yaml::from_str::<RuleFileShape>(text) {
@@ -292,6 +342,31 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 });
             }
         }
+    }
+
+    for rule in sigma_rules {
+        let here = format!(
+            "{}:{}:{}",
+            rule.origin.file, rule.origin.line, rule.origin.column
+        );
+        if let Some(first) = seen.get(&*rule.name) {
+            let pos = Pos {
+                line: rule.origin.line,
+                column: rule.origin.column,
+            };
+            let file = Arc::clone(&rule.origin.file);
+            errors.at(
+                &file,
+                pos,
+                format!(
+                    "duplicate rule name {:?}: first defined at {first}",
+                    rule.name
+                ),
+            );
+            continue;
+        }
+        seen.insert(rule.name.to_string(), here);
+        rules.push(rule);
     }
 
     if !errors.list.is_empty() {

@@ -20,6 +20,10 @@ enum Pattern {
     Suffix(Box<str>),
     Contains(Box<str>),
     Glob(GlobMatcher),
+    /// Sigma `|re`.
+    Regex(regex::Regex),
+    /// Sigma `|cidr`: the value is an IP address inside the network.
+    Cidr(IpNet),
 }
 
 impl Pattern {
@@ -55,8 +59,84 @@ impl Pattern {
             Pattern::Suffix(p) => s.ends_with(&**p),
             Pattern::Contains(p) => s.contains(&**p),
             Pattern::Glob(g) => g.is_match(s),
+            Pattern::Regex(r) => r.is_match(s),
+            Pattern::Cidr(net) => s.parse::<IpAddr>().is_ok_and(|ip| net.contains(&ip)),
         }
     }
+}
+
+/// How a Sigma value is compared (its modifiers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigmaMatch {
+    Equals,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Regex,
+    Cidr,
+}
+
+impl Patterns {
+    /// One Sigma value as a pattern: case-insensitive, with Sigma's wildcards (`*`, `?`;
+    /// `\*`, `\?` and `\\` for the literal characters) and nothing else special.
+    pub fn sigma(value: &str, how: SigmaMatch) -> Result<Patterns, String> {
+        let pattern = match how {
+            SigmaMatch::Regex => Pattern::Regex(
+                regex::Regex::new(value).map_err(|e| format!("invalid regular expression: {e}"))?,
+            ),
+            SigmaMatch::Cidr => Pattern::Cidr(
+                value
+                    .parse()
+                    .map_err(|_| format!("invalid CIDR network {value:?}"))?,
+            ),
+            _ => {
+                let mut glob = String::new();
+                if matches!(how, SigmaMatch::Contains | SigmaMatch::EndsWith) {
+                    glob.push('*');
+                }
+                let mut chars = value.chars();
+                while let Some(c) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some(e @ ('*' | '?' | '\\')) => push_literal(&mut glob, e),
+                            Some(other) => {
+                                push_literal(&mut glob, '\\');
+                                push_literal(&mut glob, other);
+                            }
+                            None => push_literal(&mut glob, '\\'),
+                        },
+                        '*' | '?' => glob.push(c),
+                        _ => push_literal(&mut glob, c),
+                    }
+                }
+                if matches!(how, SigmaMatch::Contains | SigmaMatch::StartsWith) {
+                    glob.push('*');
+                }
+                let matcher = globset::GlobBuilder::new(&glob)
+                    .case_insensitive(true)
+                    .literal_separator(false)
+                    .backslash_escape(true)
+                    .build()
+                    .map_err(|e| format!("invalid value {value:?}: {}", e.kind()))?
+                    .compile_matcher();
+                Pattern::Glob(matcher)
+            }
+        };
+        Ok(Patterns(vec![pattern]))
+    }
+
+    /// Any of several pattern lists.
+    pub fn union(lists: Vec<Patterns>) -> Patterns {
+        Patterns(lists.into_iter().flat_map(|p| p.0).collect())
+    }
+}
+
+/// A character that globset must read literally.
+fn push_literal(glob: &mut String, c: char) {
+    if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
+        glob.push('\\');
+    }
+    glob.push(c);
 }
 
 /// Any-of a list of patterns.
@@ -228,8 +308,9 @@ impl Matcher {
     /// True when the event passes every criterion and no exception. `objects` holds the
     /// event's parsed objects, shared by all rules for this event.
     pub fn matches(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> bool {
-        self.matches_positive(ev, objects)
-            && !self.except.iter().any(|x| x.matches_positive(ev, objects))
+        // Rule files cannot nest `except` (the loader says so); compiled Sigma conditions do
+        // (`not` is an except block), so an exception is evaluated in full.
+        self.matches_positive(ev, objects) && !self.except.iter().any(|x| x.matches(ev, objects))
     }
 
     fn matches_positive(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> bool {

@@ -11,6 +11,7 @@ mod matcher;
 pub(crate) mod position;
 mod schema;
 pub mod script;
+pub mod sigma;
 mod template;
 pub mod yaml;
 
@@ -25,7 +26,7 @@ pub use load::{
     LoadError, LoadOptions, RuleError, collect_rule_files, is_test_file, load_paths, load_sources,
     load_str,
 };
-pub use matcher::{ExactResource, Matcher, Patterns, ResourcePattern, Subresource};
+pub use matcher::{ExactResource, Matcher, Patterns, ResourcePattern, SigmaMatch, Subresource};
 pub use script::{Condition, ScriptLimits};
 pub use template::{Captured, Summary, default_summary};
 
