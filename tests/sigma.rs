@@ -142,3 +142,65 @@ fn sigmahq_rules_match_what_two_sigma_engines_match() {
     // Every rule file accounted for, including the five that cannot match real events.
     assert_eq!(oracle.len(), 316);
 }
+
+/// The corpus' correlation check: `event_count` over the SigmaHQ 401/403 rule, grouped by the
+/// impersonated user, on `audit2rbac/demo.log`. rsigma fired for bob, sa1 (twice: at 3 and
+/// again at 4 within the span) and alice at 5m/≥3; sa1 at 1m/≥4; nobody at 5m/≥5. auditwatch
+/// fires once per group when it reaches the threshold (then the window's group starts over),
+/// so it names the same identities with one alert each.
+#[test]
+fn event_count_correlations_fire_for_the_same_identities() {
+    let dir = std::env::temp_dir().join(format!("aw-sigma-corr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        shared()
+            .join("corpus/sigma/rules/kubernetes_audit_unauthorized_unauthenticated_actions.yml"),
+        dir.join("kubernetes_audit_unauthorized_unauthenticated_actions.yml"),
+    )
+    .unwrap();
+    let log = shared().join("corpus/kubernetes/audit2rbac/demo.log");
+    let run = |span: &str, gte: u64| -> Vec<String> {
+        std::fs::write(
+            dir.join("burst.yml"),
+            format!(
+                "title: Refusal burst per impersonated user\nauthor: auditwatch tests\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [0d933542-1f1f-420d-97d4-21b2c3c492d9]\n  group-by: [impersonatedUser.username]\n  timespan: {span}\n  condition: {{ gte: {gte} }}\n"
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["replay", "--format", "json", "--rules"])
+            .arg(&dir)
+            .arg("--")
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let a: Value = serde_json::from_str(l).unwrap();
+                assert_eq!(
+                    a["rule"], "burst",
+                    "the base rule does not alert on its own"
+                );
+                format!(
+                    "{} {}",
+                    a["group"]["impersonatedUser.username"].as_str().unwrap(),
+                    a["count"]
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        run("5m", 3),
+        ["bob 3", "system:serviceaccount:ns1:sa1 3", "alice 3"]
+    );
+    assert_eq!(run("1m", 4), ["system:serviceaccount:ns1:sa1 4"]);
+    assert_eq!(run("5m", 5), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -203,6 +203,8 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     let mut errors = Errors { list: Vec::new() };
     let mut files = Vec::new();
     let mut sigma_rules: Vec<Rule> = Vec::new();
+    // Sigma correlations refer to other Sigma rules: compiled once all of those are.
+    let mut correlations = Vec::new();
     for (name, text) in sources {
         let name: Arc<str> = Arc::from(name.as_str());
         if !has_content(text) {
@@ -228,6 +230,11 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                         Pos { line: 1, column: 1 }
                     }
                 };
+                if doc.get("correlation").is_some() {
+                    let pos = at("title");
+                    correlations.push((doc.clone(), rule_name, Arc::clone(&name), pos, i));
+                    continue;
+                }
                 match super::sigma::compile(doc, &rule_name, &name) {
                     Ok(mut rule) => {
                         let pos = at("title");
@@ -344,6 +351,41 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         }
     }
 
+    let mut consumed_by_correlations: Vec<Arc<str>> = Vec::new();
+    let mut correlated = Vec::new();
+    for (doc, rule_name, file, pos, i) in correlations {
+        let index_pos = |key: &str| -> Pos {
+            if i == 0 {
+                sources
+                    .iter()
+                    .find(|(n, _)| **n == *file)
+                    .map_or(pos, |(_, t)| PositionIndex::build(t).key(key))
+            } else {
+                pos
+            }
+        };
+        match super::sigma::compile_correlation(&doc, &rule_name, &file, &sigma_rules) {
+            Ok((mut rule, consumed, generate)) => {
+                rule.origin.line = pos.line;
+                rule.origin.column = pos.column;
+                if !generate {
+                    consumed_by_correlations.extend(consumed);
+                }
+                correlated.push(rule);
+            }
+            Err((key, msg)) => {
+                errors.at(&file, index_pos(&key), format!("Sigma correlation: {msg}"))
+            }
+        }
+    }
+    for rule in &mut sigma_rules {
+        // Sigma: rules a correlation consumes do not alert on their own unless it says
+        // `generate: true`.
+        if consumed_by_correlations.contains(&rule.name) {
+            rule.enabled = false;
+        }
+    }
+    sigma_rules.extend(correlated);
     for rule in sigma_rules {
         let here = format!(
             "{}:{}:{}",

@@ -8,8 +8,9 @@
 //! `all of` a selection pattern or `them`. Strings compare case-insensitively with Sigma's
 //! `*`/`?` wildcards. Field names are dotted paths into the audit event, looked up verbatim
 //! (as the SigmaHQ rules are written); a field the event model does not have never matches.
-//! Not supported yet (a load error says so): keyword (field-less) detections, correlation rules,
-//! other logsources.
+//! Correlation rules of type `event_count` and `value_count` (with `gte`/`gt`) become count and
+//! distinct-count windows over the rules they name. Not supported (a load error says so):
+//! `temporal` correlations, keyword (field-less) detections, other logsources.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -40,12 +41,6 @@ fn text(v: &Value) -> Option<String> {
 /// Compiles one Sigma rule document. `name` is the rule's name (its `name:` or the file's).
 pub fn compile(doc: &Value, name: &str, file: &Arc<str>) -> Result<Rule, SigmaError> {
     let err = |key: &str, msg: String| (key.to_owned(), msg);
-    if doc.get("correlation").is_some() {
-        return Err(err(
-            "correlation",
-            "Sigma correlation rules are not supported yet; write the window as an auditwatch rule (docs/rules.md)".into(),
-        ));
-    }
     let logsource = doc.get("logsource").cloned().unwrap_or(Value::Null);
     let product = logsource
         .get("product")
@@ -120,6 +115,14 @@ pub fn compile(doc: &Value, name: &str, file: &Arc<str>) -> Result<Rule, SigmaEr
     } else {
         or(alternatives)
     };
+    let mut rule = metadata(doc, name, file, title);
+    rule.matcher = matcher;
+    Ok(rule)
+}
+
+/// A rule with a Sigma document's name, level, description, author, labels, tags and
+/// references, matching everything until the caller sets its matcher.
+fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
     let severity = match doc.get("level").and_then(Value::as_str).unwrap_or("medium") {
         "informational" => Severity::Info,
         "low" => Severity::Low,
@@ -148,12 +151,12 @@ pub fn compile(doc: &Value, name: &str, file: &Arc<str>) -> Result<Rule, SigmaEr
     };
     let mut hasher = DefaultHasher::new();
     format!("{doc:?}").hash(&mut hasher);
-    Ok(Rule {
+    Rule {
         name: Arc::from(name),
         description: Some(Arc::from(description.as_str())),
         severity,
         enabled: true,
-        matcher,
+        matcher: Matcher::default(),
         condition: None,
         summary: None,
         labels: Arc::new(labels),
@@ -174,7 +177,131 @@ pub fn compile(doc: &Value, name: &str, file: &Arc<str>) -> Result<Rule, SigmaEr
             column: 0,
         },
         fingerprint: hasher.finish(),
+    }
+}
+
+/// Compiles a Sigma correlation rule onto auditwatch's windows: `event_count` becomes a count
+/// window, `value_count` a distinct-count window, over the events of the rules it names (by
+/// `name` or `id`), grouped by its `group-by` fields. Returns the rule and the names of the
+/// rules it consumes (which, unless `generate: true`, no longer alert on their own).
+pub fn compile_correlation(
+    doc: &Value,
+    name: &str,
+    file: &Arc<str>,
+    base: &[Rule],
+) -> Result<(Rule, Vec<Arc<str>>, bool), SigmaError> {
+    let err = |key: &str, msg: String| (key.to_owned(), msg);
+    let c = doc
+        .get("correlation")
+        .ok_or_else(|| err("correlation", "missing".into()))?;
+    let title = doc
+        .get("title")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("title", "a Sigma rule needs a title".into()))?;
+    let kind = c.get("type").and_then(Value::as_str).unwrap_or("");
+    if !matches!(kind, "event_count" | "value_count") {
+        return Err(err(
+            "correlation.type",
+            format!("correlation type {kind:?} is not supported (event_count and value_count are)"),
+        ));
+    }
+    let names: Vec<String> = match c.get("rules") {
+        Some(Value::Sequence(items)) => items.iter().filter_map(text).collect(),
+        Some(v) => text(v).into_iter().collect(),
+        None => Vec::new(),
+    };
+    if names.is_empty() {
+        return Err(err(
+            "correlation.rules",
+            "name the rules to correlate".into(),
+        ));
+    }
+    let mut matchers = Vec::new();
+    let mut consumed = Vec::new();
+    for n in &names {
+        let found = base
+            .iter()
+            .find(|r| &*r.name == n || r.labels.get("sigma_id") == Some(n))
+            .ok_or_else(|| {
+                err(
+                    "correlation.rules",
+                    format!("no Sigma rule named or with id {n:?} is loaded"),
+                )
+            })?;
+        matchers.push(found.matcher.clone());
+        consumed.push(Arc::clone(&found.name));
+    }
+    let over = c
+        .get("timespan")
+        .and_then(text)
+        .ok_or_else(|| {
+            err(
+                "correlation.timespan",
+                "a correlation needs a timespan".into(),
+            )
+        })
+        .and_then(|t| crate::event::Span::parse(&t).map_err(|e| err("correlation.timespan", e)))?;
+    let group_by = match c.get("group-by") {
+        Some(Value::Sequence(items)) => items.iter().filter_map(text).collect(),
+        Some(v) => text(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+    .iter()
+    .map(|f| {
+        crate::event::field::FieldPath::parse(f)
+            .map_err(|e| err("correlation.group-by", format!("{f}: {e}")))
     })
+    .collect::<Result<Vec<_>, _>>()?;
+    let cond = c
+        .get("condition")
+        .ok_or_else(|| err("correlation.condition", "missing".into()))?;
+    let bound = |k: &str| cond.get(k).and_then(Value::as_u64);
+    let threshold = match (bound("gte"), bound("gt")) {
+        (Some(n), None) => n.max(1),
+        (None, Some(n)) => n + 1,
+        _ => {
+            return Err(err(
+                "correlation.condition",
+                "only a lower bound (gte or gt) is supported: auditwatch fires when a group reaches it".into(),
+            ));
+        }
+    };
+    if ["lt", "lte", "eq", "neq"]
+        .iter()
+        .any(|k| cond.get(*k).is_some())
+    {
+        return Err(err(
+            "correlation.condition",
+            "upper bounds and equality are not supported; use gte or gt".into(),
+        ));
+    }
+    let window = if kind == "value_count" {
+        let field = cond.get("field").and_then(Value::as_str).ok_or_else(|| {
+            err(
+                "correlation.condition.field",
+                "value_count needs condition.field".into(),
+            )
+        })?;
+        let field = crate::event::field::FieldPath::parse(field)
+            .map_err(|e| err("correlation.condition.field", e))?;
+        super::WindowSpec::Distinct {
+            over,
+            threshold,
+            field,
+        }
+    } else {
+        super::WindowSpec::Count { over, threshold }
+    };
+    let mut rule = metadata(doc, name, file, title);
+    rule.matcher = if matchers.len() == 1 {
+        matchers.remove(0)
+    } else {
+        or(matchers)
+    };
+    rule.window = Some(window);
+    rule.group_by = group_by;
+    let generate = c.get("generate").and_then(Value::as_bool).unwrap_or(false);
+    Ok((rule, consumed, generate))
 }
 
 /// A matcher that never matches / always matches.
@@ -542,6 +669,42 @@ mod tests {
             &r,
             r#"{"auditID":"1","verb":"get","objectRef":{"resource":"pods","name":"x"}}"#
         ));
+    }
+
+    #[test]
+    fn correlations_become_windows() {
+        let base = rule(&format!(
+            "{HEAD}id: base-1\ndetection:\n  s: {{ verb: get, objectRef.resource: secrets }}\n  condition: s\n"
+        ))
+        .unwrap();
+        let corr = |body: &str| {
+            let doc: Value =
+                serde_yaml::from_str(&format!("title: C\ncorrelation:\n{body}")).unwrap();
+            compile_correlation(&doc, "c", &Arc::from("c.yml"), std::slice::from_ref(&base))
+        };
+        let (r, consumed, generate) = corr(
+            "  type: value_count\n  rules: base-1\n  group-by: [user.username]\n  timespan: 10m\n  condition: { field: objectRef.name, gt: 9 }\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            r.window,
+            Some(crate::rules::WindowSpec::Distinct { threshold: 10, .. })
+        ));
+        assert_eq!(r.group_by.len(), 1);
+        assert_eq!((&*consumed[0], generate), ("t", false));
+        let e =
+            corr("  type: temporal\n  rules: [base-1]\n  timespan: 1m\n  condition: { gte: 2 }\n")
+                .unwrap_err();
+        assert_eq!(e.0, "correlation.type");
+        let e =
+            corr("  type: event_count\n  rules: [nope]\n  timespan: 1m\n  condition: { gte: 2 }\n")
+                .unwrap_err();
+        assert!(e.1.contains("\"nope\""), "{e:?}");
+        let e = corr(
+            "  type: event_count\n  rules: [base-1]\n  timespan: 1m\n  condition: { lte: 2 }\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "correlation.condition");
     }
 
     #[test]
