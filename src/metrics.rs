@@ -3,6 +3,7 @@
 //! source and rule names come from configuration, codes and reasons from fixed sets; never a
 //! username, IP or object name. Every metric is documented in `docs/metrics.md`.
 
+use crate::event::RESOURCE_VERBS;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -403,17 +404,16 @@ pub fn verb_label(verb: &str) -> usize {
         .unwrap_or(VERBS.len() - 1)
 }
 
-pub const VERBS: [&str; 9] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "other",
-];
+/// The `verb` label values: the resource verbs, then `other`.
+pub const VERBS: [&str; 9] = {
+    let mut labels = ["other"; 9];
+    let mut i = 0;
+    while i < RESOURCE_VERBS.len() {
+        labels[i] = RESOURCE_VERBS[i];
+        i += 1;
+    }
+    labels
+};
 
 pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 

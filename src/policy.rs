@@ -341,17 +341,6 @@ fn group_of(resource: &str) -> &'static str {
     }
 }
 
-const ALL_VERBS: [&str; 8] = [
-    "get",
-    "list",
-    "watch",
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-];
-
 /// A requester no policy rule singles out: an ordinary authenticated user.
 const CHECK_USER: &str = "auditwatch:policy-check";
 const CHECK_GROUPS: &[&str] = &["system:authenticated"];
@@ -401,7 +390,7 @@ fn check_rule(policy: &AuditPolicy, rule: &Rule, gaps: &mut Vec<Gap>) {
         .verbs
         .as_ref()
         .and_then(|v| v.exact_values())
-        .unwrap_or_else(|| ALL_VERBS.to_vec());
+        .unwrap_or_else(|| crate::event::RESOURCE_VERBS.to_vec());
     let resources = m
         .resources
         .as_ref()

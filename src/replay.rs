@@ -78,9 +78,8 @@ pub fn decode_each(
     if !matches!(format, InputFormat::Auto | InputFormat::Native) {
         // An explicit managed format: the record must be in it.
         return managed(format, position, text, on_error, on_event).unwrap_or_else(|| {
-            let why = format!("not in the {format:?} input format");
             on_error(fail(
-                DecodeErrorKind::NotAnEvent(why, None),
+                crate::event::managed::not_in_format(format),
                 position.clone(),
             ));
             0

@@ -23,10 +23,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// One Dockerfile instruction, continuation lines joined.
 #[derive(Debug, Clone)]
 struct Instruction {

@@ -10,15 +10,12 @@
 //!   at the level they need (`auditwatch check --policy`).
 
 mod common;
+use common::repo;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use serde_yaml::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn manifest_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/kubernetes"))

@@ -214,13 +214,17 @@ fn the_binary_alerts_on_managed_records_as_on_native_events() {
         format!("{eks}\n{aks}\n{gke}\n{}\n", event("nnnn", "native-user")),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
-        .args(["replay", "--format", "json"])
-        .arg(&input)
-        .arg("--rules")
-        .arg(&rules)
-        .output()
-        .unwrap();
+    let replay = |options: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .arg("replay")
+            .args(options)
+            .arg(&input)
+            .arg("--rules")
+            .arg(&rules)
+            .output()
+            .unwrap()
+    };
+    let out = replay(&["--format", "json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let summaries: Vec<String> = String::from_utf8_lossy(&out.stdout)
@@ -243,13 +247,7 @@ fn the_binary_alerts_on_managed_records_as_on_native_events() {
         "{stderr}"
     );
     // An explicit format refuses what is not in it, naming the line.
-    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
-        .args(["replay", "--input-format", "gke"])
-        .arg(&input)
-        .arg("--rules")
-        .arg(&rules)
-        .output()
-        .unwrap();
+    let out = replay(&["--input-format", "gke"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("mixed.jsonl:1: not an audit event: not in the Gke input format"),

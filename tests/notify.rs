@@ -515,7 +515,6 @@ route:
 
 #[test]
 fn prometheus_scrapes_metrics_and_promtool_accepts_them() {
-    let prom_bin = need("/usr/bin/prometheus");
     let promtool = need("/usr/bin/promtool");
     let dir = Scratch::new("notify-prom");
     let (hook, metrics, prom_port) = (free_port(), free_port(), free_port());
@@ -533,27 +532,7 @@ fn prometheus_scrapes_metrics_and_promtool_accepts_them() {
             r#"auditwatch_alert_firings_total{rule="secret-read",severity="medium"}"#,
         ) == 1.0
     });
-    std::fs::write(
-        dir.0.join("prometheus.yml"),
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: auditwatch\n    static_configs: [ {{ targets: ['127.0.0.1:{metrics}'] }} ]\n"
-        ),
-    )
-    .unwrap();
-    let _prom = spawn_logged(
-        &dir.0,
-        "prometheus",
-        Command::new(prom_bin)
-            .arg(format!(
-                "--config.file={}",
-                dir.0.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-    );
+    let _prom = prometheus(&dir.0, prom_port, metrics);
     wait_until("prometheus to have scraped the alert counter", || {
         http_get(
             prom_port,

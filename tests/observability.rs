@@ -15,10 +15,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Metric names a PromQL expression selects: identifiers that are not functions, keywords,
 /// label names (inside `{}` or grouping clauses) or durations.
 fn metric_names(expr: &str) -> BTreeSet<String> {
@@ -331,27 +327,7 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
     }
 
     // A real Prometheus scrapes it; every expression must evaluate without error.
-    std::fs::write(
-        dir.0.join("prometheus.yml"),
-        format!(
-            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: auditwatch\n    static_configs: [ {{ targets: ['127.0.0.1:{metrics_port}'] }} ]\n"
-        ),
-    )
-    .unwrap();
-    let _prom = spawn_logged(
-        &dir.0,
-        "prometheus",
-        Command::new(need("/usr/bin/prometheus"))
-            .arg(format!(
-                "--config.file={}",
-                dir.0.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.0.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
-    );
+    let _prom = prometheus(&dir.0, prom_port, metrics_port);
     let client = reqwest::blocking::Client::new();
     let query = |expr: &str| -> serde_json::Value {
         client

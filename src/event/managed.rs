@@ -81,6 +81,29 @@ pub fn unwrap(format: InputFormat, text: &str) -> Result<Option<Unwrapped>, Deco
     Ok(found.then_some(out))
 }
 
+/// Why a record is refused under an explicit managed format it is not in.
+pub fn not_in_format(format: InputFormat) -> DecodeErrorKind {
+    not_event(format!("not in the {format:?} input format"))
+}
+
+/// How many events (or batch items) a record holds under `format`, or why it holds none: the
+/// check the webhook makes before accepting a body, with the same dispatch as decoding
+/// (native first unless the format is an explicit managed one).
+pub fn count_items(format: InputFormat, text: &str) -> Result<usize, DecodeErrorKind> {
+    let native = match format {
+        InputFormat::Auto | InputFormat::Native => super::decode::decode_record(text),
+        _ => Err(not_in_format(format)),
+    };
+    match native {
+        Ok(super::decode::Record::Batch(items)) => Ok(items.len()),
+        Ok(super::decode::Record::Event(_)) => Ok(1),
+        Err(e) => match unwrap(format, text)? {
+            Some(u) => Ok(u.events.len()),
+            None => Err(e),
+        },
+    }
+}
+
 fn any_shape(v: &Value, out: &mut Unwrapped) -> Result<bool, DecodeErrorKind> {
     Ok(eks(v, out)? || aks(v, out)? || gke_any(v, out)?)
 }

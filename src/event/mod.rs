@@ -14,6 +14,6 @@ mod time;
 
 pub use decode::{DecodeError, DecodeErrorKind, Position, Record, decode_event, decode_record};
 pub use managed::InputFormat;
-pub use model::{AuditEvent, Level, ObjectRef, ResponseStatus, Stage, UserInfo};
+pub use model::{AuditEvent, Level, ObjectRef, RESOURCE_VERBS, ResponseStatus, Stage, UserInfo};
 pub use text::Text;
 pub use time::{EventTime, Span};

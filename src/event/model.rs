@@ -12,6 +12,18 @@ use serde_json::value::RawValue;
 use super::text::Text;
 use super::time::EventTime;
 
+/// The Kubernetes API verbs of resource requests (non-resource requests use HTTP methods).
+pub const RESOURCE_VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+
 /// How much of the request the audit policy recorded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 pub enum Level {

@@ -179,6 +179,16 @@ fn has_content(text: &str) -> bool {
     })
 }
 
+/// Where `key` of a Sigma file's `doc`-th document is. Exact for the first document (the usual
+/// one rule per file); later documents point at the file's start.
+fn sigma_position(index: &PositionIndex, doc: usize, key: &str) -> Pos {
+    if doc == 0 {
+        index.key(key)
+    } else {
+        Pos { line: 1, column: 1 }
+    }
+}
+
 /// The documents of a Sigma rule file, or `None` when the text is an auditwatch rule file.
 fn sigma_documents(text: &str) -> Option<Vec<serde_yaml::Value>> {
     use serde::Deserialize;
@@ -211,7 +221,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             continue;
         }
         if let Some(docs) = sigma_documents(text) {
-            let index = PositionIndex::build(text);
+            let index = Arc::new(PositionIndex::build(text));
             let stem = std::path::Path::new(&*name)
                 .file_stem()
                 .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned());
@@ -221,18 +231,15 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                     None if docs.len() == 1 => stem.clone(),
                     None => format!("{stem}-{}", i + 1),
                 };
-                // Positions are exact for the first document of a file (the usual one rule
-                // per file); later documents point at the file's start.
-                let at = |key: &str| {
-                    if i == 0 {
-                        index.key(key)
-                    } else {
-                        Pos { line: 1, column: 1 }
-                    }
-                };
+                let at = |key: &str| sigma_position(&index, i, key);
                 if doc.get("correlation").is_some() {
-                    let pos = at("title");
-                    correlations.push((doc.clone(), rule_name, Arc::clone(&name), pos, i));
+                    correlations.push((
+                        doc.clone(),
+                        rule_name,
+                        Arc::clone(&name),
+                        Arc::clone(&index),
+                        i,
+                    ));
                     continue;
                 }
                 match super::sigma::compile(doc, &rule_name, &name) {
@@ -353,17 +360,9 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
 
     let mut consumed_by_correlations: Vec<Arc<str>> = Vec::new();
     let mut correlated = Vec::new();
-    for (doc, rule_name, file, pos, i) in correlations {
-        let index_pos = |key: &str| -> Pos {
-            if i == 0 {
-                sources
-                    .iter()
-                    .find(|(n, _)| **n == *file)
-                    .map_or(pos, |(_, t)| PositionIndex::build(t).key(key))
-            } else {
-                pos
-            }
-        };
+    for (doc, rule_name, file, index, i) in correlations {
+        let at = |key: &str| sigma_position(&index, i, key);
+        let pos = at("title");
         match super::sigma::compile_correlation(&doc, &rule_name, &file, &sigma_rules) {
             Ok((mut rule, consumed, generate)) => {
                 rule.origin.line = pos.line;
@@ -373,9 +372,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 }
                 correlated.push(rule);
             }
-            Err((key, msg)) => {
-                errors.at(&file, index_pos(&key), format!("Sigma correlation: {msg}"))
-            }
+            Err((key, msg)) => errors.at(&file, at(&key), format!("Sigma correlation: {msg}")),
         }
     }
     for rule in &mut sigma_rules {

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{TlsConfig, WebhookConfig};
 use crate::daemon::ingest::{AppendRequest, JournalMsg};
 use crate::daemon::pipeline::Input;
-use crate::event::{DecodeErrorKind, InputFormat, Record, decode_record};
+use crate::event::DecodeErrorKind;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Error)]
@@ -361,26 +361,7 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
     };
     // Validate before accepting: a body that is not JSON, or not events, is refused whole.
     let text = std::str::from_utf8(&body).unwrap_or("\u{0}");
-    let native = match shared.format {
-        InputFormat::Auto | InputFormat::Native => decode_record(text),
-        _ => Err(DecodeErrorKind::NotAnEvent(
-            format!("not in the {:?} input format", shared.format),
-            None,
-        )),
-    };
-    let managed = |e: DecodeErrorKind| match crate::event::managed::unwrap(shared.format, text) {
-        Ok(Some(u)) => Ok(u.events.len()),
-        Ok(None) => Err(e),
-        Err(inner) => Err(inner),
-    };
-    let items = match native.map(|r| match r {
-        Record::Batch(items) => items.len(),
-        Record::Event(_) => 1,
-    }) {
-        Ok(n) => Ok(n),
-        Err(e) => managed(e),
-    };
-    let items = match items {
+    let items = match crate::event::managed::count_items(shared.format, text) {
         Ok(n) => n,
         Err(e) => {
             let at = match e.location() {

@@ -287,3 +287,32 @@ pub fn post(hook: u16, events: &[String]) {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
 }
+
+/// The repository root (tests read its shipped files: Dockerfile, deploy/, dashboards/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A real Prometheus (Debian `prometheus`) on 127.0.0.1:`port`, scraping the auditwatch
+/// metrics endpoint on `target` every second as job `auditwatch`; its data lives in `dir`.
+pub fn prometheus(dir: &Path, port: u16, target: u16) -> Server {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: auditwatch\n    static_configs: [ {{ targets: ['127.0.0.1:{target}'] }} ]\n"
+        ),
+    )
+    .unwrap();
+    spawn_logged(
+        dir,
+        "prometheus",
+        Command::new(need("/usr/bin/prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    )
+}
