@@ -52,6 +52,20 @@ enum Target {
 #[derive(Debug, Clone)]
 pub struct ValuePath {
     target: Target,
+    /// `.@repository` at the end: text values are read as container image references and
+    /// reduced to their repository.
+    image_repository: bool,
+}
+
+/// An image reference's repository: without the tag and the digest
+/// (`registry:5000/team/nginx:1.25@sha256:...` → `registry:5000/team/nginx`), which is what
+/// image allow-lists name.
+pub fn image_repository(image: &str) -> &str {
+    let image = image.split_once('@').map_or(image, |(name, _)| name);
+    match image.rfind(':') {
+        Some(colon) if !image[colon..].contains('/') => &image[..colon],
+        _ => image,
+    }
 }
 
 /// Values a criterion accepts.
@@ -67,6 +81,17 @@ pub struct Accepted {
 pub struct FieldCriterion {
     pub path: ValuePath,
     pub accepted: Accepted,
+    pub quantifier: Quantifier,
+}
+
+/// How many of the values a path reaches must be accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantifier {
+    /// At least one (`fields`).
+    #[default]
+    Any,
+    /// At least one value is reached and every one is accepted (`every`).
+    Every,
 }
 
 /// The parts of an object some rule reads: a trie of keys. `all` keeps a whole subtree.
@@ -275,6 +300,15 @@ impl<'p> ObjectCache<'p> {
 
 impl ValuePath {
     pub fn parse(text: &str) -> Result<ValuePath, String> {
+        let (text, image_repository) = match text.strip_suffix(".@repository") {
+            Some(rest) => (rest, true),
+            None if text.contains("@repository") => {
+                return Err(format!(
+                    "invalid field path {text:?}: @repository must be the last step"
+                ));
+            }
+            None => (text, false),
+        };
         let mut steps = split_steps(text)?;
         let root = match steps.first() {
             Some(Step::Key(k)) => match k.as_str() {
@@ -290,16 +324,34 @@ impl ValuePath {
             steps.remove(0);
             return Ok(ValuePath {
                 target: Target::Object(root, steps),
+                image_repository,
             });
         }
         FieldPath::parse(text).map(|p| ValuePath {
             target: Target::Event(p),
+            image_repository,
         })
     }
 
     /// Calls `visit` with every value the path reaches (`None` for a missing one reached
     /// through `[*]`); stops early when `visit` returns true. Returns whether it did.
     fn any(
+        &self,
+        ev: &AuditEvent<'_>,
+        cache: &ObjectCache<'_>,
+        visit: &mut dyn FnMut(Option<&Value>) -> bool,
+    ) -> bool {
+        if self.image_repository {
+            let mut reduced = |v: Option<&Value>| match v {
+                Some(Value::String(s)) => visit(Some(&Value::String(image_repository(s).into()))),
+                other => visit(other),
+            };
+            return self.reach(ev, cache, &mut reduced);
+        }
+        self.reach(ev, cache, visit)
+    }
+
+    fn reach(
         &self,
         ev: &AuditEvent<'_>,
         cache: &ObjectCache<'_>,
@@ -418,7 +470,17 @@ impl Accepted {
 
 impl FieldCriterion {
     pub fn matches(&self, ev: &AuditEvent<'_>, cache: &ObjectCache<'_>) -> bool {
-        self.path.any(ev, cache, &mut |v| self.accepted.accepts(v))
+        match self.quantifier {
+            Quantifier::Any => self.path.any(ev, cache, &mut |v| self.accepted.accepts(v)),
+            Quantifier::Every => {
+                let mut reached = false;
+                let rejected = self.path.any(ev, cache, &mut |v| {
+                    reached = true;
+                    !self.accepted.accepts(v)
+                });
+                reached && !rejected
+            }
+        }
     }
 }
 
@@ -444,11 +506,34 @@ mod tests {
         let full = ObjectPaths::default();
         let mut pruned = ObjectPaths::default();
         pruned.add(&path);
-        let c = FieldCriterion { path, accepted };
+        let c = FieldCriterion {
+            path,
+            accepted,
+            quantifier: Quantifier::Any,
+        };
         let a = c.matches(&ev, &ObjectCache::new(&full));
         let b = c.matches(&ev, &ObjectCache::new(&pruned));
         assert_eq!(a, b, "pruning changed the result");
         a
+    }
+
+    #[test]
+    fn image_repository_drops_tag_and_digest_but_not_a_registry_port() {
+        for (image, repo) in [
+            ("nginx", "nginx"),
+            ("nginx:1.25", "nginx"),
+            (
+                "docker.io/library/nginx:1.25@sha256:0a1b",
+                "docker.io/library/nginx",
+            ),
+            ("registry:5000/team/app", "registry:5000/team/app"),
+            ("registry:5000/team/app:v2", "registry:5000/team/app"),
+            ("app@sha256:0a1b", "app"),
+        ] {
+            assert_eq!(image_repository(image), repo, "{image}");
+        }
+        assert!(ValuePath::parse("pod.containers[*].image.@repository").is_ok());
+        assert!(ValuePath::parse("pod.containers[*].@repository.image").is_err());
     }
 
     #[test]

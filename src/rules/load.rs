@@ -10,10 +10,10 @@ use std::sync::{Arc, LazyLock};
 
 use thiserror::Error;
 
-use super::fields::{Accepted, FieldCriterion, ValuePath};
+use super::fields::{Accepted, FieldCriterion, Quantifier, ValuePath};
 use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
 use super::position::{Pos, PositionIndex};
-use super::schema::{CodeDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, WindowDoc};
+use super::schema::{CodeDoc, ListDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, WindowDoc};
 use super::script::{self, Condition, ScriptLimits};
 use super::template::Summary;
 use super::{Origin, Rule, RuleSet, Severity, WindowSpec};
@@ -150,7 +150,8 @@ pub fn load_str(name: &str, text: &str, opts: &LoadOptions) -> Result<RuleSet, L
 struct ParsedFile {
     name: Arc<str>,
     text: String,
-    lists: BTreeMap<String, Vec<String>>,
+    lists: Vec<(String, ListDoc)>,
+    disable: Vec<String>,
     /// Rules that deserialized, with their index in the file (for positions).
     rules: Vec<(usize, RuleDoc)>,
     index: PositionIndex,
@@ -277,11 +278,19 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 }
             }
         }
+        let mut lists = Vec::new();
+        for (list, value) in &shape.lists {
+            match ListDoc::from_value(value) {
+                Ok(doc) => lists.push((list.clone(), doc)),
+                Err(e) => errors.at(&name, index.value(&format!("lists.{list}")), e),
+            }
+        }
         files.push(ParsedFile {
             name,
             index,
             text: text.clone(),
-            lists: shape.lists,
+            lists,
+            disable: shape.disable,
             rules,
         });
     }
@@ -290,7 +299,10 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut list_origin: HashMap<String, String> = HashMap::new();
     for f in &files {
-        for (name, items) in &f.lists {
+        for (name, doc) in &f.lists {
+            let ListDoc::Define(items) = doc else {
+                continue;
+            };
             let pos = f.index.key(&format!("lists.{name}"));
             if let Some(first) = list_origin.get(name) {
                 errors.at(
@@ -314,6 +326,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             lists.insert(name.clone(), items.clone());
         }
     }
+    edit_lists(&files, &mut lists, &mut errors);
 
     let scripts = script::build_engine(opts.script_limits);
     let lists_value = script::lists_dynamic(&lists);
@@ -408,6 +421,8 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         rules.push(rule);
     }
 
+    disable_rules(&files, &mut rules, &mut errors);
+
     if !errors.list.is_empty() {
         errors
             .list
@@ -427,6 +442,80 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         templates,
         object_paths,
     })
+}
+
+/// Applies the `{replace: ...}` and `{append: ...}` entries of every file to lists defined
+/// elsewhere: all replacements first, then appends in load order, so the result does not
+/// depend on which file loads first.
+fn edit_lists(
+    files: &[ParsedFile],
+    lists: &mut BTreeMap<String, Vec<String>>,
+    errors: &mut Errors,
+) {
+    let mut replaced: HashMap<&str, String> = HashMap::new();
+    for appending in [false, true] {
+        for f in files {
+            for (name, doc) in &f.lists {
+                let (items, verb) = match doc {
+                    ListDoc::Define(_) => continue,
+                    ListDoc::Replace(items) if !appending => (items, "replace"),
+                    ListDoc::Append(items) if appending => (items, "append"),
+                    _ => continue,
+                };
+                let pos = f.index.key(&format!("lists.{name}"));
+                let here = format!("{}:{}:{}", f.name, pos.line, pos.column);
+                let Some(list) = lists.get_mut(name) else {
+                    errors.at(
+                        &f.name,
+                        pos,
+                        format!("cannot {verb} list {name:?}: no loaded file defines it"),
+                    );
+                    continue;
+                };
+                if appending {
+                    list.extend(items.iter().cloned());
+                } else if let Some(first) = replaced.get(name.as_str()) {
+                    errors.at(
+                        &f.name,
+                        pos,
+                        format!("list {name:?} is already replaced at {first}"),
+                    );
+                } else {
+                    replaced.insert(name, here);
+                    *list = items.clone();
+                }
+            }
+        }
+    }
+}
+
+/// Applies every file's `disable` entries (rule names or globs) to the loaded rules. An entry
+/// that names no rule is an error: a misspelt name would otherwise leave a rule running.
+fn disable_rules(files: &[ParsedFile], rules: &mut [Rule], errors: &mut Errors) {
+    for f in files {
+        for (i, pattern) in f.disable.iter().enumerate() {
+            let pos = f.index.value(&format!("disable.{i}"));
+            let compiled = match Patterns::compile(std::slice::from_ref(pattern)) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.at(&f.name, pos, e);
+                    continue;
+                }
+            };
+            let mut hit = false;
+            for rule in rules.iter_mut().filter(|r| compiled.matches(&r.name)) {
+                rule.enabled = false;
+                hit = true;
+            }
+            if !hit {
+                errors.at(
+                    &f.name,
+                    pos,
+                    format!("disable: {pattern:?} names no loaded rule"),
+                );
+            }
+        }
+    }
 }
 
 /// Positions a per-rule deserialization error using the path serde_path_to_error reports.
@@ -816,18 +905,28 @@ impl RuleContext<'_> {
             .map(|(i, x)| self.compile_match(x, &format!("{rel}.any.{i}")))
             .collect();
         let mut fields = Vec::new();
-        for (path_text, values) in &m.fields {
-            let key_rel = format!("{rel}.fields.{path_text}");
-            let path = match ValuePath::parse(path_text) {
-                Ok(p) => p,
-                Err(e) => {
-                    let pos = self.file.index.key(&format!("{}.{key_rel}", self.base));
-                    self.errors.at(&self.file.name, pos, e);
-                    continue;
+        let criteria = [
+            ("fields", &m.fields, Quantifier::Any),
+            ("every", &m.every, Quantifier::Every),
+        ];
+        for (key, map, quantifier) in criteria {
+            for (path_text, values) in map {
+                let key_rel = format!("{rel}.{key}.{path_text}");
+                let path = match ValuePath::parse(path_text) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let pos = self.file.index.key(&format!("{}.{key_rel}", self.base));
+                        self.errors.at(&self.file.name, pos, e);
+                        continue;
+                    }
+                };
+                if let Some(accepted) = self.accepted(&key_rel, values) {
+                    fields.push(FieldCriterion {
+                        path,
+                        accepted,
+                        quantifier,
+                    });
                 }
-            };
-            if let Some(accepted) = self.accepted(&key_rel, values) {
-                fields.push(FieldCriterion { path, accepted });
             }
         }
         let absent = self.value_paths(&m.absent, &format!("{rel}.absent"));
@@ -1120,5 +1219,79 @@ rules:
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
         assert_eq!(errs.len(), 7, "{joined}");
+    }
+
+    fn sources(files: &[(&str, &str)]) -> Result<RuleSet, LoadError> {
+        let owned: Vec<(String, String)> = files
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        load_sources(&owned, &LoadOptions::default())
+    }
+
+    const PACK: &str = "lists:\n  trusted: [a, b]\n  other: [x]\nrules:\n  - name: pack-one\n    severity: low\n    match: { users: [$trusted] }\n  - name: pack-two\n    severity: low\n";
+
+    #[test]
+    fn site_files_append_to_replace_and_disable_what_packs_define() {
+        // The site file loads first: edits apply after every definition, whatever the order.
+        let site = "lists:\n  trusted: { append: [c] }\n  other: { replace: [y, z] }\ndisable: [pack-t*]\n";
+        let set = sources(&[("site.yaml", site), ("pack.yaml", PACK)]).unwrap();
+        assert_eq!(set.lists["trusted"], ["a", "b", "c"]);
+        assert_eq!(set.lists["other"], ["y", "z"]);
+        let enabled: Vec<(&str, bool)> = set.rules.iter().map(|r| (&*r.name, r.enabled)).collect();
+        assert_eq!(enabled, [("pack-one", true), ("pack-two", false)]);
+        // The appended item reaches the compiled match block, not only the list.
+        let ev = crate::event::decode_event(r#"{"verb":"get","user":{"username":"c"}}"#).unwrap();
+        let objects = crate::rules::fields::ObjectCache::new(set.object_paths());
+        assert!(set.rules[0].matcher.matches(&ev, &objects));
+    }
+
+    #[test]
+    fn list_edits_and_disables_name_their_mistakes() {
+        let site = "lists:\n  missing: { append: [c] }\n  other: { replace: [y] }\n  trusted: { add: [z] }\ndisable: [pack-one, no-such-rule]\n";
+        let again = "lists:\n  other: { replace: [w] }\n";
+        let errs = match sources(&[
+            ("pack.yaml", PACK),
+            ("site.yaml", site),
+            ("more.yaml", again),
+        ]) {
+            Err(LoadError::Invalid(errs)) => errs.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            other => panic!("expected errors, got {other:?}"),
+        };
+        let joined = errs.join("\n");
+        for needle in [
+            "more.yaml:2:3: list \"other\" is already replaced at site.yaml:3:3",
+            "site.yaml:2:3: cannot append list \"missing\": no loaded file defines it",
+            "site.yaml:4:12: a list edit is `{append: [...]}` or `{replace: [...]}`",
+            "site.yaml:5:21: disable: \"no-such-rule\" names no loaded rule",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert_eq!(errs.len(), 4, "{joined}");
+    }
+
+    #[test]
+    fn every_needs_all_reached_values_accepted() {
+        let text = "rules:\n  - name: untrusted-image\n    severity: low\n    match:\n      except:\n        - every: { \"pod.containers[*].image.@repository\": [nginx, docker.io/library/*] }\n";
+        let set = load_str("r.yaml", text, &LoadOptions::default()).unwrap();
+        let fires = |images: &str| {
+            let text = format!(
+                r#"{{"verb":"create","requestObject":{{"kind":"Pod","spec":{{"containers":[{images}]}}}}}}"#
+            );
+            let ev = crate::event::decode_event(&text).unwrap();
+            let objects = crate::rules::fields::ObjectCache::new(set.object_paths());
+            set.rules[0].matcher.matches(&ev, &objects)
+        };
+        assert!(!fires(
+            r#"{"image":"nginx:1.25"},{"image":"docker.io/library/redis@sha256:ab"}"#
+        ));
+        assert!(fires(
+            r#"{"image":"nginx"},{"image":"evil.io/miner:latest"}"#
+        ));
+        assert!(fires(r#"{"name":"no-image"}"#));
+        assert!(
+            fires(""),
+            "no container reached: nothing proves the images are allowed"
+        );
     }
 }

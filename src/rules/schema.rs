@@ -12,10 +12,60 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleFileShape {
+    /// Name → items (a definition), or `{append: [...]}` / `{replace: [...]}` (an edit of a
+    /// list another file defines); read by [`ListDoc::from_value`].
     #[serde(default)]
-    pub lists: BTreeMap<String, Vec<String>>,
+    pub lists: BTreeMap<String, serde_yaml::Value>,
+    /// Names or globs of rules, from any loaded file, that load but are never evaluated.
+    #[serde(default)]
+    pub disable: Vec<String>,
     #[serde(default)]
     pub rules: Vec<serde_yaml::Value>,
+}
+
+/// One entry of a file's `lists`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListDoc {
+    Define(Vec<String>),
+    /// Items added to a list defined in another file (site tuning of a shipped pack).
+    Append(Vec<String>),
+    /// New items for a list defined in another file; at most one file may replace a list.
+    Replace(Vec<String>),
+}
+
+impl ListDoc {
+    /// Reads a list entry; the error says what shapes are accepted.
+    pub fn from_value(value: &serde_yaml::Value) -> Result<ListDoc, String> {
+        use serde_yaml::Value;
+        let strings = |v: &Value| -> Result<Vec<String>, String> {
+            let Value::Sequence(items) = v else {
+                return Err("expected a list of strings".into());
+            };
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => Ok(s.clone()),
+                    Value::Number(n) => Ok(n.to_string()),
+                    Value::Bool(b) => Ok(b.to_string()),
+                    _ => Err("list items must be strings".to_owned()),
+                })
+                .collect()
+        };
+        match value {
+            Value::Sequence(_) => strings(value).map(ListDoc::Define),
+            Value::Mapping(map) if map.len() == 1 => {
+                let (key, items) = map.iter().next().expect("one entry");
+                match key.as_str() {
+                    Some("append") => strings(items).map(ListDoc::Append),
+                    Some("replace") => strings(items).map(ListDoc::Replace),
+                    _ => Err("a list edit is `{append: [...]}` or `{replace: [...]}`".to_owned()),
+                }
+            }
+            _ => Err(
+                "expected a list of strings, `{append: [...]}` or `{replace: [...]}`".to_owned(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +166,10 @@ pub struct MatchDoc {
     /// Field criteria: path → accepted values (any of); see docs/rules.md.
     #[serde(default)]
     pub fields: BTreeMap<String, Vec<serde_yaml::Value>>,
+    /// Like `fields`, but the path must reach at least one value and every value it reaches
+    /// must be accepted ("every container's image is allowed").
+    #[serde(default)]
+    pub every: BTreeMap<String, Vec<serde_yaml::Value>>,
     /// Paths that must reach nothing (or only null, "", [] or {}).
     #[serde(default)]
     pub absent: Vec<String>,

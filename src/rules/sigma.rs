@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde_yaml::Value;
 
-use super::fields::{Accepted, FieldCriterion, ValuePath};
+use super::fields::{Accepted, FieldCriterion, Quantifier, ValuePath};
 use super::{Matcher, Origin, Patterns, Rule, Severity, SigmaMatch};
 
 /// Whether a YAML document is a Sigma rule rather than an auditwatch rule file.
@@ -448,6 +448,7 @@ fn field(key: &str, values: &Value) -> Result<Matcher, String> {
         Ok(FieldCriterion {
             path: path.clone(),
             accepted,
+            quantifier: Quantifier::Any,
         })
     };
     if all {
