@@ -2,7 +2,8 @@
 #
 # auditwatch container image. Build: docker build -t auditwatch .
 # Layout (docs/deploy.md): binary /usr/local/bin/auditwatch, config /etc/auditwatch/config.yaml,
-# bundled rule packs /etc/auditwatch/rules/, state volume /var/lib/auditwatch, TLS material
+# bundled rule packs /etc/auditwatch/rules/, opt-in peer packs /usr/share/auditwatch/peers/,
+# state volume /var/lib/auditwatch, TLS material
 # expected at /etc/auditwatch/tls/ (mount a Secret). Runs as uid 65532 on a read-only root.
 # tests/container.rs lints this file (hadolint), checks these promises and runs the same
 # release binary with the same entrypoint, arguments and file layout.
@@ -38,7 +39,9 @@ LABEL org.opencontainers.image.title="auditwatch" \
       org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot" \
       org.opencontainers.image.documentation="docs/deploy.md in the source tree"
 COPY --from=build /src/target/release/auditwatch /usr/local/bin/auditwatch
-COPY rules/ /etc/auditwatch/rules/
+COPY rules/*.yaml /etc/auditwatch/rules/
+# Ported peer rule sets (Falco): opt-in, so outside the rules directory the config loads.
+COPY peers/ /usr/share/auditwatch/peers/
 COPY deploy/container/config.yaml /etc/auditwatch/config.yaml
 # The state dir exists in the image, owned by the runtime user, so that a fresh (anonymous or
 # named) volume mounted there is writable by it.

@@ -410,6 +410,32 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// The files a COPY source with a `*` in its last component names (`rules/*.yaml`), as
+/// Docker expands it in the build context.
+fn expand_wildcard(src: &str) -> Vec<PathBuf> {
+    let (dir, pattern) = src.rsplit_once('/').unwrap_or((".", src));
+    assert!(
+        !dir.contains('*'),
+        "wildcards only in the last component: {src}"
+    );
+    let (prefix, suffix) = pattern.split_once('*').unwrap();
+    assert!(!suffix.contains('*'), "one wildcard per source: {src}");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.len() >= prefix.len() + suffix.len()
+                && name.starts_with(prefix)
+                && name.ends_with(suffix)
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    assert!(!found.is_empty(), "COPY {src} matches nothing");
+    found
+}
+
 fn chown(path: &Path, owner: &str) {
     check(
         &format!("chown {owner} {}", path.display()),
@@ -448,6 +474,13 @@ fn stage_root(stages: &[Stage], target: &Path, root: &Path) {
                         std::fs::create_dir_all(&empty).unwrap();
                         empty
                     }
+                }
+                None if src.contains('*') => {
+                    for from in expand_wildcard(src) {
+                        let to = dest_in_root.join(from.file_name().unwrap());
+                        copy_tree(&from, &to);
+                    }
+                    continue;
                 }
                 None => repo().join(src),
             };

@@ -269,8 +269,10 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         };
         let index = PositionIndex::build(text);
         let mut rules = Vec::new();
-        for (i, value) in shape.rules.into_iter().enumerate() {
-            match serde_path_to_error::deserialize::<_, RuleDoc>(value) {
+        for (i, value) in shape.rules.iter().enumerate() {
+            // The file shape keeps rules as raw values: merge keys (`<<: *defaults`) inside a
+            // rule are applied here.
+            match serde_path_to_error::deserialize::<_, RuleDoc>(super::yaml::merged(value)) {
                 Ok(rule) => rules.push((i, rule)),
                 Err(e) => {
                     let (pos, msg) = rule_serde_error(&index, i, &e);
@@ -1268,6 +1270,25 @@ rules:
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
         assert_eq!(errs.len(), 4, "{joined}");
+    }
+
+    #[test]
+    fn merge_keys_work_inside_rules() {
+        let text = "rules:\n  - name: a\n    severity: low\n    match: &m { verbs: [create], resources: [pods] }\n  - name: b\n    severity: low\n    match: { <<: *m, resources: [services] }\n";
+        let set =
+            load_str("r.yaml", text, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+        let ev = crate::event::decode_event(
+            r#"{"verb":"create","objectRef":{"resource":"services","apiVersion":"v1"}}"#,
+        )
+        .unwrap();
+        let objects = crate::rules::fields::ObjectCache::new(set.object_paths());
+        let fired: Vec<&str> = set
+            .rules
+            .iter()
+            .filter(|r| r.matcher.matches(&ev, &objects))
+            .map(|r| &*r.name)
+            .collect();
+        assert_eq!(fired, ["b"]);
     }
 
     #[test]
