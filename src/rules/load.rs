@@ -152,6 +152,7 @@ struct ParsedFile {
     text: String,
     lists: Vec<(String, ListDoc)>,
     disable: Vec<String>,
+    enable: Vec<String>,
     /// Rules that deserialized, with their index in the file (for positions).
     rules: Vec<(usize, RuleDoc)>,
     index: PositionIndex,
@@ -293,6 +294,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             text: text.clone(),
             lists,
             disable: shape.disable,
+            enable: shape.enable,
             rules,
         });
     }
@@ -491,30 +493,34 @@ fn edit_lists(
     }
 }
 
-/// Applies every file's `disable` entries (rule names or globs) to the loaded rules. An entry
-/// that names no rule is an error: a misspelt name would otherwise leave a rule running.
+/// Applies every file's `enable` and then `disable` entries (rule names or globs) to the
+/// loaded rules, so a rule both enabled and disabled somewhere ends up off. An entry that names
+/// no loaded rule is an error: a misspelt name would otherwise leave a rule as it was.
 fn disable_rules(files: &[ParsedFile], rules: &mut [Rule], errors: &mut Errors) {
-    for f in files {
-        for (i, pattern) in f.disable.iter().enumerate() {
-            let pos = f.index.value(&format!("disable.{i}"));
-            let compiled = match Patterns::compile(std::slice::from_ref(pattern)) {
-                Ok(p) => p,
-                Err(e) => {
-                    errors.at(&f.name, pos, e);
-                    continue;
+    for (key, on) in [("enable", true), ("disable", false)] {
+        for f in files {
+            let entries = if on { &f.enable } else { &f.disable };
+            for (i, pattern) in entries.iter().enumerate() {
+                let pos = f.index.value(&format!("{key}.{i}"));
+                let compiled = match Patterns::compile(std::slice::from_ref(pattern)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.at(&f.name, pos, e);
+                        continue;
+                    }
+                };
+                let mut hit = false;
+                for rule in rules.iter_mut().filter(|r| compiled.matches(&r.name)) {
+                    rule.enabled = on;
+                    hit = true;
                 }
-            };
-            let mut hit = false;
-            for rule in rules.iter_mut().filter(|r| compiled.matches(&r.name)) {
-                rule.enabled = false;
-                hit = true;
-            }
-            if !hit {
-                errors.at(
-                    &f.name,
-                    pos,
-                    format!("disable: {pattern:?} names no loaded rule"),
-                );
+                if !hit {
+                    errors.at(
+                        &f.name,
+                        pos,
+                        format!("{key}: {pattern:?} names no loaded rule"),
+                    );
+                }
             }
         }
     }
@@ -890,15 +896,7 @@ impl RuleContext<'_> {
             .except
             .iter()
             .enumerate()
-            .map(|(i, x)| {
-                if !x.except.is_empty() {
-                    self.err(
-                        &format!("{rel}.except.{i}.except"),
-                        "except blocks cannot nest",
-                    );
-                }
-                self.compile_match(x, &format!("{rel}.except.{i}"))
-            })
+            .map(|(i, x)| self.compile_match(x, &format!("{rel}.except.{i}")))
             .collect();
         let any = m
             .any
@@ -1231,17 +1229,20 @@ rules:
         load_sources(&owned, &LoadOptions::default())
     }
 
-    const PACK: &str = "lists:\n  trusted: [a, b]\n  other: [x]\nrules:\n  - name: pack-one\n    severity: low\n    match: { users: [$trusted] }\n  - name: pack-two\n    severity: low\n";
+    const PACK: &str = "lists:\n  trusted: [a, b]\n  other: [x]\nrules:\n  - name: pack-one\n    severity: low\n    match: { users: [$trusted] }\n  - name: pack-two\n    severity: low\n  - name: pack-off\n    severity: low\n    enabled: false\n";
 
     #[test]
     fn site_files_append_to_replace_and_disable_what_packs_define() {
         // The site file loads first: edits apply after every definition, whatever the order.
-        let site = "lists:\n  trusted: { append: [c] }\n  other: { replace: [y, z] }\ndisable: [pack-t*]\n";
+        let site = "lists:\n  trusted: { append: [c] }\n  other: { replace: [y, z] }\ndisable: [pack-t*]\nenable: [pack-off]\n";
         let set = sources(&[("site.yaml", site), ("pack.yaml", PACK)]).unwrap();
         assert_eq!(set.lists["trusted"], ["a", "b", "c"]);
         assert_eq!(set.lists["other"], ["y", "z"]);
         let enabled: Vec<(&str, bool)> = set.rules.iter().map(|r| (&*r.name, r.enabled)).collect();
-        assert_eq!(enabled, [("pack-one", true), ("pack-two", false)]);
+        assert_eq!(
+            enabled,
+            [("pack-one", true), ("pack-two", false), ("pack-off", true)]
+        );
         // The appended item reaches the compiled match block, not only the list.
         let ev = crate::event::decode_event(r#"{"verb":"get","user":{"username":"c"}}"#).unwrap();
         let objects = crate::rules::fields::ObjectCache::new(set.object_paths());

@@ -308,8 +308,8 @@ impl Matcher {
     /// True when the event passes every criterion and no exception. `objects` holds the
     /// event's parsed objects, shared by all rules for this event.
     pub fn matches(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> bool {
-        // Rule files cannot nest `except` (the loader says so); compiled Sigma conditions do
-        // (`not` is an except block), so an exception is evaluated in full.
+        // An exception is evaluated in full, its own exceptions included ("system:* users,
+        // except service accounts"); compiled Sigma `not`s nest the same way.
         self.matches_positive(ev, objects) && !self.except.iter().any(|x| x.matches(ev, objects))
     }
 

@@ -19,6 +19,9 @@ pub struct RuleFileShape {
     /// Names or globs of rules, from any loaded file, that load but are never evaluated.
     #[serde(default)]
     pub disable: Vec<String>,
+    /// Names or globs of rules that ship switched off (`enabled: false`) to turn on.
+    #[serde(default)]
+    pub enable: Vec<String>,
     #[serde(default)]
     pub rules: Vec<serde_yaml::Value>,
 }

@@ -129,6 +129,13 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
     engine.register_fn("pod_spec_get", |obj: &mut Dynamic, field: &str| {
         pod_spec_get(obj, field)
     });
+    // URL query strings (exec and attach put the command there: `?command=sh&command=-c`).
+    engine.register_fn("url_decode", |text: &str| url_decode(text));
+    engine.register_fn("url_decode", |_: ()| Dynamic::from(ImmutableString::new()));
+    engine.register_fn("query_values", |uri: &str, name: &str| {
+        query_values(uri, name)
+    });
+    engine.register_fn("query_values", |_: (), _: &str| Array::new());
     engine.register_fn("is_empty", |_: ()| true);
     engine.register_fn("len", |_: ()| 0_i64);
     engine
@@ -175,6 +182,27 @@ fn regex_match(
         .or_insert_with(|| regex::Regex::new(pattern).ok())
         .as_ref()
         .is_some_and(|re| re.is_match(text))
+}
+
+/// Percent-decodes `text` (`+` stays a plus: this is for paths and whole URIs).
+fn url_decode(text: &str) -> Dynamic {
+    // form_urlencoded would turn `+` into a space; escape it first so it survives.
+    let escaped = text.replace('+', "%2B");
+    let decoded: String = form_urlencoded::parse(format!("x={escaped}").as_bytes())
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    Dynamic::from(ImmutableString::from(decoded))
+}
+
+/// The decoded values of query parameter `name` in a request URI, in order.
+fn query_values(uri: &str, name: &str) -> Array {
+    let Some((_, query)) = uri.split_once('?') else {
+        return Array::new();
+    };
+    form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| Dynamic::from(ImmutableString::from(v.into_owned())))
+        .collect()
 }
 
 fn cidr_match(ip: &str, net: &str) -> bool {
@@ -590,6 +618,21 @@ mod tests {
     #[test]
     fn helpers() {
         assert_eq!(run("glob(event.user.username, \"al*\")", EV), Ok(true));
+        assert_eq!(
+            run(
+                r#"query_values("/api/v1/pods/p/exec?command=cat&stdin=true&command=%2Fvar%2Frun+x", "command") == ["cat", "/var/run x"]"#,
+                EV
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            run(r#"query_values("/healthz", "command") == []"#, EV),
+            Ok(true)
+        );
+        assert_eq!(
+            run(r#"url_decode("a%2Fb+c%20d") == "a/b+c d""#, EV),
+            Ok(true)
+        );
         assert_eq!(
             run("regex(event.objectRef.namespace, \"^pr(od|e)$\")", EV),
             Ok(true)
