@@ -40,7 +40,7 @@ LABEL org.opencontainers.image.title="auditwatch" \
       org.opencontainers.image.documentation="docs/deploy.md in the source tree"
 COPY --from=build /src/target/release/auditwatch /usr/local/bin/auditwatch
 COPY rules/*.yaml /etc/auditwatch/rules/
-# Ported peer rule sets (Falco): opt-in, so outside the rules directory the config loads.
+# Ported peer rule sets (Falco, Panther): opt-in, so outside the rules directory the config loads.
 COPY peers/ /usr/share/auditwatch/peers/
 COPY deploy/container/config.yaml /etc/auditwatch/config.yaml
 # The state dir exists in the image, owned by the runtime user, so that a fresh (anonymous or

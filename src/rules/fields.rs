@@ -365,6 +365,8 @@ impl ValuePath {
                 FieldValue::List(items) => items
                     .into_iter()
                     .any(|s| visit(Some(&Value::String(s.into_owned())))),
+                // A list in the raw event (`user.extra.arn`): each element, like `[*]`.
+                FieldValue::Json(Value::Array(items)) => items.iter().any(|v| visit(Some(v))),
                 FieldValue::Json(v) => visit(Some(&v)),
             },
             Target::Object(root, steps) => {
@@ -515,6 +517,26 @@ mod tests {
         let b = c.matches(&ev, &ObjectCache::new(&pruned));
         assert_eq!(a, b, "pruning changed the result");
         a
+    }
+
+    #[test]
+    fn raw_event_lists_are_visited_element_by_element() {
+        let ev = decode_event(
+            r#"{"verb":"get","user":{"username":"eks:addon-manager","extra":{"arn":["a","arn:aws:sts::1:assumed-role/Lambda-X/s"]}}}"#,
+        )
+        .unwrap();
+        let c = FieldCriterion {
+            path: ValuePath::parse("user.extra.arn").unwrap(),
+            accepted: accept_strings(&["*:assumed-role/Lambda-*"]),
+            quantifier: Quantifier::Any,
+        };
+        let paths = ObjectPaths::default();
+        assert!(c.matches(&ev, &ObjectCache::new(&paths)));
+        let every = FieldCriterion {
+            quantifier: Quantifier::Every,
+            ..c
+        };
+        assert!(!every.matches(&ev, &ObjectCache::new(&paths)));
     }
 
     #[test]

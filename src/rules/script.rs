@@ -129,6 +129,10 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
     engine.register_fn("pod_spec_get", |obj: &mut Dynamic, field: &str| {
         pod_spec_get(obj, field)
     });
+    engine.register_fn("is_public_ip", |ip: &str| {
+        ip.parse::<IpAddr>().is_ok_and(is_globally_routable)
+    });
+    engine.register_fn("is_public_ip", |_: ()| false);
     // URL query strings (exec and attach put the command there: `?command=sh&command=-c`).
     engine.register_fn("url_decode", |text: &str| url_decode(text));
     engine.register_fn("url_decode", |_: ()| Dynamic::from(ImmutableString::new()));
@@ -182,6 +186,46 @@ fn regex_match(
         .or_insert_with(|| regex::Regex::new(pattern).ok())
         .as_ref()
         .is_some_and(|re| re.is_match(text))
+}
+
+/// Whether an address is globally routable: outside every special-purpose block of the IANA
+/// registries (private, loopback, link-local, shared 100.64/10, documentation, benchmarking,
+/// multicast, reserved, unique-local, ...). The test behind "from a public IP" rules.
+pub fn is_globally_routable(ip: IpAddr) -> bool {
+    const SPECIAL_V4: &[&str] = &[
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+    ];
+    const SPECIAL_V6: &[&str] = &[
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ];
+    let blocks = if ip.is_ipv4() { SPECIAL_V4 } else { SPECIAL_V6 };
+    !blocks
+        .iter()
+        .filter_map(|b| b.parse::<IpNet>().ok())
+        .any(|net| net.contains(&ip))
 }
 
 /// Percent-decodes `text` (`+` stays a plus: this is for paths and whole URIs).
@@ -629,6 +673,22 @@ mod tests {
             run(r#"query_values("/healthz", "command") == []"#, EV),
             Ok(true)
         );
+        for (ip, public) in [
+            ("8.8.8.8", true),
+            ("54.212.83.236", true),
+            ("2a00:1450::1", true),
+            ("10.0.27.115", false),
+            ("100.64.1.1", false),
+            ("203.0.113.42", false),
+            ("fd00::1", false),
+            ("not-an-ip", false),
+        ] {
+            assert_eq!(
+                run(&format!("is_public_ip(\"{ip}\")"), EV),
+                Ok(public),
+                "{ip}"
+            );
+        }
         assert_eq!(
             run(r#"url_decode("a%2Fb+c%20d") == "a/b+c d""#, EV),
             Ok(true)
