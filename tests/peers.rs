@@ -103,6 +103,8 @@ fn falco_k8s_audit_regression_cases() {
 
     let mut report = Vec::new();
     let mut failures = Vec::new();
+    // Per Falco rule (as the cases name it; "(none)" for negative cases): cases, agree.
+    let mut per_rule: BTreeMap<String, [u32; 2]> = BTreeMap::new();
     for case in cases {
         let name = case["case"].as_str().unwrap();
         let mut rules = Vec::new();
@@ -179,11 +181,34 @@ fn falco_k8s_audit_regression_cases() {
             shown,
             run.alerts.len()
         ));
+        let expected: Vec<&String> = case["expected_counts_current_names"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        let key = match expected.as_slice() {
+            [] => "(no alert expected)".to_owned(),
+            rules => rules
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let row = per_rule.entry(key).or_default();
+        row[0] += 1;
+        row[1] += u32::from(problems.is_empty());
         if !problems.is_empty() {
             failures.push(format!("{name}: {}", problems.join("; ")));
         }
     }
     println!("{}", report.join("\n"));
+    println!(
+        "{:<50} {:>5} {:>5}",
+        "Falco rule expected", "cases", "agree"
+    );
+    for (rule, [n, ok]) in &per_rule {
+        println!("{rule:<50} {n:>5} {ok:>5}");
+    }
     println!(
         "falco: {} of {} cases agree",
         cases.len() - failures.len(),
@@ -293,6 +318,8 @@ fn panther_kubernetes_detection_tests() {
     let mut agree = 0;
     let mut excepted = Vec::new();
     let mut failures = Vec::new();
+    // Per Panther rule: (cases, expected true, fired, agree).
+    let mut per_rule: BTreeMap<&str, [u32; 4]> = BTreeMap::new();
     for case in cases {
         let rule_id = case["rule_id"].as_str().unwrap();
         let index = case["test_index"].as_u64().unwrap();
@@ -307,6 +334,11 @@ fn panther_kubernetes_detection_tests() {
         let got = matched(&run.stderr, &rule)
             .unwrap_or_else(|| panic!("{rule} missing from the stats:\n{}", run.stderr))
             > 0;
+        let row = per_rule.entry(rule_id).or_default();
+        row[0] += 1;
+        row[1] += u32::from(want);
+        row[2] += u32::from(got);
+        row[3] += u32::from(got == want);
         let exception = PANTHER_EXCEPTIONS
             .iter()
             .find(|(id, i, _)| *id == rule_id && *i == index);
@@ -325,6 +357,13 @@ fn panther_kubernetes_detection_tests() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{:<50} {:>5} {:>8} {:>5} {:>5}",
+        "Panther rule", "cases", "expected", "fired", "agree"
+    );
+    for (rule, [n, want, got, ok]) in &per_rule {
+        println!("{rule:<50} {n:>5} {want:>8} {got:>5} {ok:>5}");
+    }
     println!(
         "panther: {agree} of {} cases agree, {} documented exceptions:\n{}",
         cases.len(),
