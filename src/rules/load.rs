@@ -425,7 +425,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         rules.push(rule);
     }
 
-    disable_rules(&files, &mut rules, &mut errors);
+    switch_rules(&files, &mut rules, &mut errors);
 
     if !errors.list.is_empty() {
         errors
@@ -496,7 +496,7 @@ fn edit_lists(
 /// Applies every file's `enable` and then `disable` entries (rule names or globs) to the
 /// loaded rules, so a rule both enabled and disabled somewhere ends up off. An entry that names
 /// no loaded rule is an error: a misspelt name would otherwise leave a rule as it was.
-fn disable_rules(files: &[ParsedFile], rules: &mut [Rule], errors: &mut Errors) {
+fn switch_rules(files: &[ParsedFile], rules: &mut [Rule], errors: &mut Errors) {
     for (key, on) in [("enable", true), ("disable", false)] {
         for f in files {
             let entries = if on { &f.enable } else { &f.disable };

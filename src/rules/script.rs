@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use ipnet::IpNet;
 use rhai::{AST, Array, Dynamic, Engine, ImmutableString, Map, Scope};
@@ -221,11 +221,14 @@ pub fn is_globally_routable(ip: IpAddr) -> bool {
         "fe80::/10",
         "ff00::/8",
     ];
-    let blocks = if ip.is_ipv4() { SPECIAL_V4 } else { SPECIAL_V6 };
-    !blocks
-        .iter()
-        .filter_map(|b| b.parse::<IpNet>().ok())
-        .any(|net| net.contains(&ip))
+    static SPECIAL: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
+        SPECIAL_V4
+            .iter()
+            .chain(SPECIAL_V6)
+            .map(|b| b.parse().expect("static CIDR"))
+            .collect()
+    });
+    !SPECIAL.iter().any(|net| net.contains(&ip))
 }
 
 /// Percent-decodes `text` (`+` stays a plus: this is for paths and whole URIs).
