@@ -143,6 +143,44 @@ fn sigmahq_rules_match_what_two_sigma_engines_match() {
     assert_eq!(oracle.len(), 316);
 }
 
+/// Replays `log` through the SigmaHQ rule `bases` plus one correlation rule (`correlation`,
+/// written as `corr.yml`) and returns the alerts.
+fn replay_correlation(bases: &[&str], correlation: &str, log: &Path) -> Vec<Value> {
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("aw-sigma-corr-{}-{run}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for base in bases {
+        std::fs::copy(
+            shared().join("corpus/sigma/rules").join(base),
+            dir.join(base),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("corr.yml"), correlation).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["replay", "--format", "json", "--rules"])
+        .arg(&dir)
+        .arg("--")
+        .arg(log)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const REFUSED: &str = "kubernetes_audit_unauthorized_unauthenticated_actions.yml";
+const SECRETS_LISTED: &str = "kubernetes_audit_secrets_enumeration.yml";
+
 /// The corpus' correlation check: `event_count` over the SigmaHQ 401/403 rule, grouped by the
 /// impersonated user, on `audit2rbac/demo.log`. rsigma fired for bob, sa1 (twice: at 3 and
 /// again at 4 within the span) and alice at 5m/≥3; sa1 at 1m/≥4; nobody at 5m/≥5. auditwatch
@@ -150,44 +188,15 @@ fn sigmahq_rules_match_what_two_sigma_engines_match() {
 /// so it names the same identities with one alert each.
 #[test]
 fn event_count_correlations_fire_for_the_same_identities() {
-    let dir = std::env::temp_dir().join(format!("aw-sigma-corr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        shared()
-            .join("corpus/sigma/rules/kubernetes_audit_unauthorized_unauthenticated_actions.yml"),
-        dir.join("kubernetes_audit_unauthorized_unauthenticated_actions.yml"),
-    )
-    .unwrap();
     let log = shared().join("corpus/kubernetes/audit2rbac/demo.log");
     let run = |span: &str, gte: u64| -> Vec<String> {
-        std::fs::write(
-            dir.join("burst.yml"),
-            format!(
-                "title: Refusal burst per impersonated user\nauthor: auditwatch tests\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [0d933542-1f1f-420d-97d4-21b2c3c492d9]\n  group-by: [impersonatedUser.username]\n  timespan: {span}\n  condition: {{ gte: {gte} }}\n"
-            ),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditwatch"))
-            .args(["replay", "--format", "json", "--rules"])
-            .arg(&dir)
-            .arg("--")
-            .arg(&log)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let correlation = format!(
+            "title: Refusal burst per impersonated user\nauthor: auditwatch tests\nlevel: high\ncorrelation:\n  type: event_count\n  rules: [0d933542-1f1f-420d-97d4-21b2c3c492d9]\n  group-by: [impersonatedUser.username]\n  timespan: {span}\n  condition: {{ gte: {gte} }}\n"
         );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let a: Value = serde_json::from_str(l).unwrap();
-                assert_eq!(
-                    a["rule"], "burst",
-                    "the base rule does not alert on its own"
-                );
+        replay_correlation(&[REFUSED], &correlation, &log)
+            .iter()
+            .map(|a| {
+                assert_eq!(a["rule"], "corr", "the base rule does not alert on its own");
                 format!(
                     "{} {}",
                     a["group"]["impersonatedUser.username"].as_str().unwrap(),
@@ -202,5 +211,61 @@ fn event_count_correlations_fire_for_the_same_identities() {
     );
     assert_eq!(run("1m", 4), ["system:serviceaccount:ns1:sa1 4"]);
     assert_eq!(run("5m", 5), Vec::<String>::new());
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `temporal` / `temporal_ordered` over two SigmaHQ rules on `audit2rbac/demo.log`: bob, sa1
+/// and alice are refused (401/403); only alice then lists secrets (line 37, itself refused).
+/// "Refused, then secrets listed" fires for alice alone, with the refusal before it (line 36)
+/// and the listing; the reverse order never completes; unordered, line 37 alone is both.
+#[test]
+fn temporal_correlations_fire_on_the_requests_of_each_rule() {
+    let log = shared().join("corpus/kubernetes/audit2rbac/demo.log");
+    let lines: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let audit_id = |line: usize| lines[line - 1]["auditID"].as_str().unwrap().to_owned();
+    let run = |kind: &str, rules: &str| {
+        let correlation = format!(
+            "title: Refused then secrets\nauthor: auditwatch tests\nlevel: high\ncorrelation:\n  type: {kind}\n  rules: {rules}\n  group-by: [impersonatedUser.username]\n  timespan: 10m\n"
+        );
+        replay_correlation(&[REFUSED, SECRETS_LISTED], &correlation, &log)
+    };
+    let ordered = run(
+        "temporal_ordered",
+        "[0d933542-1f1f-420d-97d4-21b2c3c492d9, eeb3e9e1-b685-44e4-9232-6bb701f925b5]",
+    );
+    assert_eq!(ordered.len(), 1, "{ordered:#?}");
+    let a = &ordered[0];
+    assert_eq!(
+        (
+            &a["rule"],
+            &a["kind"],
+            &a["group"]["impersonatedUser.username"]
+        ),
+        (
+            &Value::from("corr"),
+            &Value::from("sequence"),
+            &Value::from("alice")
+        )
+    );
+    assert_eq!(
+        a["audit_ids"],
+        serde_json::json!([audit_id(36), audit_id(37)])
+    );
+    assert_eq!(a["author"], "auditwatch tests");
+    let summary = a["summary"].as_str().unwrap();
+    assert!(summary.contains(" then "), "{summary}");
+    let reversed = run(
+        "temporal_ordered",
+        "[eeb3e9e1-b685-44e4-9232-6bb701f925b5, 0d933542-1f1f-420d-97d4-21b2c3c492d9]",
+    );
+    assert!(reversed.is_empty(), "{reversed:#?}");
+    let unordered = run(
+        "temporal",
+        "[eeb3e9e1-b685-44e4-9232-6bb701f925b5, 0d933542-1f1f-420d-97d4-21b2c3c492d9]",
+    );
+    assert_eq!(unordered.len(), 1, "{unordered:#?}");
+    assert_eq!(unordered[0]["audit_ids"], serde_json::json!([audit_id(37)]));
 }

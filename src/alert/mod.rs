@@ -76,6 +76,8 @@ pub enum AlertKind {
     Count,
     Distinct,
     Absence,
+    /// Requests matching the steps of a sequence window.
+    Sequence,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -525,11 +525,21 @@ impl Engine {
                         }
                         _ => None,
                     };
+                    let steps = match spec {
+                        WindowSpec::Sequence { .. } => rule
+                            .steps
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, m)| m.matches(ev, &objects))
+                            .fold(0u64, |mask, (i, _)| mask | 1 << i),
+                        _ => 0,
+                    };
                     let hit = Hit {
                         time,
                         key,
                         event: EventRef::of(ev, time),
                         distinct,
+                        steps,
                         captured,
                     };
                     if !self.reorder.push(idx as usize, hit) {
@@ -587,6 +597,7 @@ impl Engine {
         if let Some(firing) = window.on_hit(hit) {
             let kind = match window.spec() {
                 WindowSpec::Distinct { .. } => AlertKind::Distinct,
+                WindowSpec::Sequence { .. } => AlertKind::Sequence,
                 _ => AlertKind::Count,
             };
             emit(rule, &rules, state, kind, firing.last_seen, firing, out);
@@ -823,6 +834,26 @@ fn window_summary(rule: &Rule, kind: AlertKind, group: &Group, f: &Firing) -> St
         }
         (Some(WindowSpec::Distinct { over, field, .. }), _) => {
             format!("{} distinct {field} within {over}{who}", f.count)
+        }
+        (
+            Some(WindowSpec::Sequence {
+                over,
+                steps,
+                threshold,
+                ordered,
+            }),
+            _,
+        ) => {
+            let joined = steps
+                .iter()
+                .map(|s| s.as_ref())
+                .collect::<Vec<_>>()
+                .join(if *ordered { " then " } else { ", " });
+            if *ordered || *threshold == steps.len() as u64 {
+                format!("{joined} within {over}{who}")
+            } else {
+                format!("{threshold} of {joined} within {over}{who}")
+            }
         }
         (Some(WindowSpec::Absence { after }), _) => {
             format!("no matching events for {after}{who} since {}", f.last_seen)

@@ -13,10 +13,12 @@ use thiserror::Error;
 use super::fields::{Accepted, FieldCriterion, Quantifier, ValuePath};
 use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
 use super::position::{Pos, PositionIndex};
-use super::schema::{CodeDoc, ListDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, WindowDoc};
+use super::schema::{
+    CodeDoc, ListDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, StepDoc, WindowDoc,
+};
 use super::script::{self, Condition, ScriptLimits};
 use super::template::Summary;
-use super::{Origin, Rule, RuleSet, Severity, WindowSpec};
+use super::{MAX_SEQUENCE_STEPS, Origin, Rule, RuleSet, Severity, WindowSpec};
 use crate::event::field::FieldPath;
 use crate::event::{Level, Span, Stage};
 
@@ -661,10 +663,25 @@ impl RuleContext<'_> {
                         None
                     }
                 });
-        let (window, window_group_by) = match &doc.window {
+        let (window, window_group_by, steps) = match &doc.window {
             Some(w) => self.compile_window(w),
-            None => (None, Vec::new()),
+            None => (None, Vec::new(), Vec::new()),
         };
+        if !steps.is_empty() {
+            // The rule's own match block applies to every step: rule AND (any step).
+            let any_step = Matcher {
+                any: steps.clone(),
+                ..Matcher::default()
+            };
+            if matcher.any.is_empty() {
+                matcher.any = steps.clone();
+            } else {
+                matcher.except.push(Matcher {
+                    except: vec![any_step],
+                    ..Matcher::default()
+                });
+            }
+        }
         let group_by_text = match (&doc.group_by, window_group_by.is_empty()) {
             (Some(g), true) => g.clone(),
             (Some(_), false) => {
@@ -713,6 +730,7 @@ impl RuleContext<'_> {
             notify: doc.notify.as_deref().map(Arc::from),
             group_by,
             window,
+            steps,
             throttle,
             author: doc.author.as_deref().map(Arc::from),
             tags: doc.tags.clone(),
@@ -726,7 +744,18 @@ impl RuleContext<'_> {
         })
     }
 
-    fn compile_window(&mut self, w: &WindowDoc) -> (Option<WindowSpec>, Vec<String>) {
+    /// Compiles a window block: its spec, its `group_by` text, and a sequence's step matchers.
+    fn compile_window(&mut self, w: &WindowDoc) -> (Option<WindowSpec>, Vec<String>, Vec<Matcher>) {
+        if let Some(steps) = &w.sequence {
+            let (spec, matchers) = self.compile_sequence(w, steps);
+            return (spec, w.group_by.clone(), matchers);
+        }
+        if w.ordered.is_some() {
+            self.err(
+                "window.ordered",
+                "window.ordered belongs to a sequence window",
+            );
+        }
         let spec = if let Some(absent) = &w.absent_for {
             for (set, key) in [
                 (w.over.is_some(), "over"),
@@ -743,16 +772,7 @@ impl RuleContext<'_> {
             self.span("window.absent_for", absent)
                 .map(|after| WindowSpec::Absence { after })
         } else {
-            let over = match &w.over {
-                Some(o) => self.span("window.over", o),
-                None => {
-                    self.err(
-                        "window",
-                        "window needs `over` (e.g. over: 5m) or `absent_for`",
-                    );
-                    None
-                }
-            };
+            let over = self.window_over(w);
             let threshold = match w.threshold {
                 Some(0) => {
                     self.err("window.threshold", "threshold must be at least 1");
@@ -781,7 +801,92 @@ impl RuleContext<'_> {
                 _ => None,
             }
         };
-        (spec, w.group_by.clone())
+        (spec, w.group_by.clone(), Vec::new())
+    }
+
+    fn window_over(&mut self, w: &WindowDoc) -> Option<Span> {
+        match &w.over {
+            Some(o) => self.span("window.over", o),
+            None => {
+                self.err(
+                    "window",
+                    "window needs `over` (e.g. over: 5m) or `absent_for`",
+                );
+                None
+            }
+        }
+    }
+
+    /// A sequence window: each step is a match block; `ordered` (default) needs every step in
+    /// order, unordered needs `threshold` distinct steps (default all) in any order.
+    fn compile_sequence(
+        &mut self,
+        w: &WindowDoc,
+        steps: &[StepDoc],
+    ) -> (Option<WindowSpec>, Vec<Matcher>) {
+        for (set, key) in [
+            (w.absent_for.is_some(), "absent_for"),
+            (w.distinct.is_some(), "distinct"),
+        ] {
+            if set {
+                self.err(
+                    &format!("window.{key}"),
+                    format!("window.{key} cannot be combined with sequence"),
+                );
+            }
+        }
+        let over = self.window_over(w);
+        let ordered = w.ordered.unwrap_or(true);
+        let n = steps.len() as u64;
+        if !(2..=MAX_SEQUENCE_STEPS).contains(&n) {
+            self.err(
+                "window.sequence",
+                format!("a sequence has 2 to {MAX_SEQUENCE_STEPS} steps, not {n}"),
+            );
+        }
+        let threshold = match (w.threshold, ordered) {
+            (None, _) => n,
+            (Some(t), false) if (1..=n).contains(&t) => t,
+            (Some(t), false) => {
+                self.err(
+                    "window.threshold",
+                    format!("threshold counts distinct steps: 1 to {n}, not {t}"),
+                );
+                n
+            }
+            (Some(t), true) if t == n => t,
+            (Some(_), true) => {
+                self.err(
+                    "window.threshold",
+                    "an ordered sequence fires when all its steps were seen in order; \
+                     use ordered: false to fire on some of them",
+                );
+                n
+            }
+        };
+        let mut names = Vec::with_capacity(steps.len());
+        let mut matchers = Vec::with_capacity(steps.len());
+        for (i, step) in steps.iter().enumerate() {
+            let name = step
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("step {}", i + 1));
+            if names.iter().any(|n: &Arc<str>| **n == *name) {
+                self.err(
+                    &format!("window.sequence.{i}.name"),
+                    format!("two steps are named {name:?}"),
+                );
+            }
+            names.push(Arc::from(name.as_str()));
+            matchers.push(self.compile_match(&step.match_, &format!("window.sequence.{i}.match")));
+        }
+        let spec = over.map(|over| WindowSpec::Sequence {
+            over,
+            steps: names,
+            threshold,
+            ordered,
+        });
+        (spec, matchers)
     }
 
     /// Expands `$list` references in a pattern list.
@@ -1219,6 +1324,37 @@ rules:
             assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
         }
         assert_eq!(errs.len(), 7, "{joined}");
+    }
+
+    #[test]
+    fn sequence_windows_compile_steps_and_name_their_mistakes() {
+        let ok = "rules:\n  - name: s\n    severity: low\n    match: { verbs: [get] }\n    window:\n      over: 10m\n      group_by: [user.username]\n      sequence:\n        - name: refused\n          match: { response_codes: [403] }\n        - match: { response_codes: [\"200-299\"] }\n";
+        let set = load_str("r.yaml", ok, &LoadOptions::default()).unwrap();
+        let rule = &set.rules[0];
+        assert_eq!(rule.steps.len(), 2);
+        assert_eq!(
+            rule.window,
+            Some(WindowSpec::Sequence {
+                over: Span::from_secs(600),
+                steps: vec![Arc::from("refused"), Arc::from("step 2")],
+                threshold: 2,
+                ordered: true,
+            })
+        );
+        // The rule's own block still applies: rule AND (any step).
+        assert_eq!(rule.matcher.any.len(), 2);
+        let bad = "rules:\n  - name: s\n    severity: low\n    window:\n      over: 10m\n      threshold: 1\n      distinct: user.username\n      sequence:\n        - { name: a, match: { verbs: [get] } }\n        - { name: a, match: { verbs: [getx] } }\n  - name: t\n    severity: low\n    window: { over: 1m, ordered: false, threshold: 2 }\n  - name: u\n    severity: low\n    window: { over: 1m, sequence: [{ match: { verbs: [get] } }] }\n  - name: v\n    severity: low\n    window: { over: 1m, ordered: false, threshold: 3, sequence: [{ match: {} }, { match: {} }] }\n";
+        assert_eq!(
+            errors(bad),
+            [
+                "r.yaml:6:18: an ordered sequence fires when all its steps were seen in order; use ordered: false to fire on some of them",
+                "r.yaml:7:17: window.distinct cannot be combined with sequence",
+                "r.yaml:10:19: two steps are named \"a\"",
+                "r.yaml:13:34: window.ordered belongs to a sequence window",
+                "r.yaml:16:35: a sequence has 2 to 64 steps, not 1",
+                "r.yaml:19:52: threshold counts distinct steps: 1 to 2, not 3",
+            ]
+        );
     }
 
     fn sources(files: &[(&str, &str)]) -> Result<RuleSet, LoadError> {

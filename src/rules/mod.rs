@@ -76,7 +76,19 @@ pub enum WindowSpec {
     },
     /// Fire when a group that has been seen stays silent for `after`.
     Absence { after: Span },
+    /// Fire when requests matching `threshold` of the named `steps` (each a matcher in
+    /// [`Rule::steps`]) fall within `over` in one group; with `ordered`, every step in the
+    /// given order (threshold = all steps).
+    Sequence {
+        over: Span,
+        steps: Vec<Arc<str>>,
+        threshold: u64,
+        ordered: bool,
+    },
 }
+
+/// Most steps a sequence window can have (a request's matched steps are a 64-bit mask).
+pub const MAX_SEQUENCE_STEPS: u64 = 64;
 
 /// Where a rule was defined.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,6 +119,9 @@ pub struct Rule {
     pub notify: Option<Arc<[String]>>,
     pub group_by: Vec<FieldPath>,
     pub window: Option<WindowSpec>,
+    /// The step matchers of a [`WindowSpec::Sequence`] window (empty otherwise), in step order;
+    /// `matcher` is their OR.
+    pub steps: Vec<Matcher>,
     pub throttle: Option<Span>,
     pub author: Option<Arc<str>>,
     pub tags: Vec<String>,

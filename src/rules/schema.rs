@@ -194,8 +194,8 @@ pub enum CodeDoc {
     Text(String),
 }
 
-/// Window spec: a count (`over` + `threshold`), a distinct count (plus `distinct`), or an
-/// absence (`absent_for`).
+/// Window spec: a count (`over` + `threshold`), a distinct count (plus `distinct`), an
+/// absence (`absent_for`), or a sequence (`over` + `sequence`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowDoc {
@@ -209,4 +209,20 @@ pub struct WindowDoc {
     pub absent_for: Option<String>,
     #[serde(default)]
     pub group_by: Vec<String>,
+    /// Steps that must all be seen within `over` in one group, in order unless
+    /// `ordered: false` (then `threshold` of them, default all).
+    #[serde(default)]
+    pub sequence: Option<Vec<StepDoc>>,
+    #[serde(default)]
+    pub ordered: Option<bool>,
+}
+
+/// One step of a sequence window: a match block, named for alerts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepDoc {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: MatchDoc,
 }

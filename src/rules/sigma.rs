@@ -9,8 +9,10 @@
 //! `*`/`?` wildcards. Field names are dotted paths into the audit event, looked up verbatim
 //! (as the SigmaHQ rules are written); a field the event model does not have never matches.
 //! Correlation rules of type `event_count` and `value_count` (with `gte`/`gt`) become count and
-//! distinct-count windows over the rules they name. Not supported (a load error says so):
-//! `temporal` correlations, keyword (field-less) detections, other logsources.
+//! distinct-count windows over the rules they name; `temporal` and `temporal_ordered` become
+//! sequence windows whose steps are those rules. Not supported (a load error says so):
+//! correlations of correlations, field name `aliases`, upper bounds, keyword (field-less)
+//! detections, other logsources.
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -163,6 +165,7 @@ fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
         notify: None,
         group_by: Vec::new(),
         window: None,
+        steps: Vec::new(),
         throttle: None,
         // DRL 1.1: matches of a Sigma rule must credit its author.
         author: doc
@@ -181,7 +184,8 @@ fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
 }
 
 /// Compiles a Sigma correlation rule onto auditwatch's windows: `event_count` becomes a count
-/// window, `value_count` a distinct-count window, over the events of the rules it names (by
+/// window, `value_count` a distinct-count window, `temporal`/`temporal_ordered` a sequence
+/// window (one step per rule), over the events of the rules it names (by
 /// `name` or `id`), grouped by its `group-by` fields. Returns the rule and the names of the
 /// rules it consumes (which, unless `generate: true`, no longer alert on their own).
 pub fn compile_correlation(
@@ -199,10 +203,21 @@ pub fn compile_correlation(
         .and_then(Value::as_str)
         .ok_or_else(|| err("title", "a Sigma rule needs a title".into()))?;
     let kind = c.get("type").and_then(Value::as_str).unwrap_or("");
-    if !matches!(kind, "event_count" | "value_count") {
+    if !matches!(
+        kind,
+        "event_count" | "value_count" | "temporal" | "temporal_ordered"
+    ) {
         return Err(err(
             "correlation.type",
-            format!("correlation type {kind:?} is not supported (event_count and value_count are)"),
+            format!(
+                "correlation type {kind:?} is not supported (event_count, value_count, temporal and temporal_ordered are)"
+            ),
+        ));
+    }
+    if c.get("aliases").is_some() {
+        return Err(err(
+            "correlation.aliases",
+            "field name aliases are not supported: group-by fields are read from every referenced rule's events as they are".into(),
         ));
     }
     let names: Vec<String> = match c.get("rules") {
@@ -225,7 +240,9 @@ pub fn compile_correlation(
             .ok_or_else(|| {
                 err(
                     "correlation.rules",
-                    format!("no Sigma rule named or with id {n:?} is loaded"),
+                    format!(
+                        "no Sigma detection rule named or with id {n:?} is loaded (a correlation cannot name another correlation)"
+                    ),
                 )
             })?;
         matchers.push(found.matcher.clone());
@@ -252,47 +269,72 @@ pub fn compile_correlation(
             .map_err(|e| err("correlation.group-by", format!("{f}: {e}")))
     })
     .collect::<Result<Vec<_>, _>>()?;
-    let cond = c
-        .get("condition")
-        .ok_or_else(|| err("correlation.condition", "missing".into()))?;
-    let bound = |k: &str| cond.get(k).and_then(Value::as_u64);
-    let threshold = match (bound("gte"), bound("gt")) {
-        (Some(n), None) => n.max(1),
-        (None, Some(n)) => n + 1,
-        _ => {
-            return Err(err(
-                "correlation.condition",
-                "only a lower bound (gte or gt) is supported: auditwatch fires when a group reaches it".into(),
-            ));
-        }
+    let temporal = kind.starts_with("temporal");
+    let threshold = match c.get("condition") {
+        // temporal: "the count of different event types", all of them unless a condition says.
+        None if temporal => names.len() as u64,
+        None => return Err(err("correlation.condition", "missing".into())),
+        Some(cond) => threshold(cond)?,
     };
-    if ["lt", "lte", "eq", "neq"]
-        .iter()
-        .any(|k| cond.get(*k).is_some())
-    {
-        return Err(err(
-            "correlation.condition",
-            "upper bounds and equality are not supported; use gte or gt".into(),
-        ));
-    }
-    let window = if kind == "value_count" {
-        let field = cond.get("field").and_then(Value::as_str).ok_or_else(|| {
-            err(
-                "correlation.condition.field",
-                "value_count needs condition.field".into(),
-            )
-        })?;
-        let field = crate::event::field::FieldPath::parse(field)
-            .map_err(|e| err("correlation.condition.field", e))?;
-        super::WindowSpec::Distinct {
-            over,
-            threshold,
-            field,
+    let window = match kind {
+        "value_count" => {
+            let field = c
+                .get("condition")
+                .and_then(|cond| cond.get("field"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    err(
+                        "correlation.condition.field",
+                        "value_count needs condition.field".into(),
+                    )
+                })?;
+            let field = crate::event::field::FieldPath::parse(field)
+                .map_err(|e| err("correlation.condition.field", e))?;
+            super::WindowSpec::Distinct {
+                over,
+                threshold,
+                field,
+            }
         }
-    } else {
-        super::WindowSpec::Count { over, threshold }
+        "event_count" => super::WindowSpec::Count { over, threshold },
+        _ => {
+            let n = names.len() as u64;
+            if n > super::MAX_SEQUENCE_STEPS {
+                return Err(err(
+                    "correlation.rules",
+                    format!(
+                        "a temporal correlation names at most {} rules",
+                        super::MAX_SEQUENCE_STEPS
+                    ),
+                ));
+            }
+            let ordered = kind == "temporal_ordered";
+            if threshold > n || (ordered && threshold != n) {
+                return Err(err(
+                    "correlation.condition",
+                    if ordered {
+                        format!(
+                            "temporal_ordered fires when all {n} rules matched in order: leave the condition out or use gte: {n}"
+                        )
+                    } else {
+                        format!(
+                            "the condition counts distinct rules, and this correlation names {n}"
+                        )
+                    },
+                ));
+            }
+            super::WindowSpec::Sequence {
+                over,
+                steps: consumed.clone(),
+                threshold,
+                ordered,
+            }
+        }
     };
     let mut rule = metadata(doc, name, file, title);
+    if temporal {
+        rule.steps = matchers.clone();
+    }
     rule.matcher = if matchers.len() == 1 {
         matchers.remove(0)
     } else {
@@ -302,6 +344,27 @@ pub fn compile_correlation(
     rule.group_by = group_by;
     let generate = c.get("generate").and_then(Value::as_bool).unwrap_or(false);
     Ok((rule, consumed, generate))
+}
+
+/// The firing threshold of a correlation condition: a lower bound (`gte`/`gt`).
+fn threshold(cond: &Value) -> Result<u64, SigmaError> {
+    let err = |msg: &str| ("correlation.condition".to_owned(), msg.to_owned());
+    if ["lt", "lte", "eq", "neq"]
+        .iter()
+        .any(|k| cond.get(*k).is_some())
+    {
+        return Err(err(
+            "upper bounds and equality are not supported; use gte or gt",
+        ));
+    }
+    let bound = |k: &str| cond.get(k).and_then(Value::as_u64);
+    match (bound("gte"), bound("gt")) {
+        (Some(n), None) => Ok(n.max(1)),
+        (None, Some(n)) => Ok(n + 1),
+        _ => Err(err(
+            "only a lower bound (gte or gt) is supported: auditwatch fires when a group reaches it",
+        )),
+    }
 }
 
 /// A matcher that never matches / always matches.
@@ -693,10 +756,44 @@ mod tests {
         ));
         assert_eq!(r.group_by.len(), 1);
         assert_eq!((&*consumed[0], generate), ("t", false));
-        let e =
-            corr("  type: temporal\n  rules: [base-1]\n  timespan: 1m\n  condition: { gte: 2 }\n")
-                .unwrap_err();
-        assert_eq!(e.0, "correlation.type");
+        let (r, _, _) =
+            corr("  type: temporal_ordered\n  rules: [base-1, t]\n  timespan: 1m\n").unwrap();
+        assert_eq!(
+            r.window,
+            Some(crate::rules::WindowSpec::Sequence {
+                over: crate::event::Span::from_secs(60),
+                steps: vec![Arc::from("t"), Arc::from("t")],
+                threshold: 2,
+                ordered: true,
+            })
+        );
+        assert_eq!(r.steps.len(), 2);
+        for (body, key, says) in [
+            (
+                "  type: temporal\n  rules: [base-1]\n  timespan: 1m\n  condition: { gte: 2 }\n",
+                "correlation.condition",
+                "names 1",
+            ),
+            (
+                "  type: temporal_ordered\n  rules: [t, t]\n  timespan: 1m\n  condition: { gte: 1 }\n",
+                "correlation.condition",
+                "all 2 rules",
+            ),
+            (
+                "  type: temporal\n  rules: [t]\n  timespan: 1m\n  aliases: { ip: { t: sourceIPs } }\n",
+                "correlation.aliases",
+                "not supported",
+            ),
+            (
+                "  type: value_sum\n  rules: [t]\n  timespan: 1m\n  condition: { gte: 1 }\n",
+                "correlation.type",
+                "temporal_ordered are",
+            ),
+        ] {
+            let e = corr(body).unwrap_err();
+            assert_eq!(e.0, key, "{body}");
+            assert!(e.1.contains(says), "{e:?}");
+        }
         let e =
             corr("  type: event_count\n  rules: [nope]\n  timespan: 1m\n  condition: { gte: 2 }\n")
                 .unwrap_err();

@@ -12,6 +12,11 @@
 //! - **distinct**: fire when `threshold` distinct values of a field lie within `over`; restart.
 //! - **absence**: fire once when a key seen before gets no hit for `absent_for`; re-armed by
 //!   its next hit.
+//! - **sequence**: each hit carries the steps its request matched. Unordered, fire when
+//!   `threshold` different steps have a hit within `over` (the newest hit of each step counts).
+//!   Ordered, fire when hits of every step follow each other in step order within `over`
+//!   (equal times count in release order); one request advances at most one step of a partial
+//!   match. The window then restarts.
 //! - **throttle** (any rule): at most one alert per key per period; swallowed firings are
 //!   counted and reported on the next alert.
 //!
@@ -108,10 +113,102 @@ impl AbsenceState {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+struct SequenceState {
+    /// Per step. Unordered: the step's newest hit. Ordered: the partial match that completed
+    /// this step and started latest (so it expires last), as its hits oldest first.
+    slots: Vec<Option<Vec<EventRef>>>,
+}
+
+impl SequenceState {
+    /// The latest start of any partial match held (its first hit's time).
+    fn newest_start(&self) -> Option<EventTime> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|chain| chain.first().map(|h| h.time))
+            .max()
+    }
+
+    /// Applies a hit of the steps in `mask`; returns the contributing hits if the sequence
+    /// is complete (and restarts it).
+    fn on_hit(
+        &mut self,
+        (over, threshold, ordered): (Span, u64, bool),
+        mask: u64,
+        event: &EventRef,
+    ) -> Option<Vec<EventRef>> {
+        let now = event.time;
+        for slot in &mut self.slots {
+            if slot
+                .as_ref()
+                .and_then(|c| c.first())
+                .is_some_and(|h| now.0.saturating_sub(h.time.0) > over.0)
+            {
+                *slot = None;
+            }
+        }
+        let n = self.slots.len();
+        let done = if ordered {
+            // Highest step first, so this request extends only matches older requests began.
+            for i in (0..n).rev() {
+                if mask & (1 << i) == 0 {
+                    continue;
+                }
+                if i == 0 {
+                    self.slots[0] = Some(vec![event.clone()]);
+                    continue;
+                }
+                let start =
+                    |s: &Option<Vec<EventRef>>| s.as_ref().and_then(|c| c.first()).map(|h| h.time);
+                let (before, after) = self.slots.split_at_mut(i);
+                if let Some(prev) = &before[i - 1]
+                    && start(&after[0]) < start(&before[i - 1])
+                {
+                    let mut chain = prev.clone();
+                    chain.push(event.clone());
+                    after[0] = Some(chain);
+                }
+            }
+            self.slots.last().is_some_and(Option::is_some)
+        } else {
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if mask & (1 << i) != 0 {
+                    *slot = Some(vec![event.clone()]);
+                }
+            }
+            self.slots.iter().flatten().count() as u64 >= threshold
+        };
+        if !done {
+            return None;
+        }
+        let mut events: Vec<EventRef> = if ordered {
+            self.slots
+                .last_mut()
+                .and_then(Option::take)
+                .unwrap_or_default()
+        } else {
+            self.slots
+                .iter_mut()
+                .filter_map(Option::take)
+                .flatten()
+                .collect()
+        };
+        for slot in &mut self.slots {
+            *slot = None;
+        }
+        // One request may have completed several steps (unordered): list it once.
+        events.sort_by(|a, b| (a.time, a.audit_id()).cmp(&(b.time, b.audit_id())));
+        events.dedup_by(|a, b| a.time == b.time && a.audit_id() == b.audit_id());
+        Some(events)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyState {
     Count(CountState),
     Distinct(DistinctState),
     Absence(AbsenceState),
+    Sequence(SequenceState),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +275,9 @@ impl RuleWindow {
                 (WindowSpec::Count { .. }, KeyState::Count(_))
                     | (WindowSpec::Distinct { .. }, KeyState::Distinct(_))
                     | (WindowSpec::Absence { .. }, KeyState::Absence(_))
+            ) || matches!(
+                (&w.spec, &entry.state),
+                (WindowSpec::Sequence { steps, .. }, KeyState::Sequence(st)) if st.slots.len() == steps.len()
             );
             if fits && w.keys.len() < w.max_keys {
                 w.keys.insert(key, entry);
@@ -220,6 +320,9 @@ impl RuleWindow {
                     armed: false,
                     captured: Captured::default(),
                     audit_id: String::new(),
+                }),
+                WindowSpec::Sequence { steps, .. } => KeyState::Sequence(SequenceState {
+                    slots: vec![None; steps.len()],
                 }),
             },
             updated: hit.time,
@@ -309,6 +412,26 @@ impl RuleWindow {
                 }
                 None
             }
+            (
+                WindowSpec::Sequence {
+                    over,
+                    threshold,
+                    ordered,
+                    ..
+                },
+                KeyState::Sequence(st),
+            ) => {
+                let events = st.on_hit((*over, *threshold, *ordered), hit.steps, &hit.event)?;
+                let count = events.len() as u64;
+                let first_seen = events.first().map_or(hit.time, |h| h.time);
+                let events = events.into_iter().take(MAX_IDS).collect();
+                Some(Firing::closing(
+                    (hit.key, hit.time, hit.captured),
+                    count,
+                    first_seen,
+                    events,
+                ))
+            }
             _ => None,
         }
     }
@@ -364,6 +487,7 @@ impl RuleWindow {
             key,
             event: EventRef::new(time, 0, audit_id, "", "", "", ""),
             distinct: None,
+            steps: 0,
             captured,
         });
     }
@@ -425,6 +549,9 @@ impl RuleWindow {
                 .hits
                 .back()
                 .is_some_and(|(_, h)| watermark.0.saturating_sub(h.time.0) <= over.0),
+            (WindowSpec::Sequence { over, .. }, KeyState::Sequence(st)) => st
+                .newest_start()
+                .is_some_and(|t| watermark.0.saturating_sub(t.0) <= over.0),
             // An absence key is the memory that the key exists; keep it until it fired.
             (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
             _ => false,

@@ -20,6 +20,9 @@ pub struct Hit {
     pub event: EventRef,
     /// The `distinct` field's value, for distinct-count windows.
     pub distinct: Option<Box<str>>,
+    /// Bit `i` set: the request matched step `i` of a sequence window.
+    #[serde(default)]
+    pub steps: u64,
     /// Event values the rule's summary template reads.
     pub captured: Captured,
 }

@@ -20,8 +20,35 @@ fn hit(secs: i64, key: &str, id: &str) -> Hit {
             "10.0.0.1",
         ),
         distinct: None,
+        steps: 0,
         captured: Captured::default(),
     }
+}
+
+/// A hit of the sequence steps in `mask`.
+fn step(secs: i64, key: &str, id: &str, mask: u64) -> Hit {
+    Hit {
+        steps: mask,
+        ..hit(secs, key, id)
+    }
+}
+
+fn sequence(over_secs: i64, steps: usize, threshold: u64, ordered: bool) -> RuleWindow {
+    RuleWindow::new(
+        WindowSpec::Sequence {
+            over: Span::from_secs(over_secs),
+            steps: (0..steps)
+                .map(|i| Arc::from(format!("s{i}").as_str()))
+                .collect(),
+            threshold,
+            ordered,
+        },
+        1000,
+    )
+}
+
+fn fire_all(w: &mut RuleWindow, hits: Vec<Hit>) -> Vec<Firing> {
+    hits.into_iter().filter_map(|h| w.on_hit(h)).collect()
 }
 
 fn count(over_secs: i64, threshold: u64) -> RuleWindow {
@@ -185,4 +212,126 @@ fn reorder_buffer_releases_in_time_order_and_refuses_late_hits() {
         released.push(h.time.0 / 1_000_000_000);
     }
     assert_eq!(released, [3, 5, 8, 12, 15, 20]);
+}
+
+#[test]
+fn ordered_sequence_needs_every_step_in_order_within_over() {
+    let mut w = sequence(5 * MIN, 3, 3, true);
+    // Steps 2 and 3 before step 1 do not count; then 1, 2, 3 in order fire once.
+    let fired = fire_all(
+        &mut w,
+        vec![
+            step(0, "k", "c-early", 0b100),
+            step(10, "k", "b-early", 0b010),
+            step(20, "k", "a", 0b001),
+            step(30, "k", "c-too-soon", 0b100),
+            step(40, "k", "b", 0b010),
+            step(50, "k", "c", 0b100),
+        ],
+    );
+    assert_eq!(fired.len(), 1);
+    assert_eq!(ids(&fired[0]), ["a", "b", "c"]);
+    assert_eq!(
+        (fired[0].count, fired[0].first_seen, fired[0].last_seen),
+        (3, EventTime::from_secs(20), EventTime::from_secs(50))
+    );
+    // The window restarted: another step 3 alone does not fire again.
+    assert!(w.on_hit(step(60, "k", "c2", 0b100)).is_none());
+}
+
+#[test]
+fn ordered_sequence_keeps_the_latest_start_and_expires_old_ones() {
+    let mut w = sequence(60, 2, 2, true);
+    // Step 1 at 0 expires by 70; step 1 at 30 is still within 60s of 80.
+    let fired = fire_all(
+        &mut w,
+        vec![
+            step(0, "k", "a0", 0b01),
+            step(30, "k", "a1", 0b01),
+            step(80, "k", "b", 0b10),
+        ],
+    );
+    assert_eq!(fired.len(), 1);
+    assert_eq!(ids(&fired[0]), ["a1", "b"]);
+    // Too late: 61s after its step 1.
+    let fired = fire_all(
+        &mut w,
+        vec![step(100, "k", "a2", 0b01), step(161, "k", "b2", 0b10)],
+    );
+    assert!(fired.is_empty());
+    // Other keys are separate sequences.
+    let fired = fire_all(
+        &mut w,
+        vec![step(200, "x", "a3", 0b01), step(210, "y", "b3", 0b10)],
+    );
+    assert!(fired.is_empty());
+}
+
+#[test]
+fn one_request_advances_an_ordered_sequence_by_one_step_only() {
+    let mut w = sequence(MIN, 2, 2, true);
+    // A request matching both steps starts a sequence but cannot complete it alone.
+    assert!(w.on_hit(step(0, "k", "both", 0b11)).is_none());
+    let f = w.on_hit(step(5, "k", "both-again", 0b11));
+    assert_eq!(f.map(|f| ids(&f).join(",")), Some("both,both-again".into()));
+}
+
+#[test]
+fn unordered_sequence_fires_on_threshold_distinct_steps_in_any_order() {
+    let mut w = sequence(MIN, 3, 2, false);
+    let fired = fire_all(
+        &mut w,
+        vec![
+            step(0, "k", "c", 0b100),
+            step(5, "k", "c-again", 0b100),
+            step(10, "k", "a", 0b001),
+        ],
+    );
+    assert_eq!(fired.len(), 1);
+    // The newest hit of each step counts.
+    assert_eq!(ids(&fired[0]), ["c-again", "a"]);
+    assert_eq!(fired[0].count, 2);
+    // A step seen 61s before the other is outside the window.
+    let fired = fire_all(
+        &mut w,
+        vec![step(100, "k", "a", 0b001), step(161, "k", "b", 0b010)],
+    );
+    assert!(fired.is_empty());
+}
+
+#[test]
+fn a_request_completing_several_unordered_steps_is_listed_once() {
+    let mut w = sequence(MIN, 2, 2, false);
+    let f = w
+        .on_hit(step(0, "k", "both", 0b11))
+        .expect("both steps seen");
+    assert_eq!((ids(&f), f.count), (vec!["both"], 1));
+}
+
+#[test]
+fn sequence_keys_expire_and_survive_a_snapshot() {
+    let mut w = sequence(MIN, 2, 2, true);
+    assert!(w.on_hit(step(0, "k", "a", 0b01)).is_none());
+    assert!(w.on_hit(step(0, "old", "a", 0b01)).is_none());
+    w.expire(EventTime::from_secs(61));
+    assert_eq!(w.key_count(), 0);
+    assert!(w.on_hit(step(100, "k", "a", 0b01)).is_none());
+    let snap = w.snapshot();
+    let json = serde_json::to_string(&snap).unwrap();
+    let back: WindowSnapshot = serde_json::from_str(&json).unwrap();
+    let mut restored = RuleWindow::restore(w.spec().clone(), 1000, back);
+    let f = restored.on_hit(step(110, "k", "b", 0b10));
+    assert_eq!(f.map(|f| ids(&f).join(",")), Some("a,b".into()));
+    // A snapshot of a sequence with other steps does not fit a changed spec.
+    let other = RuleWindow::restore(
+        WindowSpec::Sequence {
+            over: Span::from_secs(60),
+            steps: vec![Arc::from("x")],
+            threshold: 1,
+            ordered: true,
+        },
+        1000,
+        w.snapshot(),
+    );
+    assert_eq!(other.key_count(), 0);
 }
