@@ -399,3 +399,31 @@ fn peer_packs_load_beside_the_bundled_packs_and_their_rule_tests_pass() {
     assert!(test.status.success(), "{said}");
     assert!(said.contains(" passed, 0 failed"), "{said}");
 }
+
+/// Falco's "All K8s Audit Events" ships off, as in Falco; a site file's `enable:` (the
+/// counterpart of overriding Falco's `consider_all_events`) turns it on for every completed
+/// request.
+#[test]
+fn falco_all_events_rule_is_off_until_a_site_file_enables_it() {
+    let pack = repo().join("peers/falco/k8s-audit.yaml");
+    let trace = repo().join("tests/fixtures/audit2rbac-demo.log");
+    let all = |alerts: &[Value]| {
+        alerts
+            .iter()
+            .filter(|a| a["rule"] == "falco-all-k8s-audit-events")
+            .count()
+    };
+    let off = replay(&trace, std::slice::from_ref(&pack));
+    assert_eq!(all(&off.alerts), 0);
+    let site = std::env::temp_dir().join(format!("aw-falco-all-{}.yaml", std::process::id()));
+    std::fs::write(&site, "enable: [falco-all-k8s-audit-events]\n").unwrap();
+    let on = replay(&trace, &[pack, site.clone()]);
+    let _ = std::fs::remove_file(&site);
+    let completed = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"stage\":\"ResponseComplete\""))
+        .count();
+    assert!(completed > 0);
+    assert_eq!(all(&on.alerts), completed);
+}
