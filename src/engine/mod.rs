@@ -36,6 +36,34 @@ type ByCode = [Vec<u32>; CODE_CLASSES];
 /// Verb → candidate rules per code class.
 type VerbIndex = Vec<(Box<str>, ByCode)>;
 
+/// One bit per resource name (a 64-bit Bloom filter): a rule whose top-level `resources` all
+/// name an exact resource can only match events whose resource bit is in its mask. Checking the
+/// mask skips most rules of a verb without running their match block.
+fn resource_bit(resource: &str) -> u64 {
+    // FNV-1a: deterministic and cheap for the short names resources have.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in resource.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    1 << (h >> 58)
+}
+
+/// The resource mask of each rule (all bits: any resource).
+fn resource_masks(rules: &RuleSet) -> Vec<u64> {
+    rules
+        .rules
+        .iter()
+        .map(|r| match &r.matcher.resources {
+            Some(patterns) => patterns
+                .iter()
+                .map(|p| p.exact_resource().map(resource_bit))
+                .try_fold(0, |mask, bit| bit.map(|b| mask | b))
+                .unwrap_or(u64::MAX),
+            None => u64::MAX,
+        })
+        .collect()
+}
+
 fn code_class(ev: &AuditEvent<'_>) -> usize {
     match &ev.response_status {
         None => 0,
@@ -220,6 +248,8 @@ pub struct Engine {
     empty_key: GroupKey,
     /// Indices of the absence rules, the only ones the watermark alone can fire.
     absence_rules: Vec<usize>,
+    /// Per rule: the resources it can match ([`resource_bit`]).
+    resource_masks: Vec<u64>,
 }
 
 impl Engine {
@@ -231,6 +261,7 @@ impl Engine {
             .collect();
         let (by_verb, any_verb) = index_by_verb(&rules);
         let absence = absence_rules(&rules);
+        let resource_masks = resource_masks(&rules);
         let mut scope = Scope::new();
         scope.push_dynamic("event", Dynamic::UNIT);
         scope.push_dynamic("lists", rules.lists_value().clone());
@@ -249,6 +280,7 @@ impl Engine {
             firings: Vec::new(),
             empty_key: Arc::from(""),
             absence_rules: absence,
+            resource_masks,
         }
     }
 
@@ -309,6 +341,7 @@ impl Engine {
         self.by_verb = by_verb;
         self.any_verb = any_verb;
         self.absence_rules = absence_rules(&rules);
+        self.resource_masks = resource_masks(&rules);
         self.scope = Scope::new();
         self.scope.push_dynamic("event", Dynamic::UNIT);
         self.scope
@@ -436,7 +469,11 @@ impl Engine {
         let objects = ObjectCache::new(rules.object_paths());
         let mut event_value: Option<Dynamic> = None;
         let mut has_objects = ObjectNeeds::default();
+        let resource = resource_bit(&ev.object_ref().resource);
         for &idx in candidates {
+            if self.resource_masks[idx as usize] & resource == 0 {
+                continue;
+            }
             let rule = &rules.rules[idx as usize];
             if !rule.matcher.matches(ev, &objects) {
                 continue;

@@ -785,3 +785,26 @@ fn reload_keeps_hits_still_waiting_for_the_watermark() {
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].count, 5);
 }
+
+#[test]
+fn resource_masks_skip_only_rules_that_cannot_match() {
+    let rules = "rules:\n  - { name: exact, severity: low, match: { resources: [core/secrets, pods/exec] } }\n  - { name: glob, severity: low, match: { resources: [\"*maps\"] } }\n  - { name: any, severity: low }\n";
+    let mut e = engine(rules);
+    let fired = |e: &mut Engine, resource: &str| {
+        let mut names: Vec<String> = feed(
+            e,
+            &[line(&format!("id-{resource}"), 0, "get", "u", resource, 200, "ResponseComplete")],
+        )
+        .iter()
+        .map(|a| a.rule.to_string())
+        .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(fired(&mut e, "secrets"), ["any", "exact"]);
+    assert_eq!(fired(&mut e, "configmaps"), ["any", "glob"]);
+    assert_eq!(fired(&mut e, "pods"), ["any"]);
+    let masks = resource_masks(e.rules());
+    assert_eq!(masks[0], resource_bit("secrets") | resource_bit("pods"));
+    assert_eq!(masks[1..], [u64::MAX, u64::MAX]);
+}

@@ -230,6 +230,14 @@ impl ResourcePattern {
         })
     }
 
+    /// The resource name when it is exact (whatever the group and subresource).
+    pub fn exact_resource(&self) -> Option<&str> {
+        match &self.resource {
+            Pattern::Exact(e) => Some(e),
+            _ => None,
+        }
+    }
+
     pub fn parse(text: &str) -> Result<ResourcePattern, String> {
         let parts: Vec<&str> = text.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
