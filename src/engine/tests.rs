@@ -793,7 +793,15 @@ fn resource_masks_skip_only_rules_that_cannot_match() {
     let fired = |e: &mut Engine, resource: &str| {
         let mut names: Vec<String> = feed(
             e,
-            &[line(&format!("id-{resource}"), 0, "get", "u", resource, 200, "ResponseComplete")],
+            &[line(
+                &format!("id-{resource}"),
+                0,
+                "get",
+                "u",
+                resource,
+                200,
+                "ResponseComplete",
+            )],
         )
         .iter()
         .map(|a| a.rule.to_string())

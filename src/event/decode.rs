@@ -106,7 +106,10 @@ pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
         let items: Vec<&RawValue> = serde_json::from_str(text).map_err(json_error)?;
         return Ok(Record::Batch(items));
     }
-    let mut event: AuditEvent = serde_json::from_str(text).map_err(json_error)?;
+    let mut event: AuditEvent = match super::fast::parse(text) {
+        Some(event) => event,
+        None => serde_json::from_str(text).map_err(json_error)?,
+    };
     if event.kind.as_deref() == Some("EventList") {
         return Ok(Record::Batch(event.items.take().unwrap_or_default()));
     }
@@ -116,7 +119,10 @@ pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
 
 /// Decodes one item that must be a single event (an `EventList` item, or a known-single record).
 pub fn decode_event(text: &str) -> Result<AuditEvent<'_>, DecodeErrorKind> {
-    let mut event: AuditEvent = serde_json::from_str(text).map_err(json_error)?;
+    let mut event: AuditEvent = match super::fast::parse(text) {
+        Some(event) => event,
+        None => serde_json::from_str(text).map_err(json_error)?,
+    };
     validate(&mut event)?;
     Ok(event)
 }

@@ -9,9 +9,8 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::model::{AuditEvent, UserInfo};
+use super::model::{AuditEvent, RawJson, UserInfo};
 
 /// Which user block a user path reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,7 +345,7 @@ impl FieldPath {
     }
 }
 
-fn walk_raw<'e>(raw: Option<&RawValue>, steps: &[Step]) -> FieldValue<'e> {
+fn walk_raw<'e>(raw: Option<RawJson<'_>>, steps: &[Step]) -> FieldValue<'e> {
     let Some(raw) = raw else {
         return FieldValue::Missing;
     };

@@ -6,6 +6,7 @@
 //! AKS and GKE deliver their audit logs in.
 
 mod decode;
+mod fast;
 pub mod field;
 pub mod managed;
 mod model;
@@ -14,6 +15,8 @@ mod time;
 
 pub use decode::{DecodeError, DecodeErrorKind, Position, Record, decode_event, decode_record};
 pub use managed::InputFormat;
-pub use model::{AuditEvent, Level, ObjectRef, RESOURCE_VERBS, ResponseStatus, Stage, UserInfo};
+pub use model::{
+    AuditEvent, Level, ObjectRef, RESOURCE_VERBS, RawJson, ResponseStatus, Stage, UserInfo,
+};
 pub use text::Text;
 pub use time::{EventTime, Span};

@@ -12,6 +12,35 @@ use serde_json::value::RawValue;
 use super::text::Text;
 use super::time::EventTime;
 
+/// A JSON value kept as its text, checked to be valid JSON when the record was decoded and
+/// parsed only when a rule reads into it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    /// `text` must be one valid JSON value (the decoders guarantee it).
+    pub(crate) fn new(text: &'a str) -> RawJson<'a> {
+        RawJson(text)
+    }
+
+    /// The value's JSON text.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for RawJson<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawJson<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|raw| RawJson(raw.get()))
+    }
+}
+
 /// The Kubernetes API verbs of resource requests (non-resource requests use HTTP methods).
 pub const RESOURCE_VERBS: [&str; 8] = [
     "get",
@@ -98,7 +127,7 @@ pub struct UserInfo<'a> {
     pub groups: Vec<Text<'a>>,
     /// `map[string][]string`, kept raw.
     #[serde(borrow)]
-    pub extra: Option<&'a RawValue>,
+    pub extra: Option<RawJson<'a>>,
 }
 
 /// `audit.k8s.io/v1` `ObjectReference`.
@@ -135,7 +164,7 @@ pub struct ResponseStatus<'a> {
     #[serde(borrow)]
     pub message: Text<'a>,
     #[serde(borrow)]
-    pub details: Option<&'a RawValue>,
+    pub details: Option<RawJson<'a>>,
 }
 
 /// One audit record. Decode with [`crate::event::decode_record`].
@@ -167,9 +196,9 @@ pub struct AuditEvent<'a> {
     #[serde(borrow)]
     pub response_status: Option<ResponseStatus<'a>>,
     #[serde(borrow)]
-    pub request_object: Option<&'a RawValue>,
+    pub request_object: Option<RawJson<'a>>,
     #[serde(borrow)]
-    pub response_object: Option<&'a RawValue>,
+    pub response_object: Option<RawJson<'a>>,
     #[serde(borrow)]
     pub request_received_timestamp: Option<Text<'a>>,
     #[serde(borrow)]
@@ -178,7 +207,7 @@ pub struct AuditEvent<'a> {
     #[serde(borrow)]
     pub timestamp: Option<Text<'a>>,
     #[serde(borrow)]
-    pub annotations: Option<&'a RawValue>,
+    pub annotations: Option<RawJson<'a>>,
     /// Present only when the record is an `EventList`; see `decode_record`.
     #[serde(borrow)]
     pub(crate) items: Option<Vec<&'a RawValue>>,

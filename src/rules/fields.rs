@@ -251,7 +251,7 @@ impl<'de> Visitor<'de> for Pruned<'_> {
     }
 }
 
-fn parse_part(raw: Option<&serde_json::value::RawValue>, trie: Option<&Trie>) -> Option<Value> {
+fn parse_part(raw: Option<crate::event::RawJson<'_>>, trie: Option<&Trie>) -> Option<Value> {
     let raw = raw?;
     match trie {
         Some(t) => {

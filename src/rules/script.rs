@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 
+use crate::event::RawJson;
 use ipnet::IpNet;
 use rhai::{AST, Array, Dynamic, Engine, ImmutableString, Map, Scope};
-use serde_json::value::RawValue;
 
 use crate::event::{AuditEvent, UserInfo};
 
@@ -443,14 +443,14 @@ fn s(v: &str) -> Dynamic {
     Dynamic::from(ImmutableString::from(v))
 }
 
-fn raw(v: Option<&RawValue>) -> Dynamic {
+fn raw(v: Option<RawJson<'_>>) -> Dynamic {
     v.and_then(|r| serde_json::from_str::<Dynamic>(r.get()).ok())
         .unwrap_or(Dynamic::UNIT)
 }
 
 /// A large object for scripts. Plain (not shared) maps and arrays: Rhai's data-size checks
 /// do not support shared values nested inside data.
-fn raw_object(v: Option<&RawValue>) -> Dynamic {
+fn raw_object(v: Option<RawJson<'_>>) -> Dynamic {
     raw(v)
 }
 
