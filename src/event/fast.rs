@@ -65,7 +65,7 @@ struct Parser<'a> {
 }
 
 /// Marks a field as seen; `None` when it was seen before (serde rejects duplicate fields).
-fn first(seen: &mut u32, bit: u32) -> Option<()> {
+fn first(seen: &mut u32, bit: usize) -> Option<()> {
     let mask = 1 << bit;
     if *seen & mask != 0 {
         return None;
@@ -257,17 +257,35 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Calls `field` for each key of an object; the callback reads the value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    /// Calls `field` for each key of an object with the key's index in `keys` (`None` for a
+    /// key not listed); the callback reads the value. `keys` lists the modelled keys in the
+    /// order the apiserver writes them, so the next key is first compared with the one after
+    /// the previous match, which skips scanning and dispatching on it in the common case.
+    fn object(
+        &mut self,
+        keys: &[&str],
+        mut field: impl FnMut(&mut Self, Option<usize>) -> Option<()>,
+    ) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(());
         }
+        let mut next = 0;
         loop {
-            let key = self.str()?;
+            self.ws();
+            let index = match keys.get(next) {
+                Some(key) if self.quoted(key) => Some(next),
+                _ => {
+                    let key = self.str()?;
+                    keys.iter().position(|k| *k == key)
+                }
+            };
+            if let Some(i) = index {
+                next = i + 1;
+            }
             self.eat(b':')?;
-            field(self, key)?;
+            field(self, index)?;
             match self.peek()? {
                 b',' => self.at += 1,
                 b'}' => {
@@ -279,109 +297,98 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Consumes `"key"` if it comes next, exactly.
+    fn quoted(&mut self, key: &str) -> bool {
+        let end = self.at + key.len() + 2;
+        match self.bytes.get(self.at..end) {
+            Some([b'"', inner @ .., b'"']) if inner == key.as_bytes() => {
+                self.at = end;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn event(&mut self) -> Option<AuditEvent<'a>> {
+        const KEYS: &[&str] = &[
+            "kind",
+            "apiVersion",
+            "level",
+            "auditID",
+            "stage",
+            "requestURI",
+            "verb",
+            "user",
+            "impersonatedUser",
+            "sourceIPs",
+            "userAgent",
+            "objectRef",
+            "responseStatus",
+            "requestObject",
+            "responseObject",
+            "requestReceivedTimestamp",
+            "stageTimestamp",
+            "annotations",
+            "timestamp",
+            "items",
+        ];
         let mut ev = AuditEvent::default();
         let mut seen = 0u32;
-        self.object(|p, key| {
-            match key {
-                "kind" => {
-                    first(&mut seen, 0)?;
+        self.object(KEYS, |p, key| {
+            let Some(i) = key else {
+                return p.skip(0);
+            };
+            first(&mut seen, i)?;
+            match i {
+                0 => {
                     ev.kind = p.opt_text()?;
                     // An EventList is a batch: serde's path handles it.
                     if ev.kind.as_deref() == Some("EventList") {
                         return None;
                     }
                 }
-                "apiVersion" => {
-                    first(&mut seen, 1)?;
-                    ev.api_version = p.opt_text()?;
-                }
-                "level" => {
-                    first(&mut seen, 2)?;
+                1 => ev.api_version = p.opt_text()?,
+                2 => {
                     ev.level = match p.str()? {
                         "None" => Level::None,
                         "Metadata" => Level::Metadata,
                         "Request" => Level::Request,
                         "RequestResponse" => Level::RequestResponse,
                         _ => Level::Unknown,
-                    };
+                    }
                 }
-                "auditID" => {
-                    first(&mut seen, 3)?;
-                    ev.audit_id = p.text()?;
-                }
-                "stage" => {
-                    first(&mut seen, 4)?;
+                3 => ev.audit_id = p.text()?,
+                4 => {
                     ev.stage = match p.str()? {
                         "RequestReceived" => Stage::RequestReceived,
                         "ResponseStarted" => Stage::ResponseStarted,
                         "ResponseComplete" => Stage::ResponseComplete,
                         "Panic" => Stage::Panic,
                         _ => Stage::Unknown,
-                    };
+                    }
                 }
-                "requestURI" => {
-                    first(&mut seen, 5)?;
-                    ev.request_uri = p.text()?;
-                }
-                "verb" => {
-                    first(&mut seen, 6)?;
-                    ev.verb = p.text()?;
-                }
-                "user" => {
-                    first(&mut seen, 7)?;
-                    ev.user = p.user()?;
-                }
-                "impersonatedUser" => {
-                    first(&mut seen, 8)?;
-                    ev.impersonated_user = if p.null()? { None } else { Some(p.user()?) };
-                }
-                "sourceIPs" => {
-                    first(&mut seen, 9)?;
-                    ev.source_ips = p.texts()?;
-                }
-                "userAgent" => {
-                    first(&mut seen, 10)?;
-                    ev.user_agent = p.text()?;
-                }
-                "objectRef" => {
-                    first(&mut seen, 11)?;
+                5 => ev.request_uri = p.text()?,
+                6 => ev.verb = p.text()?,
+                7 => ev.user = p.user()?,
+                8 => ev.impersonated_user = if p.null()? { None } else { Some(p.user()?) },
+                9 => ev.source_ips = p.texts()?,
+                10 => ev.user_agent = p.text()?,
+                11 => {
                     ev.object_ref = if p.null()? {
                         None
                     } else {
                         Some(p.object_ref()?)
-                    };
+                    }
                 }
-                "responseStatus" => {
-                    first(&mut seen, 12)?;
-                    ev.response_status = if p.null()? { None } else { Some(p.status()?) };
-                }
-                "requestObject" => {
-                    first(&mut seen, 13)?;
-                    ev.request_object = p.raw()?;
-                }
-                "responseObject" => {
-                    first(&mut seen, 14)?;
-                    ev.response_object = p.raw()?;
-                }
-                "requestReceivedTimestamp" => {
-                    first(&mut seen, 15)?;
-                    ev.request_received_timestamp = p.opt_text()?;
-                }
-                "stageTimestamp" => {
-                    first(&mut seen, 16)?;
-                    ev.stage_timestamp = p.opt_text()?;
-                }
-                "timestamp" => {
-                    first(&mut seen, 17)?;
-                    ev.timestamp = p.opt_text()?;
-                }
-                "annotations" => {
-                    first(&mut seen, 18)?;
-                    ev.annotations = p.raw()?;
-                }
-                "items" => return None,
-                _ => p.skip(0)?,
+                12 => ev.response_status = if p.null()? { None } else { Some(p.status()?) },
+                13 => ev.request_object = p.raw()?,
+                14 => ev.response_object = p.raw()?,
+                15 => ev.request_received_timestamp = p.opt_text()?,
+                16 => ev.stage_timestamp = p.opt_text()?,
+                17 => ev.annotations = p.raw()?,
+                18 => ev.timestamp = p.opt_text()?,
+                // `items`: a batch, for serde's path.
+                _ => return None,
             }
             Some(())
         })?;
@@ -391,25 +398,16 @@ impl<'a> Parser<'a> {
     fn user(&mut self) -> Option<UserInfo<'a>> {
         let mut user = UserInfo::default();
         let mut seen = 0u32;
-        self.object(|p, key| {
-            match key {
-                "username" => {
-                    first(&mut seen, 0)?;
-                    user.username = p.text()?;
-                }
-                "uid" => {
-                    first(&mut seen, 1)?;
-                    user.uid = p.text()?;
-                }
-                "groups" => {
-                    first(&mut seen, 2)?;
-                    user.groups = p.texts()?;
-                }
-                "extra" => {
-                    first(&mut seen, 3)?;
-                    user.extra = p.raw()?;
-                }
-                _ => p.skip(0)?,
+        self.object(&["username", "uid", "groups", "extra"], |p, key| {
+            let Some(i) = key else {
+                return p.skip(0);
+            };
+            first(&mut seen, i)?;
+            match i {
+                0 => user.username = p.text()?,
+                1 => user.uid = p.text()?,
+                2 => user.groups = p.texts()?,
+                _ => user.extra = p.raw()?,
             }
             Some(())
         })?;
@@ -417,21 +415,33 @@ impl<'a> Parser<'a> {
     }
 
     fn object_ref(&mut self) -> Option<ObjectRef<'a>> {
+        const KEYS: &[&str] = &[
+            "resource",
+            "namespace",
+            "name",
+            "uid",
+            "apiGroup",
+            "apiVersion",
+            "resourceVersion",
+            "subresource",
+        ];
         let mut o = ObjectRef::default();
         let mut seen = 0u32;
-        self.object(|p, key| {
-            let (bit, slot) = match key {
-                "resource" => (0, &mut o.resource),
-                "namespace" => (1, &mut o.namespace),
-                "name" => (2, &mut o.name),
-                "uid" => (3, &mut o.uid),
-                "apiGroup" => (4, &mut o.api_group),
-                "apiVersion" => (5, &mut o.api_version),
-                "resourceVersion" => (6, &mut o.resource_version),
-                "subresource" => (7, &mut o.subresource),
-                _ => return p.skip(0),
+        self.object(KEYS, |p, key| {
+            let Some(i) = key else {
+                return p.skip(0);
             };
-            first(&mut seen, bit)?;
+            first(&mut seen, i)?;
+            let slot = match i {
+                0 => &mut o.resource,
+                1 => &mut o.namespace,
+                2 => &mut o.name,
+                3 => &mut o.uid,
+                4 => &mut o.api_group,
+                5 => &mut o.api_version,
+                6 => &mut o.resource_version,
+                _ => &mut o.subresource,
+            };
             *slot = p.text()?;
             Some(())
         })?;
@@ -439,31 +449,21 @@ impl<'a> Parser<'a> {
     }
 
     fn status(&mut self) -> Option<ResponseStatus<'a>> {
+        // metav1.Status writes metadata, status, message, reason, details, code.
+        const KEYS: &[&str] = &["status", "message", "reason", "details", "code"];
         let mut st = ResponseStatus::default();
         let mut seen = 0u32;
-        self.object(|p, key| {
-            match key {
-                "code" => {
-                    first(&mut seen, 0)?;
-                    st.code = p.int()?;
-                }
-                "status" => {
-                    first(&mut seen, 1)?;
-                    st.status = p.text()?;
-                }
-                "reason" => {
-                    first(&mut seen, 2)?;
-                    st.reason = p.text()?;
-                }
-                "message" => {
-                    first(&mut seen, 3)?;
-                    st.message = p.text()?;
-                }
-                "details" => {
-                    first(&mut seen, 4)?;
-                    st.details = p.raw()?;
-                }
-                _ => p.skip(0)?,
+        self.object(KEYS, |p, key| {
+            let Some(i) = key else {
+                return p.skip(0);
+            };
+            first(&mut seen, i)?;
+            match i {
+                0 => st.status = p.text()?,
+                1 => st.message = p.text()?,
+                2 => st.reason = p.text()?,
+                3 => st.details = p.raw()?,
+                _ => st.code = p.int()?,
             }
             Some(())
         })?;
@@ -478,7 +478,7 @@ impl<'a> Parser<'a> {
                 if depth >= MAX_DEPTH {
                     return None;
                 }
-                self.object(|p, _| p.skip(depth + 1))
+                self.object(&[], |p, _| p.skip(depth + 1))
             }
             b'[' => {
                 if depth >= MAX_DEPTH {
