@@ -400,6 +400,8 @@ pub struct Condition {
 pub struct ObjectNeeds {
     pub request_object: bool,
     pub response_object: bool,
+    /// The small raw parts: `annotations`, `responseStatus.details`, the users' `extra`.
+    pub raw_parts: bool,
 }
 
 impl ObjectNeeds {
@@ -414,6 +416,10 @@ impl ObjectNeeds {
         ObjectNeeds {
             request_object: whole || source.contains("requestObject"),
             response_object: whole || source.contains("responseObject"),
+            raw_parts: whole
+                || ["annotations", "details", "extra"]
+                    .iter()
+                    .any(|part| source.contains(part)),
         }
     }
 }
@@ -461,7 +467,10 @@ pub fn add_objects(
     needs: ObjectNeeds,
     has: &mut ObjectNeeds,
 ) {
-    if needs.request_object <= has.request_object && needs.response_object <= has.response_object {
+    if needs.request_object <= has.request_object
+        && needs.response_object <= has.response_object
+        && needs.raw_parts <= has.raw_parts
+    {
         return;
     }
     // `event` is shared: a clone is a second handle on the same map.
@@ -477,6 +486,39 @@ pub fn add_objects(
         map.insert("responseObject".into(), raw_object(ev.response_object));
         has.response_object = true;
     }
+    if needs.raw_parts && !has.raw_parts {
+        map.insert("annotations".into(), raw_map(ev.annotations));
+        if let Some(mut status) = map
+            .get_mut("responseStatus")
+            .and_then(|s| s.write_lock::<Map>())
+        {
+            status.insert(
+                "details".into(),
+                raw(ev.response_status.as_ref().and_then(|s| s.details)),
+            );
+        }
+        let users = [
+            ("user", Some(&ev.user)),
+            ("impersonatedUser", ev.impersonated_user.as_ref()),
+            ("effectiveUser", Some(ev.effective_user())),
+        ];
+        for (key, user) in users {
+            if let Some(mut m) = map.get_mut(key).and_then(|u| u.write_lock::<Map>()) {
+                m.insert("extra".into(), raw_map(user.and_then(|u| u.extra)));
+            }
+        }
+        has.raw_parts = true;
+    }
+}
+
+/// A raw JSON object for scripts; an empty map when absent.
+fn raw_map(v: Option<RawJson<'_>>) -> Dynamic {
+    let value = raw(v);
+    if value.is_unit() {
+        Dynamic::from_map(Map::new())
+    } else {
+        value
+    }
 }
 
 fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
@@ -487,21 +529,15 @@ fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
         .map(|u| u.groups.iter().map(|g| s(g)).collect())
         .unwrap_or_default();
     m.insert("groups".into(), Dynamic::from_array(groups));
-    let extra = raw(u.and_then(|u| u.extra));
-    m.insert(
-        "extra".into(),
-        if extra.is_unit() {
-            Dynamic::from_map(Map::new())
-        } else {
-            extra
-        },
-    );
+    // Filled in by `add_objects` for scripts that read it.
+    m.insert("extra".into(), Dynamic::from_map(Map::new()));
     Dynamic::from_map(m)
 }
 
 /// The event as the `event` variable: every field present (empty when absent), plus
-/// `effectiveUser` and `sourceIP` (the first source address). `requestObject` and
-/// `responseObject` start as `()`; [`add_objects`] fills them in for the scripts that read them.
+/// `effectiveUser` and `sourceIP` (the first source address). The parts kept as raw JSON
+/// (`requestObject`, `responseObject`, `annotations`, `responseStatus.details`, the users'
+/// `extra`) start empty; [`add_objects`] parses them in for the scripts that read them.
 pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     let mut m = Map::new();
     m.insert("kind".into(), s(ev.kind.as_deref().unwrap_or("Event")));
@@ -551,19 +587,12 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     status.insert("status".into(), s(st.map_or("", |s| &s.status)));
     status.insert("reason".into(), s(st.map_or("", |s| &s.reason)));
     status.insert("message".into(), s(st.map_or("", |s| &s.message)));
-    status.insert("details".into(), raw(st.and_then(|s| s.details)));
+    // `details`, `annotations` and the users' `extra` are filled in by `add_objects`.
+    status.insert("details".into(), Dynamic::UNIT);
     m.insert("responseStatus".into(), Dynamic::from_map(status));
     m.insert("requestObject".into(), Dynamic::UNIT);
     m.insert("responseObject".into(), Dynamic::UNIT);
-    let ann = raw(ev.annotations);
-    m.insert(
-        "annotations".into(),
-        if ann.is_unit() {
-            Dynamic::from_map(Map::new())
-        } else {
-            ann
-        },
-    );
+    m.insert("annotations".into(), Dynamic::from_map(Map::new()));
     m.insert(
         "requestReceivedTimestamp".into(),
         s(ev.request_received_timestamp.as_deref().unwrap_or("")),
@@ -767,6 +796,53 @@ mod tests {
             ),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn raw_parts_are_parsed_for_the_scripts_that_read_them() {
+        let ev = r#"{"auditID":"4","verb":"get","user":{"username":"sa","extra":{"scope":["a"]}},"impersonatedUser":{"username":"bob","extra":{"k":["v"]}},"responseStatus":{"code":403,"details":{"kind":"secrets"}},"annotations":{"authorization.k8s.io/decision":"forbid"}}"#;
+        assert_eq!(
+            run(
+                r#"event.annotations["authorization.k8s.io/decision"] == "forbid""#,
+                ev
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            run(r#"event.responseStatus.details.kind == "secrets""#, ev),
+            Ok(true)
+        );
+        assert_eq!(run(r#"event.user.extra.scope[0] == "a""#, ev), Ok(true));
+        assert_eq!(
+            run(r#"event.effectiveUser.extra.k[0] == "v""#, ev),
+            Ok(true)
+        );
+        // A script that names none of them sees them empty (they are not parsed for it).
+        let n = ObjectNeeds::of_script("event.verb == \"get\"");
+        assert!(!n.raw_parts);
+        assert_eq!(
+            run(
+                "event.annotations.len() == 0 && event.verb == \"get\"",
+                META
+            ),
+            Ok(true)
+        );
+        // The event value is shared by the rules of one event: parts are added on demand.
+        let decoded = decode_event(ev).unwrap();
+        let value = event_dynamic(&decoded);
+        let mut has = ObjectNeeds::default();
+        add_objects(&value, &decoded, ObjectNeeds::default(), &mut has);
+        assert!(!has.raw_parts);
+        add_objects(
+            &value,
+            &decoded,
+            ObjectNeeds::of_script("event.annotations"),
+            &mut has,
+        );
+        assert!(has.raw_parts);
+        let map = value.read_lock::<Map>().unwrap();
+        let ann = map["annotations"].read_lock::<Map>().unwrap();
+        assert_eq!(ann.len(), 1);
     }
 
     #[test]
