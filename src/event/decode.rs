@@ -106,10 +106,15 @@ pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
         let items: Vec<&RawValue> = serde_json::from_str(text).map_err(json_error)?;
         return Ok(Record::Batch(items));
     }
-    let mut event: AuditEvent = match super::fast::parse(text) {
-        Some(event) => event,
-        None => serde_json::from_str(text).map_err(json_error)?,
-    };
+    // The fast path decodes in place, into the record it returns.
+    let mut record = Record::Event(AuditEvent::default());
+    if let Record::Event(event) = &mut record
+        && super::fast::parse_into(text, event)
+    {
+        validate(event)?;
+        return Ok(record);
+    }
+    let mut event: AuditEvent = serde_json::from_str(text).map_err(json_error)?;
     if event.kind.as_deref() == Some("EventList") {
         return Ok(Record::Batch(event.items.take().unwrap_or_default()));
     }
@@ -119,10 +124,10 @@ pub fn decode_record(text: &str) -> Result<Record<'_>, DecodeErrorKind> {
 
 /// Decodes one item that must be a single event (an `EventList` item, or a known-single record).
 pub fn decode_event(text: &str) -> Result<AuditEvent<'_>, DecodeErrorKind> {
-    let mut event: AuditEvent = match super::fast::parse(text) {
-        Some(event) => event,
-        None => serde_json::from_str(text).map_err(json_error)?,
-    };
+    let mut event = AuditEvent::default();
+    if !super::fast::parse_into(text, &mut event) {
+        event = serde_json::from_str(text).map_err(json_error)?;
+    }
     validate(&mut event)?;
     Ok(event)
 }

@@ -47,15 +47,25 @@ fn find_special(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The event in `text`, or `None` when serde must decide.
+#[cfg(test)]
 pub(super) fn parse(text: &str) -> Option<AuditEvent<'_>> {
+    let mut event = AuditEvent::default();
+    parse_into(text, &mut event).then_some(event)
+}
+
+/// Decodes `text` into `event` (a default event), in place: the event is large, and moving
+/// it costs. False when serde must decide; `event` then holds a partial decode to discard.
+pub(super) fn parse_into<'a>(text: &'a str, event: &mut AuditEvent<'a>) -> bool {
     let mut p = Parser {
         text,
         bytes: text.as_bytes(),
         at: 0,
     };
-    let event = p.event()?;
+    if p.event(event).is_none() {
+        return false;
+    }
     p.ws();
-    (p.at == p.bytes.len()).then_some(event)
+    p.at == p.bytes.len()
 }
 
 struct Parser<'a> {
@@ -309,7 +319,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn event(&mut self) -> Option<AuditEvent<'a>> {
+    fn event(&mut self, ev: &mut AuditEvent<'a>) -> Option<()> {
         const KEYS: &[&str] = &[
             "kind",
             "apiVersion",
@@ -332,7 +342,6 @@ impl<'a> Parser<'a> {
             "timestamp",
             "items",
         ];
-        let mut ev = AuditEvent::default();
         let mut seen = 0u32;
         self.object(KEYS, |p, key| {
             let Some(i) = key else {
@@ -391,8 +400,7 @@ impl<'a> Parser<'a> {
                 _ => return None,
             }
             Some(())
-        })?;
-        Some(ev)
+        })
     }
 
     fn user(&mut self) -> Option<UserInfo<'a>> {
