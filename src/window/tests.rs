@@ -335,3 +335,42 @@ fn sequence_keys_expire_and_survive_a_snapshot() {
     );
     assert_eq!(other.key_count(), 0);
 }
+
+#[test]
+fn equal_times_release_in_auditid_order_even_when_ids_share_a_long_prefix() {
+    let mut b = ReorderBuffer::new(Span::from_secs(0), 1000);
+    // The first 16 bytes are equal for the "same-prefix-aaaa" IDs: the buffer must still order
+    // them by the whole ID, then arrival; other IDs and times interleave normally.
+    let ids = [
+        "same-prefix-aaaa-2",
+        "zzz",
+        "same-prefix-aaaa-10",
+        "same-prefix-aaaa-1",
+        "same-prefix-aaaa-2",
+        "abc",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        let mut h = hit(5, "k", id);
+        h.steps = i as u64; // arrival, to tell the two "-2" apart
+        assert!(b.push(0, h));
+    }
+    assert!(b.push(0, hit(4, "k", "same-prefix-aaaa-9")));
+    b.advance_to(EventTime::from_secs(10));
+    let mut out = Vec::new();
+    while let Some((_, h)) = b.pop_ready() {
+        out.push(format!("{}@{}#{}", h.event.audit_id(), h.time.0 / 1_000_000_000, h.steps));
+    }
+    assert_eq!(
+        out,
+        [
+            "same-prefix-aaaa-9@4#0",
+            "abc@5#5",
+            "same-prefix-aaaa-1@5#3",
+            "same-prefix-aaaa-10@5#2",
+            "same-prefix-aaaa-2@5#0",
+            "same-prefix-aaaa-2@5#4",
+            "zzz@5#1",
+        ]
+    );
+    assert_eq!(b.pending(), 0);
+}
