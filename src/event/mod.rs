@@ -1,7 +1,8 @@
 //! The `audit.k8s.io` event model and its decoding: the left end of the pipeline.
 //!
 //! `model` is the typed, borrowed view of one event; `decode` turns records into events with
-//! positioned errors; `field` resolves the dotted field paths that rules use (`user.username`,
+//! positioned errors (through `fast`, a specialised parser for the common event shape, with
+//! serde behind it); `field` resolves the dotted field paths that rules use (`user.username`,
 //! `objectRef.namespace`, `requestObject.spec.hostNetwork`); `managed` unwraps the shapes EKS,
 //! AKS and GKE deliver their audit logs in.
 

@@ -358,7 +358,12 @@ fn equal_times_release_in_auditid_order_even_when_ids_share_a_long_prefix() {
     b.advance_to(EventTime::from_secs(10));
     let mut out = Vec::new();
     while let Some((_, h)) = b.pop_ready() {
-        out.push(format!("{}@{}#{}", h.event.audit_id(), h.time.0 / 1_000_000_000, h.steps));
+        out.push(format!(
+            "{}@{}#{}",
+            h.event.audit_id(),
+            h.time.0 / 1_000_000_000,
+            h.steps
+        ));
     }
     assert_eq!(
         out,
