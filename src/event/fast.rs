@@ -46,6 +46,44 @@ fn find_special(bytes: &[u8]) -> Option<usize> {
         .map(|i| offset + i)
 }
 
+/// The modelled keys of each object, in the order the apiserver writes them (see
+/// [`Parser::object`]); a key's index is what the field dispatch matches on.
+const EVENT_KEYS: &[&str] = &[
+    "kind",
+    "apiVersion",
+    "level",
+    "auditID",
+    "stage",
+    "requestURI",
+    "verb",
+    "user",
+    "impersonatedUser",
+    "sourceIPs",
+    "userAgent",
+    "objectRef",
+    "responseStatus",
+    "requestObject",
+    "responseObject",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "annotations",
+    "timestamp",
+    "items",
+];
+const USER_KEYS: &[&str] = &["username", "uid", "groups", "extra"];
+const REF_KEYS: &[&str] = &[
+    "resource",
+    "namespace",
+    "name",
+    "uid",
+    "apiGroup",
+    "apiVersion",
+    "resourceVersion",
+    "subresource",
+];
+/// metav1.Status writes metadata, status, message, reason, details, code.
+const STATUS_KEYS: &[&str] = &["status", "message", "reason", "details", "code"];
+
 /// The event in `text`, or `None` when serde must decide.
 #[cfg(test)]
 pub(super) fn parse(text: &str) -> Option<AuditEvent<'_>> {
@@ -307,6 +345,23 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Reads an object of a modelled block: `read` gets the index in `keys` of each modelled
+    /// key; unmodelled keys are skipped, and a repeated key gives up (serde rejects those).
+    fn fields(
+        &mut self,
+        keys: &[&str],
+        mut read: impl FnMut(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        let mut seen = 0u32;
+        self.object(keys, |p, key| match key {
+            Some(i) => {
+                first(&mut seen, i)?;
+                read(p, i)
+            }
+            None => p.skip(0),
+        })
+    }
+
     /// Consumes `"key"` if it comes next, exactly.
     fn quoted(&mut self, key: &str) -> bool {
         let end = self.at + key.len() + 2;
@@ -320,34 +375,7 @@ impl<'a> Parser<'a> {
     }
 
     fn event(&mut self, ev: &mut AuditEvent<'a>) -> Option<()> {
-        const KEYS: &[&str] = &[
-            "kind",
-            "apiVersion",
-            "level",
-            "auditID",
-            "stage",
-            "requestURI",
-            "verb",
-            "user",
-            "impersonatedUser",
-            "sourceIPs",
-            "userAgent",
-            "objectRef",
-            "responseStatus",
-            "requestObject",
-            "responseObject",
-            "requestReceivedTimestamp",
-            "stageTimestamp",
-            "annotations",
-            "timestamp",
-            "items",
-        ];
-        let mut seen = 0u32;
-        self.object(KEYS, |p, key| {
-            let Some(i) = key else {
-                return p.skip(0);
-            };
-            first(&mut seen, i)?;
+        self.fields(EVENT_KEYS, |p, i| {
             match i {
                 0 => {
                     ev.kind = p.opt_text()?;
@@ -405,12 +433,7 @@ impl<'a> Parser<'a> {
 
     fn user(&mut self) -> Option<UserInfo<'a>> {
         let mut user = UserInfo::default();
-        let mut seen = 0u32;
-        self.object(&["username", "uid", "groups", "extra"], |p, key| {
-            let Some(i) = key else {
-                return p.skip(0);
-            };
-            first(&mut seen, i)?;
+        self.fields(USER_KEYS, |p, i| {
             match i {
                 0 => user.username = p.text()?,
                 1 => user.uid = p.text()?,
@@ -423,23 +446,8 @@ impl<'a> Parser<'a> {
     }
 
     fn object_ref(&mut self) -> Option<ObjectRef<'a>> {
-        const KEYS: &[&str] = &[
-            "resource",
-            "namespace",
-            "name",
-            "uid",
-            "apiGroup",
-            "apiVersion",
-            "resourceVersion",
-            "subresource",
-        ];
         let mut o = ObjectRef::default();
-        let mut seen = 0u32;
-        self.object(KEYS, |p, key| {
-            let Some(i) = key else {
-                return p.skip(0);
-            };
-            first(&mut seen, i)?;
+        self.fields(REF_KEYS, |p, i| {
             let slot = match i {
                 0 => &mut o.resource,
                 1 => &mut o.namespace,
@@ -457,15 +465,8 @@ impl<'a> Parser<'a> {
     }
 
     fn status(&mut self) -> Option<ResponseStatus<'a>> {
-        // metav1.Status writes metadata, status, message, reason, details, code.
-        const KEYS: &[&str] = &["status", "message", "reason", "details", "code"];
         let mut st = ResponseStatus::default();
-        let mut seen = 0u32;
-        self.object(KEYS, |p, key| {
-            let Some(i) = key else {
-                return p.skip(0);
-            };
-            first(&mut seen, i)?;
+        self.fields(STATUS_KEYS, |p, i| {
             match i {
                 0 => st.status = p.text()?,
                 1 => st.message = p.text()?,
@@ -743,42 +744,14 @@ mod tests {
             })
         }
 
+        /// Any modelled key of any block, or an unmodelled one.
         fn key() -> impl Strategy<Value = String> {
-            prop::sample::select(vec![
-                "kind",
-                "apiVersion",
-                "level",
-                "auditID",
-                "stage",
-                "requestURI",
-                "verb",
-                "user",
-                "impersonatedUser",
-                "sourceIPs",
-                "userAgent",
-                "objectRef",
-                "responseStatus",
-                "requestObject",
-                "responseObject",
-                "requestReceivedTimestamp",
-                "stageTimestamp",
-                "timestamp",
-                "annotations",
-                "items",
-                "username",
-                "uid",
-                "groups",
-                "extra",
-                "resource",
-                "namespace",
-                "name",
-                "code",
-                "status",
-                "message",
-                "details",
-                "other",
-            ])
-            .prop_map(str::to_owned)
+            let all: Vec<&str> = [EVENT_KEYS, USER_KEYS, REF_KEYS, STATUS_KEYS]
+                .concat()
+                .into_iter()
+                .chain(["other"])
+                .collect();
+            prop::sample::select(all).prop_map(str::to_owned)
         }
 
         /// A string value, mostly valid (escapes, surrogate pairs), sometimes not a string.
@@ -842,18 +815,7 @@ mod tests {
 
         /// A top-level field with a value of its type most of the time.
         fn field() -> impl Strategy<Value = (String, String)> {
-            const USER: &[&str] = &["username", "uid", "groups", "extra"];
-            const REF: &[&str] = &[
-                "resource",
-                "namespace",
-                "name",
-                "uid",
-                "apiGroup",
-                "apiVersion",
-                "resourceVersion",
-                "subresource",
-            ];
-            const STATUS: &[&str] = &["code", "status", "reason", "message", "details"];
+            // The string fields of the event; the raw parts (and an unmodelled key).
             const TEXT: &[&str] = &[
                 "kind",
                 "apiVersion",
@@ -874,9 +836,9 @@ mod tests {
                 4 => (named(TEXT), text_value()),
                 2 => (named(RAW), value()),
                 1 => (Just("sourceIPs".to_owned()), prop::collection::vec(text_value(), 0..3).prop_map(|v| format!("[{}]", v.join(",")))),
-                2 => (named(&["user", "impersonatedUser"]), block(USER)),
-                2 => (Just("objectRef".to_owned()), block(REF)),
-                2 => (Just("responseStatus".to_owned()), block(STATUS)),
+                2 => (named(&["user", "impersonatedUser"]), block(USER_KEYS)),
+                2 => (Just("objectRef".to_owned()), block(REF_KEYS)),
+                2 => (Just("responseStatus".to_owned()), block(STATUS_KEYS)),
                 1 => (key(), value()),
             ]
         }
