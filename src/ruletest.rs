@@ -207,6 +207,18 @@ pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, Te
         for e in engine.take_script_errors() {
             errors.push(format!("rule {:?}: script error: {}", e.rule, e.message));
         }
+        // A windowed rule's event listed after a newer one (beyond the lateness) never reaches
+        // its window: say so instead of letting the test pass or fail for a hidden reason.
+        for (rule, stats) in engine.rule_stats() {
+            if stats.late > 0 {
+                errors.push(format!(
+                    "rule {:?}: {} matching event(s) came more than the lateness ({}) after a newer event and were left out of its window; list the test's events in time order",
+                    rule.name,
+                    stats.late,
+                    EngineOptions::default().lateness
+                ));
+            }
+        }
         if let Some(names) = &case.rules {
             alerts.retain(|a| names.iter().any(|n| *n == *a.rule));
         }

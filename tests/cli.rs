@@ -391,6 +391,13 @@ fn rule_tests_pass_and_failures_show_a_diff() {
       - rule: refused
         group: { user.username: eve }
         count: 3
+  - name: events listed out of time order
+    events:
+      - event: { verb: get, user: { username: eve }, responseStatus: { code: 403 } }
+        at: 10m
+      - event: { verb: get, user: { username: eve }, responseStatus: { code: 403 } }
+        at: 9m
+    expect: []
 "#,
     )
     .unwrap();
