@@ -83,6 +83,8 @@ struct Expected {
     count: Option<u64>,
     #[serde(default)]
     summary: Option<String>,
+    #[serde(default)]
+    severity: Option<crate::rules::Severity>,
 }
 
 #[derive(Debug, Error)]
@@ -321,7 +323,7 @@ fn fill_defaults(ev: &mut Value, time: EventTime, id: &str) {
 }
 
 fn describe(a: &Alert) -> String {
-    let mut s = format!("{} count={}", a.rule, a.count);
+    let mut s = format!("{} {} count={}", a.rule, a.severity, a.count);
     if !a.group.0.is_empty() {
         let _ = write!(s, " group={{{}}}", a.group);
     }
@@ -331,6 +333,9 @@ fn describe(a: &Alert) -> String {
 
 fn describe_expected(e: &Expected) -> String {
     let mut s = e.rule.clone();
+    if let Some(sev) = e.severity {
+        let _ = write!(s, " {sev}");
+    }
     if let Some(c) = e.count {
         let _ = write!(s, " count={c}");
     }
@@ -348,7 +353,7 @@ fn satisfies(a: &Alert, e: &Expected) -> bool {
     if *a.rule != *e.rule {
         return false;
     }
-    if e.count.is_some_and(|c| c != a.count) {
+    if e.count.is_some_and(|c| c != a.count) || e.severity.is_some_and(|s| s != a.severity) {
         return false;
     }
     if let Some(g) = &e.group {

@@ -21,7 +21,7 @@ use crate::alert::{Alert, AlertKind, EventRef, Group, MAX_AUDIT_IDS, alert_id};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
-use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
+use crate::rules::{Rule, RuleSet, Severity, WindowSpec, default_summary};
 use crate::window::{
     Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
     WindowSnapshot,
@@ -536,10 +536,15 @@ impl Engine {
                         events: vec![EventRef::of(ev, time)],
                         captured,
                     };
+                    let severity = rule
+                        .severity_when
+                        .iter()
+                        .find(|(_, m)| m.matches(ev, &objects))
+                        .map_or(rule.severity, |(s, _)| *s);
                     out.push(build_alert(
                         rule,
                         &rules,
-                        AlertKind::Event,
+                        (AlertKind::Event, severity),
                         firing,
                         swallowed,
                         summary,
@@ -691,7 +696,14 @@ fn emit(
     out: &mut Vec<Alert>,
 ) {
     if let Some(swallowed) = state.admit(&firing.key, at) {
-        out.push(build_alert(rule, rules, kind, firing, swallowed, None));
+        out.push(build_alert(
+            rule,
+            rules,
+            (kind, rule.severity),
+            firing,
+            swallowed,
+            None,
+        ));
     }
 }
 
@@ -777,7 +789,7 @@ fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {
 fn build_alert(
     rule: &Rule,
     rules: &RuleSet,
-    kind: AlertKind,
+    (kind, severity): (AlertKind, Severity),
     firing: Firing,
     suppressed: u64,
     fallback_summary: Option<String>,
@@ -801,7 +813,7 @@ fn build_alert(
                 }
             };
             put("rule", &|| Value::from(&*rule.name));
-            put("severity", &|| Value::from(rule.severity.as_str()));
+            put("severity", &|| Value::from(severity.as_str()));
             put("count", &|| Value::from(firing.count));
             put("group", &|| {
                 serde_json::to_value(&group).unwrap_or(Value::Null)
@@ -842,7 +854,7 @@ fn build_alert(
     Alert {
         id,
         rule: rule.name.clone(),
-        severity: rule.severity,
+        severity,
         kind,
         summary,
         description: rule.description.clone(),

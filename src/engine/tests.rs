@@ -816,3 +816,30 @@ fn resource_masks_skip_only_rules_that_cannot_match() {
     assert_eq!(masks[0], resource_bit("secrets") | resource_bit("pods"));
     assert_eq!(masks[1..], [u64::MAX, u64::MAX]);
 }
+
+#[test]
+fn severity_when_sets_each_alerts_severity_from_its_request() {
+    let rules = "rules:\n  - name: secrets\n    severity: medium\n    severity_when:\n      - { severity: critical, match: { namespaces: [kube-system] } }\n      - { severity: info, match: { response_codes: [\"400-599\"] } }\n    match: { resources: [secrets] }\n";
+    let mut e = engine(rules);
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 0, "get", "u", "secrets", 200, "ResponseComplete"),
+            line("b", 1, "get", "u", "secrets", 403, "ResponseComplete"),
+        ],
+    );
+    let got: Vec<Severity> = alerts.iter().map(|a| a.severity).collect();
+    // `line` puts every object in namespace "ns": no critical; the 403 is info.
+    assert_eq!(got, [Severity::Medium, Severity::Info]);
+    let err = load_str(
+        "t.yaml",
+        "rules:\n  - name: w\n    severity: low\n    severity_when: [{ severity: high, match: {} }]\n    window: { over: 1m, threshold: 2 }\n",
+        &LoadOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("t.yaml:4:") && err.contains("cannot use it"),
+        "{err}"
+    );
+}

@@ -438,6 +438,9 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     let mut object_paths = super::fields::ObjectPaths::default();
     for r in &rules {
         r.matcher.collect_object_paths(&mut object_paths);
+        for (_, m) in &r.severity_when {
+            m.collect_object_paths(&mut object_paths);
+        }
     }
     Ok(RuleSet {
         rules,
@@ -571,6 +574,16 @@ fn rule_serde_error(
 
 static UNKNOWN_FIELD: LazyLock<regex::Regex> =
     LazyLock::new(|| regex::Regex::new(r"^unknown field `([^`]*)`").expect("static regex"));
+
+fn severity(doc: SeverityDoc) -> Severity {
+    match doc {
+        SeverityDoc::Info => Severity::Info,
+        SeverityDoc::Low => Severity::Low,
+        SeverityDoc::Medium => Severity::Medium,
+        SeverityDoc::High => Severity::High,
+        SeverityDoc::Critical => Severity::Critical,
+    }
+}
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -707,6 +720,21 @@ impl RuleContext<'_> {
             .throttle
             .as_deref()
             .and_then(|t| self.span("throttle", t));
+        if !doc.severity_when.is_empty() && window.is_some() {
+            self.err(
+                "severity_when",
+                "severity_when sets the severity of one request's alert: a rule with a window cannot use it",
+            );
+        }
+        let severity_when: Vec<(Severity, Matcher)> = doc
+            .severity_when
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let m = self.compile_match(&w.match_, &format!("severity_when.{i}.match"));
+                (severity(w.severity), m)
+            })
+            .collect();
         if self.errors.list.len() != before {
             return None;
         }
@@ -715,13 +743,8 @@ impl RuleContext<'_> {
         Some(Rule {
             name: Arc::from(doc.name.as_str()),
             description: doc.description.as_deref().map(Arc::from),
-            severity: match doc.severity {
-                SeverityDoc::Info => Severity::Info,
-                SeverityDoc::Low => Severity::Low,
-                SeverityDoc::Medium => Severity::Medium,
-                SeverityDoc::High => Severity::High,
-                SeverityDoc::Critical => Severity::Critical,
-            },
+            severity: severity(doc.severity),
+            severity_when,
             enabled: doc.enabled,
             matcher,
             condition,

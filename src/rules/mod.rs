@@ -110,6 +110,8 @@ pub struct Rule {
     pub name: Arc<str>,
     pub description: Option<Arc<str>>,
     pub severity: Severity,
+    /// Per-request severities of a rule without a window: the first matching block wins.
+    pub severity_when: Vec<(Severity, Matcher)>,
     pub enabled: bool,
     pub matcher: Matcher,
     pub condition: Option<Condition>,

@@ -79,6 +79,10 @@ pub struct RuleDoc {
     #[serde(default)]
     pub description: Option<String>,
     pub severity: SeverityDoc,
+    /// Severity by request: the first entry whose block matches the request sets the alert's
+    /// severity (rules without a window only); `severity` otherwise.
+    #[serde(default)]
+    pub severity_when: Vec<SeverityWhenDoc>,
     /// `false` loads and validates the rule but never evaluates it.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -112,6 +116,15 @@ pub struct RuleDoc {
     pub references: Vec<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+/// One `severity_when` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeverityWhenDoc {
+    pub severity: SeverityDoc,
+    #[serde(rename = "match")]
+    pub match_: MatchDoc,
 }
 
 fn yes() -> bool {

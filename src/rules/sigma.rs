@@ -157,6 +157,7 @@ fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
         name: Arc::from(name),
         description: Some(Arc::from(description.as_str())),
         severity,
+        severity_when: Vec::new(),
         enabled: true,
         matcher: Matcher::default(),
         condition: None,
