@@ -73,6 +73,18 @@ impl Summary {
         for var in names {
             let root = var.split('.').next().unwrap_or_default();
             if let Some(v) = ALERT_VARS.iter().find(|v| **v == root) {
+                // Only `group` and `labels` are maps; an attribute of a string or number would
+                // fail at every render.
+                if let Some(attr) = var.strip_prefix(root).and_then(|r| r.strip_prefix('.'))
+                    && !matches!(root, "group" | "labels")
+                {
+                    return Err((
+                        1,
+                        format!(
+                            "{root:?} is a single value, it has no attribute {attr:?} (only group and labels are maps)"
+                        ),
+                    ));
+                }
                 if !alert_vars.contains(v) {
                     alert_vars.push(*v);
                 }
@@ -272,6 +284,9 @@ mod tests {
             err.starts_with("unknown template variable \"usr.name\""),
             "{err}"
         );
+        let (_, err) = Summary::compile(&mut env, "c", "{{ rule.labels.team }}").unwrap_err();
+        assert!(err.contains("\"rule\" is a single value"), "{err}");
+        assert!(Summary::compile(&mut env, "d", "{{ labels.team }} {{ group[\"x\"] }}").is_ok());
         let (line, err) = Summary::compile(&mut env, "b", "ok\n{{ verb ").unwrap_err();
         assert_eq!(line, 2);
         assert!(err.contains("syntax error"), "{err}");
