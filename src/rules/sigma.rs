@@ -585,28 +585,29 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Matcher, String> {
-        let mut items = vec![self.and()?];
-        while self.peek() == Some("or") {
-            self.at += 1;
-            items.push(self.and()?);
-        }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            or(items)
-        })
+        self.chain("or", Self::and, or)
     }
 
     fn and(&mut self) -> Result<Matcher, String> {
-        let mut items = vec![self.not()?];
-        while self.peek() == Some("and") {
+        self.chain("and", Self::not, and)
+    }
+
+    /// `operand (op operand)*`, combined when there is more than one operand.
+    fn chain(
+        &mut self,
+        op: &str,
+        operand: fn(&mut Self) -> Result<Matcher, String>,
+        combine: fn(Vec<Matcher>) -> Matcher,
+    ) -> Result<Matcher, String> {
+        let mut items = vec![operand(self)?];
+        while self.peek() == Some(op) {
             self.at += 1;
-            items.push(self.not()?);
+            items.push(operand(self)?);
         }
         Ok(if items.len() == 1 {
             items.remove(0)
         } else {
-            and(items)
+            combine(items)
         })
     }
 
