@@ -108,6 +108,9 @@ pub struct EngineConfig {
     /// Wall-clock time without events after which event time moves on by itself, so windows
     /// close and absence rules fire while the audit stream is silent.
     pub idle_after: Duration,
+    /// `/readyz` fails while the oldest batch the engine has not finished is older than this
+    /// (a stalled engine must not look healthy).
+    pub max_lag: Duration,
 }
 
 impl Default for EngineConfig {
@@ -121,6 +124,7 @@ impl Default for EngineConfig {
             max_pending: 200_000,
             max_operations: 100_000,
             idle_after: Duration(Span::from_secs(10)),
+            max_lag: Duration(Span::from_secs(30)),
         }
     }
 }

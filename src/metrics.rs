@@ -42,6 +42,8 @@ pub struct Metrics {
     pub snapshot_capture_seconds: Histogram,
     /// Event-time lag: wall clock minus the newest event time, seconds.
     pub event_lag_seconds: prometheus::Gauge,
+    /// Age of the oldest batch the engine has received and not finished (0 when idle).
+    pub engine_backlog_age: prometheus::Gauge,
     /// Final outcome per (notifier, alert): sent, silenced, failed, dropped, deduplicated.
     pub notifications: IntCounterVec,
     /// Send attempts by notifier and result (ok, transient, permanent).
@@ -129,6 +131,14 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(lag.clone()))
+            .expect("unique metric");
+        let backlog_age = prometheus::Gauge::new(
+            "auditwatch_engine_backlog_age_seconds",
+            "Age of the oldest batch the engine has received and not finished evaluating (0 while it waits for work). Grows without bound when the engine stalls.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(backlog_age.clone()))
             .expect("unique metric");
         let suppressed = IntCounter::new(
             "auditwatch_alerts_replay_suppressed_total",
@@ -306,6 +316,7 @@ impl Metrics {
             snapshot_seconds,
             snapshot_capture_seconds,
             event_lag_seconds: lag,
+            engine_backlog_age: backlog_age,
             registry,
         }
     }

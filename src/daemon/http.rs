@@ -1,6 +1,7 @@
 //! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process is
-//! up), `/readyz` (state restored, sources started: ready to receive audit events) and the
-//! silences API (`/api/v1/silences`, used by `auditwatch silence`).
+//! up), `/readyz` (state restored, sources started, and the engine keeping up: ready to
+//! receive audit events) and the silences API (`/api/v1/silences`, used by
+//! `auditwatch silence`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,32 +12,30 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 
+use super::pipeline::Backlog;
 use crate::metrics::Metrics;
 use crate::notify::silence::{NewSilence, SilenceError, Silences};
 
+/// What the endpoints read.
 #[derive(Clone)]
-struct Ops {
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    silences: Arc<Mutex<Silences>>,
+pub struct Ops {
+    pub metrics: Arc<Metrics>,
+    /// Set once state is restored and the sources run; cleared at shutdown.
+    pub ready: Arc<AtomicBool>,
+    pub silences: Arc<Mutex<Silences>>,
+    pub backlog: Backlog,
+    /// `/readyz` fails while the engine's backlog is older than this.
+    pub max_lag: std::time::Duration,
 }
 
-pub fn router(
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    silences: Arc<Mutex<Silences>>,
-) -> Router {
+pub fn router(ops: Ops) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/v1/silences", get(list_silences).post(add_silence))
         .route("/api/v1/silences/{id}", delete(expire_silence))
-        .with_state(Ops {
-            metrics,
-            ready,
-            silences,
-        })
+        .with_state(ops)
 }
 
 fn silence_error(e: SilenceError) -> Response {
@@ -96,6 +95,9 @@ async fn expire_silence(State(ops): State<Ops>, Path(id): Path<String>) -> Respo
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
+    ops.metrics
+        .engine_backlog_age
+        .set(ops.backlog.age().as_secs_f64());
     (
         [(
             header::CONTENT_TYPE,
@@ -105,10 +107,21 @@ async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn readyz(State(ops): State<Ops>) -> Response {
+    if !ops.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
+    let lag = ops.backlog.age();
+    if lag > ops.max_lag {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "not ready: the engine has been on its oldest batch for {:.1}s (engine.max_lag {:.0}s)\n",
+                lag.as_secs_f64(),
+                ops.max_lag.as_secs_f64()
+            ),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
 }

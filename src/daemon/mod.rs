@@ -163,6 +163,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         );
     }
     let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
+    let backlog = pipeline::Backlog::default();
     let journal_size = Arc::new(AtomicU64::new(0));
     let mut pipeline = Pipeline::new(
         engine,
@@ -178,6 +179,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             journal_max: config.journal.max_size.0,
             // Without notifiers there is nothing to hand over (no copies of every alert).
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
+            backlog: backlog.clone(),
             formats: config
                 .sources
                 .iter()
@@ -285,11 +287,13 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("http.listen {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "metrics and health on /metrics, /healthz, /readyz");
-            let app = http::router(
-                Arc::clone(&metrics),
-                Arc::clone(&ready),
-                Arc::clone(&notify.silences),
-            );
+            let app = http::router(http::Ops {
+                metrics: Arc::clone(&metrics),
+                ready: Arc::clone(&ready),
+                silences: Arc::clone(&notify.silences),
+                backlog: backlog.clone(),
+                max_lag: config.engine.max_lag.std(),
+            });
             let stop = stop.clone();
             tasks.spawn(async move {
                 let _ = axum::serve(listener, app)

@@ -61,6 +61,51 @@ pub enum Input {
     Shutdown,
 }
 
+/// The age of the oldest batch the engine has received and not finished: the one it is
+/// evaluating (queued batches are younger: the queue is first in, first out). Zero while the
+/// engine waits for work. Any stall of the engine thread, whatever its cause (a costly rule, a
+/// pathological input, a bug), shows here as a growing age: `/metrics` reports it and
+/// `/readyz` fails past `engine.max_lag`.
+#[derive(Clone)]
+pub struct Backlog(Arc<BacklogClock>);
+
+struct BacklogClock {
+    base: Instant,
+    /// Nanoseconds from `base` to the oldest unfinished batch's receipt, plus one; 0 when idle.
+    since: AtomicU64,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog(Arc::new(BacklogClock {
+            base: Instant::now(),
+            since: AtomicU64::new(0),
+        }))
+    }
+}
+
+impl Backlog {
+    /// The engine took up work received at `received`.
+    pub fn start(&self, received: Instant) {
+        let nanos = received.saturating_duration_since(self.0.base).as_nanos();
+        let stamp = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
+        self.0.since.store(stamp, Ordering::Release);
+    }
+
+    /// The engine finished it and waits for the next.
+    pub fn finish(&self) {
+        self.0.since.store(0, Ordering::Release);
+    }
+
+    /// How long the oldest unfinished work has been waiting.
+    pub fn age(&self) -> Duration {
+        match self.0.since.load(Ordering::Acquire) {
+            0 => Duration::ZERO,
+            stamp => (self.0.base + Duration::from_nanos(stamp - 1)).elapsed(),
+        }
+    }
+}
+
 /// What the engine thread tells the rest of the daemon.
 pub enum Feedback {
     /// A snapshot covering journal records up to this sequence number is on disk.
@@ -80,6 +125,8 @@ pub struct PipelineOptions {
     pub notify: Option<crate::notify::Submitter>,
     /// Each source's input format (by source name; `auto` for any other).
     pub formats: std::collections::HashMap<String, crate::event::InputFormat>,
+    /// Stamped with the work in hand, for `/metrics` and `/readyz`.
+    pub backlog: Backlog,
 }
 
 pub struct Pipeline {
@@ -212,6 +259,10 @@ impl Pipeline {
                 .queue_depth
                 .with_label_values(&["engine"])
                 .set(rx.len() as i64);
+            match &input {
+                Input::Batch(batch) => self.opts.backlog.start(batch.received),
+                _ => self.opts.backlog.start(Instant::now()),
+            }
             match input {
                 Input::Batch(batch) => self.process(batch),
                 Input::Tick => self.tick(),
@@ -233,6 +284,7 @@ impl Pipeline {
                 }
                 Input::Shutdown => break,
             }
+            self.opts.backlog.finish();
         }
         self.final_snapshot();
         tracing::info!(

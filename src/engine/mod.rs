@@ -222,7 +222,9 @@ impl RuleState {
                 .window
                 .clone()
                 .map(|spec| RuleWindow::new(spec, opts.max_keys_per_rule)),
-            throttle: rule.throttle.map(Throttle::new),
+            throttle: rule
+                .throttle
+                .map(|period| Throttle::new(period, opts.max_keys_per_rule)),
             stats: RuleStats::default(),
         }
     }
@@ -300,7 +302,8 @@ impl Engine {
     pub fn rule_stats(&self) -> impl Iterator<Item = (&Rule, RuleStats)> {
         self.rules.rules.iter().zip(&self.states).map(|(r, s)| {
             let mut stats = s.stats.clone();
-            stats.evicted_keys = s.window.as_ref().map_or(0, |w| w.evicted);
+            stats.evicted_keys = s.window.as_ref().map_or(0, |w| w.evicted)
+                + s.throttle.as_ref().map_or(0, |t| t.evicted);
             (r, stats)
         })
     }
@@ -427,7 +430,11 @@ impl Engine {
                 ));
             }
             if let Some(period) = rule.throttle {
-                state.throttle = Some(Throttle::restore(period, snapshot.throttle));
+                state.throttle = Some(Throttle::restore(
+                    period,
+                    self.opts.max_keys_per_rule,
+                    snapshot.throttle,
+                ));
             }
             restored += 1;
         }

@@ -21,8 +21,10 @@
 //!   counted and reported on the next alert.
 //!
 //! State is bounded: at most `max_keys` keys per rule (the least recently updated key is
-//! evicted and counted), and a count window never holds more than `threshold - 1` hits.
+//! evicted and counted, in amortised constant time: see [`evict`]), and a count window never
+//! holds more than `threshold - 1` hits. Throttles are bounded by the same number of keys.
 
+mod evict;
 mod reorder;
 
 use std::cmp::Reverse;
@@ -31,6 +33,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use evict::OldestKeys;
 pub use reorder::{Hit, ReorderBuffer, ReorderSnapshot};
 
 use crate::alert::EventRef;
@@ -226,6 +229,8 @@ pub struct RuleWindow {
     /// Absence deadlines (deadline, key), at most one per key; a popped deadline that the key
     /// has moved past since is pushed again with the key's current deadline.
     deadlines: BinaryHeap<Reverse<(EventTime, GroupKey)>>,
+    /// Which key goes next when `max_keys` is reached.
+    oldest: OldestKeys,
     pub evicted: u64,
 }
 
@@ -239,8 +244,14 @@ impl RuleWindow {
             keys: HashMap::default(),
             max_keys: max_keys.max(1),
             deadlines: BinaryHeap::new(),
+            oldest: OldestKeys::default(),
             evicted: 0,
         }
+    }
+
+    /// Entries looked at to choose evictions so far (a cost measure for tests and benches).
+    pub fn eviction_work(&self) -> u64 {
+        self.oldest.work
     }
 
     pub fn spec(&self) -> &WindowSpec {
@@ -559,13 +570,11 @@ impl RuleWindow {
     }
 
     fn evict_oldest(&mut self) {
-        // Ties broken by key, so the choice does not depend on the hash map's order.
-        if let Some(oldest) = self
-            .keys
-            .iter()
-            .min_by_key(|(k, e)| (e.updated, *k))
-            .map(|(k, _)| k.clone())
-        {
+        let keys = &self.keys;
+        if let Some(oldest) = self.oldest.pop(
+            || keys.iter().map(|(k, e)| (k, e.updated)),
+            |k| keys.get(k).map(|e| e.updated),
+        ) {
             self.keys.remove(&oldest);
             self.evicted += 1;
         }
@@ -588,18 +597,26 @@ impl WindowSnapshot {
     }
 }
 
-/// Per-key throttle: at most one alert per key per `period` of event time.
+/// Per-key throttle: at most one alert per key per `period` of event time. At most
+/// `max_keys` keys are remembered; beyond that the key whose throttle ends first is forgotten
+/// (its next alert goes out: a bound on memory must not become a way to silence alerts).
 #[derive(Debug)]
 pub struct Throttle {
     period: Span,
     until: HashMap<GroupKey, (EventTime, u64)>,
+    max_keys: usize,
+    oldest: OldestKeys,
+    pub evicted: u64,
 }
 
 impl Throttle {
-    pub fn new(period: Span) -> Throttle {
+    pub fn new(period: Span, max_keys: usize) -> Throttle {
         Throttle {
             period,
             until: HashMap::default(),
+            max_keys: max_keys.max(1),
+            oldest: OldestKeys::default(),
+            evicted: 0,
         }
     }
 
@@ -616,6 +633,16 @@ impl Throttle {
                 Some(std::mem::take(swallowed))
             }
             None => {
+                if self.until.len() >= self.max_keys {
+                    let until = &self.until;
+                    if let Some(gone) = self.oldest.pop(
+                        || until.iter().map(|(k, (t, _))| (k, *t)),
+                        |k| until.get(k).map(|(t, _)| *t),
+                    ) {
+                        self.until.remove(&gone);
+                        self.evicted += 1;
+                    }
+                }
                 self.until
                     .insert(key.clone(), (time.saturating_add(self.period), 0));
                 Some(0)
@@ -633,8 +660,7 @@ impl Throttle {
         self.until.len()
     }
 
-    /// (key, until, swallowed) for every key, sorted by key.
-    /// A copy of the state, in no particular order (sort by key to compare).
+    /// (key, until, swallowed) for every key, in no particular order (sort by key to compare).
     pub fn snapshot(&self) -> Vec<(GroupKey, EventTime, u64)> {
         self.until
             .iter()
@@ -642,9 +668,17 @@ impl Throttle {
             .collect()
     }
 
-    pub fn restore(period: Span, entries: Vec<(GroupKey, EventTime, u64)>) -> Throttle {
-        let mut t = Throttle::new(period);
-        t.until = entries.into_iter().map(|(k, u, n)| (k, (u, n))).collect();
+    pub fn restore(
+        period: Span,
+        max_keys: usize,
+        entries: Vec<(GroupKey, EventTime, u64)>,
+    ) -> Throttle {
+        let mut t = Throttle::new(period, max_keys);
+        t.until = entries
+            .into_iter()
+            .take(t.max_keys)
+            .map(|(k, u, n)| (k, (u, n)))
+            .collect();
         t
     }
 

@@ -177,7 +177,7 @@ fn absence_fires_once_per_silence_and_rearms() {
 
 #[test]
 fn throttle_swallows_and_reports() {
-    let mut t = Throttle::new(Span::from_secs(10 * MIN));
+    let mut t = Throttle::new(Span::from_secs(10 * MIN), 1000);
     let k: GroupKey = Arc::from("mallory");
     assert_eq!(t.admit(&k, EventTime::from_secs(0)), Some(0));
     assert_eq!(t.admit(&k, EventTime::from_secs(60)), None);
@@ -378,4 +378,51 @@ fn equal_times_release_in_auditid_order_even_when_ids_share_a_long_prefix() {
         ]
     );
     assert_eq!(b.pending(), 0);
+}
+
+/// Issue 16: an attacker who makes every request a new key (a new source address, a new user)
+/// must not turn each eviction into a scan of every key. Past the bound, the entries looked
+/// at per eviction stay a small constant, and the key evicted is still the least recently
+/// updated one (the window keeps the newest keys and their counts).
+#[test]
+fn eviction_past_the_key_bound_costs_constant_work() {
+    let bound = 2_000;
+    let mut w = RuleWindow::new(
+        WindowSpec::Count {
+            over: Span::from_secs(3600),
+            threshold: 3,
+        },
+        bound,
+    );
+    let events = 10 * bound as i64;
+    for i in 0..events {
+        // A slowly moving repeat offender keeps its key fresh among the one-off keys.
+        let key = if i % 10 == 0 {
+            "repeat".to_owned()
+        } else {
+            format!("10.{}.{}.{}", i >> 16, (i >> 8) & 0xff, i & 0xff)
+        };
+        w.on_hit(hit(i, &key, &format!("id{i}")));
+    }
+    assert_eq!(w.key_count(), bound);
+    let evicted = w.evicted;
+    assert!(evicted as i64 >= events * 8 / 10, "{evicted} evictions");
+    let per_eviction = w.eviction_work() as f64 / evicted as f64;
+    assert!(
+        per_eviction < 12.0,
+        "{per_eviction:.1} keys looked at per eviction (a full scan would be {bound})"
+    );
+    // Least recently updated goes first: the repeat offender stays, the early keys are gone.
+    assert!(w.keys.contains_key("repeat"));
+    assert!(!w.keys.contains_key("10.0.0.1"));
+    assert!(
+        w.keys.contains_key(
+            format!(
+                "10.0.{}.{}",
+                ((events - 1) >> 8) & 0xff,
+                (events - 1) & 0xff
+            )
+            .as_str()
+        )
+    );
 }
