@@ -6,15 +6,17 @@
 //! `file:line:column`.
 
 use crate::event::InputFormat;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::daemon::http::HttpConfig;
 use crate::event::Span;
+pub use crate::net::tls::TlsConfig;
 use crate::rules::position::{Pos, PositionIndex};
+pub use crate::source::webhook::WebhookConfig;
+pub use crate::units::{ByteSize, Duration};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -54,6 +56,8 @@ pub struct Config {
     /// The routing tree's root.
     pub route: crate::notify::config::RouteConfig,
     pub delivery: crate::notify::config::DeliveryConfig,
+    /// Bounds on silences made through the API.
+    pub silences: crate::notify::silence::SilenceLimits,
     pub log: LogConfig,
 }
 
@@ -73,6 +77,7 @@ impl Default for Config {
             notifiers: Default::default(),
             route: Default::default(),
             delivery: Default::default(),
+            silences: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -179,49 +184,6 @@ impl SourceConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WebhookConfig {
-    pub name: String,
-    pub listen: SocketAddr,
-    /// Path the apiserver POSTs to (any path is accepted when empty).
-    pub path: String,
-    pub tls: Option<TlsConfig>,
-    /// File holding the bearer token senders must present (`Authorization: Bearer ...`).
-    pub bearer_token_file: Option<PathBuf>,
-    /// Largest request body accepted, after gzip decompression as well.
-    pub max_body: ByteSize,
-    /// Time allowed to receive a whole request (headers and body); slower clients get 408.
-    pub read_timeout: Duration,
-    /// `auto` (default), `native`, `eks`, `aks` or `gke`: see docs/inputs.md.
-    pub input_format: InputFormat,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        WebhookConfig {
-            name: "webhook".into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
-            path: String::new(),
-            tls: None,
-            bearer_token_file: None,
-            max_body: ByteSize(32 << 20),
-            read_timeout: Duration(Span::from_secs(30)),
-            input_format: InputFormat::Auto,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// CA bundle for client certificates; when set, a valid client certificate is required.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -258,21 +220,6 @@ impl Default for StdinConfig {
         StdinConfig {
             name: "stdin".into(),
             input_format: InputFormat::Auto,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// `/metrics`, `/healthz`, `/readyz`. Empty disables it.
-    pub listen: Option<SocketAddr>,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9095))),
         }
     }
 }
@@ -379,78 +326,6 @@ impl Default for LogConfig {
     }
 }
 
-/// A duration written as in rule files: `250ms`, `30s`, `5m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Duration(pub Span);
-
-impl Duration {
-    pub fn std(self) -> std::time::Duration {
-        std::time::Duration::from_nanos(self.0.0.max(0) as u64)
-    }
-}
-
-impl<'de> Deserialize<'de> for Duration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Span::parse(&text)
-            .map(Duration)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// A size in bytes: an integer, or `512KiB`, `32MiB`, `1GiB` (also kB/MB/GB, powers of 1000).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let t = text.trim();
-        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (number, unit) = t.split_at(digits);
-        let n: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {text:?}: expected a number and a unit"))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "kB" | "KB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            other => {
-                return Err(format!(
-                    "invalid size {text:?}: unknown unit {other:?} (B, KiB, MiB, GiB, kB, MB, GB)"
-                ));
-            }
-        };
-        n.checked_mul(mult)
-            .map(ByteSize)
-            .ok_or_else(|| format!("invalid size {text:?}: too large"))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} bytes", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -472,18 +347,12 @@ impl Config {
         paths.extend(self.rules.iter_mut());
         for source in &mut self.sources {
             match source {
-                SourceConfig::Webhook(w) => {
-                    paths.extend(w.bearer_token_file.as_mut());
-                    if let Some(tls) = &mut w.tls {
-                        paths.push(&mut tls.cert);
-                        paths.push(&mut tls.key);
-                        paths.extend(tls.client_ca.as_mut());
-                    }
-                }
+                SourceConfig::Webhook(w) => paths.extend(w.paths_mut()),
                 SourceConfig::File(f) => paths.push(&mut f.path),
                 SourceConfig::Stdin(_) => {}
             }
         }
+        paths.extend(self.http.paths_mut());
         for notifier in self.notifiers.values_mut() {
             paths.extend(notifier.paths_mut());
         }
@@ -599,6 +468,7 @@ impl Config {
             n.validate()
                 .map_err(|(key, msg)| (format!("notifiers.{name}.{key}"), msg))?;
         }
+        self.http.validate()?;
         if self.pipeline.queue == 0 {
             return Err(("pipeline.queue".into(), "must be at least 1".into()));
         }
@@ -673,7 +543,7 @@ journal: { fsync: never, max_size: 2GiB }
         let file = dir.join("auditwatch.yaml");
         std::fs::write(
             &file,
-            "state_dir: state\nrules: [rules, /abs/rules]\nsources:\n  - webhook:\n      tls: {cert: tls/c.pem, key: tls/k.pem, client_ca: /ca.pem}\n  - file: {path: audit.log}\nnotifiers:\n  pd: {pagerduty: {routing_key: {file: key}}}\n",
+            "state_dir: state\nrules: [rules, /abs/rules]\nsources:\n  - webhook:\n      tls: {cert: tls/c.pem, key: tls/k.pem, client_ca: /ca.pem}\n  - file: {path: audit.log}\nnotifiers:\n  pd: {pagerduty: {routing_key: {file: key}}}\nhttp:\n  auth: {bearer_token_file: api/token, basic_auth_users_file: /etc/users}\n  tls: {cert: h.crt, key: h.key}\n",
         )
         .unwrap();
         let c = Config::load(&file).unwrap();
@@ -694,6 +564,15 @@ journal: { fsync: never, max_size: 2GiB }
             panic!("pagerduty")
         };
         assert_eq!(pd.routing_key.file.as_deref(), Some(&*dir.join("key")));
+        assert_eq!(
+            c.http.auth.bearer_token_file.as_deref(),
+            Some(&*dir.join("api/token"))
+        );
+        assert_eq!(
+            c.http.auth.basic_auth_users_file.as_deref(),
+            Some(Path::new("/etc/users"))
+        );
+        assert_eq!(c.http.tls.as_ref().unwrap().key, dir.join("h.key"));
     }
 
     #[test]

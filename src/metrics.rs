@@ -21,6 +21,14 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     /// Webhook requests refused, by source and reason.
     pub webhook_refused: IntCounterVec,
+    /// Connections open, by listener (a webhook source's name, or `http`).
+    pub connections_open: IntGaugeVec,
+    /// Each listener's connection cap (after fitting the descriptor limit).
+    pub connections_max: IntGaugeVec,
+    /// Operations listener refusals, by reason.
+    pub http_refused: IntCounterVec,
+    /// Token, password and TLS file reloads, by what and result.
+    pub credential_reloads: IntCounterVec,
     /// Alerts fired, by rule and severity.
     pub alerts: IntCounterVec,
     /// Alerts not emitted again after a restart because the alert journal already had them.
@@ -169,6 +177,16 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let connections_open = gauge_vec(
+            "auditwatch_connections_open",
+            "Connections open, by listener (a webhook source's name, or http).",
+            &["listener"],
+        );
+        let connections_max = gauge_vec(
+            "auditwatch_connections_max",
+            "Connections a listener holds at most; beyond it new ones wait to be accepted.",
+            &["listener"],
+        );
         let queue_capacity = gauge_vec(
             "auditwatch_queue_capacity",
             "Capacity of an internal queue (see auditwatch_queue_depth).",
@@ -264,6 +282,20 @@ impl Metrics {
                 "auditwatch_webhook_refused_total",
                 "Webhook requests or connections refused, by source and reason.",
                 &["source", "reason"],
+            ),
+            connections_open,
+            connections_max,
+            credential_reloads: counter_vec(
+                &registry,
+                "auditwatch_credential_reloads_total",
+                "Reloads of bearer tokens, password files and TLS material after their files changed or on SIGHUP, by what and result (ok, error: the previous one stays in effect).",
+                &["what", "result"],
+            ),
+            http_refused: counter_vec(
+                &registry,
+                "auditwatch_http_refused_total",
+                "Requests and connections refused by the operations listener (metrics, health, silences API), by reason.",
+                &["reason"],
             ),
             alerts: counter_vec(
                 &registry,

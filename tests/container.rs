@@ -644,6 +644,21 @@ fn the_image_layout_runs_as_built() {
     ] {
         std::fs::write(secret.join(name.file_name().unwrap()), pem).unwrap();
     }
+    // The API token Secret, where the baked config expects it.
+    let token = config
+        .http
+        .auth
+        .bearer_token_file
+        .as_ref()
+        .expect("the image's silences API needs a token");
+    let token_dir_in_image = config_dir.join(token.parent().unwrap());
+    let api_secret = scratch.0.join("api");
+    std::fs::create_dir_all(&api_secret).unwrap();
+    std::fs::write(
+        api_secret.join(token.file_name().unwrap()),
+        "container-token\n",
+    )
+    .unwrap();
     let client = scratch.0.join("client");
     std::fs::create_dir_all(&client).unwrap();
     std::fs::write(client.join("ca.crt"), &pki.ca).unwrap();
@@ -656,6 +671,7 @@ fn the_image_layout_runs_as_built() {
         &[
             (volume.clone(), config.state_dir.display().to_string()),
             (secret, secret_dir_in_image.display().to_string()),
+            (api_secret, token_dir_in_image.display().to_string()),
         ],
         &scratch.0,
     );
@@ -755,6 +771,37 @@ fn the_image_layout_runs_as_built() {
             "auditwatch_audit_events_total{code_class=\"1xx\",verb=\"create\"}"
         ),
         1.0
+    );
+
+    // The silences API answers only with the token.
+    let silences_url = format!(
+        "http://127.0.0.1:{}/api/v1/silences",
+        config.http.listen.unwrap().port()
+    );
+    let status_of = |extra: &[&str]| {
+        let out = c.in_net(
+            &[
+                &[
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "30",
+                ][..],
+                extra,
+                &[silences_url.as_str()],
+            ]
+            .concat(),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status_of(&[]), "401");
+    assert_eq!(
+        status_of(&["-H", "Authorization: Bearer container-token"]),
+        "200"
     );
 
     // Graceful stop on SIGTERM (what `docker stop` and the kubelet send); the state lands in

@@ -27,8 +27,19 @@ rules:
     window: { threshold: 3, over: 5m, group_by: [user.username] }
 "#;
 
+/// Sends what the apiserver's webhook backend sends: JSON, with its content type.
+fn json_headers() -> reqwest::header::HeaderMap {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
 fn client(pki: &Pki, identity: Option<(&str, &str)>) -> reqwest::blocking::Client {
     let mut b = reqwest::blocking::Client::builder()
+        .default_headers(json_headers())
         .use_rustls_tls()
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.as_bytes()).unwrap())
         .timeout(Duration::from_secs(30));
@@ -181,7 +192,7 @@ sources:
         .unwrap();
     write!(
         slow,
-        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"kind\":"
     )
     .unwrap();
     let mut answer = String::new();
@@ -489,7 +500,10 @@ sources: [ {{ webhook: {{ listen: "127.0.0.1:{port}" }} }} ]
     .unwrap();
     let daemon = Daemon::start(&dir.0, &config, metrics, 0);
     let post = |body: String| {
-        reqwest::blocking::Client::new()
+        reqwest::blocking::Client::builder()
+            .default_headers(json_headers())
+            .build()
+            .unwrap()
             .post(format!("http://127.0.0.1:{port}/"))
             .body(body)
             .send()

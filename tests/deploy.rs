@@ -246,16 +246,20 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
     for s in &config.sources {
         match s {
             auditwatch::config::SourceConfig::Webhook(w) => {
-                if let Some(t) = &w.tls {
-                    paths.extend([t.cert.clone(), t.key.clone()]);
-                    paths.extend(t.client_ca.clone());
-                }
+                paths.extend(w.clone().paths_mut().into_iter().map(|p| p.clone()));
             }
             auditwatch::config::SourceConfig::File(f) => paths.push(f.path.clone()),
             auditwatch::config::SourceConfig::Stdin(_) => {}
         }
     }
     let mut config_mut = config.clone();
+    // The API is reachable beyond loopback, so it must authenticate (Config::parse refuses it
+    // otherwise), and its token file is mounted from a Secret.
+    assert!(
+        config.http.auth.is_configured() && !config.http.insecure,
+        "{name}: the silences API must use auth"
+    );
+    paths.extend(config_mut.http.paths_mut().into_iter().map(|p| p.clone()));
     for n in config_mut.notifiers.values_mut() {
         paths.extend(n.paths_mut().into_iter().map(|p| p.clone()));
     }
@@ -343,6 +347,40 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
     config
 }
 
+/// The shipped NetworkPolicy selects the workload's pods and lets in its webhook and metrics
+/// ports, and nothing else.
+fn network_policy_admits(
+    docs: &[(String, Value)],
+    workload: &Value,
+    config: &auditwatch::config::Config,
+) {
+    let policy = find(docs, "NetworkPolicy", "auditwatch");
+    let labels = &workload["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selects(&policy["spec"]["podSelector"], labels),
+        "the NetworkPolicy selects the pods"
+    );
+    let allowed: Vec<u64> = policy["spec"]["ingress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_sequence().unwrap().iter())
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    let mut needed: Vec<u64> = vec![u64::from(config.http.listen.unwrap().port())];
+    for s in &config.sources {
+        if let auditwatch::config::SourceConfig::Webhook(w) = s {
+            needed.push(u64::from(w.listen.port()));
+        }
+    }
+    for port in needed {
+        assert!(
+            allowed.contains(&port),
+            "the NetworkPolicy blocks port {port}"
+        );
+    }
+}
+
 #[test]
 fn webhook_topology_fits_together() {
     let docs = documents();
@@ -370,6 +408,7 @@ fn webhook_topology_fits_together() {
         selects(&pdb["spec"]["selector"], labels),
         "the PDB selects the pods"
     );
+    network_policy_admits(&docs, deployment, &config);
     let monitor = find(&docs, "ServiceMonitor", "auditwatch");
     assert!(selects(
         &monitor["spec"]["selector"],
@@ -433,6 +472,7 @@ fn node_topology_fits_together() {
     let docs = documents();
     let ds = find(&docs, "DaemonSet", "auditwatch-node");
     let config = check_workload(&docs, ds);
+    network_policy_admits(&docs, ds, &config);
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(
         pod["nodeSelector"]["node-role.kubernetes.io/control-plane"],

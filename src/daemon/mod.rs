@@ -139,6 +139,8 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     }
     let alerts = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
         .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
+    let alerts_len = alerts.len();
+    let alerts = Arc::new(std::sync::Mutex::new(alerts));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,10 +150,11 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         NotifyOptions {
             state_dir: config.state_dir.clone(),
             alert_journal: state.alerts_path(),
-            alert_journal_len: alerts.len(),
+            alert_journal_len: alerts_len,
             notifiers: config.notifiers.clone(),
             route: config.route.clone(),
             delivery: config.delivery.clone(),
+            silence_limits: config.silences.clone(),
         },
         Arc::clone(&metrics),
         runtime.handle(),
@@ -168,7 +171,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         engine,
         state.clone(),
-        alerts,
+        Arc::clone(&alerts),
         Arc::clone(&metrics),
         PipelineOptions {
             stdout: config.alerts.stdout,
@@ -232,9 +235,20 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     let stop_files = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(AtomicBool::new(false));
 
+    // Connection caps that together fit the descriptor limit, with a reserve for state files.
+    let listeners = config
+        .sources
+        .iter()
+        .filter(|s| matches!(s, SourceConfig::Webhook(_)))
+        .count()
+        + usize::from(config.http.listen.is_some());
+    let fd_limit = crate::net::serve::fd_limit();
+    let cap = |wanted: usize| crate::net::serve::connection_cap(wanted, listeners, fd_limit);
+
     let result: anyhow::Result<()> = runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         let mut file_threads = Vec::new();
+        let mut reloadables: Vec<Arc<dyn crate::net::reload::Reloadable>> = Vec::new();
         for source in &config.sources {
             match source {
                 SourceConfig::Webhook(cfg) => {
@@ -246,17 +260,31 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
                             journal_size: Arc::clone(&journal_size),
                             journal_max: config.journal.max_size.0,
                             metrics: Arc::clone(&metrics),
+                            max_connections: cap(cfg.connections.max),
                         },
                     )
                     .await?;
+                    let max_connections = cap(cfg.connections.max);
+                    metrics
+                        .connections_max
+                        .with_label_values(&[&cfg.name])
+                        .set(max_connections as i64);
                     tracing::info!(
                         source = %cfg.name,
                         addr = %hook.local_addr()?,
                         tls = cfg.tls.is_some(),
                         client_certs = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
                         token = cfg.bearer_token_file.is_some(),
+                        max_connections,
                         "webhook listening"
                     );
+                    if !cfg.listen.ip().is_loopback()
+                        && cfg.bearer_token_file.is_none()
+                        && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+                    {
+                        tracing::warn!(source = %cfg.name, addr = %cfg.listen, "this webhook accepts audit events from anyone who can reach it: set tls.client_ca or bearer_token_file");
+                    }
+                    reloadables.extend(hook.reloadables());
                     tasks.spawn(hook.serve(stop.clone()));
                 }
                 SourceConfig::File(cfg) => {
@@ -286,20 +314,71 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("http.listen {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, "metrics and health on /metrics, /healthz, /readyz");
-            let app = http::router(http::Ops {
+            let tls = config
+                .http
+                .tls
+                .as_ref()
+                .map(|t| crate::net::tls::reloading("http", t))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+            let auth = crate::net::auth::Authenticator::new("http", &config.http.auth)
+                .map_err(|e| anyhow::anyhow!("http.auth: {e}"))?;
+            reloadables.extend(tls.iter().map(|t| Arc::clone(t) as Arc<dyn crate::net::reload::Reloadable>));
+            reloadables.extend(auth.iter().flat_map(|a| a.reloadables()));
+            let mut limits = config.http.connections.limits();
+            limits.max_connections = cap(limits.max_connections);
+            metrics
+                .connections_max
+                .with_label_values(&["http"])
+                .set(limits.max_connections as i64);
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                tls = tls.is_some(),
+                auth = auth.is_some(),
+                max_connections = limits.max_connections,
+                "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences"
+            );
+            if auth.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "http.insecure: the silences API is open to anyone who can reach this address");
+            }
+            if auth.as_ref().is_some_and(|a| a.offers_basic()) && tls.is_none() && !addr.ip().is_loopback() {
+                tracing::warn!(%addr, "basic auth over plain HTTP: passwords cross the network in clear; set http.tls");
+            }
+            http::prime_metrics(&metrics);
+            let guard = Arc::new(http::Guard {
+                auth,
+                allowed_hosts: config.http.allowed_hosts.clone(),
                 metrics: Arc::clone(&metrics),
-                ready: Arc::clone(&ready),
-                silences: Arc::clone(&notify.silences),
-                backlog: backlog.clone(),
-                max_lag: config.engine.max_lag.std(),
             });
+            let app = http::router(
+                http::Ops {
+                    metrics: Arc::clone(&metrics),
+                    ready: Arc::clone(&ready),
+                    silences: Arc::clone(&notify.silences),
+                    journal: Arc::clone(&alerts),
+                    backlog: backlog.clone(),
+                    max_lag: config.engine.max_lag.std(),
+                },
+                Arc::clone(&guard),
+            );
+            let events: Arc<dyn crate::net::serve::ConnEvents> = guard;
+            tasks.spawn(crate::net::serve::serve(
+                listener,
+                tls,
+                app,
+                limits,
+                events,
+                stop.clone(),
+                Duration::from_secs(5),
+            ));
+        }
+
+        // Tokens, passwords and certificates follow their files.
+        if !reloadables.is_empty() {
+            let every = config.reload.interval.std();
+            let metrics = Arc::clone(&metrics);
             let stop = stop.clone();
-            tasks.spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            });
+            tasks.spawn(credentials_loop(reloadables, every, metrics, stop));
         }
 
         // The clock: ticks move event time on while the stream is quiet.
@@ -412,9 +491,11 @@ async fn reload_loop(
             _ = stop.cancelled() => return,
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => "SIGHUP",
             _ = every.tick(), if watch.is_some() => {
-                let now = rules.stamp();
-                if now == stamp { continue; }
-                stamp = now;
+                // Files that cannot be listed right now (out of descriptors, a directory
+                // being replaced) are not a change: look again at the next tick.
+                let Some(now) = rules.stamp() else { continue };
+                if Some(&now) == stamp.as_ref() { continue; }
+                stamp = Some(now);
                 "rule files changed"
             }
         };
@@ -446,6 +527,51 @@ async fn reload_loop(
                 }
             }
             Err(e) => tracing::error!(error = %e, "rule reload task failed"),
+        }
+    }
+}
+
+/// Reloads tokens, password files and TLS material when their files change (checked every
+/// `every`) and on SIGHUP. A file that does not load keeps the previous value in effect.
+async fn credentials_loop(
+    reloadables: Vec<Arc<dyn crate::net::reload::Reloadable>>,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    use crate::net::reload::Reload;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let force = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+        };
+        for r in &reloadables {
+            // Reading a few small files: cheap enough for the runtime thread.
+            match r.check(force) {
+                Reload::Unchanged => {}
+                Reload::Reloaded => {
+                    metrics
+                        .credential_reloads
+                        .with_label_values(&[r.name(), "ok"])
+                        .inc();
+                    tracing::info!(
+                        what = r.name(),
+                        reason = if force { "SIGHUP" } else { "file changed" },
+                        "reloaded"
+                    );
+                }
+                Reload::Failed(e) => {
+                    metrics
+                        .credential_reloads
+                        .with_label_values(&[r.name(), "error"])
+                        .inc();
+                    tracing::error!(what = r.name(), error = %e, "cannot reload; the previous one stays in effect");
+                }
+            }
         }
     }
 }

@@ -18,10 +18,11 @@ use crate::alert::Alert;
 use crate::config::StdoutFormat;
 use crate::engine::Engine;
 use crate::event::{EventTime, Position};
+use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use crate::replay::decode_each;
 use crate::rules::RuleSet;
-use crate::state::{AlertJournal, FileCheckpoint, SNAPSHOT_VERSION, StateDir, StateSnapshot};
+use crate::state::{FileCheckpoint, SNAPSHOT_VERSION, SharedAlertJournal, StateDir, StateSnapshot};
 
 /// How far a batch brings its source.
 #[derive(Debug, Clone)]
@@ -131,7 +132,7 @@ pub struct PipelineOptions {
 
 pub struct Pipeline {
     engine: Engine,
-    alerts: AlertJournal,
+    alerts: SharedAlertJournal,
     metrics: Arc<Metrics>,
     opts: PipelineOptions,
     journal_seq: u64,
@@ -149,6 +150,9 @@ pub struct Pipeline {
     out: Vec<Alert>,
     writer: Option<SnapshotWriter>,
     snapshot_after_batch: bool,
+    /// Rejected records and script errors are counted in full, logged a few a minute.
+    rejected_log: LogGate,
+    script_error_log: LogGate,
 }
 
 /// Serialises and writes snapshots on its own thread, one at a time.
@@ -204,20 +208,25 @@ impl Pipeline {
     pub fn new(
         engine: Engine,
         state: StateDir,
-        alerts: AlertJournal,
+        alerts: SharedAlertJournal,
         metrics: Arc<Metrics>,
         opts: PipelineOptions,
         restored: Option<&StateSnapshot>,
         feedback: mpsc::UnboundedSender<Feedback>,
     ) -> std::io::Result<Pipeline> {
-        let (journal_seq, files, already_sent) = match restored {
-            Some(s) => (
-                s.journal_seq,
-                s.files.clone(),
-                alerts.ids_since(s.alert_journal_len)?,
-            ),
-            // No snapshot: every alert in the journal may come again from a full replay.
-            None => (0, BTreeMap::new(), alerts.ids_since(0)?),
+        let (journal_seq, files, already_sent) = {
+            let alerts = alerts
+                .lock()
+                .map_err(|_| std::io::Error::other("alert journal lock poisoned"))?;
+            match restored {
+                Some(s) => (
+                    s.journal_seq,
+                    s.files.clone(),
+                    alerts.ids_since(s.alert_journal_len)?,
+                ),
+                // No snapshot: every alert in the journal may come again from a full replay.
+                None => (0, BTreeMap::new(), alerts.ids_since(0)?),
+            }
         };
         metrics.rules_loaded.set(engine.rules().rules.len() as i64);
         let (state_for_writer, metrics_for_writer) = (state.clone(), Arc::clone(&metrics));
@@ -240,6 +249,8 @@ impl Pipeline {
                 feedback,
             )?),
             snapshot_after_batch: false,
+            rejected_log: LogGate::per_minute(),
+            script_error_log: LogGate::per_minute(),
         })
     }
 
@@ -304,7 +315,9 @@ impl Pipeline {
             Err(e) => {
                 // Keep the valid prefix; the rest is reported like any bad record.
                 let valid = e.valid_up_to();
-                tracing::warn!(source = %source, byte = valid, "input is not UTF-8 from this byte on; skipping the rest of the batch");
+                if let Some(held_back) = self.rejected_log.admit() {
+                    tracing::warn!(source = %source, byte = valid, held_back, "input is not UTF-8 from this byte on; skipping the rest of the batch");
+                }
                 rejected.inc();
                 std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
             }
@@ -322,9 +335,12 @@ impl Pipeline {
             }
             engine.process(ev, out);
         };
+        let rejected_log = &self.rejected_log;
         let mut on_error = |e: crate::event::DecodeError| {
             rejected.inc();
-            tracing::warn!(error = %e, "rejected record");
+            if let Some(held_back) = rejected_log.admit() {
+                tracing::warn!(error = %e, held_back, "rejected record (counted in auditwatch_events_rejected_total; a few are logged per minute)");
+            }
         };
         match batch.shape {
             Shape::Document => {
@@ -389,7 +405,9 @@ impl Pipeline {
                 .script_errors
                 .with_label_values(&[&e.rule])
                 .inc();
-            tracing::warn!(rule = %e.rule, audit_id = %e.audit_id, error = %e.message, "script error");
+            if let Some(held_back) = self.script_error_log.admit() {
+                tracing::warn!(rule = %e.rule, audit_id = %e.audit_id, error = %e.message, held_back, "script error (counted in auditwatch_script_errors_total; a few are logged per minute)");
+            }
         }
     }
 
@@ -458,16 +476,23 @@ impl Pipeline {
                 !again
             });
         }
-        match self.alerts.append(&alerts) {
-            Ok(offsets) => {
+        let appended = match self.alerts.lock() {
+            Ok(mut journal) => journal
+                .append(&alerts)
+                .map(|offsets| (offsets, journal.len()))
+                .map_err(|e| (journal.path().display().to_string(), e.to_string())),
+            Err(_) => Err(("alerts.jsonl".into(), "lock poisoned".into())),
+        };
+        match appended {
+            Ok((offsets, end)) => {
                 if let Some(notify) = &self.opts.notify {
-                    notify.submit(&alerts, &offsets, self.alerts.len());
+                    notify.submit(&alerts, &offsets, end);
                 }
             }
-            Err(e) => {
+            Err((path, e)) => {
                 // Not durable, so not deliverable with the no-loss guarantee; stdout still
                 // shows them below.
-                tracing::error!(path = %self.alerts.path().display(), error = %e, alerts = alerts.len(), "cannot append to the alert journal; these alerts are not sent to notifiers");
+                tracing::error!(path, error = %e, alerts = alerts.len(), "cannot append to the alert journal; these alerts are not sent to notifiers");
             }
         }
         let stdout = std::io::stdout();
@@ -494,7 +519,7 @@ impl Pipeline {
             version: SNAPSHOT_VERSION,
             journal_seq: self.journal_seq,
             files: self.files.clone(),
-            alert_journal_len: self.alerts.len(),
+            alert_journal_len: self.alerts.lock().map_or(0, |j| j.len()),
             engine: self.engine.capture(),
         }
     }

@@ -89,19 +89,53 @@ pub fn not_in_format(format: InputFormat) -> DecodeErrorKind {
 /// How many events (or batch items) a record holds under `format`, or why it holds none: the
 /// check the webhook makes before accepting a body, with the same dispatch as decoding
 /// (native first unless the format is an explicit managed one).
+///
+/// A body is refused when not one of its items is an audit event (`[1,2,3]`,
+/// `{"items":[1,2,3]}`, an `EventList` without items): the items are decoded until the first
+/// event, so a good batch costs one event's decoding here and a bad one is refused whole.
+/// Envelopes that hold only records skipped on purpose (a CloudWatch control message) count
+/// zero items and are accepted.
 pub fn count_items(format: InputFormat, text: &str) -> Result<usize, DecodeErrorKind> {
     let native = match format {
         InputFormat::Auto | InputFormat::Native => super::decode::decode_record(text),
         _ => Err(not_in_format(format)),
     };
     match native {
-        Ok(super::decode::Record::Batch(items)) => Ok(items.len()),
+        Ok(super::decode::Record::Batch(items)) => {
+            require_an_event(items.len(), items.iter().map(|i| i.get()))?;
+            Ok(items.len())
+        }
         Ok(super::decode::Record::Event(_)) => Ok(1),
         Err(e) => match unwrap(format, text)? {
-            Some(u) => Ok(u.events.len()),
+            Some(u) if u.events.is_empty() && u.skipped > 0 => Ok(0),
+            Some(u) => {
+                require_an_event(u.events.len(), u.events.iter().map(String::as_str))?;
+                Ok(u.events.len())
+            }
             None => Err(e),
         },
     }
+}
+
+/// `Ok` once one of the items decodes as an event; else why none does (with the first item's
+/// reason).
+fn require_an_event<'a>(
+    count: usize,
+    mut items: impl Iterator<Item = &'a str>,
+) -> Result<(), DecodeErrorKind> {
+    let Some(first) = items.next() else {
+        return Err(not_event("the batch has no items"));
+    };
+    let first_error = match super::decode::decode_event(first) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    if items.any(|item| super::decode::decode_event(item).is_ok()) {
+        return Ok(());
+    }
+    Err(not_event(format!(
+        "none of the {count} items is an audit event (item 0: {first_error})"
+    )))
 }
 
 fn any_shape(v: &Value, out: &mut Unwrapped) -> Result<bool, DecodeErrorKind> {
@@ -496,6 +530,35 @@ mod tests {
     }
 
     const EVENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","auditID":"a1","verb":"get","user":{"username":"alice"},"objectRef":{"resource":"secrets","namespace":"prod","name":"db"}}"#;
+
+    /// Issue 16.4: bodies without a single audit event were answered 200 with a WARN per item.
+    #[test]
+    fn a_body_without_any_audit_event_is_refused() {
+        for body in [
+            "[1,2,3]",
+            r#"{"items":[1,2,3]}"#,
+            r#"{"kind":"EventList","items":null}"#,
+            r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[]}"#,
+            r#"{"kind":"EventList","items":[{"foo":1},"x",null]}"#,
+            "[]",
+        ] {
+            let e = count_items(InputFormat::Auto, body).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    DecodeErrorKind::NotAnEvent(..) | DecodeErrorKind::Json(..)
+                ),
+                "{body}: {e}"
+            );
+        }
+        let e = count_items(InputFormat::Auto, "[1,2,3]").unwrap_err();
+        assert!(e.to_string().contains("none of the 3 items"), "{e}");
+        // One good item is enough: the bad ones are reported by the engine, item by item.
+        let mixed = format!(r#"{{"kind":"EventList","items":[1,{EVENT},"x"]}}"#);
+        assert_eq!(count_items(InputFormat::Auto, &mixed).unwrap(), 3);
+        let control = json!({"messageType": "CONTROL_MESSAGE", "logEvents": []}).to_string();
+        assert_eq!(count_items(InputFormat::Auto, &control).unwrap(), 0);
+    }
 
     #[test]
     fn eks_subscription_payload_plain_compressed_and_through_firehose() {

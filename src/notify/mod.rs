@@ -63,6 +63,7 @@ pub struct NotifyOptions {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     pub route: RouteConfig,
     pub delivery: DeliveryConfig,
+    pub silence_limits: silence::SilenceLimits,
 }
 
 enum Msg {
@@ -104,6 +105,7 @@ impl Notify {
         })?;
         let silences = Arc::new(Mutex::new(Silences::open(
             &opts.state_dir.join("silences.json"),
+            opts.silence_limits.clone(),
         )?));
         let (tx, rx) = std_mpsc::sync_channel::<Msg>(1024);
         let stop = CancellationToken::new();

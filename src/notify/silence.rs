@@ -2,6 +2,12 @@
 //! silenced alert is still written to the alert journal, counted and logged; it is only not
 //! sent. Kept in `silences.json` in the state dir, so they survive restarts.
 //!
+//! A silence is a way to stop alerts, so it is bounded like any input an attacker may send
+//! ([`SilenceLimits`]: duration, count, comment and matcher sizes), and one that matches every
+//! alert must be confirmed explicitly (`confirm_match_all`) and is logged at WARN. Who created
+//! or expired which silence is recorded by the caller (the HTTP API writes it to the alert
+//! journal).
+//!
 //! Matchers read like Alertmanager's: `name=value`, `name!=value`, `name=~regex`,
 //! `name!~regex` (regexes anchored), over the fields of [`super::route::alert_field`].
 
@@ -89,7 +95,22 @@ impl Matcher {
 
     pub fn matches(&self, alert: &Alert) -> bool {
         let got = alert_field(alert, &self.name);
-        let got = got.as_deref().unwrap_or("");
+        self.accepts(got.as_deref().unwrap_or(""))
+    }
+
+    /// Whether the matcher accepts every value its field can have: `rule=~".*"`,
+    /// `rule=~".+"`, `rule!=""`, `severity!=fatal` ... Decided on probe values: every
+    /// severity for `severity`; arbitrary text for the fields every alert has (`rule`, `id`,
+    /// `kind`); that and the empty string for labels and group fields, which may be missing.
+    pub fn accepts_anything(&self) -> bool {
+        match self.name.as_str() {
+            "severity" => SEVERITIES.iter().all(|p| self.accepts(p)),
+            "rule" | "alertname" | "id" | "kind" => PROBES.iter().all(|p| self.accepts(p)),
+            _ => self.accepts("") && PROBES.iter().all(|p| self.accepts(p)),
+        }
+    }
+
+    fn accepts(&self, got: &str) -> bool {
         match (self.op, &self.regex) {
             (Op::Eq, _) => got == self.value,
             (Op::Ne, _) => got != self.value,
@@ -149,11 +170,58 @@ pub struct Silence {
     pub matchers: Vec<Matcher>,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
+    /// As the client gave it (free text, like Alertmanager's `createdBy`).
     #[serde(default)]
     pub created_by: String,
+    /// Who the daemon authenticated when the silence was created (`anonymous` without auth).
+    #[serde(default)]
+    pub authenticated_as: String,
     #[serde(default)]
     pub comment: String,
+    /// Who expired it, if it was expired early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_by: Option<String>,
 }
+
+/// Bounds on silences (`silences:` in the config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SilenceLimits {
+    /// Silences that are active or pending at once.
+    pub max_silences: usize,
+    /// Longest time a silence may run (`ends_at - starts_at`).
+    pub max_duration: crate::units::Duration,
+    /// Longest comment, in bytes.
+    pub max_comment_bytes: usize,
+    /// Matchers per silence.
+    pub max_matchers: usize,
+    /// Longest matcher name or value, in bytes (a regex is compiled from it).
+    pub max_matcher_bytes: usize,
+}
+
+impl Default for SilenceLimits {
+    fn default() -> Self {
+        SilenceLimits {
+            max_silences: 500,
+            max_duration: crate::units::Duration(crate::event::Span::from_secs(30 * 86_400)),
+            max_comment_bytes: 1024,
+            max_matchers: 16,
+            max_matcher_bytes: 512,
+        }
+    }
+}
+
+/// Values that "any value" matchers are tried on (see [`Matcher::accepts_anything`]).
+const PROBES: [&str; 5] = [
+    "x",
+    "pod-exec",
+    "Critical",
+    "0123456789abcdef",
+    "Z9-_.:/@ ü",
+];
+
+/// Every severity an alert can have.
+const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
 
 impl Silence {
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
@@ -162,6 +230,11 @@ impl Silence {
 
     pub fn matches(&self, alert: &Alert) -> bool {
         !self.matchers.is_empty() && self.matchers.iter().all(|m| m.matches(alert))
+    }
+
+    /// Whether it matches every alert (each of its matchers accepts anything).
+    pub fn matches_everything(&self) -> bool {
+        self.matchers.iter().all(Matcher::accepts_anything)
     }
 
     pub fn state(&self, now: DateTime<Utc>) -> &'static str {
@@ -189,6 +262,9 @@ pub struct NewSilence {
     pub created_by: String,
     #[serde(default)]
     pub comment: String,
+    /// Must be true for a silence that matches every alert.
+    #[serde(default)]
+    pub confirm_match_all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +278,8 @@ pub enum MatcherSpec {
 pub enum SilenceError {
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Limit(String),
     #[error("no silence with id {0:?}")]
     NotFound(String),
     #[error("{path}: {source}")]
@@ -217,13 +295,14 @@ pub enum SilenceError {
 pub struct Silences {
     path: PathBuf,
     list: Vec<Silence>,
+    limits: SilenceLimits,
 }
 
 /// Expired silences are kept this long (for `silence list`), then forgotten.
 const KEEP_EXPIRED: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 impl Silences {
-    pub fn open(path: &Path) -> Result<Silences, SilenceError> {
+    pub fn open(path: &Path, limits: SilenceLimits) -> Result<Silences, SilenceError> {
         let io = |source| SilenceError::Io {
             path: path.to_owned(),
             source,
@@ -237,6 +316,7 @@ impl Silences {
         Ok(Silences {
             path: path.to_owned(),
             list,
+            limits,
         })
     }
 
@@ -255,12 +335,51 @@ impl Silences {
         self.list.iter().filter(|s| s.is_active(now)).count()
     }
 
-    pub fn add(&mut self, new: NewSilence, now: DateTime<Utc>) -> Result<Silence, SilenceError> {
+    /// Adds a silence for `by` (the authenticated principal). Bounded by the limits; one that
+    /// matches every alert needs `confirm_match_all`.
+    pub fn add(
+        &mut self,
+        new: NewSilence,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Silence, SilenceError> {
+        let limits = &self.limits;
+        if new.matchers.len() > limits.max_matchers {
+            return Err(SilenceError::Limit(format!(
+                "{} matchers; at most {} (silences.max_matchers)",
+                new.matchers.len(),
+                limits.max_matchers
+            )));
+        }
+        if new.comment.len() > limits.max_comment_bytes {
+            return Err(SilenceError::Limit(format!(
+                "comment of {} bytes; at most {} (silences.max_comment_bytes)",
+                new.comment.len(),
+                limits.max_comment_bytes
+            )));
+        }
+        if new.created_by.len() > limits.max_comment_bytes {
+            return Err(SilenceError::Limit(format!(
+                "created_by of {} bytes; at most {}",
+                new.created_by.len(),
+                limits.max_comment_bytes
+            )));
+        }
+        let too_long = |text: &str| text.len() > limits.max_matcher_bytes;
         let matchers = new
             .matchers
             .into_iter()
             .map(|m| match m {
+                MatcherSpec::Text(t) if too_long(&t) => Err(format!(
+                    "matcher of {} bytes; at most {} (silences.max_matcher_bytes)",
+                    t.len(),
+                    limits.max_matcher_bytes
+                )),
                 MatcherSpec::Text(t) => t.parse::<Matcher>(),
+                MatcherSpec::Object(m) if too_long(&m.name) || too_long(&m.value) => Err(format!(
+                    "matcher name or value over {} bytes (silences.max_matcher_bytes)",
+                    limits.max_matcher_bytes
+                )),
                 MatcherSpec::Object(m) => Ok(m),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -275,7 +394,9 @@ impl Silences {
             (Some(end), None) => end,
             (None, Some(d)) => {
                 let span = crate::event::Span::parse(&d).map_err(SilenceError::Invalid)?;
-                starts_at + chrono::TimeDelta::nanoseconds(span.0)
+                Some(chrono::TimeDelta::nanoseconds(span.0))
+                    .and_then(|d| starts_at.checked_add_signed(d))
+                    .ok_or_else(|| SilenceError::Invalid(format!("duration {d:?} is too long")))?
             }
             _ => {
                 return Err(SilenceError::Invalid(
@@ -288,22 +409,72 @@ impl Silences {
                 "ends_at must be after starts_at".into(),
             ));
         }
+        let max = chrono::TimeDelta::nanoseconds(limits.max_duration.0.0);
+        if ends_at - starts_at > max {
+            return Err(SilenceError::Limit(format!(
+                "a silence may last {} at most (silences.max_duration); this one would last until {ends_at}",
+                limits.max_duration.0
+            )));
+        }
+        if starts_at - now > max {
+            return Err(SilenceError::Limit(format!(
+                "a silence may start {} ahead at most",
+                limits.max_duration.0
+            )));
+        }
         let silence = Silence {
             id: silence_id(&matchers, starts_at, now),
             matchers,
             starts_at,
             ends_at,
-            created_by: new.created_by,
+            created_by: if new.created_by.is_empty() {
+                by.to_owned()
+            } else {
+                new.created_by
+            },
+            authenticated_as: by.to_owned(),
             comment: new.comment,
+            expired_by: None,
         };
+        if silence.matches_everything() && !new.confirm_match_all {
+            return Err(SilenceError::Invalid(
+                "this silence matches every alert: set confirm_match_all: true (--confirm-match-all) if that is what you mean".into(),
+            ));
+        }
+        let in_force = self.list.iter().filter(|s| s.ends_at > now).count();
+        if in_force >= limits.max_silences {
+            return Err(SilenceError::Limit(format!(
+                "{in_force} silences are active or pending; at most {} (silences.max_silences): expire some first",
+                limits.max_silences
+            )));
+        }
         self.list.retain(|s| s.ends_at + KEEP_EXPIRED > now);
+        // Expired ones are kept for listing, but not without bound either.
+        while self.list.len() >= 2 * limits.max_silences {
+            let Some(oldest) = self
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.ends_at <= now)
+                .min_by_key(|(_, s)| s.ends_at)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            self.list.remove(oldest);
+        }
         self.list.push(silence.clone());
         self.save()?;
         Ok(silence)
     }
 
-    /// Ends a silence now.
-    pub fn expire(&mut self, id: &str, now: DateTime<Utc>) -> Result<Silence, SilenceError> {
+    /// Ends a silence now, for `by`.
+    pub fn expire(
+        &mut self,
+        id: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Silence, SilenceError> {
         let s = self
             .list
             .iter_mut()
@@ -311,6 +482,7 @@ impl Silences {
             .ok_or_else(|| SilenceError::NotFound(id.to_owned()))?;
         if s.ends_at > now {
             s.ends_at = now.max(s.starts_at);
+            s.expired_by = Some(by.to_owned());
         }
         let out = s.clone();
         self.save()?;
@@ -323,8 +495,7 @@ impl Silences {
             source,
         };
         let tmp = self.path.with_extension("json.tmp");
-        let bytes =
-            serde_json::to_vec_pretty(&self.list).map_err(|e| io(std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec(&self.list).map_err(|e| io(std::io::Error::other(e)))?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp).map_err(io)?;
@@ -376,13 +547,43 @@ mod tests {
     }
 
     #[test]
+    fn silences_that_match_everything_are_recognised() {
+        for (matchers, everything) in [
+            (vec!["rule=~.*"], true),
+            (vec!["rule=~.+"], true),
+            (vec!["rule!=\"\""], true),
+            (vec!["severity=~\"info|low|medium|high|critical\""], true),
+            (vec!["severity!=fatal"], true),
+            (vec!["team=~.*"], true),
+            (vec!["rule=~.*", "severity=~.*"], true),
+            (vec!["team=~.+"], false),
+            (vec!["rule=pod-exec"], false),
+            (vec!["rule=~pod-.*"], false),
+            (vec!["severity=~\"low|medium|high|critical\""], false),
+            (vec!["rule=~.*", "severity=high"], false),
+        ] {
+            let silence = Silence {
+                id: String::new(),
+                matchers: matchers.iter().map(|m| m.parse().unwrap()).collect(),
+                starts_at: Utc::now(),
+                ends_at: Utc::now(),
+                created_by: String::new(),
+                authenticated_as: String::new(),
+                comment: String::new(),
+                expired_by: None,
+            };
+            assert_eq!(silence.matches_everything(), everything, "{matchers:?}");
+        }
+    }
+
+    #[test]
     fn silences_persist_expire_and_only_match_while_active() {
         let dir = std::env::temp_dir().join(format!("aw-silence-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("silences.json");
         let _ = std::fs::remove_file(&path);
         let now = Utc::now();
-        let mut s = Silences::open(&path).unwrap();
+        let mut s = Silences::open(&path, SilenceLimits::default()).unwrap();
         let created = s
             .add(
                 NewSilence {
@@ -392,23 +593,26 @@ mod tests {
                     duration: Some("2h".into()),
                     created_by: "alice".into(),
                     comment: "maintenance".into(),
+                    confirm_match_all: false,
                 },
+                "alice",
                 now,
             )
             .unwrap();
         let a = alert("pod-exec", Severity::High, &[]);
         assert!(s.silencing(&a, now).is_some());
         assert!(s.silencing(&a, now + chrono::TimeDelta::hours(3)).is_none());
-        let reopened = Silences::open(&path).unwrap();
+        let reopened = Silences::open(&path, SilenceLimits::default()).unwrap();
         assert_eq!(reopened.list(), s.list());
-        s.expire(&created.id, now + chrono::TimeDelta::minutes(1))
+        s.expire(&created.id, "bob", now + chrono::TimeDelta::minutes(1))
             .unwrap();
+        assert_eq!(s.list()[0].expired_by.as_deref(), Some("bob"));
         assert!(
             s.silencing(&a, now + chrono::TimeDelta::minutes(2))
                 .is_none()
         );
         assert!(matches!(
-            s.expire("nope", now),
+            s.expire("nope", "bob", now),
             Err(SilenceError::NotFound(_))
         ));
         let _ = std::fs::remove_dir_all(&dir);

@@ -7,11 +7,14 @@
 //! or wrong token (a wrong client certificate fails the TLS handshake), 413 for a body over
 //! the limit, 400 for malformed JSON (with the reason), 408 for a client too slow to send its
 //! body, and 429/503 when the pipeline or the journal is full, so the apiserver retries with
-//! backoff instead of auditwatch buffering without bound or dropping silently.
+//! backoff instead of auditwatch buffering without bound or dropping silently. A body without
+//! a single audit event in it is refused with 400, and one that does not say it is JSON with
+//! 415. Connections are bounded and timed by [`crate::net::serve`]; the token file, the
+//! certificate and the client CA reload when they change ([`crate::net::reload`]).
 
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,30 +25,75 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{TlsConfig, WebhookConfig};
 use crate::daemon::ingest::{AppendRequest, JournalMsg};
 use crate::daemon::pipeline::Input;
-use crate::event::DecodeErrorKind;
+use crate::event::{DecodeErrorKind, InputFormat, Span};
 use crate::metrics::Metrics;
+use crate::net::auth::same;
+use crate::net::reload::{Reloadable, Reloading, read_secret};
+use crate::net::serve::{ConnEvents, ConnectionLimits};
+use crate::net::tls::{ReloadingTls, TlsConfig};
+use crate::units::{ByteSize, Duration as ConfigDuration};
+
+/// A webhook source in the config (`sources: [- webhook: {...}]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Path the apiserver POSTs to (any path is accepted when empty).
+    pub path: String,
+    pub tls: Option<TlsConfig>,
+    /// File holding the bearer token senders must present (`Authorization: Bearer ...`).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Largest request body accepted, after gzip decompression as well.
+    pub max_body: ByteSize,
+    /// Time allowed to receive a request's body once its headers are in; slower clients
+    /// get 408.
+    pub read_timeout: ConfigDuration,
+    /// Connection cap and timeouts (see docs/daemon.md, "Security").
+    pub connections: ConnectionLimits,
+    /// `auto` (default), `native`, `eks`, `aks` or `gke`: see docs/inputs.md.
+    pub input_format: InputFormat,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            name: "webhook".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            path: String::new(),
+            tls: None,
+            bearer_token_file: None,
+            max_body: ByteSize(32 << 20),
+            read_timeout: ConfigDuration(Span::from_secs(30)),
+            connections: ConnectionLimits::default(),
+            input_format: InputFormat::Auto,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Every path in the config, for making them relative to the config file.
+    pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut paths: Vec<&mut PathBuf> = self.bearer_token_file.iter_mut().collect();
+        if let Some(tls) = &mut self.tls {
+            paths.extend(tls.paths_mut());
+        }
+        paths
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum WebhookError {
-    #[error("webhook {name}: {path}: {why}")]
-    Tls {
-        name: String,
-        path: String,
-        why: String,
-    },
+    #[error("webhook {name}: {why}")]
+    Credentials { name: String, why: String },
     #[error("webhook {name}: cannot listen on {addr}: {source}")]
     Bind {
         name: String,
@@ -59,7 +107,7 @@ pub enum WebhookError {
 struct Shared {
     name: Arc<str>,
     path: String,
-    token: Option<Vec<u8>>,
+    token: Option<Arc<Reloading<Vec<u8>>>>,
     max_body: u64,
     read_timeout: Duration,
     engine: mpsc::Sender<Input>,
@@ -70,10 +118,27 @@ struct Shared {
     format: crate::event::InputFormat,
 }
 
+impl ConnEvents for Shared {
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .webhook_refused
+            .with_label_values(&[&self.name, reason])
+            .inc();
+    }
+
+    fn open(&self, open: usize) {
+        self.metrics
+            .connections_open
+            .with_label_values(&[&self.name])
+            .set(open as i64);
+    }
+}
+
 /// A bound webhook endpoint, ready to serve.
 pub struct Webhook {
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ReloadingTls>>,
+    limits: crate::net::serve::Limits,
     shared: Arc<Shared>,
 }
 
@@ -83,46 +148,51 @@ pub struct WebhookDeps {
     pub journal_size: Arc<AtomicU64>,
     pub journal_max: u64,
     pub metrics: Arc<Metrics>,
+    /// Connections this listener may hold (the configured cap, lowered to fit the
+    /// process's descriptor limit).
+    pub max_connections: usize,
 }
 
 /// Loads the source's TLS material and token as `bind` would, without binding: for
 /// `auditwatch run --check`.
 pub fn check(cfg: &WebhookConfig) -> Result<(), WebhookError> {
-    if let Some(t) = &cfg.tls {
-        tls_acceptor(&cfg.name, t)?;
-    }
-    read_token(cfg).map(drop)
+    credentials(cfg).map(drop)
 }
 
-fn read_token(cfg: &WebhookConfig) -> Result<Option<Vec<u8>>, WebhookError> {
-    let Some(path) = &cfg.bearer_token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| WebhookError::Tls {
+type Credentials = (Option<Arc<ReloadingTls>>, Option<Arc<Reloading<Vec<u8>>>>);
+
+fn credentials(cfg: &WebhookConfig) -> Result<Credentials, WebhookError> {
+    let fail = |why: String| WebhookError::Credentials {
         name: cfg.name.clone(),
-        path: path.display().to_string(),
-        why: e.to_string(),
-    })?;
-    let token = text.trim().as_bytes().to_vec();
-    if token.is_empty() {
-        return Err(WebhookError::Tls {
-            name: cfg.name.clone(),
-            path: path.display().to_string(),
-            why: "the bearer token file is empty".into(),
-        });
-    }
-    Ok(Some(token))
+        why,
+    };
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| crate::net::tls::reloading(&format!("webhook {}", cfg.name), t))
+        .transpose()
+        .map_err(fail)?;
+    let token = cfg
+        .bearer_token_file
+        .as_ref()
+        .map(|path| {
+            let p = path.clone();
+            Reloading::new(
+                format!("webhook {} bearer token", cfg.name),
+                vec![path.clone()],
+                move || read_secret(&p),
+            )
+            .map(Arc::new)
+        })
+        .transpose()
+        .map_err(fail)?;
+    Ok((tls, token))
 }
 
 impl Webhook {
     /// Loads TLS material and the token, and binds the address.
     pub async fn bind(cfg: &WebhookConfig, deps: WebhookDeps) -> Result<Webhook, WebhookError> {
-        let tls = cfg
-            .tls
-            .as_ref()
-            .map(|t| tls_acceptor(&cfg.name, t))
-            .transpose()?;
-        let token = read_token(cfg)?;
+        let (tls, token) = credentials(cfg)?;
         let listener =
             TcpListener::bind(cfg.listen)
                 .await
@@ -131,9 +201,12 @@ impl Webhook {
                     addr: cfg.listen,
                     source,
                 })?;
+        let mut limits = cfg.connections.limits();
+        limits.max_connections = deps.max_connections;
         Ok(Webhook {
             listener,
             tls,
+            limits,
             shared: Arc::new(Shared {
                 name: Arc::from(cfg.name.as_str()),
                 path: cfg.path.clone(),
@@ -154,100 +227,44 @@ impl Webhook {
         self.listener.local_addr()
     }
 
+    /// The token and TLS files, for the daemon's reload loop.
+    pub fn reloadables(&self) -> Vec<Arc<dyn Reloadable>> {
+        let mut out: Vec<Arc<dyn Reloadable>> = Vec::new();
+        if let Some(t) = &self.tls {
+            out.push(Arc::clone(t) as Arc<dyn Reloadable>);
+        }
+        if let Some(t) = &self.shared.token {
+            out.push(Arc::clone(t) as Arc<dyn Reloadable>);
+        }
+        out
+    }
+
     /// Accepts connections until `stop` is cancelled; then lets open requests finish (up to
     /// the read timeout) and returns.
     pub async fn serve(self, stop: CancellationToken) {
         let Webhook {
             listener,
             tls,
+            limits,
             shared,
         } = self;
         let app = Router::new()
             .fallback(ingest)
             .with_state(Arc::clone(&shared));
-        let mut connections = tokio::task::JoinSet::new();
-        loop {
-            let (stream, _) = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(source = %shared.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let app = app.clone();
-            let tls = tls.clone();
-            let shared = Arc::clone(&shared);
-            let stop = stop.clone();
-            connections.spawn(async move {
-                match tls {
-                    Some(acceptor) => {
-                        let handshake =
-                            tokio::time::timeout(shared.read_timeout, acceptor.accept(stream)).await;
-                        match handshake {
-                            Ok(Ok(stream)) => serve_connection(stream, app, &shared, stop).await,
-                            Ok(Err(e)) => {
-                                shared.metrics.webhook_refused.with_label_values(&[&shared.name, "tls"]).inc();
-                                tracing::warn!(source = %shared.name, error = %e, "TLS handshake refused");
-                            }
-                            Err(_) => {
-                                shared.metrics.webhook_refused.with_label_values(&[&shared.name, "timeout"]).inc();
-                            }
-                        }
-                    }
-                    None => serve_connection(stream, app, &shared, stop).await,
-                }
-            });
-            // Reap finished connections so the set stays small.
-            while connections.try_join_next().is_some() {}
-        }
-        drop(listener);
         let grace = shared.read_timeout + Duration::from_secs(1);
-        let _ = tokio::time::timeout(grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        connections.abort_all();
-    }
-}
-
-async fn serve_connection<S>(stream: S, app: Router, shared: &Shared, stop: CancellationToken)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = TowerToHyperService::new(app);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.read_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                if e.is_timeout() {
-                    shared.metrics.webhook_refused.with_label_values(&[&shared.name, "timeout"]).inc();
-                }
-                tracing::debug!(source = %shared.name, error = %e, "connection ended");
-            }
-        }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        let events: Arc<dyn ConnEvents> = shared;
+        crate::net::serve::serve(listener, tls, app, limits, events, stop, grace).await;
     }
 }
 
 /// Every `reason` label of `auditwatch_webhook_refused_total` (primed at zero at start).
-pub const REFUSE_REASONS: [&str; 11] = [
+pub const REFUSE_REASONS: [&str; 13] = [
     "tls",
     "unauthenticated",
     "timeout",
+    "accept",
     "bad_request",
+    "content_type",
     "bad_json",
     "not_events",
     "too_large",
@@ -285,9 +302,13 @@ fn count(shared: &Shared, status: StatusCode) {
         .inc();
 }
 
-/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Whether the request says its body is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -298,7 +319,7 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .get("x-amz-firehose-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if let Some(token) = &shared.token {
+    if let Some(token) = shared.token.as_ref().map(|t| t.get()) {
         // Kinesis Firehose HTTP endpoints send their access key in a header of their own.
         let presented = parts
             .headers
@@ -319,7 +340,7 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
                     "missing bearer token\n".into(),
                 );
             }
-            Some(p) if !same(p, token) => {
+            Some(p) if !same(p, &token) => {
                 return refuse(
                     &shared,
                     StatusCode::FORBIDDEN,
@@ -344,6 +365,14 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
             StatusCode::METHOD_NOT_ALLOWED,
             "bad_request",
             "POST an audit.k8s.io EventList\n".into(),
+        );
+    }
+    if !is_json(&parts.headers) {
+        return refuse(
+            &shared,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            "send Content-Type: application/json (an audit.k8s.io EventList)\n".into(),
         );
     }
     if let Some(len) = parts
@@ -522,49 +551,4 @@ async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<V
             format!("unsupported Content-Encoding {other:?} (identity or gzip)\n"),
         )),
     }
-}
-
-fn tls_acceptor(name: &str, cfg: &TlsConfig) -> Result<TlsAcceptor, WebhookError> {
-    let fail = |path: &Path, why: String| WebhookError::Tls {
-        name: name.to_owned(),
-        path: path.display().to_string(),
-        why,
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
-        .map_err(|e| fail(&cfg.cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(&cfg.cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(fail(&cfg.cert, "no certificate in the file".into()));
-    }
-    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| fail(&cfg.key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(&cfg.cert, e.to_string()))?;
-    let builder = match &cfg.client_ca {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| fail(ca, e.to_string()))? {
-                let cert = cert.map_err(|e| fail(ca, e.to_string()))?;
-                roots.add(cert).map_err(|e| fail(ca, e.to_string()))?;
-            }
-            if roots.is_empty() {
-                return Err(fail(ca, "no CA certificate in the file".into()));
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| fail(ca, e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| fail(&cfg.key, e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -7,8 +7,35 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use crate::alert::Alert;
 use crate::config::FsyncPolicy;
+
+/// The alert journal, shared by the engine thread (alerts) and the API (changes).
+pub type SharedAlertJournal = std::sync::Arc<std::sync::Mutex<AlertJournal>>;
+
+/// A line of the alert journal that is not an alert: a change made through the API, such as
+/// a silence created or expired, with who made it. Written with `record` first, so readers
+/// tell it from an alert by the line's first bytes ([`CHANGE_PREFIX`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// What changed: `silence`.
+    pub record: String,
+    /// `create` or `expire`.
+    pub action: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The authenticated principal (`anonymous` where no authentication is configured).
+    pub by: String,
+    /// The client's address.
+    #[serde(default)]
+    pub peer: Option<String>,
+    /// The object after the change.
+    pub object: serde_json::Value,
+}
+
+/// How every [`ChangeRecord`] line starts.
+pub const CHANGE_PREFIX: &str = "{\"record\":";
 
 pub struct AlertJournal {
     path: PathBuf,
@@ -93,6 +120,19 @@ impl AlertJournal {
         Ok(offsets)
     }
 
+    /// Appends a change record (not an alert), then fsyncs by policy.
+    pub fn append_change(&mut self, change: &ChangeRecord) -> io::Result<()> {
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, change).map_err(io::Error::other)?;
+        self.buf.push(b'\n');
+        self.file.write_all(&self.buf)?;
+        self.len += self.buf.len() as u64;
+        if self.fsync == FsyncPolicy::Always {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// IDs of the alerts written at or after byte `from`.
     pub fn ids_since(&self, from: u64) -> io::Result<HashSet<String>> {
         #[derive(serde::Deserialize)]
@@ -137,6 +177,10 @@ pub fn read_alerts(
         let n = reader.read_line(&mut line)?;
         if n == 0 || !line.ends_with('\n') {
             break;
+        }
+        if line.starts_with(CHANGE_PREFIX) {
+            offset += n as u64;
+            continue;
         }
         match serde_json::from_str::<Alert>(&line) {
             Ok(a) => each(offset, a),

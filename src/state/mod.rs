@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::engine::EngineSnapshot;
 
-pub use alerts::AlertJournal;
+pub use alerts::{AlertJournal, ChangeRecord, SharedAlertJournal};
 pub use journal::{Journal, JournalError, sync_dir};
 
 /// Bumped when the snapshot format changes incompatibly; an old snapshot is then ignored

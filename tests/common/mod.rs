@@ -51,9 +51,29 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, config: &Path, metrics: u16, run: usize) -> Daemon {
+        Daemon::start_under(&[], dir, config, metrics, run)
+    }
+
+    /// Starts it under a wrapper command (`prlimit --nofile=...`).
+    pub fn start_under(
+        wrapper: &[&str],
+        dir: &Path,
+        config: &Path,
+        metrics: u16,
+        run: usize,
+    ) -> Daemon {
         let stdout = std::fs::File::create(dir.join(format!("stdout-{run}.jsonl"))).unwrap();
         let stderr = std::fs::File::create(dir.join(format!("stderr-{run}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        let binary = env!("CARGO_BIN_EXE_auditwatch");
+        let mut command = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(config)
             .current_dir(dir)
