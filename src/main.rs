@@ -83,6 +83,11 @@ enum Command {
         /// Validate the configuration and the rules, then exit.
         #[arg(long)]
         check: bool,
+        /// Start even if an ingest journal segment is damaged: its records before the damage
+        /// are replayed, the file is kept beside it as *.corrupt-<time>, the batches after the
+        /// damage are lost (and said so in the log). Without it, start is refused.
+        #[arg(long)]
+        skip_corrupt: bool,
     },
     /// List alerts from the daemon's alert journal (state_dir/alerts.jsonl), oldest first.
     Alerts {
@@ -236,7 +241,15 @@ fn main() -> ExitCode {
             &files,
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
-        Command::Run { config, check } => run_daemon(config.as_deref(), check),
+        Command::Run {
+            config,
+            check,
+            skip_corrupt,
+        } => run_daemon(
+            config.as_deref(),
+            check,
+            auditwatch::daemon::RunOptions { skip_corrupt },
+        ),
         Command::Alerts {
             state_dir,
             rule,
@@ -292,7 +305,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(config: Option<&std::path::Path>, check_only: bool) -> anyhow::Result<ExitCode> {
+fn run_daemon(
+    config: Option<&std::path::Path>,
+    check_only: bool,
+    options: auditwatch::daemon::RunOptions,
+) -> anyhow::Result<ExitCode> {
     use auditwatch::config::{Config, LogFormat};
     use auditwatch::daemon::{self, RuleSource};
     let config = match config {
@@ -352,7 +369,7 @@ fn run_daemon(config: Option<&std::path::Path>, check_only: bool) -> anyhow::Res
             }
         };
     }
-    match daemon::run(config, rules) {
+    match daemon::run(config, rules, options) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             tracing::error!("{e:#}");

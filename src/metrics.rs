@@ -29,6 +29,10 @@ pub struct Metrics {
     pub http_refused: IntCounterVec,
     /// Token, password and TLS file reloads, by what and result.
     pub credential_reloads: IntCounterVec,
+    /// Damaged or missing state found at start, by what and problem.
+    pub state_problems: IntCounterVec,
+    /// Truncations of followed files noticed, by source.
+    pub file_truncations: IntCounterVec,
     /// Alerts fired, by rule and severity.
     pub alerts: IntCounterVec,
     /// Alerts not emitted again after a restart because the alert journal already had them.
@@ -285,6 +289,18 @@ impl Metrics {
             ),
             connections_open,
             connections_max,
+            file_truncations: counter_vec(
+                &registry,
+                "auditwatch_file_truncations_total",
+                "Truncations (copytruncate) of a followed file noticed, by source: it was read again from the start, after the lines before the truncation were read from its copy when one was found.",
+                &["source"],
+            ),
+            state_problems: counter_vec(
+                &registry,
+                "auditwatch_state_problems_total",
+                "Damaged or missing state found at start, by what (snapshot, journal, alert_journal) and problem (corrupt, missing, gap). See the daemon log for what was lost.",
+                &["what", "problem"],
+            ),
             credential_reloads: counter_vec(
                 &registry,
                 "auditwatch_credential_reloads_total",
@@ -380,6 +396,8 @@ impl Metrics {
                 for reason in crate::source::webhook::REFUSE_REASONS {
                     self.webhook_refused.with_label_values(&[source, reason]);
                 }
+            } else {
+                self.file_truncations.with_label_values(&[source]);
             }
         }
         self.prime_rules(known.rules);
@@ -410,6 +428,16 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.snapshots.with_label_values(&[result]);
+        }
+        for (what, problem) in [
+            ("snapshot", "corrupt"),
+            ("snapshot", "missing"),
+            ("journal", "corrupt"),
+            ("journal", "missing"),
+            ("journal", "gap"),
+            ("alert_journal", "missing"),
+        ] {
+            self.state_problems.with_label_values(&[what, problem]);
         }
     }
 

@@ -805,6 +805,7 @@ http: {{ listen: "127.0.0.1:{port}" }}
     // them (two listeners); the daemon lowers it to leave its reserve.
     let daemon = Daemon::start_under(
         &["prlimit", "--nofile=400:400", "--"],
+        &[],
         &dir.0,
         &dir.0.join("auditwatch.yaml"),
         port,
@@ -873,4 +874,187 @@ http: {{ listen: "127.0.0.1:{port}" }}
     drop(daemon);
     let log = stderr(&dir.0, 0);
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+const BRUTE_FORCE: &str = r#"
+rules:
+  - name: brute-force
+    severity: high
+    match: { response_codes: [403] }
+    window: { threshold: 5, over: 10m, group_by: [user.username] }
+"#;
+
+fn state_config(port: u16, hook: u16) -> String {
+    format!(
+        r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+snapshot: {{ interval: 1s }}
+sources: [{{ webhook: {{ listen: "127.0.0.1:{hook}" }} }}]
+http: {{ listen: "127.0.0.1:{port}" }}
+"#
+    )
+}
+
+fn refusals(hook: u16, from: usize, to: usize) {
+    for i in from..to {
+        common::post(
+            hook,
+            &[event(
+                &format!("eeeeeeee-0000-0000-0000-{i:012}"),
+                "get",
+                "mallory",
+                "secrets",
+                "db",
+                403,
+            )],
+        );
+    }
+}
+
+/// Issue 16.5: a bit flip in the snapshot was accepted silently and lost a brute force in
+/// progress (3 refusals before the restart, 2 after: no alert). The damage is now detected,
+/// the previous snapshot and the journal stand in, and the alert fires.
+#[test]
+fn a_damaged_snapshot_is_detected_and_the_window_survives() {
+    let dir = Scratch::new("snapshot-flip");
+    write(&dir.0, "rules.yaml", BRUTE_FORCE);
+    let (port, hook) = (free_port(), free_port());
+    write(&dir.0, "auditwatch.yaml", &state_config(port, hook));
+    let config = dir.0.join("auditwatch.yaml");
+    let daemon = Daemon::start(&dir.0, &config, port, 0);
+    refusals(hook, 0, 3);
+    common::wait_until("a snapshot after the refusals", || {
+        sample(
+            &daemon.metrics(),
+            "auditwatch_snapshots_total{result=\"ok\"}",
+        ) >= 2.0
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // One bit, in the middle of the newest snapshot.
+    let snap = dir.0.join("state/snapshot.msgpack");
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    std::fs::write(&snap, bytes).unwrap();
+
+    let daemon = Daemon::start(&dir.0, &config, port, 1);
+    let m = daemon.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "auditwatch_state_problems_total{problem=\"corrupt\",what=\"snapshot\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    refusals(hook, 3, 5);
+    common::wait_until("the brute force alert", || {
+        std::fs::read_to_string(dir.0.join("stdout-1.jsonl"))
+            .unwrap_or_default()
+            .contains("brute-force")
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let log = stderr(&dir.0, 1);
+    assert!(
+        log.contains("the newest state snapshot is damaged"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_dir(dir.0.join("state")).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("snapshot.msgpack.damaged-")),
+        "the damaged file is kept for inspection"
+    );
+
+    // Both snapshots deleted: the alert journal says there was state, so it is said loudly.
+    std::fs::remove_file(dir.0.join("state/snapshot.msgpack")).unwrap();
+    std::fs::remove_file(dir.0.join("state/snapshot.msgpack.prev")).unwrap();
+    let daemon = Daemon::start(&dir.0, &config, port, 2);
+    let m = daemon.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "auditwatch_state_problems_total{problem=\"missing\",what=\"snapshot\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    drop(daemon);
+    assert!(stderr(&dir.0, 2).contains("no state snapshot, although"));
+}
+
+/// Issue 16.5: a damaged journal record before the tail refused start with no way out.
+#[test]
+fn a_damaged_journal_refuses_start_until_skip_corrupt_sets_it_aside() {
+    let dir = Scratch::new("journal-damage");
+    write(&dir.0, "rules.yaml", BRUTE_FORCE);
+    let (port, hook) = (free_port(), free_port());
+    // No periodic snapshot during the run; journal records stay after the final one.
+    write(
+        &dir.0,
+        "auditwatch.yaml",
+        &state_config(port, hook).replace("interval: 1s", "interval: 1h"),
+    );
+    let config = dir.0.join("auditwatch.yaml");
+    let daemon = Daemon::start(&dir.0, &config, port, 0);
+    refusals(hook, 0, 4);
+    daemon.kill9();
+    let segment = std::fs::read_dir(dir.0.join("state/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // A byte inside the second record's payload (the first is about 600 bytes).
+    let at = bytes.len() * 3 / 8;
+    bytes[at] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("corrupt record at byte") && err.contains("--skip-corrupt"),
+        "{err}"
+    );
+
+    let daemon = Daemon::start_under(&[], &["--skip-corrupt"], &dir.0, &config, port, 1);
+    let m = daemon.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "auditwatch_state_problems_total{problem=\"corrupt\",what=\"journal\"}"
+        ),
+        1.0
+    );
+    // The record before the damage was replayed; the webhook takes new batches.
+    assert!(
+        sample(&m, "auditwatch_events_decoded_total{source=\"webhook\"}") >= 1.0,
+        "{m}"
+    );
+    refusals(hook, 10, 11);
+    drop(daemon);
+    let log = stderr(&dir.0, 1);
+    assert!(
+        log.contains("--skip-corrupt: journal segment damaged"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_dir(dir.0.join("state/journal"))
+            .unwrap()
+            .any(|e| e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".seg.corrupt-")),
+    );
 }

@@ -8,6 +8,7 @@
 pub mod http;
 pub mod ingest;
 pub mod pipeline;
+pub mod recover;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use crate::notify::{Notify, NotifyOptions};
 use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
 use crate::source::tail::{Follower, Sink};
 use crate::source::webhook::{Webhook, WebhookDeps};
-use crate::state::{AlertJournal, Journal, StateDir};
+use crate::state::{AlertJournal, StateDir};
 use ingest::JournalMsg;
 use pipeline::{Batch, Feedback, Input, Pipeline, PipelineOptions, Progress, Shape};
 
@@ -79,8 +80,16 @@ impl RuleSource {
     }
 }
 
+/// How `auditwatch run` was started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Set damaged journal segments aside (keeping their readable records) instead of
+    /// refusing to start.
+    pub skip_corrupt: bool,
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
+pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let load_opts = LoadOptions {
         script_limits: ScriptLimits {
@@ -119,15 +128,21 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     }
     let state = StateDir::new(&config.state_dir).context("state dir")?;
     let mut engine = Engine::new(Arc::new(rule_set), config.engine_options());
-    let snapshot = match state.load_snapshot() {
-        Ok(s) => s,
-        Err(e) => {
-            // The journal still holds everything since that snapshot's predecessor was
-            // compacted, so events are not lost, but window state is. Say so loudly.
-            tracing::error!(error = %e, "ignoring the unreadable state snapshot: window state starts empty");
-            None
-        }
-    };
+    let alerts = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
+        .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
+    let alerts_len = alerts.len();
+    let alerts = Arc::new(std::sync::Mutex::new(alerts));
+    let recover::Recovered {
+        snapshot,
+        journal,
+        pending,
+    } = recover::recover(
+        &state,
+        &config.journal,
+        alerts_len,
+        options.skip_corrupt,
+        &metrics,
+    )?;
     if let Some(snap) = &snapshot {
         let restored = engine.restore(snap.engine.clone());
         tracing::info!(
@@ -137,10 +152,6 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             "state restored from snapshot"
         );
     }
-    let alerts = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
-        .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
-    let alerts_len = alerts.len();
-    let alerts = Arc::new(std::sync::Mutex::new(alerts));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -195,12 +206,6 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     .context("reading the alert journal")?;
 
     // Replay what was accepted but not yet reflected in the snapshot.
-    let journal = Journal::open(
-        &state.journal_dir(),
-        config.journal.segment_size.0,
-        config.journal.fsync,
-    )?;
-    let pending = journal.read_after(pipeline.journal_seq())?;
     if !pending.is_empty() {
         tracing::info!(batches = pending.len(), "replaying the ingest journal");
         for (seq, payload) in pending {
@@ -288,7 +293,8 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
                     tasks.spawn(hook.serve(stop.clone()));
                 }
                 SourceConfig::File(cfg) => {
-                    let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std());
+                    let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std())
+                        .count_truncations(metrics.file_truncations.with_label_values(&[&cfg.name]));
                     let checkpoint = checkpoints.get(&cfg.name).copied();
                     let start = cfg.start_at;
                     let mut sink = engine_tx.clone();

@@ -109,7 +109,8 @@ impl Backlog {
 
 /// What the engine thread tells the rest of the daemon.
 pub enum Feedback {
-    /// A snapshot covering journal records up to this sequence number is on disk.
+    /// Both snapshots kept on disk cover journal records up to this sequence number: the
+    /// journal may compact up to it.
     Snapshotted { journal_seq: u64 },
 }
 
@@ -164,10 +165,14 @@ struct SnapshotWriter {
 }
 
 impl SnapshotWriter {
+    /// `on_disk` is the journal sequence number the snapshot already on disk covers: the
+    /// journal is compacted only up to the older of the two snapshots kept, so that the
+    /// previous one plus the journal can stand in for a damaged newest one.
     fn start(
         state: StateDir,
         metrics: Arc<Metrics>,
         feedback: mpsc::UnboundedSender<Feedback>,
+        on_disk: u64,
     ) -> std::io::Result<SnapshotWriter> {
         // At most one snapshot in flight (see `busy`): capturing another while one is being
         // written would only produce one that is overtaken.
@@ -177,6 +182,7 @@ impl SnapshotWriter {
         let thread = std::thread::Builder::new()
             .name("snapshot-writer".into())
             .spawn(move || {
+                let mut previous = on_disk;
                 for mut snap in rx {
                     let started = Instant::now();
                     snap.engine.canonicalize();
@@ -185,8 +191,9 @@ impl SnapshotWriter {
                             metrics.snapshots.with_label_values(&["ok"]).inc();
                             tracing::debug!(bytes, journal_seq = snap.journal_seq, took = ?started.elapsed(), "snapshot written");
                             let _ = feedback.send(Feedback::Snapshotted {
-                                journal_seq: snap.journal_seq,
+                                journal_seq: previous.min(snap.journal_seq),
                             });
+                            previous = snap.journal_seq;
                         }
                         Err(e) => {
                             metrics.snapshots.with_label_values(&["error"]).inc();
@@ -247,6 +254,7 @@ impl Pipeline {
                 state_for_writer,
                 metrics_for_writer,
                 feedback,
+                journal_seq,
             )?),
             snapshot_after_batch: false,
             rejected_log: LogGate::per_minute(),

@@ -3,9 +3,16 @@
 //! The apiserver (`--audit-log-path`, rotated by `--audit-log-maxsize`/`--audit-log-maxbackup`)
 //! rotates by renaming the file to a timestamped backup in the same directory and creating a
 //! new one. The follower reads the open file to its end, then notices that the path now names
-//! another file (device, inode) and switches to it from byte 0. A file that shrank was
-//! truncated: reading restarts at 0. A missing file is waited for. Only whole lines are handed
-//! on; a partial last line waits for its newline.
+//! another file (device, inode) and switches to it from byte 0. A missing file is waited for.
+//! Only whole lines are handed on; a partial last line waits for its newline.
+//!
+//! Truncation (logrotate's `copytruncate`) keeps the inode, and the file may have grown past
+//! the old offset again by the next poll, so size alone does not tell. The follower also
+//! remembers a checksum of the file's first KiB and checks it after every read and every idle
+//! poll: different leading bytes mean new content. It then reads the copy that `copytruncate`
+//! made (a file beside it with the same leading bytes) from the old offset to its end, so the
+//! lines written just before the truncation are not lost, and restarts the file at byte 0.
+//! Each truncation is counted.
 //!
 //! Each batch carries a [`FileCheckpoint`] (device, inode, offset after its last line). On
 //! restart, a checkpoint of the current file resumes at its offset; a checkpoint of a file
@@ -40,6 +47,10 @@ pub struct Follower {
     name: Arc<str>,
     path: PathBuf,
     poll: Duration,
+    /// Counts truncations noticed (`auditwatch_file_truncations_total{source}`).
+    truncations: Option<prometheus::IntCounter>,
+    /// False while reading the copy of a truncated file (which is not checked again).
+    check_head: bool,
     file: Option<Open>,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
@@ -52,8 +63,41 @@ struct Open {
     ino: u64,
     /// Offset of the first byte not yet read.
     read_at: u64,
-    /// Checkpoint after the last whole line handed on.
+    /// Checkpoint after the last whole line handed on (with the head checksum).
     done: FileCheckpoint,
+}
+
+/// Leading bytes whose checksum identifies a file's content.
+const HEAD: usize = 1024;
+
+/// The file's first `HEAD` bytes (fewer if it is shorter).
+fn read_head(file: &File) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; HEAD];
+    let mut got = 0;
+    while got < HEAD {
+        match file.read_at(&mut buf[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Whether `file` still starts with the bytes `cp` recorded; records more of them while the
+/// file is shorter than `HEAD` and grows.
+fn same_content(file: &File, cp: &mut FileCheckpoint) -> io::Result<bool> {
+    let head = read_head(file)?;
+    let known = cp.head_len as usize;
+    if head.len() < known || crc32fast::hash(&head[..known]) != cp.head_crc {
+        return Ok(false);
+    }
+    if head.len() > known {
+        cp.head_len = head.len() as u32;
+        cp.head_crc = crc32fast::hash(&head);
+    }
+    Ok(true)
 }
 
 /// Sends to the engine; `false` when the engine is gone.
@@ -73,10 +117,18 @@ impl Follower {
             name: Arc::from(name),
             path: path.to_owned(),
             poll,
+            truncations: None,
+            check_head: true,
             file: None,
             partial: Vec::new(),
             buf: vec![0; CHUNK],
         }
+    }
+
+    /// Counts each truncation noticed on `counter`.
+    pub fn count_truncations(mut self, counter: prometheus::IntCounter) -> Follower {
+        self.truncations = Some(counter);
+        self
     }
 
     /// Runs until `stop` is set or the engine goes away.
@@ -132,11 +184,17 @@ impl Follower {
             && meta.dev() == cp.dev
             && meta.ino() == cp.ino
         {
-            if meta.len() < cp.offset {
-                tracing::warn!(source = %self.name, "the file shrank while auditwatch was down (truncated): reading it from the start");
-                self.open_current(0, 0)?;
-            } else {
+            let file = File::open(&self.path)?;
+            let mut known = cp;
+            if meta.len() >= cp.offset && same_content(&file, &mut known)? {
                 self.open_current(cp.offset, cp.line)?;
+                if let Some(open) = &mut self.file {
+                    open.done.head_len = known.head_len;
+                    open.done.head_crc = known.head_crc;
+                }
+            } else {
+                tracing::warn!(source = %self.name, offset = cp.offset, "the file was truncated while auditwatch was down (copytruncate?)");
+                self.truncated(cp, sink)?;
             }
             return Ok(());
         }
@@ -171,21 +229,53 @@ impl Follower {
 
     fn open_current(&mut self, offset: u64, line: u64) -> io::Result<()> {
         let file = File::open(&self.path)?;
-        let meta = file.metadata()?;
         self.partial.clear();
-        self.file = Some(Open {
-            file,
-            dev: meta.dev(),
-            ino: meta.ino(),
-            read_at: offset,
-            done: FileCheckpoint {
-                dev: meta.dev(),
-                ino: meta.ino(),
-                offset,
-                line,
-            },
-        });
+        self.file = Some(opened(file, offset, line)?);
         Ok(())
+    }
+
+    /// The followed file (as last checkpointed in `cp`) was truncated: reads its copy from the
+    /// checkpoint to the end if `copytruncate` left one, counts the truncation, and starts the
+    /// file again at byte 0.
+    fn truncated(&mut self, cp: FileCheckpoint, sink: &mut dyn Sink) -> io::Result<()> {
+        if let Some(counter) = &self.truncations {
+            counter.inc();
+        }
+        match find_copy(&self.path, &cp) {
+            Some(copy) => {
+                tracing::warn!(source = %self.name, copy = %copy.display(), offset = cp.offset, "file truncated: reading the lines before the truncation from its copy, then the file from the start");
+                let file = File::open(&copy)?;
+                let meta = file.metadata()?;
+                self.partial.clear();
+                self.file = Some(Open {
+                    file,
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    read_at: cp.offset,
+                    done: FileCheckpoint {
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        ..cp
+                    },
+                });
+                self.check_head = false;
+                let read = (|| {
+                    while let Step::Progress = self.read_available(sink)? {}
+                    Ok::<(), io::Error>(())
+                })();
+                self.check_head = true;
+                read?;
+                self.flush_partial(sink);
+            }
+            None if cp.head_len > 0 => {
+                tracing::warn!(source = %self.name, offset = cp.offset, "file truncated, and no copy of it found beside it: lines written after the last read and before the truncation are lost; reading the file from the start");
+            }
+            None => {
+                tracing::warn!(source = %self.name, "file truncated: reading it from the start")
+            }
+        }
+        self.file = None;
+        self.open_current(0, 0)
     }
 
     fn step(&mut self, sink: &mut dyn Sink) -> io::Result<Step> {
@@ -206,9 +296,10 @@ impl Follower {
         };
         match fs::metadata(&self.path) {
             Ok(meta) if meta.dev() == open.dev && meta.ino() == open.ino => {
-                if meta.len() < open.read_at {
-                    tracing::warn!(source = %self.name, "file truncated: reading from the start");
-                    self.open_current(0, 0)?;
+                let mut known = open.done;
+                if meta.len() < open.read_at || !same_content(&open.file, &mut known)? {
+                    let cp = open.done;
+                    self.truncated(cp, sink)?;
                     return Ok(Step::Progress);
                 }
                 Ok(Step::Idle)
@@ -239,6 +330,16 @@ impl Follower {
         if n == 0 {
             return Ok(Step::Idle);
         }
+        // Read, then check that the file still starts as it did: a truncation before or
+        // during the read means these bytes may be new content at an old offset.
+        let mut known = open.done;
+        if self.check_head && !same_content(&open.file, &mut known)? {
+            let cp = open.done;
+            self.truncated(cp, sink)?;
+            return Ok(Step::Progress);
+        }
+        open.done.head_len = known.head_len;
+        open.done.head_crc = known.head_crc;
         open.read_at += n as u64;
         let chunk = &self.buf[..n];
         let Some(last_nl) = memchr::memrchr(b'\n', chunk) else {
@@ -287,21 +388,9 @@ impl Follower {
                     continue;
                 }
             };
-            let meta = file.metadata()?;
             tracing::info!(source = %self.name, file = %backup.display(), "reading a file rotated meanwhile");
             self.partial.clear();
-            self.file = Some(Open {
-                file,
-                dev: meta.dev(),
-                ino: meta.ino(),
-                read_at: 0,
-                done: FileCheckpoint {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                    offset: 0,
-                    line: 0,
-                },
-            });
+            self.file = Some(opened(file, 0, 0)?);
             while let Step::Progress = self.read_available(sink)? {}
             self.flush_partial(sink);
         }
@@ -392,6 +481,52 @@ fn rotated_after(
         .collect();
     found.sort();
     found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// An open file positioned at `offset`, with its identity and head checksum.
+fn opened(file: File, offset: u64, line: u64) -> io::Result<Open> {
+    let meta = file.metadata()?;
+    let mut done = FileCheckpoint {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        offset,
+        line,
+        head_len: 0,
+        head_crc: crc32fast::hash(&[]),
+    };
+    same_content(&file, &mut done)?;
+    Ok(Open {
+        file,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        read_at: offset,
+        done,
+    })
+}
+
+/// The copy `copytruncate` made of the followed file before truncating it: another file in
+/// its directory that starts with the same bytes as the checkpoint recorded and reaches at
+/// least its offset.
+fn find_copy(path: &Path, cp: &FileCheckpoint) -> Option<PathBuf> {
+    if cp.head_len == 0 {
+        return None;
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let current = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let meta = entry.metadata().ok()?;
+        if !meta.is_file() || meta.len() < cp.offset || Some((meta.dev(), meta.ino())) == current {
+            return None;
+        }
+        let file = File::open(entry.path()).ok()?;
+        let head = read_head(&file).ok()?;
+        let known = cp.head_len as usize;
+        (head.len() >= known && crc32fast::hash(&head[..known]) == cp.head_crc)
+            .then(|| entry.path())
+    })
 }
 
 /// A file in `path`'s directory with this device and inode (a rotated backup of it).
@@ -522,6 +657,90 @@ mod tests {
         f.resume(Some(cp), StartAt::Beginning, &mut sink).unwrap();
         drain(&mut f, &mut sink);
         assert_eq!(sink.text(), "6\n");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    fn lines(from: usize, to: usize) -> String {
+        (from..to)
+            .map(|i| format!("{{\"auditID\":\"id-{i:06}\",\"n\":{i}}}\n"))
+            .collect()
+    }
+
+    /// logrotate's copytruncate: copy the file, truncate it, and the writer goes on writing,
+    /// past the old offset before the next poll. Issue 16.5 lost 277 of 560 records this way
+    /// and produced a garbage record.
+    #[test]
+    fn copytruncate_within_one_poll_loses_and_mangles_nothing() {
+        let d = dir("copytruncate");
+        let log = d.join("audit.log");
+        append(&log, &lines(0, 280));
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1))
+            .count_truncations(counter.clone());
+        let mut sink = Collect(Vec::new());
+        drain(&mut f, &mut sink);
+        // Between two polls: more lines, the copy, the truncation, and more than the old
+        // size of new lines.
+        append(&log, &lines(280, 300));
+        fs::copy(&log, d.join("audit.log.1")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, &lines(300, 860));
+        drain(&mut f, &mut sink);
+        assert_eq!(
+            sink.text(),
+            lines(0, 860),
+            "every record once, in order, none mangled"
+        );
+        assert_eq!(counter.get(), 1);
+
+        // The same without a copy: what was read stays, the new content is read from 0.
+        fs::remove_file(d.join("audit.log.1")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, &lines(860, 1500));
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), lines(0, 1500));
+        assert_eq!(counter.get(), 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// Truncated and rewritten while auditwatch was down: the checkpoint's offset is inside
+    /// the new content, which must not be read from there.
+    #[test]
+    fn a_truncation_while_down_is_noticed_at_resume() {
+        let d = dir("truncated-down");
+        let log = d.join("audit.log");
+        append(&log, &lines(0, 100));
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        let cp = sink.last();
+        assert!(cp.head_len > 0);
+        drop(f);
+        append(&log, &lines(100, 110));
+        fs::copy(&log, d.join("audit.log.1")).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, &lines(110, 400));
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.text(), lines(100, 400));
         let _ = fs::remove_dir_all(&d);
     }
 

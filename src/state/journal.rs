@@ -4,8 +4,11 @@
 //! Layout: `journal/<first seq, 20 digits>.seg` files, each a run of records
 //! `[len: u32 LE][crc32: u32 LE][seq: u64 LE][payload: len bytes]`, the CRC covering the
 //! sequence number and the payload. A segment is closed when it exceeds the segment size.
-//! On open, a torn record at the end of the newest segment (a crash mid-write) is cut off;
-//! a bad record anywhere else is reported, and reading stops there.
+//! On open, a torn record at the end of the newest segment (a crash mid-write: a record cut
+//! short, or a tail of zeros) is cut off. A bad record anywhere else is corruption: it is
+//! reported with its segment and byte offset and the daemon refuses to start, unless told to
+//! [`salvage`] the segment (`auditwatch run --skip-corrupt`): its readable records are kept and
+//! the damaged file is set aside for inspection.
 //! Segments whose records are all covered by a state snapshot are deleted ([`Journal::compact`],
 //! or [`Journal::detach`] + [`remove_segments`] off the append path).
 
@@ -99,10 +102,11 @@ impl Journal {
             fsync,
         };
         if let Some(last) = journal.segments.last_mut() {
-            // Find the end of the last whole record; cut what follows.
+            // Find the end of the last whole record; cut a torn tail.
             let mut reader = SegmentReader::open(&last.path)?;
             let mut last_seq = last.first_seq.saturating_sub(1);
             let mut good_end = 0;
+            let mut torn_seq = None;
             loop {
                 match reader.next_record() {
                     Ok(Some((seq, _))) => {
@@ -110,16 +114,31 @@ impl Journal {
                         good_end = reader.offset;
                     }
                     Ok(None) => break,
-                    Err(JournalError::Corrupt { .. }) => break,
+                    Err(e @ JournalError::Corrupt { .. }) => {
+                        if !reader.rest_is_torn()? {
+                            return Err(e);
+                        }
+                        torn_seq = reader.header_seq;
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }
             if good_end < last.len {
+                let acknowledged = match fsync {
+                    FsyncPolicy::Always => {
+                        "with journal.fsync: always a batch is acknowledged only after its record is on disk, so this one was not, unless the file was cut after the fact (then an acknowledged batch is lost)"
+                    }
+                    FsyncPolicy::Never => {
+                        "with journal.fsync: never it may have been acknowledged before the crash: that batch is lost"
+                    }
+                };
                 tracing::warn!(
                     segment = %last.path.display(),
                     kept = good_end,
                     dropped = last.len - good_end,
-                    "journal: cutting a torn record at the end (a crash during a write; that batch was never acknowledged)"
+                    record = ?torn_seq,
+                    "journal: cutting an incomplete record at the end, left by a write cut short; {acknowledged}"
                 );
                 let f = OpenOptions::new()
                     .write(true)
@@ -137,6 +156,18 @@ impl Journal {
     /// The sequence number the next record gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// The sequence number of the oldest record held (the next one when empty).
+    pub fn first_seq(&self) -> u64 {
+        self.segments.first().map_or(self.next_seq, |s| s.first_seq)
+    }
+
+    /// Numbers new records above `min`: a snapshot may cover sequence numbers of a journal
+    /// that was lost or set aside, and a reused number would be skipped by the next replay.
+    pub fn ensure_next_seq(&mut self, min: u64) {
+        // Segments are named after their first record; later ones in a segment may jump.
+        self.next_seq = self.next_seq.max(min);
     }
 
     /// Bytes held in all segments.
@@ -271,6 +302,30 @@ impl Journal {
     }
 }
 
+/// Sets a damaged segment aside (renamed with `.corrupt-<unix time>`, kept for inspection)
+/// and writes its records before the damage back under its name, so that they are replayed.
+/// Returns where the damaged file went. The records after the damage are lost.
+pub fn salvage(path: &Path, good_bytes: u64) -> Result<PathBuf, JournalError> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(aside);
+    fs::rename(path, &aside).map_err(io_err(path))?;
+    let mut good = vec![0u8; good_bytes as usize];
+    File::open(&aside)
+        .and_then(|mut f| f.read_exact(&mut good))
+        .map_err(io_err(&aside))?;
+    let mut out = File::create(path).map_err(io_err(path))?;
+    out.write_all(&good).map_err(io_err(path))?;
+    out.sync_all().map_err(io_err(path))?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir).map_err(io_err(dir))?;
+    }
+    Ok(aside)
+}
+
 /// Suffix of a compacted segment waiting to be deleted; [`Journal::open`] ignores and removes
 /// such files.
 const TRASH_SUFFIX: &str = ".seg.trash";
@@ -349,18 +404,60 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 struct SegmentReader {
     path: PathBuf,
     reader: BufReader<File>,
+    /// Offset of the next record (after the last good one).
     offset: u64,
+    len: u64,
+    /// The sequence number in the last header read, for messages about a bad record.
+    header_seq: Option<u64>,
 }
 
 impl SegmentReader {
     fn open(path: &Path) -> Result<SegmentReader, JournalError> {
         let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
         file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
         Ok(SegmentReader {
             path: path.to_owned(),
             reader: BufReader::with_capacity(1 << 16, file),
             offset: 0,
+            len,
+            header_seq: None,
         })
+    }
+
+    /// After a bad record: whether everything from it to the end looks like a write cut short
+    /// (a record running past the end of the file, or only zeros, as a crash leaves in a
+    /// file extended but not yet written) rather than damage followed by good data.
+    fn rest_is_torn(&mut self) -> Result<bool, JournalError> {
+        let mut file = File::open(&self.path).map_err(io_err(&self.path))?;
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.path))?;
+        let mut header = [0u8; HEADER];
+        let rest = self.len - self.offset;
+        if rest < HEADER as u64 {
+            return Ok(true);
+        }
+        file.read_exact(&mut header).map_err(io_err(&self.path))?;
+        let len = u64::from(u32::from_le_bytes([
+            header[0], header[1], header[2], header[3],
+        ]));
+        if rest < HEADER as u64 + len {
+            return Ok(true);
+        }
+        if header.iter().any(|&b| b != 0) {
+            // A whole record with a bad checksum: damage, even at the very end.
+            return Ok(false);
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(&self.path))?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+        }
     }
 
     /// The next whole record; `None` at a clean end. A short or bad record is `Corrupt`.
@@ -393,6 +490,11 @@ impl SegmentReader {
         let mut seq_bytes = [0u8; 8];
         seq_bytes.copy_from_slice(&header[8..16]);
         let seq = u64::from_le_bytes(seq_bytes);
+        self.header_seq = Some(seq);
+        // A damaged length must not become a huge allocation.
+        if self.offset + (HEADER + len) as u64 > self.len {
+            return Err(corrupt("truncated payload", self.offset));
+        }
         let mut payload = vec![0u8; len];
         self.reader
             .read_exact(&mut payload)
@@ -436,6 +538,69 @@ mod tests {
         let payloads: Vec<&[u8]> = all.iter().map(|(_, p)| p.as_slice()).collect();
         assert_eq!(payloads, vec![&b"one"[..], b"two", b"three"]);
         assert_eq!(j.read_after(2).unwrap().len(), 1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 16.5: damage in the middle of the newest segment was cut off with everything
+    /// after it, as if it were a torn write. It is corruption: open refuses, naming the place;
+    /// salvaging keeps the records before it and sets the file aside.
+    #[test]
+    fn damage_before_good_records_is_corruption_not_a_torn_tail() {
+        let dir = tempdir("damage");
+        let mut j = Journal::open(&dir, 1 << 20, FsyncPolicy::Always).unwrap();
+        j.append(&[b"one", b"two", b"three"]).unwrap();
+        drop(j);
+        let seg = dir.join(format!("{:020}.seg", 1));
+        let mut bytes = fs::read(&seg).unwrap();
+        let second = HEADER + 3;
+        bytes[second + HEADER] ^= 0x20; // a bit flip in "two"
+        fs::write(&seg, &bytes).unwrap();
+        let e = Journal::open(&dir, 1 << 20, FsyncPolicy::Always)
+            .err()
+            .unwrap();
+        let JournalError::Corrupt { path, offset, why } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(
+            (*offset, why.as_str()),
+            (second as u64, "checksum mismatch")
+        );
+        let aside = salvage(path, *offset).unwrap();
+        assert!(aside.exists() && aside.to_string_lossy().contains(".corrupt-"));
+        let mut j = Journal::open(&dir, 1 << 20, FsyncPolicy::Always).unwrap();
+        let kept: Vec<Vec<u8>> = j.read_after(0).unwrap().into_iter().map(|r| r.1).collect();
+        assert_eq!(kept, vec![b"one".to_vec()]);
+        // Numbers already used by the lost records are not reused when a snapshot says so.
+        j.ensure_next_seq(4);
+        assert_eq!(j.append(&[b"four"]).unwrap(), vec![4]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A crash can leave a tail of zeros (the file extended, the data not written) or a
+    /// record whose length runs past the end: both are torn writes, cut without a fuss, and
+    /// a damaged length field never becomes a huge allocation.
+    #[test]
+    fn zero_tails_and_impossible_lengths_are_torn_writes() {
+        let dir = tempdir("zeros");
+        let mut j = Journal::open(&dir, 1 << 20, FsyncPolicy::Always).unwrap();
+        j.append(&[b"one"]).unwrap();
+        drop(j);
+        let seg = dir.join(format!("{:020}.seg", 1));
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[0u8; 4096]).unwrap();
+        drop(f);
+        let j = Journal::open(&dir, 1 << 20, FsyncPolicy::Always).unwrap();
+        assert_eq!(j.next_seq(), 2);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), (HEADER + 3) as u64);
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[
+            0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4, 2, 0, 0, 0, 0, 0, 0, 0, 9,
+        ])
+        .unwrap();
+        drop(f);
+        let j = Journal::open(&dir, 1 << 20, FsyncPolicy::Always).unwrap();
+        assert_eq!(j.read_after(0).unwrap().len(), 1);
         let _ = fs::remove_dir_all(&dir);
     }
 

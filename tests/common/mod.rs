@@ -51,12 +51,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(dir: &Path, config: &Path, metrics: u16, run: usize) -> Daemon {
-        Daemon::start_under(&[], dir, config, metrics, run)
+        Daemon::start_under(&[], &[], dir, config, metrics, run)
     }
 
-    /// Starts it under a wrapper command (`prlimit --nofile=...`).
+    /// Starts it under a wrapper command (`prlimit --nofile=...`), with extra arguments to
+    /// `auditwatch run`.
     pub fn start_under(
         wrapper: &[&str],
+        extra: &[&str],
         dir: &Path,
         config: &Path,
         metrics: u16,
@@ -76,6 +78,7 @@ impl Daemon {
         let child = command
             .args(["run", "--config"])
             .arg(config)
+            .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
