@@ -116,6 +116,12 @@ pub struct EngineConfig {
     /// `/readyz` fails while the oldest batch the engine has not finished is older than this
     /// (a stalled engine must not look healthy).
     pub max_lag: Duration,
+    /// A condition run is stopped after this long and counts as a script error.
+    pub condition_timeout: Duration,
+    /// Time one rule's conditions may take per second; past it the rule's condition is not
+    /// run (counted) until the next second, so one costly rule cannot delay the others' alerts.
+    /// `1s` or more: no budget.
+    pub rule_time_budget: Duration,
 }
 
 impl Default for EngineConfig {
@@ -130,6 +136,8 @@ impl Default for EngineConfig {
             max_operations: 100_000,
             idle_after: Duration(Span::from_secs(10)),
             max_lag: Duration(Span::from_secs(30)),
+            condition_timeout: Duration(Span::from_millis(100)),
+            rule_time_budget: Duration(Span::from_millis(250)),
         }
     }
 }
@@ -482,6 +490,10 @@ impl Config {
             dedup_horizon: self.engine.dedup_horizon.0,
             dedup_capacity: self.engine.dedup_capacity,
             max_pending: self.engine.max_pending,
+            condition_timeout: self.engine.condition_timeout.std(),
+            rule_time_budget: (self.engine.rule_time_budget.std()
+                < std::time::Duration::from_secs(1))
+            .then(|| self.engine.rule_time_budget.std()),
             ..Default::default()
         }
     }

@@ -71,6 +71,14 @@ pub struct Metrics {
     pub rule_evaluations: IntCounterVec,
     pub rule_matches: IntCounterVec,
     pub window_evictions: IntCounterVec,
+    /// Wall time in each rule's condition, seconds.
+    pub rule_condition_seconds: prometheus::CounterVec,
+    /// Condition runs stopped at engine.condition_timeout, by rule.
+    pub rule_condition_timeouts: IntCounterVec,
+    /// Requests whose condition was not run, the rule being over engine.rule_time_budget.
+    pub rule_condition_skipped: IntCounterVec,
+    /// Requests a rule read objects of that were nested too deep (cut), by rule.
+    pub rule_objects_too_deep: IntCounterVec,
     /// The audited stream itself: events by verb and response code class (bounded label sets,
     /// see [`verb_label`] and [`code_class_label`]).
     pub audit_events: IntCounterVec,
@@ -249,6 +257,38 @@ impl Metrics {
                 &registry,
                 "auditwatch_window_evictions_total",
                 "Window keys evicted because a rule reached max_keys_per_rule, by rule.",
+                &["rule"],
+            ),
+            rule_condition_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "auditwatch_rule_condition_seconds_total",
+                        "Wall time spent in each rule's Rhai condition: what a rule costs.",
+                    ),
+                    &["rule"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(c.clone()))
+                    .expect("unique metric");
+                c
+            },
+            rule_condition_timeouts: counter_vec(
+                &registry,
+                "auditwatch_rule_condition_timeouts_total",
+                "Condition runs stopped at engine.condition_timeout (also counted as script errors), by rule.",
+                &["rule"],
+            ),
+            rule_condition_skipped: counter_vec(
+                &registry,
+                "auditwatch_rule_condition_skipped_total",
+                "Requests that passed a rule's match block but whose condition was not run because the rule was over engine.rule_time_budget (they count as not matching), by rule.",
+                &["rule"],
+            ),
+            rule_objects_too_deep: counter_vec(
+                &registry,
+                "auditwatch_rule_objects_too_deep_total",
+                "Requests whose objects a rule read were nested deeper than auditwatch parses (100 levels): the deeper parts were cut, the rest evaluated. By rule.",
                 &["rule"],
             ),
             audit_events: counter_vec(
@@ -449,6 +489,10 @@ impl Metrics {
             self.rule_evaluations.with_label_values(&[rule]);
             self.rule_matches.with_label_values(&[rule]);
             self.window_evictions.with_label_values(&[rule]);
+            self.rule_condition_seconds.with_label_values(&[rule]);
+            self.rule_condition_timeouts.with_label_values(&[rule]);
+            self.rule_condition_skipped.with_label_values(&[rule]);
+            self.rule_objects_too_deep.with_label_values(&[rule]);
         }
     }
 }

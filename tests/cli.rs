@@ -432,3 +432,39 @@ fn rule_examples_in_the_docs_load() {
     }
     assert!(checked >= 2, "found only {checked} examples");
 }
+
+/// Issue 16.6: a user name holding a newline and a forged alert line, or an ANSI escape,
+/// printed raw in text output. They are escaped: one alert is one line.
+#[test]
+fn text_output_escapes_control_characters() {
+    let dir = tempdir("escape");
+    let rules = write_rules(
+        &dir,
+        "rules:\n  - name: secret-read\n    severity: low\n    match: { verbs: [get], resources: [secrets] }\n    summary: '{{ user.username }} read {{ objectRef.name }}'\n",
+    );
+    let user =
+        "eve\\n2026-01-01T00:00:00.000Z CRITICAL cluster-admin-binding: all clear\\u001b[2K\\u202e";
+    let log = dir.join("audit.log");
+    std::fs::write(
+        &log,
+        format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"x1","stage":"ResponseComplete","verb":"get","user":{{"username":"{user}"}},"objectRef":{{"resource":"secrets","namespace":"ns","name":"db"}},"responseStatus":{{"code":200}},"stageTimestamp":"2026-01-01T00:00:00.000000Z"}}"#
+        ) + "\n",
+    )
+    .unwrap();
+    let out = run(bin()
+        .arg("replay")
+        .arg(format!("--rules={}", rules.display()))
+        .arg(&log));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(r"eve\n2026-01-01T00:00:00.000Z CRITICAL") && text.contains(r"\u{1b}[2K"),
+        "{text}"
+    );
+}

@@ -735,7 +735,7 @@ rules:
   - name: slow
     severity: low
     match: { verbs: [get] }
-    condition: 'let n = 0; for i in 0..3000000 { n += 1 } n > 0'
+    condition: 'let n = 0; for i in 0..500000 { n += 1 } n > 0'
 "#,
     );
     let (port, hook) = (free_port(), free_port());
@@ -746,7 +746,7 @@ rules:
             r#"
 state_dir: state
 rules: [rules.yaml]
-engine: {{ max_lag: 1s, max_operations: 100000000, condition_timeout: 60s, rule_time_budget: 1 }}
+engine: {{ max_lag: 1s, max_operations: 100000000, condition_timeout: 60s, rule_time_budget: 1s }}
 sources: [{{ webhook: {{ listen: "127.0.0.1:{hook}" }} }}]
 http: {{ listen: "127.0.0.1:{port}" }}
 "#
@@ -1057,4 +1057,84 @@ fn a_damaged_journal_refuses_start_until_skip_corrupt_sets_it_aside() {
                 .to_string_lossy()
                 .contains(".seg.corrupt-")),
     );
+}
+
+/// Issue 16.6: a costly condition, hot-reloaded, delayed the other rules' alerts by 15 s. Each
+/// run now stops at engine.condition_timeout and the rule is held to engine.rule_time_budget,
+/// so a burst of events it matches costs a bounded time and the other rules' alerts go out.
+#[test]
+fn a_costly_rule_cannot_delay_the_other_rules() {
+    let dir = Scratch::new("costly-rule");
+    write(&dir.0, "rules.yaml", RULES);
+    let (port, hook) = (free_port(), free_port());
+    write(
+        &dir.0,
+        "auditwatch.yaml",
+        &format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+sources: [{{ webhook: {{ listen: "127.0.0.1:{hook}" }} }}]
+http: {{ listen: "127.0.0.1:{port}" }}
+"#
+        ),
+    );
+    let daemon = Daemon::start(&dir.0, &dir.0.join("auditwatch.yaml"), port, 0);
+    write(
+        &dir.0,
+        "rules.yaml",
+        &format!(
+            "{RULES}\n  - name: costly\n    severity: low\n    match: {{ verbs: [get] }}\n    condition: 'let m = #{{}}; for i in 0..100000 {{ m = #{{ inner: m, i: i }}; }} m.len() > 0'\n"
+        ),
+    );
+    common::wait_until("the reload", || {
+        sample(
+            &daemon.metrics(),
+            "auditwatch_rule_reloads_total{result=\"ok\"}",
+        ) >= 1.0
+    });
+    let mut events: Vec<String> = (0..60)
+        .map(|i| {
+            event(
+                &format!("ffffffff-0000-0000-0000-{i:012}"),
+                "get",
+                "u",
+                "pods",
+                "p",
+                200,
+            )
+        })
+        .collect();
+    events.push(event(
+        "ffffffff-0000-0000-0000-999999999999",
+        "get",
+        "mallory",
+        "secrets",
+        "db",
+        200,
+    ));
+    let sent = Instant::now();
+    common::post(hook, &events);
+    common::wait_until("the secret-read alert", || {
+        std::fs::read_to_string(dir.0.join("stdout-0.jsonl"))
+            .unwrap_or_default()
+            .contains("mallory read secret db")
+    });
+    let took = sent.elapsed();
+    // Without the budgets: 61 runs of several seconds each.
+    assert!(took < Duration::from_secs(30), "the alert took {took:?}");
+    common::wait_until("the costly rule's counters", || {
+        let m = daemon.metrics();
+        sample(
+            &m,
+            "auditwatch_rule_condition_timeouts_total{rule=\"costly\"}",
+        ) >= 1.0
+            && sample(
+                &m,
+                "auditwatch_rule_condition_skipped_total{rule=\"costly\"}",
+            ) >= 1.0
+    });
+    drop(daemon);
+    assert!(stderr(&dir.0, 0).contains("rule over its time budget"));
 }

@@ -317,6 +317,7 @@ fn the_webhook_takes_firehose_and_event_hub_deliveries() {
     let event_hub = client
         .post(&url)
         .bearer_auth("s3cret")
+        .header("Content-Type", "application/json")
         .body(serde_json::json!({"records": [{"category": "kube-audit", "properties": {"log": event("via-event-hub")}}]}).to_string())
         .send()
         .unwrap();
@@ -324,6 +325,7 @@ fn the_webhook_takes_firehose_and_event_hub_deliveries() {
     let not_audit = client
         .post(&url)
         .bearer_auth("s3cret")
+        .header("Content-Type", "application/json")
         .body(r#"{"records": [{"category": "kube-audit", "properties": {}}]}"#)
         .send()
         .unwrap();

@@ -174,7 +174,19 @@ impl Alert {
     }
 
     /// One human line: `time SEVERITY rule [group] count=N: summary`.
+    /// One line for a terminal or a log file. Everything in it that came from an event (user
+    /// names, object names, summaries) has its control characters escaped (`\n`, `\u{1b}`),
+    /// and so have bidirectional-text overrides: a user name holding a newline and a forged
+    /// `CRITICAL` line, or an ANSI escape, prints as the harmless text it is.
     pub fn to_text_line(&self) -> String {
+        let line = self.unescaped_text_line();
+        match escape_controls(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        }
+    }
+
+    fn unescaped_text_line(&self) -> String {
         let mut s = format!(
             "{} {:<8} {}",
             self.last_seen,
@@ -193,4 +205,29 @@ impl Alert {
         let _ = write!(s, ": {}", self.summary);
         s
     }
+}
+
+/// `text` with control characters (C0, DEL, C1) and bidirectional overrides written as
+/// escapes; borrowed when there are none.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }

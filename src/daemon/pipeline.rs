@@ -141,8 +141,11 @@ pub struct Pipeline {
     /// IDs of alerts already in the alert journal that a replay after restart may produce
     /// again; each is suppressed once.
     already_sent: HashSet<String>,
-    /// Per-rule counts last published to the metrics (prefiltered, matched, evicted).
-    published: std::collections::HashMap<Arc<str>, [u64; 3]>,
+    /// Per-rule counts last published to the metrics (see `publish_rule_stats`).
+    published: std::collections::HashMap<Arc<str>, [u64; 7]>,
+    /// Rules seen over their time budget since the last report, and the gate of that report.
+    over_budget: std::collections::BTreeSet<Arc<str>>,
+    budget_log: LogGate,
     /// The audited stream by verb and code class, flushed to the metrics per batch.
     tally: crate::metrics::StreamTally,
     last_snapshot: Instant,
@@ -246,6 +249,8 @@ impl Pipeline {
             files,
             already_sent,
             published: Default::default(),
+            over_budget: Default::default(),
+            budget_log: LogGate::per_minute(),
             tally: Default::default(),
             last_snapshot: Instant::now(),
             newest: None,
@@ -452,19 +457,53 @@ impl Pipeline {
     /// rule's counts again; a count below the published one is taken as such a restart.
     fn publish_rule_stats(&mut self) {
         for (rule, stats) in self.engine.rule_stats() {
-            let now = [stats.prefiltered, stats.matched, stats.evicted_keys];
+            let now = [
+                stats.prefiltered,
+                stats.matched,
+                stats.evicted_keys,
+                stats.condition_timeouts,
+                stats.budget_skipped,
+                stats.objects_too_deep,
+                stats.condition_nanos,
+            ];
             let before = self.published.entry(rule.name.clone()).or_default();
             let counters = [
                 &self.metrics.rule_evaluations,
                 &self.metrics.rule_matches,
                 &self.metrics.window_evictions,
+                &self.metrics.rule_condition_timeouts,
+                &self.metrics.rule_condition_skipped,
+                &self.metrics.rule_objects_too_deep,
             ];
-            for ((counter, n), b) in counters.iter().zip(now).zip(before.iter_mut()) {
-                let delta = if n >= *b { n - *b } else { n };
+            let deltas: Vec<u64> = now
+                .iter()
+                .zip(before.iter_mut())
+                .map(|(&n, b)| {
+                    let delta = if n >= *b { n - *b } else { n };
+                    *b = n;
+                    delta
+                })
+                .collect();
+            for (counter, &delta) in counters.iter().zip(&deltas) {
                 if delta > 0 {
                     counter.with_label_values(&[&rule.name]).inc_by(delta);
                 }
-                *b = n;
+            }
+            if let Some(&nanos) = deltas.last()
+                && nanos > 0
+            {
+                self.metrics
+                    .rule_condition_seconds
+                    .with_label_values(&[&rule.name])
+                    .inc_by(nanos as f64 / 1e9);
+            }
+            if deltas[3] > 0 || deltas[4] > 0 {
+                self.over_budget.insert(rule.name.clone());
+            }
+        }
+        for rule in std::mem::take(&mut self.over_budget) {
+            if let Some(held_back) = self.budget_log.admit() {
+                tracing::warn!(rule = %rule, held_back, "rule over its time budget: conditions stopped at engine.condition_timeout or skipped past engine.rule_time_budget (see auditwatch_rule_condition_* metrics); it misses what it does not evaluate");
             }
         }
     }

@@ -11,7 +11,7 @@ mod dedup;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rhai::{Dynamic, Scope};
+use rhai::Dynamic;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -20,7 +20,9 @@ pub use dedup::{RequestDedup, audit_key};
 use crate::alert::{Alert, AlertKind, EventRef, Group, MAX_AUDIT_IDS, alert_id};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
-use crate::rules::script::{ObjectNeeds, add_objects, evaluate, event_dynamic};
+use crate::rules::script::{
+    ConditionError, ConditionRunner, ObjectNeeds, add_objects, event_dynamic,
+};
 use crate::rules::{Rule, RuleSet, Severity, WindowSpec, default_summary};
 use crate::window::{
     Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
@@ -109,6 +111,12 @@ pub struct EngineOptions {
     pub max_pending: usize,
     /// Script errors kept for the caller to report (all are counted).
     pub max_diagnostics: usize,
+    /// A condition run is stopped after this long (wall clock) and counts as an error.
+    pub condition_timeout: std::time::Duration,
+    /// Time a rule's conditions may take per second of wall time; past it, its condition is
+    /// not run (the request counts as not matching, and is counted) until the next second.
+    /// `None`: no budget (replays and rule tests, which must not depend on the clock).
+    pub rule_time_budget: Option<std::time::Duration>,
 }
 
 impl Default for EngineOptions {
@@ -120,6 +128,8 @@ impl Default for EngineOptions {
             dedup_capacity: 1_000_000,
             max_pending: 1_000_000,
             max_diagnostics: 1000,
+            condition_timeout: std::time::Duration::from_millis(100),
+            rule_time_budget: None,
         }
     }
 }
@@ -141,6 +151,14 @@ pub struct RuleStats {
     /// Hits older than the watermark on arrival.
     pub late: u64,
     pub evicted_keys: u64,
+    /// Wall time spent in the rule's condition, nanoseconds.
+    pub condition_nanos: u64,
+    /// Condition runs stopped at `condition_timeout` (also counted in `script_errors`).
+    pub condition_timeouts: u64,
+    /// Requests whose condition was not run because the rule was over its time budget.
+    pub budget_skipped: u64,
+    /// Requests whose objects were nested too deep for the rule to read all of them.
+    pub objects_too_deep: u64,
 }
 
 /// Engine-wide counters.
@@ -199,9 +217,22 @@ struct RuleState {
     window: Option<RuleWindow>,
     throttle: Option<Throttle>,
     stats: RuleStats,
+    /// Condition time used in the current second (for `rule_time_budget`).
+    budget: (std::time::Instant, std::time::Duration),
 }
 
 impl RuleState {
+    /// Whether the rule may run its condition now, under `budget` per second.
+    fn within_budget(&mut self, budget: Option<std::time::Duration>) -> bool {
+        let Some(budget) = budget else {
+            return true;
+        };
+        if self.budget.0.elapsed() >= std::time::Duration::from_secs(1) {
+            self.budget = (std::time::Instant::now(), std::time::Duration::ZERO);
+        }
+        self.budget.1 < budget
+    }
+
     /// Passes an alert for `key` at `time` through the throttle. `Some(swallowed)` if it may
     /// go out; `None` (counted) if throttled.
     fn admit(&mut self, key: &GroupKey, time: EventTime) -> Option<u64> {
@@ -226,6 +257,7 @@ impl RuleState {
                 .throttle
                 .map(|period| Throttle::new(period, opts.max_keys_per_rule)),
             stats: RuleStats::default(),
+            budget: (std::time::Instant::now(), std::time::Duration::ZERO),
         }
     }
 }
@@ -240,7 +272,7 @@ pub struct Engine {
     states: Vec<RuleState>,
     dedup: RequestDedup,
     reorder: ReorderBuffer,
-    scope: Scope<'static>,
+    conditions: ConditionRunner,
     stats: EngineStats,
     diagnostics: Vec<ScriptError>,
     /// Event time of the last housekeeping pass.
@@ -252,6 +284,8 @@ pub struct Engine {
     absence_rules: Vec<usize>,
     /// Per rule: the resources it can match ([`resource_bit`]).
     resource_masks: Vec<u64>,
+    /// Per rule: whether its match block or condition reads the event's objects.
+    reads_objects: Vec<bool>,
 }
 
 impl Engine {
@@ -264,9 +298,8 @@ impl Engine {
         let (by_verb, any_verb) = index_by_verb(&rules);
         let absence = absence_rules(&rules);
         let resource_masks = resource_masks(&rules);
-        let mut scope = Scope::new();
-        scope.push_dynamic("event", Dynamic::UNIT);
-        scope.push_dynamic("lists", rules.lists_value().clone());
+        let conditions = ConditionRunner::new(&rules, opts.condition_timeout);
+        let reads_objects = reads_objects(&rules);
         Engine {
             dedup: RequestDedup::new(opts.dedup_horizon, opts.dedup_capacity),
             reorder: ReorderBuffer::new(opts.lateness, opts.max_pending),
@@ -275,7 +308,7 @@ impl Engine {
             by_verb,
             any_verb,
             states,
-            scope,
+            conditions,
             stats: EngineStats::default(),
             diagnostics: Vec::new(),
             last_expiry: EventTime::MIN,
@@ -283,6 +316,7 @@ impl Engine {
             empty_key: Arc::from(""),
             absence_rules: absence,
             resource_masks,
+            reads_objects,
         }
     }
 
@@ -345,10 +379,8 @@ impl Engine {
         self.any_verb = any_verb;
         self.absence_rules = absence_rules(&rules);
         self.resource_masks = resource_masks(&rules);
-        self.scope = Scope::new();
-        self.scope.push_dynamic("event", Dynamic::UNIT);
-        self.scope
-            .push_dynamic("lists", rules.lists_value().clone());
+        self.conditions = ConditionRunner::new(&rules, self.opts.condition_timeout);
+        self.reads_objects = reads_objects(&rules);
         // Pending hits keep waiting for the watermark, renumbered to the new rule set; those
         // of removed or changed rules go with their window.
         let positions: HashMap<(Arc<str>, u64), usize> = rules
@@ -476,42 +508,63 @@ impl Engine {
         let objects = ObjectCache::new(rules.object_paths());
         let mut event_value: Option<Dynamic> = None;
         let mut has_objects = ObjectNeeds::default();
+        let script_cut = std::cell::Cell::new(false);
         let resource = resource_bit(&ev.object_ref().resource);
         for &idx in candidates {
             if self.resource_masks[idx as usize] & resource == 0 {
                 continue;
             }
             let rule = &rules.rules[idx as usize];
-            if !rule.matcher.matches(ev, &objects) {
+            let matched = rule.matcher.matches(ev, &objects);
+            let state = &mut self.states[idx as usize];
+            if !matched {
+                if self.reads_objects[idx as usize] && objects.too_deep() {
+                    state.stats.objects_too_deep += 1;
+                }
                 continue;
             }
-            let state = &mut self.states[idx as usize];
             state.stats.prefiltered += 1;
             if let Some(cond) = &rule.condition {
-                let value = event_value.get_or_insert_with(|| {
+                if !state.within_budget(self.opts.rule_time_budget) {
+                    state.stats.budget_skipped += 1;
+                    continue;
+                }
+                if event_value.is_none() {
                     let v = event_dynamic(ev);
-                    self.scope.set_value("event", v.clone());
-                    v
-                });
-                add_objects(value, ev, cond.needs, &mut has_objects);
+                    self.conditions.set_event(v.clone());
+                    event_value = Some(v);
+                }
+                if let Some(value) = &event_value {
+                    add_objects(value, ev, cond.needs, &mut has_objects, &script_cut);
+                }
                 state.stats.evaluated += 1;
-                let result = evaluate(rules.script_engine(), &mut self.scope, cond);
-                self.scope.rewind(2);
+                let started = std::time::Instant::now();
+                let result = self.conditions.run(cond);
+                let took = started.elapsed();
+                state.stats.condition_nanos += took.as_nanos() as u64;
+                state.budget.1 += took;
                 match result {
                     Ok(true) => {}
                     Ok(false) => continue,
-                    Err(message) => {
+                    Err(e) => {
                         state.stats.script_errors += 1;
+                        if matches!(e, ConditionError::TimedOut(_)) {
+                            state.stats.condition_timeouts += 1;
+                        }
                         if self.diagnostics.len() < self.opts.max_diagnostics {
                             self.diagnostics.push(ScriptError {
                                 rule: rule.name.clone(),
                                 audit_id: ev.audit_id.to_string(),
-                                message,
+                                message: e.to_string(),
                             });
                         }
                         continue;
                     }
                 }
+            }
+            if self.reads_objects[idx as usize] && (objects.too_deep() || script_cut.get()) {
+                // Matched on objects whose deepest parts were cut: said, not silent.
+                state.stats.objects_too_deep += 1;
             }
             // Any record is a sign of life for an absence rule: no need to remember requests.
             let is_absence = matches!(rule.window, Some(WindowSpec::Absence { .. }));
@@ -712,6 +765,26 @@ fn emit(
             None,
         ));
     }
+}
+
+/// Per rule: whether its match block or condition reads `requestObject`/`responseObject`
+/// (a cut in them counts against it).
+fn reads_objects(rules: &RuleSet) -> Vec<bool> {
+    rules
+        .rules
+        .iter()
+        .map(|r| {
+            let mut paths = crate::rules::fields::ObjectPaths::default();
+            r.matcher.collect_object_paths(&mut paths);
+            for step in &r.steps {
+                step.collect_object_paths(&mut paths);
+            }
+            paths.needs() != (false, false)
+                || r.condition
+                    .as_ref()
+                    .is_some_and(|c| c.needs.request_object || c.needs.response_object)
+        })
+        .collect()
 }
 
 fn absence_rules(rules: &RuleSet) -> Vec<usize> {

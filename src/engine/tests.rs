@@ -843,3 +843,75 @@ fn severity_when_sets_each_alerts_severity_from_its_request() {
         "{err}"
     );
 }
+
+/// Issue 16.6: a pattern that only exists at run time and does not compile is a counted
+/// script error, not a silent `false`.
+#[test]
+fn a_bad_runtime_regex_is_a_counted_error() {
+    let mut e = engine(
+        "rules:\n  - name: by-user-pattern\n    severity: low\n    condition: 'regex(event.verb, event.user.username)'\n",
+    );
+    let alerts = feed(
+        &mut e,
+        &[
+            line("a", 0, "get", "(", "pods", 200, "ResponseComplete"),
+            line("b", 1, "get", "g.t", "pods", 200, "ResponseComplete"),
+        ],
+    );
+    assert_eq!(alerts.len(), 1, "g.t matches get");
+    let (_, stats) = e.rule_stats().next().unwrap();
+    assert_eq!(stats.script_errors, 1);
+    let errs = e.take_script_errors();
+    assert!(
+        errs[0].message.contains("invalid regular expression"),
+        "{errs:?}"
+    );
+}
+
+/// Issue 16.6: a value nested past serde_json's limit anywhere in a pod made the pod
+/// unreadable, and privileged-pod rules silently did not fire. The deep part is cut, the
+/// rest is read, and the cut is counted for the rules that read the object.
+#[test]
+fn deeply_nested_objects_do_not_blind_rules_and_are_counted() {
+    let rules = r#"
+rules:
+  - name: privileged-pod
+    severity: critical
+    match:
+      verbs: [create]
+      resources: [pods]
+      fields:
+        pod.containers[*].securityContext.privileged: [true]
+  - name: host-pid
+    severity: high
+    match: { verbs: [create], resources: [pods] }
+    condition: 'event.requestObject.spec.hostPID == true'
+  - name: any-create
+    severity: low
+    match: { verbs: [create] }
+"#;
+    let deep = format!("{}1{}", "[".repeat(150), "]".repeat(150));
+    let ts = EventTime::from_secs(1_700_000_000).to_string();
+    let pod = format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"deep","stage":"ResponseComplete","verb":"create","user":{{"username":"mallory"}},"objectRef":{{"resource":"pods","namespace":"ns","name":"p"}},"responseStatus":{{"code":201}},"requestObject":{{"kind":"Pod","metadata":{{"annotations":{{"x":"y"}}}},"spec":{{"hostPID":true,"containers":[{{"name":"c","image":"i","securityContext":{{"privileged":true}},"env":[{{"name":"deep","value":"v","x":{deep}}}]}}]}}}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+    );
+    let mut e = engine(rules);
+    let alerts = feed(&mut e, &[pod]);
+    let fired: Vec<&str> = alerts.iter().map(|a| &*a.rule).collect();
+    assert_eq!(fired, ["privileged-pod", "host-pid", "any-create"]);
+    let deep_counts: Vec<(String, u64)> = e
+        .rule_stats()
+        .map(|(r, s)| (r.name.to_string(), s.objects_too_deep))
+        .collect();
+    // The match block parses only the paths it reads (the deep `env` subtree is skipped
+    // without being built), so nothing it reads was cut; the condition reads the whole object,
+    // whose deep part was cut: counted for that rule.
+    assert_eq!(
+        deep_counts,
+        [
+            ("privileged-pod".to_owned(), 0),
+            ("host-pid".to_owned(), 1),
+            ("any-create".to_owned(), 0)
+        ]
+    );
+}

@@ -11,6 +11,7 @@ mod fast;
 pub mod field;
 pub mod managed;
 mod model;
+pub mod nested;
 mod text;
 mod time;
 

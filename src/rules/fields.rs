@@ -22,7 +22,7 @@
 //! rule reads form an [`ObjectPaths`] trie, and subtrees outside it are skipped without being
 //! built (a pod's spec is kilobytes; the rules read a few fields of it).
 
-use std::cell::OnceCell;
+use std::cell::{Cell, OnceCell};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -30,8 +30,8 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::matcher::Patterns;
-use crate::event::AuditEvent;
 use crate::event::field::{FieldPath, FieldValue, Step, split_steps};
+use crate::event::{AuditEvent, nested};
 
 /// Which object a path reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,19 +188,30 @@ impl ObjectPaths {
     }
 }
 
-struct Pruned<'t>(&'t Trie);
+/// A part of the event parsed down to what the rules read (the trie), at most
+/// [`nested::MAX_DEPTH`] levels deep: a deeper subtree is cut and flagged, not the whole part
+/// lost (see [`crate::event::nested`]).
+struct Pruned<'t, 'c> {
+    trie: &'t Trie,
+    depth: usize,
+    cut: &'c Cell<bool>,
+}
 
-impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+impl<'de> DeserializeSeed<'de> for Pruned<'_, '_> {
     type Value = Value;
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.0.all {
-            return serde::Deserialize::deserialize(d);
+        if self.trie.all || self.depth >= nested::MAX_DEPTH {
+            return nested::Capped {
+                depth: self.depth,
+                cut: self.cut,
+            }
+            .deserialize(d);
         }
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Pruned<'_> {
+impl<'de> Visitor<'de> for Pruned<'_, '_> {
     type Value = Value;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JSON")
@@ -224,12 +235,16 @@ impl<'de> Visitor<'de> for Pruned<'_> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let Some(each) = &self.0.each else {
+        let Some(each) = &self.trie.each else {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return Ok(Value::Null);
         };
         let mut items = Vec::new();
-        while let Some(v) = seq.next_element_seed(Pruned(each))? {
+        while let Some(v) = seq.next_element_seed(Pruned {
+            trie: each,
+            depth: self.depth + 1,
+            cut: self.cut,
+        })? {
             items.push(v);
         }
         Ok(Value::Array(items))
@@ -237,9 +252,18 @@ impl<'de> Visitor<'de> for Pruned<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<crate::event::Text<'de>>()? {
-            match self.0.keys.get(key.as_str()).or(self.0.each.as_deref()) {
+            match self
+                .trie
+                .keys
+                .get(key.as_str())
+                .or(self.trie.each.as_deref())
+            {
                 Some(t) => {
-                    let v = map.next_value_seed(Pruned(t))?;
+                    let v = map.next_value_seed(Pruned {
+                        trie: t,
+                        depth: self.depth + 1,
+                        cut: self.cut,
+                    })?;
                     out.insert(key.as_str().to_owned(), v);
                 }
                 None => {
@@ -251,14 +275,22 @@ impl<'de> Visitor<'de> for Pruned<'_> {
     }
 }
 
-fn parse_part(raw: Option<crate::event::RawJson<'_>>, trie: Option<&Trie>) -> Option<Value> {
+fn parse_part(
+    raw: Option<crate::event::RawJson<'_>>,
+    trie: Option<&Trie>,
+    cut: &Cell<bool>,
+) -> Option<Value> {
     let raw = raw?;
+    let mut de = serde_json::Deserializer::from_str(raw.get());
     match trie {
-        Some(t) => {
-            let mut de = serde_json::Deserializer::from_str(raw.get());
-            Pruned(t).deserialize(&mut de).ok()
+        Some(trie) => Pruned {
+            trie,
+            depth: 0,
+            cut,
         }
-        None => serde_json::from_str(raw.get()).ok(),
+        .deserialize(&mut de)
+        .ok(),
+        None => nested::Capped { depth: 0, cut }.deserialize(&mut de).ok(),
     }
 }
 
@@ -267,6 +299,8 @@ pub struct ObjectCache<'p> {
     paths: &'p ObjectPaths,
     request: OnceCell<Option<Value>>,
     response: OnceCell<Option<Value>>,
+    /// A subtree nested too deep was cut from a parsed object.
+    cut: Cell<bool>,
 }
 
 impl<'p> ObjectCache<'p> {
@@ -275,18 +309,24 @@ impl<'p> ObjectCache<'p> {
             paths,
             request: OnceCell::new(),
             response: OnceCell::new(),
+            cut: Cell::new(false),
         }
+    }
+
+    /// Whether an object parsed so far had a subtree nested too deep (cut, and counted).
+    pub fn too_deep(&self) -> bool {
+        self.cut.get()
     }
 
     fn request(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
         self.request
-            .get_or_init(|| parse_part(ev.request_object, self.paths.request.as_ref()))
+            .get_or_init(|| parse_part(ev.request_object, self.paths.request.as_ref(), &self.cut))
             .as_ref()
     }
 
     fn response(&self, ev: &AuditEvent<'_>) -> Option<&Value> {
         self.response
-            .get_or_init(|| parse_part(ev.response_object, self.paths.response.as_ref()))
+            .get_or_init(|| parse_part(ev.response_object, self.paths.response.as_ref(), &self.cut))
             .as_ref()
     }
 

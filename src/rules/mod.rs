@@ -140,6 +140,7 @@ pub struct RuleSet {
     pub lists: BTreeMap<String, Vec<String>>,
     pub files: Vec<PathBuf>,
     pub(crate) scripts: rhai::Engine,
+    pub(crate) script_limits: script::ScriptLimits,
     pub(crate) lists_value: rhai::Dynamic,
     pub(crate) templates: minijinja::Environment<'static>,
     /// Object paths read by any rule's match block (for pruned object parsing).
@@ -163,6 +164,10 @@ impl RuleSet {
 
     pub fn script_engine(&self) -> &rhai::Engine {
         &self.scripts
+    }
+
+    pub fn script_limits(&self) -> script::ScriptLimits {
+        self.script_limits
     }
 
     pub fn lists_value(&self) -> &rhai::Dynamic {

@@ -53,22 +53,35 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
 
     let globs = GlobCache::default();
     let cache = globs.clone();
-    engine.register_fn("glob", move |text: &str, pattern: &str| {
-        cache.matches(text, pattern)
-    });
+    engine.register_fn(
+        "glob",
+        move |text: &str, pattern: &str| -> Result<bool, Box<rhai::EvalAltResult>> {
+            cache.matches(text, pattern).map_err(|e| e.into())
+        },
+    );
     let cache = globs.clone();
-    engine.register_fn("glob", move |text: &str, patterns: Array| {
-        patterns.iter().any(|p| {
-            p.read_lock::<ImmutableString>()
-                .is_some_and(|p| cache.matches(text, &p))
-        })
-    });
+    engine.register_fn(
+        "glob",
+        move |text: &str, patterns: Array| -> Result<bool, Box<rhai::EvalAltResult>> {
+            for p in &patterns {
+                if let Some(p) = p.read_lock::<ImmutableString>()
+                    && cache.matches(text, &p)?
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        },
+    );
     engine.register_fn("glob", |_: (), _: Dynamic| false);
 
-    let cache: Arc<Mutex<HashMap<String, Option<regex::Regex>>>> = Arc::default();
-    engine.register_fn("regex", move |text: &str, pattern: &str| {
-        regex_match(&cache, text, pattern)
-    });
+    let cache: Arc<Mutex<HashMap<String, regex::Regex>>> = Arc::default();
+    engine.register_fn(
+        "regex",
+        move |text: &str, pattern: &str| -> Result<bool, Box<rhai::EvalAltResult>> {
+            regex_match(&cache, text, pattern).map_err(|e| e.into())
+        },
+    );
     engine.register_fn("regex", |_: (), _: &str| false);
 
     engine.register_fn("cidr", |ip: &str, net: &str| cidr_match(ip, net));
@@ -146,46 +159,156 @@ pub fn build_engine(limits: ScriptLimits) -> Engine {
 }
 
 /// Compiled glob patterns, shared by the `glob` helpers of one engine (patterns in rules are
-/// few and fixed; compiling one per call would dominate a rule's cost).
+/// few and fixed; compiling one per call would dominate a rule's cost). A pattern that does not
+/// compile is an error of the script, counted like any other, not a silent `false`.
 #[derive(Clone, Default)]
-struct GlobCache(Arc<Mutex<HashMap<String, Option<globset::GlobMatcher>>>>);
+struct GlobCache(Arc<Mutex<HashMap<String, globset::GlobMatcher>>>);
 
 impl GlobCache {
-    fn matches(&self, text: &str, pattern: &str) -> bool {
+    fn matches(&self, text: &str, pattern: &str) -> Result<bool, String> {
         let Ok(mut cache) = self.0.lock() else {
-            return false;
+            return Err("glob cache poisoned".into());
         };
         if let Some(m) = cache.get(pattern) {
-            return m.as_ref().is_some_and(|m| m.is_match(text));
+            return Ok(m.is_match(text));
         }
+        let m = compile_glob(pattern)?;
         if cache.len() > 4096 {
             cache.clear();
         }
-        let m = globset::Glob::new(pattern)
-            .ok()
-            .map(|g| g.compile_matcher());
-        let hit = m.as_ref().is_some_and(|m| m.is_match(text));
+        let hit = m.is_match(text);
         cache.insert(pattern.to_owned(), m);
-        hit
+        Ok(hit)
     }
 }
 
+/// A glob for the `glob` helper, within the limits rule files have.
+pub fn compile_glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    let wildcards = pattern
+        .chars()
+        .filter(|c| matches!(c, '*' | '?' | '[' | '{'))
+        .count();
+    if pattern.len() > super::matcher::MAX_PATTERN_BYTES
+        || wildcards > super::matcher::MAX_WILDCARDS
+    {
+        return Err(format!(
+            "glob of {} bytes and {wildcards} wildcards; at most {} and {}",
+            pattern.len(),
+            super::matcher::MAX_PATTERN_BYTES,
+            super::matcher::MAX_WILDCARDS
+        ));
+    }
+    globset::Glob::new(pattern)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("invalid glob {pattern:?}: {}", e.kind()))
+}
+
+/// A regular expression for the `regex` helper, within the limits rule files have.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > super::matcher::MAX_PATTERN_BYTES {
+        return Err(format!(
+            "regular expression of {} bytes; at most {}",
+            pattern.len(),
+            super::matcher::MAX_PATTERN_BYTES
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            // regex's syntax errors draw the pattern over several lines; keep the reason.
+            let text = e.to_string();
+            let why = text.lines().last().unwrap_or_default().trim();
+            let why = why.strip_prefix("error: ").unwrap_or(why);
+            format!("invalid regular expression {pattern:?}: {why}")
+        })
+}
+
 fn regex_match(
-    cache: &Mutex<HashMap<String, Option<regex::Regex>>>,
+    cache: &Mutex<HashMap<String, regex::Regex>>,
     text: &str,
     pattern: &str,
-) -> bool {
+) -> Result<bool, String> {
     let Ok(mut cache) = cache.lock() else {
-        return false;
+        return Err("regex cache poisoned".into());
     };
-    if cache.len() > 1024 && !cache.contains_key(pattern) {
+    if let Some(re) = cache.get(pattern) {
+        return Ok(re.is_match(text));
+    }
+    let re = compile_regex(pattern)?;
+    if cache.len() > 1024 {
         cache.clear();
     }
-    cache
-        .entry(pattern.to_owned())
-        .or_insert_with(|| regex::Regex::new(pattern).ok())
-        .as_ref()
-        .is_some_and(|re| re.is_match(text))
+    let hit = re.is_match(text);
+    cache.insert(pattern.to_owned(), re);
+    Ok(hit)
+}
+
+/// The `regex` and `glob` calls of a compiled condition whose pattern is a literal, checked
+/// now: `(line, column, message)` for each that does not compile. A pattern known when rules
+/// load fails when they load, not silently at every event.
+pub fn literal_pattern_errors(ast: &AST) -> Vec<(usize, usize, String)> {
+    use rhai::{ASTNode, Expr};
+    let mut errors = Vec::new();
+    let mut check = |expr: &Expr, helper: &str| {
+        let mut owned: Vec<(ImmutableString, rhai::Position)> = Vec::new();
+        let mut literals: Vec<(&ImmutableString, rhai::Position)> = Vec::new();
+        match expr {
+            Expr::StringConstant(s, pos) => literals.push((s, *pos)),
+            Expr::Array(items, _) => {
+                for item in items.iter() {
+                    if let Expr::StringConstant(s, pos) = item {
+                        literals.push((s, *pos));
+                    }
+                }
+            }
+            // A literal array of strings, folded into a constant when compiled.
+            Expr::DynamicConstant(value, pos) => {
+                if let Some(items) = value.read_lock::<Array>() {
+                    for item in items.iter() {
+                        if let Some(s) = item.read_lock::<ImmutableString>() {
+                            owned.push((s.clone(), *pos));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        literals.extend(owned.iter().map(|(s, p)| (s, *p)));
+        for (text, pos) in literals {
+            let result = if helper == "regex" {
+                compile_regex(text).map(drop)
+            } else {
+                compile_glob(text).map(drop)
+            };
+            if let Err(e) = result {
+                errors.push((
+                    pos.line().unwrap_or(1),
+                    pos.position().unwrap_or(1),
+                    format!("{helper}(): {e}"),
+                ));
+            }
+        }
+    };
+    ast.walk(&mut |path: &[ASTNode]| {
+        match path.last() {
+            // regex(text, "pattern"), glob(text, "pattern" or [...])
+            Some(ASTNode::Expr(Expr::FnCall(call, _)))
+                if matches!(call.name.as_str(), "regex" | "glob") && call.args.len() == 2 =>
+            {
+                check(&call.args[1], call.name.as_str());
+            }
+            // text.regex("pattern")
+            Some(ASTNode::Expr(Expr::MethodCall(call, _)))
+                if matches!(call.name.as_str(), "regex" | "glob") && call.args.len() == 1 =>
+            {
+                check(&call.args[0], call.name.as_str());
+            }
+            _ => {}
+        }
+        true
+    });
+    errors
 }
 
 /// Whether an address is globally routable: outside every special-purpose block of the IANA
@@ -449,23 +572,39 @@ fn s(v: &str) -> Dynamic {
     Dynamic::from(ImmutableString::from(v))
 }
 
-fn raw(v: Option<RawJson<'_>>) -> Dynamic {
-    v.and_then(|r| serde_json::from_str::<Dynamic>(r.get()).ok())
-        .unwrap_or(Dynamic::UNIT)
+/// A raw JSON part as a Rhai value: straight from the text, or, for a part nested deeper
+/// than serde_json allows, with the deep subtrees cut (`cut` is set; see
+/// [`crate::event::nested`]).
+fn raw(v: Option<RawJson<'_>>, cut: &std::cell::Cell<bool>) -> Dynamic {
+    let Some(r) = v else {
+        return Dynamic::UNIT;
+    };
+    match serde_json::from_str::<Dynamic>(r.get()) {
+        Ok(d) => d,
+        Err(e) if crate::event::nested::is_too_deep(&e) => {
+            crate::event::nested::parse(r.get(), cut)
+                .ok()
+                .and_then(|v| rhai::serde::to_dynamic(v).ok())
+                .unwrap_or(Dynamic::UNIT)
+        }
+        Err(_) => Dynamic::UNIT,
+    }
 }
 
 /// A large object for scripts. Plain (not shared) maps and arrays: Rhai's data-size checks
 /// do not support shared values nested inside data.
-fn raw_object(v: Option<RawJson<'_>>) -> Dynamic {
-    raw(v)
+fn raw_object(v: Option<RawJson<'_>>, cut: &std::cell::Cell<bool>) -> Dynamic {
+    raw(v, cut)
 }
 
-/// Adds the object parts `needs` asks for and `event` (from [`event_dynamic`]) lacks.
+/// Adds the object parts `needs` asks for and `event` (from [`event_dynamic`]) lacks. `cut`
+/// is set when a part was nested too deep and had subtrees cut.
 pub fn add_objects(
     event: &Dynamic,
     ev: &AuditEvent<'_>,
     needs: ObjectNeeds,
     has: &mut ObjectNeeds,
+    cut: &std::cell::Cell<bool>,
 ) {
     if needs.request_object <= has.request_object
         && needs.response_object <= has.response_object
@@ -479,22 +618,22 @@ pub fn add_objects(
         return;
     };
     if needs.request_object && !has.request_object {
-        map.insert("requestObject".into(), raw_object(ev.request_object));
+        map.insert("requestObject".into(), raw_object(ev.request_object, cut));
         has.request_object = true;
     }
     if needs.response_object && !has.response_object {
-        map.insert("responseObject".into(), raw_object(ev.response_object));
+        map.insert("responseObject".into(), raw_object(ev.response_object, cut));
         has.response_object = true;
     }
     if needs.raw_parts && !has.raw_parts {
-        map.insert("annotations".into(), raw_map(ev.annotations));
+        map.insert("annotations".into(), raw_map(ev.annotations, cut));
         if let Some(mut status) = map
             .get_mut("responseStatus")
             .and_then(|s| s.write_lock::<Map>())
         {
             status.insert(
                 "details".into(),
-                raw(ev.response_status.as_ref().and_then(|s| s.details)),
+                raw(ev.response_status.as_ref().and_then(|s| s.details), cut),
             );
         }
         let users = [
@@ -504,7 +643,7 @@ pub fn add_objects(
         ];
         for (key, user) in users {
             if let Some(mut m) = map.get_mut(key).and_then(|u| u.write_lock::<Map>()) {
-                m.insert("extra".into(), raw_map(user.and_then(|u| u.extra)));
+                m.insert("extra".into(), raw_map(user.and_then(|u| u.extra), cut));
             }
         }
         has.raw_parts = true;
@@ -512,8 +651,8 @@ pub fn add_objects(
 }
 
 /// A raw JSON object for scripts; an empty map when absent.
-fn raw_map(v: Option<RawJson<'_>>) -> Dynamic {
-    let value = raw(v);
+fn raw_map(v: Option<RawJson<'_>>, cut: &std::cell::Cell<bool>) -> Dynamic {
+    let value = raw(v, cut);
     if value.is_unit() {
         Dynamic::from_map(Map::new())
     } else {
@@ -605,27 +744,134 @@ pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
     Dynamic::from_map(m).into_shared()
 }
 
-/// Runs a condition. `scope` holds `event` and `lists` (see [`compile_scope`]).
-///
-/// A panic inside Rhai (it has internal `unreachable!`s) becomes a script error for this
-/// event instead of taking the engine down.
-pub fn evaluate(engine: &Engine, scope: &mut Scope<'_>, cond: &Condition) -> Result<bool, String> {
-    let run =
-        std::panic::AssertUnwindSafe(|| engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast));
-    let result: Dynamic = match std::panic::catch_unwind(run) {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_else(|| "unknown".into());
-            return Err(format!("script engine panicked: {what}"));
+/// Why a condition did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionError {
+    /// The script failed (a type error, a limit of Rhai's, a panic inside Rhai).
+    Script(String),
+    /// It ran past `engine.condition_timeout` and was stopped.
+    TimedOut(std::time::Duration),
+}
+
+impl std::fmt::Display for ConditionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConditionError::Script(e) => f.write_str(e),
+            ConditionError::TimedOut(limit) => write!(
+                f,
+                "stopped after running past its time budget of {limit:?} (engine.condition_timeout)"
+            ),
         }
-    };
-    result
-        .as_bool()
-        .map_err(|got| format!("condition must evaluate to a bool, got {got}"))
+    }
+}
+
+/// When the running condition must stop (nanoseconds after `base`, plus one; 0: no limit).
+struct Deadline {
+    base: std::time::Instant,
+    at: std::sync::atomic::AtomicU64,
+}
+
+/// How often (in Rhai operations) the clock is read: one `Instant::now()` per 128 operations
+/// costs well under 1% of a script's time, and bounds the overrun to 128 operations.
+const CLOCK_EVERY: u64 = 128;
+
+/// Runs conditions for one engine: owns the Rhai engine they run on (with a clock that stops
+/// a run past its time budget) and the scope they see (`event`, `lists`, then the script's own
+/// variables, dropped after each run).
+///
+/// Rhai counts operations, not time, and one operation can cost microseconds (building a map,
+/// copying a large array): 100,000 of them took 5 s per event. So each run also has a wall
+/// clock budget, checked from Rhai's progress callback.
+pub struct ConditionRunner {
+    engine: Engine,
+    scope: Scope<'static>,
+    deadline: Arc<Deadline>,
+    timeout: std::time::Duration,
+}
+
+/// Scope entries that outlive a run: `event` and `lists`.
+const BASE_SCOPE: usize = 2;
+
+impl ConditionRunner {
+    /// A runner for the conditions of `rules`; a run stops after `timeout`.
+    pub fn new(rules: &super::RuleSet, timeout: std::time::Duration) -> ConditionRunner {
+        ConditionRunner::with(rules.script_limits(), rules.lists_value().clone(), timeout)
+    }
+
+    /// A runner with these limits and `lists` value.
+    pub fn with(
+        limits: ScriptLimits,
+        lists: Dynamic,
+        timeout: std::time::Duration,
+    ) -> ConditionRunner {
+        let mut engine = build_engine(limits);
+        let deadline = Arc::new(Deadline {
+            base: std::time::Instant::now(),
+            at: std::sync::atomic::AtomicU64::new(0),
+        });
+        let clock = Arc::clone(&deadline);
+        engine.on_progress(move |ops| {
+            if ops % CLOCK_EVERY != 0 {
+                return None;
+            }
+            let at = clock.at.load(std::sync::atomic::Ordering::Relaxed);
+            let now = clock.base.elapsed().as_nanos() as u64 + 1;
+            (at != 0 && now > at).then(|| Dynamic::from("timeout"))
+        });
+        let mut scope = Scope::new();
+        scope.push_dynamic("event", Dynamic::UNIT);
+        scope.push_dynamic("lists", lists);
+        ConditionRunner {
+            engine,
+            scope,
+            deadline,
+            timeout,
+        }
+    }
+
+    /// The event the following runs see.
+    pub fn set_event(&mut self, event: Dynamic) {
+        self.scope.set_value("event", event);
+    }
+
+    /// Runs `cond` on the event set last. A panic inside Rhai (it has internal
+    /// `unreachable!`s) becomes an error for this event instead of taking the engine down.
+    pub fn run(&mut self, cond: &Condition) -> Result<bool, ConditionError> {
+        let start = self.deadline.base.elapsed() + self.timeout;
+        self.deadline.at.store(
+            u64::try_from(start.as_nanos()).unwrap_or(u64::MAX - 1) + 1,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let (engine, scope) = (&self.engine, &mut self.scope);
+        let run = std::panic::AssertUnwindSafe(|| {
+            engine.eval_ast_with_scope::<Dynamic>(scope, &cond.ast)
+        });
+        let outcome = std::panic::catch_unwind(run);
+        self.deadline
+            .at
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.scope.rewind(BASE_SCOPE);
+        let result: Dynamic = match outcome {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) if matches!(*e, rhai::EvalAltResult::ErrorTerminated(..)) => {
+                return Err(ConditionError::TimedOut(self.timeout));
+            }
+            Ok(Err(e)) => return Err(ConditionError::Script(e.to_string())),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(ConditionError::Script(format!(
+                    "script engine panicked: {what}"
+                )));
+            }
+        };
+        result.as_bool().map_err(|got| {
+            ConditionError::Script(format!("condition must evaluate to a bool, got {got}"))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -635,6 +881,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn run(script: &str, event: &str) -> Result<bool, String> {
+        run_within(script, event, std::time::Duration::from_secs(60)).map_err(|e| e.to_string())
+    }
+
+    fn run_within(
+        script: &str,
+        event: &str,
+        timeout: std::time::Duration,
+    ) -> Result<bool, ConditionError> {
         let engine = build_engine(ScriptLimits::default());
         let mut lists = BTreeMap::new();
         lists.insert("admins".to_string(), vec!["alice".to_string()]);
@@ -642,15 +896,15 @@ mod tests {
         let scope = compile_scope(&lists);
         let ast = engine
             .compile_with_scope(&scope, script)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ConditionError::Script(e.to_string()))?;
         let ev = decode_event(event).unwrap();
         let value = event_dynamic(&ev);
         let needs = ObjectNeeds::of_script(script);
-        add_objects(&value, &ev, needs, &mut ObjectNeeds::default());
-        let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", value);
-        scope.push_constant_dynamic("lists", lists);
-        evaluate(&engine, &mut scope, &Condition { ast, needs })
+        let cut = std::cell::Cell::new(false);
+        add_objects(&value, &ev, needs, &mut ObjectNeeds::default(), &cut);
+        let mut runner = ConditionRunner::with(ScriptLimits::default(), lists, timeout);
+        runner.set_event(value);
+        runner.run(&Condition { ast, needs })
     }
 
     const EV: &str = r#"{"auditID":"1","verb":"create","user":{"username":"alice","groups":["dev"]},"sourceIPs":["10.1.1.1"],"objectRef":{"resource":"pods","namespace":"prod"},"responseStatus":{"code":201},"requestObject":{"spec":{"hostNetwork":true,"containers":[{"image":"nginx","securityContext":{"privileged":true}}]},"metadata":{"annotations":{"a/b":"x"}}}}"#;
@@ -831,18 +1085,52 @@ mod tests {
         let decoded = decode_event(ev).unwrap();
         let value = event_dynamic(&decoded);
         let mut has = ObjectNeeds::default();
-        add_objects(&value, &decoded, ObjectNeeds::default(), &mut has);
+        let cut = std::cell::Cell::new(false);
+        add_objects(&value, &decoded, ObjectNeeds::default(), &mut has, &cut);
         assert!(!has.raw_parts);
         add_objects(
             &value,
             &decoded,
             ObjectNeeds::of_script("event.annotations"),
             &mut has,
+            &cut,
         );
         assert!(has.raw_parts);
         let map = value.read_lock::<Map>().unwrap();
         let ann = map["annotations"].read_lock::<Map>().unwrap();
         assert_eq!(ann.len(), 1);
+    }
+
+    /// Issue 16.6: a condition that builds 20k nested maps cost 5 s per event under the
+    /// operation cap. The wall clock stops it.
+    #[test]
+    fn a_condition_is_stopped_at_its_time_budget() {
+        let costly = "let m = #{}; for i in 0..100000 { m = #{ inner: m, i: i }; } m.len() > 0";
+        let started = std::time::Instant::now();
+        let r = run_within(costly, META, std::time::Duration::from_millis(20));
+        assert_eq!(
+            r,
+            Err(ConditionError::TimedOut(std::time::Duration::from_millis(
+                20
+            )))
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // The same runner goes on with the next condition.
+        assert_eq!(run("event.verb == \"get\"", META), Ok(true));
+    }
+
+    /// A value nested past serde_json's limit in the object: the script still sees the rest.
+    #[test]
+    fn too_deep_objects_are_cut_not_lost() {
+        let deep = format!(
+            r#"{{"auditID":"d","verb":"create","requestObject":{{"spec":{{"hostPID":true,"x":{}1{}}}}}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert_eq!(
+            run("event.requestObject.spec.hostPID == true", &deep),
+            Ok(true)
+        );
     }
 
     #[test]
