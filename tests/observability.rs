@@ -264,8 +264,8 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
     let dir = Scratch::new("observability");
     promtool_parses(&dir.0, &queries);
 
-    // A running auditwatch with a webhook source, rules and a notifier (so every family with
-    // labels has its series), fed a few events.
+    // A running auditwatch with a webhook source, rules, a notifier and an API token (so every
+    // family with labels has its series), fed a few events.
     let (hook, metrics_port, prom_port, dead) =
         (free_port(), free_port(), free_port(), free_port());
     std::fs::write(
@@ -273,11 +273,12 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
         "rules:\n  - name: secret-read\n    severity: medium\n    match: { verbs: [get], resources: [secrets] }\n",
     )
     .unwrap();
+    std::fs::write(dir.0.join("token"), "t0ken\n").unwrap();
     let config = dir.0.join("auditwatch.yaml");
     std::fs::write(
         &config,
         format!(
-            "state_dir: state\nrules: [rules.yaml]\nalerts: {{ stdout: json }}\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\" }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\" }}\nnotifiers:\n  hook: {{ webhook: {{ url: \"http://127.0.0.1:{dead}/\" }} }}\nroute: {{ notify: [hook] }}\n"
+            "state_dir: state\nrules: [rules.yaml]\nalerts: {{ stdout: json }}\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\", auth: {{ bearer_token_file: token }} }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\" }}\nnotifiers:\n  hook: {{ webhook: {{ url: \"http://127.0.0.1:{dead}/\" }} }}\nroute: {{ notify: [hook] }}\n"
         ),
     )
     .unwrap();
@@ -383,14 +384,15 @@ fn self_monitoring_rules_pass_promtool_and_name_exported_metrics() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // The names: against a scrape of a daemon on defaults plus a notifier.
+    // The names: against a scrape of a daemon on defaults plus a notifier and an API token.
     let dir = Scratch::new("observability-rules");
+    std::fs::write(dir.0.join("token"), "t0ken\n").unwrap();
     let (hook, metrics_port) = (free_port(), free_port());
     let config = dir.0.join("auditwatch.yaml");
     std::fs::write(
         &config,
         format!(
-            "state_dir: state\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\" }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\" }}\nnotifiers:\n  m: {{ metrics: {{}} }}\nroute: {{ notify: [m] }}\n"
+            "state_dir: state\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\", auth: {{ bearer_token_file: token }} }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\" }}\nnotifiers:\n  m: {{ metrics: {{}} }}\nroute: {{ notify: [m] }}\n"
         ),
     )
     .unwrap();

@@ -380,6 +380,13 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         }
 
         // Tokens, passwords and certificates follow their files.
+        for r in &reloadables {
+            for result in ["ok", "error"] {
+                metrics
+                    .credential_reloads
+                    .with_label_values(&[r.name(), result]);
+            }
+        }
         if !reloadables.is_empty() {
             let every = config.reload.interval.std();
             let metrics = Arc::clone(&metrics);
