@@ -1138,3 +1138,55 @@ http: {{ listen: "127.0.0.1:{port}" }}
     drop(daemon);
     assert!(stderr(&dir.0, 0).contains("rule over its time budget"));
 }
+
+/// Issue 16.5: a deleted journal started silently, and the next batches were numbered from 1
+/// again, below the snapshot's position: after a crash their replay skipped them.
+#[test]
+fn a_lost_journal_is_reported_and_new_batches_survive_a_crash() {
+    let dir = Scratch::new("journal-lost");
+    write(&dir.0, "rules.yaml", RULES);
+    let (port, hook) = (free_port(), free_port());
+    write(
+        &dir.0,
+        "auditwatch.yaml",
+        &state_config(port, hook).replace("interval: 1s", "interval: 1h"),
+    );
+    let config = dir.0.join("auditwatch.yaml");
+    let daemon = Daemon::start(&dir.0, &config, port, 0);
+    refusals(hook, 0, 3);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    std::fs::remove_dir_all(dir.0.join("state/journal")).unwrap();
+
+    let daemon = Daemon::start(&dir.0, &config, port, 1);
+    assert_eq!(
+        sample(
+            &daemon.metrics(),
+            "auditwatch_state_problems_total{problem=\"missing\",what=\"journal\"}"
+        ),
+        1.0
+    );
+    common::post(
+        hook,
+        &[event(
+            "abababab-0000-0000-0000-000000000001",
+            "get",
+            "mallory",
+            "secrets",
+            "db",
+            200,
+        )],
+    );
+    daemon.kill9();
+    // The batch acknowledged after the loss is replayed after the crash.
+    let daemon = Daemon::start(&dir.0, &config, port, 2);
+    assert_eq!(
+        sample(
+            &daemon.metrics(),
+            "auditwatch_events_decoded_total{source=\"webhook\"}"
+        ),
+        1.0,
+        "the batch acknowledged before the crash was replayed"
+    );
+    drop(daemon);
+    assert!(stderr(&dir.0, 1).contains("the ingest journal is missing or shorter"));
+}
