@@ -884,17 +884,24 @@ rules:
     window: { threshold: 5, over: 10m, group_by: [user.username] }
 "#;
 
-fn state_config(port: u16, hook: u16) -> String {
-    format!(
-        r#"
+/// A daemon config with state snapshots every `interval`: (metrics port, webhook port, path).
+fn write_state_config(dir: &Path, interval: &str) -> (u16, u16, std::path::PathBuf) {
+    let (port, hook) = (free_port(), free_port());
+    write(
+        dir,
+        "auditwatch.yaml",
+        &format!(
+            r#"
 state_dir: state
 rules: [rules.yaml]
 alerts: {{ stdout: json }}
-snapshot: {{ interval: 1s }}
+snapshot: {{ interval: {interval} }}
 sources: [{{ webhook: {{ listen: "127.0.0.1:{hook}" }} }}]
 http: {{ listen: "127.0.0.1:{port}" }}
 "#
-    )
+        ),
+    );
+    (port, hook, dir.join("auditwatch.yaml"))
 }
 
 fn refusals(hook: u16, from: usize, to: usize) {
@@ -920,9 +927,7 @@ fn refusals(hook: u16, from: usize, to: usize) {
 fn a_damaged_snapshot_is_detected_and_the_window_survives() {
     let dir = Scratch::new("snapshot-flip");
     write(&dir.0, "rules.yaml", BRUTE_FORCE);
-    let (port, hook) = (free_port(), free_port());
-    write(&dir.0, "auditwatch.yaml", &state_config(port, hook));
-    let config = dir.0.join("auditwatch.yaml");
+    let (port, hook, config) = write_state_config(&dir.0, "1s");
     let daemon = Daemon::start(&dir.0, &config, port, 0);
     refusals(hook, 0, 3);
     common::wait_until("a snapshot after the refusals", || {
@@ -992,14 +997,8 @@ fn a_damaged_snapshot_is_detected_and_the_window_survives() {
 fn a_damaged_journal_refuses_start_until_skip_corrupt_sets_it_aside() {
     let dir = Scratch::new("journal-damage");
     write(&dir.0, "rules.yaml", BRUTE_FORCE);
-    let (port, hook) = (free_port(), free_port());
     // No periodic snapshot during the run; journal records stay after the final one.
-    write(
-        &dir.0,
-        "auditwatch.yaml",
-        &state_config(port, hook).replace("interval: 1s", "interval: 1h"),
-    );
-    let config = dir.0.join("auditwatch.yaml");
+    let (port, hook, config) = write_state_config(&dir.0, "1h");
     let daemon = Daemon::start(&dir.0, &config, port, 0);
     refusals(hook, 0, 4);
     daemon.kill9();
@@ -1145,13 +1144,7 @@ http: {{ listen: "127.0.0.1:{port}" }}
 fn a_lost_journal_is_reported_and_new_batches_survive_a_crash() {
     let dir = Scratch::new("journal-lost");
     write(&dir.0, "rules.yaml", RULES);
-    let (port, hook) = (free_port(), free_port());
-    write(
-        &dir.0,
-        "auditwatch.yaml",
-        &state_config(port, hook).replace("interval: 1s", "interval: 1h"),
-    );
-    let config = dir.0.join("auditwatch.yaml");
+    let (port, hook, config) = write_state_config(&dir.0, "1h");
     let daemon = Daemon::start(&dir.0, &config, port, 0);
     refusals(hook, 0, 3);
     assert_eq!(daemon.terminate().code(), Some(0));

@@ -234,7 +234,7 @@ async fn guard_api(State(guard): State<Arc<Guard>>, mut request: Request, next: 
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH
     );
-    if has_body && !is_json(request.headers()) {
+    if has_body && !crate::net::is_json(request.headers()) {
         return refuse(
             &guard,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -305,14 +305,6 @@ fn same_origin(headers: &HeaderMap) -> bool {
         }
     };
     with_port(authority).eq_ignore_ascii_case(&with_port(host))
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn silence_error(e: SilenceError) -> Response {

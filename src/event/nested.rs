@@ -15,6 +15,35 @@ use std::fmt;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+/// The scalar methods of a serde `Visitor` that builds a `serde_json::Value` (for the
+/// visitors here and in the rules' pruned parse, which differ only in maps and arrays).
+macro_rules! scalar_visits {
+    () => {
+        fn visit_bool<E>(self, v: bool) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<serde_json::Value, E> {
+            Ok(serde_json::Value::Null)
+        }
+    };
+}
+pub(crate) use scalar_visits;
+
 /// Levels kept below the part's root. Kubernetes objects nest a few dozen levels at most.
 pub const MAX_DEPTH: usize = 100;
 
@@ -44,27 +73,7 @@ impl<'de> Visitor<'de> for Capped<'_> {
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JSON")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
+    scalar_visits!();
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         while let Some(v) = seq.next_element_seed(Capped {

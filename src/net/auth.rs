@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::reload::{Reloadable, Reloading, read_secret};
+use super::reload::{Reloadable, Reloading, secret_file};
 
 /// `http.auth` in the config.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,15 +184,7 @@ impl Authenticator {
         let token = cfg
             .bearer_token_file
             .as_ref()
-            .map(|path| {
-                let p = path.clone();
-                Reloading::new(
-                    format!("{name} bearer token"),
-                    vec![path.clone()],
-                    move || read_secret(&p),
-                )
-                .map(Arc::new)
-            })
+            .map(|path| secret_file(format!("{name} bearer token"), path))
             .transpose()?;
         let file_users = cfg
             .basic_auth_users_file

@@ -121,6 +121,15 @@ impl<T: Send + Sync> Reloadable for Reloading<T> {
     }
 }
 
+/// A bearer token read from `path`, reloaded when it changes; `what` names it in logs.
+pub fn secret_file(
+    what: String,
+    path: &std::path::Path,
+) -> Result<Arc<Reloading<Vec<u8>>>, String> {
+    let p = path.to_owned();
+    Reloading::new(what, vec![path.to_owned()], move || read_secret(&p)).map(Arc::new)
+}
+
 /// Reads a secret file (a bearer token): its text without surrounding whitespace, which must
 /// not be empty.
 pub fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {

@@ -660,6 +660,16 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
     }
 
+    /// What logrotate's copytruncate does to the original.
+    fn truncate(path: &Path) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
     fn lines(from: usize, to: usize) -> String {
         (from..to)
             .map(|i| format!("{{\"auditID\":\"id-{i:06}\",\"n\":{i}}}\n"))
@@ -683,12 +693,7 @@ mod tests {
         // size of new lines.
         append(&log, &lines(280, 300));
         fs::copy(&log, d.join("audit.log.1")).unwrap();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         append(&log, &lines(300, 860));
         drain(&mut f, &mut sink);
         assert_eq!(
@@ -700,12 +705,7 @@ mod tests {
 
         // The same without a copy: what was read stays, the new content is read from 0.
         fs::remove_file(d.join("audit.log.1")).unwrap();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         append(&log, &lines(860, 1500));
         drain(&mut f, &mut sink);
         assert_eq!(sink.text(), lines(0, 1500));
@@ -729,12 +729,7 @@ mod tests {
         drop(f);
         append(&log, &lines(100, 110));
         fs::copy(&log, d.join("audit.log.1")).unwrap();
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         append(&log, &lines(110, 400));
         let mut f = Follower::new("audit", &log, Duration::from_millis(1));
         let mut sink = Collect(Vec::new());

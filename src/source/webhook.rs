@@ -36,7 +36,7 @@ use crate::daemon::pipeline::Input;
 use crate::event::{DecodeErrorKind, InputFormat, Span};
 use crate::metrics::Metrics;
 use crate::net::auth::same;
-use crate::net::reload::{Reloadable, Reloading, read_secret};
+use crate::net::reload::{Reloadable, Reloading, secret_file};
 use crate::net::serve::{ConnEvents, ConnectionLimits};
 use crate::net::tls::{ReloadingTls, TlsConfig};
 use crate::units::{ByteSize, Duration as ConfigDuration};
@@ -175,15 +175,7 @@ fn credentials(cfg: &WebhookConfig) -> Result<Credentials, WebhookError> {
     let token = cfg
         .bearer_token_file
         .as_ref()
-        .map(|path| {
-            let p = path.clone();
-            Reloading::new(
-                format!("webhook {} bearer token", cfg.name),
-                vec![path.clone()],
-                move || read_secret(&p),
-            )
-            .map(Arc::new)
-        })
+        .map(|path| secret_file(format!("webhook {} bearer token", cfg.name), path))
         .transpose()
         .map_err(fail)?;
     Ok((tls, token))
@@ -302,15 +294,6 @@ fn count(shared: &Shared, status: StatusCode) {
         .inc();
 }
 
-/// Whether the request says its body is JSON (`application/json`, parameters allowed).
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-}
-
 async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = request.into_parts();
@@ -367,7 +350,7 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
             "POST an audit.k8s.io EventList\n".into(),
         );
     }
-    if !is_json(&parts.headers) {
+    if !crate::net::is_json(&parts.headers) {
         return refuse(
             &shared,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
