@@ -5,17 +5,19 @@
 //! in `./auditwatch-state`, alerts on stdout. Unknown keys are errors, and every error names
 //! `file:line:column`.
 
-use crate::event::InputFormat;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
 
-pub use crate::daemon::http::HttpConfig;
+pub use crate::engine::EngineConfig;
 use crate::event::Span;
 pub use crate::net::tls::TlsConfig;
-use crate::rules::position::{Pos, PositionIndex};
+pub use crate::ops::HttpConfig;
+use crate::position::{PositionIndex, PositionedError};
 pub use crate::source::webhook::WebhookConfig;
+pub use crate::source::{FileConfig, SourceConfig, StdinConfig};
+pub use crate::state::{FsyncPolicy, JournalConfig, SnapshotConfig};
 pub use crate::units::{ByteSize, Duration};
 
 #[derive(Debug, Error)]
@@ -26,13 +28,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] PositionedError),
 }
 
 /// The whole configuration.
@@ -96,181 +93,6 @@ impl Default for ReloadConfig {
         ReloadConfig {
             watch: true,
             interval: Duration(Span::from_secs(2)),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineConfig {
-    pub lateness: Duration,
-    pub max_keys_per_rule: usize,
-    pub dedup_horizon: Duration,
-    pub dedup_capacity: usize,
-    pub max_pending: usize,
-    /// Rhai operation budget per condition run.
-    pub max_operations: u64,
-    /// Wall-clock time without events after which event time moves on by itself, so windows
-    /// close and absence rules fire while the audit stream is silent.
-    pub idle_after: Duration,
-    /// `/readyz` fails while the oldest batch the engine has not finished is older than this
-    /// (a stalled engine must not look healthy).
-    pub max_lag: Duration,
-    /// A condition run is stopped after this long and counts as a script error.
-    pub condition_timeout: Duration,
-    /// Time one rule's conditions may take per second; past it the rule's condition is not
-    /// run (counted) until the next second, so one costly rule cannot delay the others' alerts.
-    /// `1s` or more: no budget.
-    pub rule_time_budget: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        let e = crate::engine::EngineOptions::default();
-        EngineConfig {
-            lateness: Duration(e.lateness),
-            max_keys_per_rule: e.max_keys_per_rule,
-            dedup_horizon: Duration(e.dedup_horizon),
-            dedup_capacity: 200_000,
-            max_pending: 200_000,
-            max_operations: 100_000,
-            idle_after: Duration(Span::from_secs(10)),
-            max_lag: Duration(Span::from_secs(30)),
-            condition_timeout: Duration(Span::from_millis(100)),
-            rule_time_budget: Duration(Span::from_millis(250)),
-        }
-    }
-}
-
-/// One input. Written as a map with one key: `- webhook: {...}`, `- file: {...}`, `- stdin: {}`.
-#[derive(Debug, Clone)]
-pub enum SourceConfig {
-    Webhook(WebhookConfig),
-    File(FileConfig),
-    Stdin(StdinConfig),
-}
-
-impl<'de> Deserialize<'de> for SourceConfig {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A struct of options rather than an enum: serde_yaml's `Value` only reads enums
-        // written as YAML tags, and the one-key map reads better.
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct OneOf {
-            webhook: Option<WebhookConfig>,
-            file: Option<FileConfig>,
-            stdin: Option<StdinConfig>,
-        }
-        let one = OneOf::deserialize(d)?;
-        match (one.webhook, one.file, one.stdin) {
-            (Some(w), None, None) => Ok(SourceConfig::Webhook(w)),
-            (None, Some(f), None) => Ok(SourceConfig::File(f)),
-            (None, None, Some(s)) => Ok(SourceConfig::Stdin(s)),
-            _ => Err(serde::de::Error::custom(
-                "a source is a map with exactly one of `webhook`, `file`, `stdin` (e.g. `- stdin: {}`)",
-            )),
-        }
-    }
-}
-
-impl SourceConfig {
-    pub fn name(&self) -> &str {
-        match self {
-            SourceConfig::Webhook(w) => &w.name,
-            SourceConfig::File(f) => &f.name,
-            SourceConfig::Stdin(s) => &s.name,
-        }
-    }
-
-    pub fn input_format(&self) -> InputFormat {
-        match self {
-            SourceConfig::Webhook(w) => w.input_format,
-            SourceConfig::File(f) => f.input_format,
-            SourceConfig::Stdin(s) => s.input_format,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    #[serde(default)]
-    pub name: String,
-    pub path: PathBuf,
-    /// How often the file is checked for new lines and rotation.
-    #[serde(default = "default_poll")]
-    pub poll_interval: Duration,
-    /// Where to start reading when there is no checkpoint yet: `end` (default, like
-    /// `tail -F`) or `beginning`. With a checkpoint, reading always resumes at it.
-    #[serde(default = "default_start")]
-    pub start_at: crate::source::tail::StartAt,
-    #[serde(default)]
-    pub input_format: InputFormat,
-}
-
-fn default_start() -> crate::source::tail::StartAt {
-    crate::source::tail::StartAt::End
-}
-
-fn default_poll() -> Duration {
-    Duration(Span::from_millis(200))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StdinConfig {
-    pub name: String,
-    pub input_format: InputFormat,
-}
-
-impl Default for StdinConfig {
-    fn default() -> Self {
-        StdinConfig {
-            name: "stdin".into(),
-            input_format: InputFormat::Auto,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FsyncPolicy {
-    /// fsync before every acknowledgement (batches that arrive together share one fsync).
-    Always,
-    /// Never fsync: survives a killed process, not a crashed machine.
-    Never,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JournalConfig {
-    pub fsync: FsyncPolicy,
-    /// When the journal holds this much not yet covered by a snapshot, the webhook answers
-    /// 503 until a snapshot lets it compact.
-    pub max_size: ByteSize,
-    pub segment_size: ByteSize,
-}
-
-impl Default for JournalConfig {
-    fn default() -> Self {
-        JournalConfig {
-            fsync: FsyncPolicy::Always,
-            max_size: ByteSize(1 << 30),
-            segment_size: ByteSize(64 << 20),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SnapshotConfig {
-    pub interval: Duration,
-}
-
-impl Default for SnapshotConfig {
-    fn default() -> Self {
-        SnapshotConfig {
-            interval: Duration(Span::from_secs(30)),
         }
     }
 }
@@ -373,43 +195,18 @@ impl Config {
 
     /// Parses config text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-        let invalid = |pos: Pos, message: String| ConfigError::Invalid {
-            file: file.to_owned(),
-            line: pos.line,
-            column: pos.column,
-            message,
-        };
-        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
-            let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
-                line: l.line(),
-                column: l.column(),
-            });
-            invalid(pos, strip_location(&e.to_string()))
-        })?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| PositionedError::from_yaml(file, &e))?;
+        let index = PositionIndex::build(text);
         let mut config: Config = if value.is_null() {
             Config::default()
         } else {
-            serde_path_to_error::deserialize(value).map_err(|e| {
-                let index = PositionIndex::build(text);
-                let path = e.path().to_string();
-                let dotted = path.replace('[', ".").replace(']', "");
-                let inner = strip_location(&e.inner().to_string());
-                let pos = match unknown_field(&inner) {
-                    Some(_) => index.key(&dotted),
-                    None => index.value(&dotted),
-                };
-                let shown = if path == "." {
-                    String::new()
-                } else {
-                    format!("{path}: ")
-                };
-                invalid(pos, format!("{shown}{inner}"))
-            })?
+            serde_path_to_error::deserialize(value)
+                .map_err(|e| crate::position::path_error(file, &index, "", "", &e))?
         };
-        let index = PositionIndex::build(text);
         config
             .finish(&index)
-            .map_err(|(path, msg)| invalid(index.value(&path), msg))?;
+            .map_err(|(path, msg)| PositionedError::at(file, index.value(&path), msg))?;
         Ok(config)
     }
 
@@ -482,32 +279,6 @@ impl Config {
         }
         Ok(())
     }
-
-    pub fn engine_options(&self) -> crate::engine::EngineOptions {
-        crate::engine::EngineOptions {
-            lateness: self.engine.lateness.0,
-            max_keys_per_rule: self.engine.max_keys_per_rule,
-            dedup_horizon: self.engine.dedup_horizon.0,
-            dedup_capacity: self.engine.dedup_capacity,
-            max_pending: self.engine.max_pending,
-            condition_timeout: self.engine.condition_timeout.std(),
-            rule_time_budget: (self.engine.rule_time_budget.std()
-                < std::time::Duration::from_secs(1))
-            .then(|| self.engine.rule_time_budget.std()),
-            ..Default::default()
-        }
-    }
-}
-
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) if msg[i..].contains(" column ") => msg[..i].to_owned(),
-        _ => msg.to_owned(),
-    }
-}
-
-fn unknown_field(msg: &str) -> Option<&str> {
-    msg.strip_prefix("unknown field `")?.split('`').next()
 }
 
 #[cfg(test)]

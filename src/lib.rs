@@ -1,10 +1,34 @@
 //! auditwatch: a real-time alerting rules engine for Kubernetes audit logs.
 //!
-//! The pipeline, left to right: [`event`] decodes `audit.k8s.io` events, [`rules`] loads and
-//! compiles YAML rule files (match blocks + Rhai conditions), [`engine`] dispatches each event
-//! to the rules that can match it, [`window`] keeps keyed sliding windows in event time, and
-//! [`alert`] is what comes out. [`source`] reads files and stdin for replays; [`ruletest`] runs
-//! rule unit tests. A module only uses the ones to its left.
+//! Data flows one way: sources → decode → rules → windows → alerts → notifiers. The module map
+//! below is in layer order: a module may use the ones before it, never one after it.
+//! `tests/architecture.rs` reads this list and fails on an import against it or on an import
+//! cycle between files, so the map stays true.
+//!
+//! 1. `event` — the `audit.k8s.io` event: typed model, decoding of lines, `Event`, `EventList`
+//!    and managed-cluster exports, field paths, bounded parsing of nested objects.
+//! 2. `position` — `file:line:column` errors for every YAML file auditwatch reads.
+//! 3. `units` — durations and byte sizes as config files write them.
+//! 4. `log_gate` — rate-limited logging of errors an outsider can cause at will.
+//! 5. `rules` — rule files: schema, loading with positions, patterns, match blocks, Rhai
+//!    conditions (and their runner), templates, Sigma.
+//! 6. `bundled` — the rule packs compiled into the binary.
+//! 7. `policy` — whether an apiserver audit policy records what the rules read.
+//! 8. `alert` — the `Alert`, its fields, and queries over the alert journal.
+//! 9. `window` — keyed sliding windows in event time, reordering, eviction.
+//! 10. `engine` — per-event dispatch to the rules, windows and throttles; building alerts.
+//! 11. `metrics` — every Prometheus metric, recorded through typed functions.
+//! 12. `state` — what survives restarts: the ingest journal and its writer, snapshots, the
+//!     alert journal, and their settings.
+//! 13. `net` — the network edge: bounded serving, TLS, authentication, reloading secrets.
+//! 14. `source` — the sources (log file, webhook, stdin, replay files) and the batch contract
+//!     they hand to the engine.
+//! 15. `replay` — rules over log files in event time.
+//! 16. `ruletest` — rule unit tests.
+//! 17. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
+//! 18. `ops` — the operations endpoint: metrics, health, the silences API.
+//! 19. `config` — the daemon's config file: assembles the components' settings.
+//! 20. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod alert;
@@ -17,7 +41,9 @@ pub mod log_gate;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod ops;
 pub mod policy;
+pub mod position;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

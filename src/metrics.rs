@@ -1,410 +1,334 @@
 //! Prometheus metrics of the daemon, served at `/metrics`. One registry per process, passed
-//! around explicitly (no global registry). Label values are low-cardinality by construction:
-//! source and rule names come from configuration, codes and reasons from fixed sets; never a
-//! username, IP or object name. Every metric is documented in `docs/metrics.md`.
+//! around explicitly (no global registry).
+//!
+//! Every metric is defined here and recorded through a typed function of [`Metrics`]: names,
+//! label names and label order live in this one file, and components never hold raw label
+//! arrays. Label values are low-cardinality by construction: source, rule, notifier and
+//! listener names come from configuration, codes and reasons from fixed sets the components
+//! pass to [`Metrics::prime`]; never a username, IP or object name. Every metric is documented
+//! in `docs/metrics.md`.
 
 use crate::event::RESOURCE_VERBS;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
-    /// Records read, by source (lines, webhook items).
-    pub events_received: IntCounterVec,
-    /// Events decoded and evaluated, by source.
-    pub events_decoded: IntCounterVec,
-    /// Records rejected by the decoder, by source.
-    pub events_rejected: IntCounterVec,
-    /// Webhook requests answered, by source and status code.
-    pub webhook_requests: IntCounterVec,
-    /// Webhook requests refused, by source and reason.
-    pub webhook_refused: IntCounterVec,
-    /// Connections open, by listener (a webhook source's name, or `http`).
-    pub connections_open: IntGaugeVec,
-    /// Each listener's connection cap (after fitting the descriptor limit).
-    pub connections_max: IntGaugeVec,
-    /// Operations listener refusals, by reason.
-    pub http_refused: IntCounterVec,
-    /// Token, password and TLS file reloads, by what and result.
-    pub credential_reloads: IntCounterVec,
-    /// Damaged or missing state found at start, by what and problem.
-    pub state_problems: IntCounterVec,
-    /// Truncations of followed files noticed, by source.
-    pub file_truncations: IntCounterVec,
-    /// Alerts fired, by rule and severity.
-    pub alerts: IntCounterVec,
-    /// Alerts not emitted again after a restart because the alert journal already had them.
-    pub alerts_replayed_suppressed: IntCounter,
-    pub rule_reloads: IntCounterVec,
-    pub rules_loaded: IntGauge,
-    /// Condition errors by rule.
-    pub script_errors: IntCounterVec,
-    pub window_keys: IntGauge,
-    pub queue_depth: IntGaugeVec,
-    /// Capacity of each queue of `queue_depth`, so alerts can say "near full".
-    pub queue_capacity: IntGaugeVec,
-    pub journal_bytes: IntGauge,
-    pub journal_max_bytes: IntGauge,
-    pub snapshots: IntCounterVec,
-    /// Webhook receipt → batch evaluated (alerts emitted), seconds.
-    pub processing_latency: HistogramVec,
-    pub snapshot_seconds: Histogram,
-    pub snapshot_capture_seconds: Histogram,
-    /// Event-time lag: wall clock minus the newest event time, seconds.
-    pub event_lag_seconds: prometheus::Gauge,
-    /// Age of the oldest batch the engine has received and not finished (0 when idle).
-    pub engine_backlog_age: prometheus::Gauge,
-    /// Final outcome per (notifier, alert): sent, silenced, failed, dropped, deduplicated.
-    pub notifications: IntCounterVec,
-    /// Send attempts by notifier and result (ok, transient, permanent).
-    pub notification_attempts: IntCounterVec,
-    pub notification_seconds: HistogramVec,
-    /// Alerts routed to a notifier and not settled yet.
-    pub notifications_pending: IntGaugeVec,
-    pub silences_active: IntGauge,
-    /// Metric alerts: firings and whether the rule's alert is active, by rule and severity.
-    pub alert_firings: IntCounterVec,
-    pub alert_active: IntGaugeVec,
-    /// Rule evaluations (matched the prefilter), matches and window evictions, by rule.
-    pub rule_evaluations: IntCounterVec,
-    pub rule_matches: IntCounterVec,
-    pub window_evictions: IntCounterVec,
-    /// Wall time in each rule's condition, seconds.
-    pub rule_condition_seconds: prometheus::CounterVec,
-    /// Condition runs stopped at engine.condition_timeout, by rule.
-    pub rule_condition_timeouts: IntCounterVec,
-    /// Requests whose condition was not run, the rule being over engine.rule_time_budget.
-    pub rule_condition_skipped: IntCounterVec,
-    /// Requests a rule read objects of that were nested too deep (cut), by rule.
-    pub rule_objects_too_deep: IntCounterVec,
-    /// The audited stream itself: events by verb and response code class (bounded label sets,
-    /// see [`verb_label`] and [`code_class_label`]).
-    pub audit_events: IntCounterVec,
+    events_received: IntCounterVec,
+    events_decoded: IntCounterVec,
+    events_rejected: IntCounterVec,
+    webhook_requests: IntCounterVec,
+    webhook_refused: IntCounterVec,
+    connections_open: IntGaugeVec,
+    connections_max: IntGaugeVec,
+    http_refused: IntCounterVec,
+    credential_reloads: IntCounterVec,
+    state_problems: IntCounterVec,
+    file_truncations: IntCounterVec,
+    alerts: IntCounterVec,
+    alerts_replayed_suppressed: IntCounter,
+    rule_reloads: IntCounterVec,
+    rules_loaded: IntGauge,
+    script_errors: IntCounterVec,
+    window_keys: IntGauge,
+    queue_depth: IntGaugeVec,
+    queue_capacity: IntGaugeVec,
+    journal_bytes: IntGauge,
+    journal_max_bytes: IntGauge,
+    snapshots: IntCounterVec,
+    processing_latency: HistogramVec,
+    snapshot_seconds: Histogram,
+    snapshot_capture_seconds: Histogram,
+    event_lag_seconds: Gauge,
+    engine_backlog_age: Gauge,
+    notifications: IntCounterVec,
+    notification_attempts: IntCounterVec,
+    notification_seconds: HistogramVec,
+    notifications_pending: IntGaugeVec,
+    silences_active: IntGauge,
+    alert_firings: IntCounterVec,
+    alert_active: IntGaugeVec,
+    rule_evaluations: IntCounterVec,
+    rule_matches: IntCounterVec,
+    window_evictions: IntCounterVec,
+    rule_condition_seconds: CounterVec,
+    rule_condition_timeouts: IntCounterVec,
+    rule_condition_skipped: IntCounterVec,
+    rule_objects_too_deep: IntCounterVec,
+    audit_events: IntCounterVec,
+}
+
+/// Registers metrics as they are made.
+struct Reg<'r>(&'r Registry);
+
+impl Reg<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0.register(Box::new(c.clone())).expect("unique metric");
+        c
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help).expect("valid metric"))
+    }
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.add(
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+                .expect("valid metric"),
+        )
+    }
+    fn histograms(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        self.add(
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("valid metric"),
+        )
+    }
+}
+
+/// One source's counters, bound to its label once per batch.
+pub struct SourceCounters {
+    pub received: IntCounter,
+    pub decoded: IntCounter,
+    pub rejected: IntCounter,
+}
+
+/// What a rule counted since the last report (see [`Metrics::rule_counted`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RuleDeltas {
+    pub evaluations: u64,
+    pub matches: u64,
+    pub evictions: u64,
+    pub condition_timeouts: u64,
+    pub condition_skipped: u64,
+    pub objects_too_deep: u64,
+    pub condition_seconds: f64,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone())).expect("unique metric");
-            c
-        }
-        fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            r.register(Box::new(g.clone())).expect("unique metric");
-            g
-        }
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "auditwatch_processing_latency_seconds",
-                "Time from receiving a batch to having evaluated it and emitted its alerts.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["source"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
-        let snapshot_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "auditwatch_snapshot_duration_seconds",
-                "Time to write a state snapshot.",
-            )
-            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(snapshot_seconds.clone()))
-            .expect("unique metric");
-        let snapshot_capture_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "auditwatch_snapshot_capture_seconds",
-                "Time the engine pauses to copy its state for a snapshot (the write happens beside it).",
-            )
-            .buckets(vec![0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(snapshot_capture_seconds.clone()))
-            .expect("unique metric");
-        let queue_depth = IntGaugeVec::new(
-            Opts::new(
+        let r = Reg(&registry);
+        Metrics {
+            events_received: r.counters(
+                "auditwatch_events_received_total",
+                "Records received, by source (file and stdin lines, items of webhook batches).",
+                &["source"],
+            ),
+            events_decoded: r.counters(
+                "auditwatch_events_decoded_total",
+                "Audit events decoded and evaluated, by source.",
+                &["source"],
+            ),
+            events_rejected: r.counters(
+                "auditwatch_events_rejected_total",
+                "Records rejected as malformed or not audit events, by source.",
+                &["source"],
+            ),
+            webhook_requests: r.counters(
+                "auditwatch_webhook_requests_total",
+                "Webhook requests answered, by source and HTTP status code.",
+                &["source", "code"],
+            ),
+            webhook_refused: r.counters(
+                "auditwatch_webhook_refused_total",
+                "Webhook requests or connections refused, by source and reason.",
+                &["source", "reason"],
+            ),
+            connections_open: r.gauges(
+                "auditwatch_connections_open",
+                "Connections open, by listener (a webhook source's name, or http).",
+                &["listener"],
+            ),
+            connections_max: r.gauges(
+                "auditwatch_connections_max",
+                "Connections a listener holds at most; beyond it new ones wait to be accepted.",
+                &["listener"],
+            ),
+            http_refused: r.counters(
+                "auditwatch_http_refused_total",
+                "Requests and connections refused by the operations listener (metrics, health, silences API), by reason.",
+                &["reason"],
+            ),
+            credential_reloads: r.counters(
+                "auditwatch_credential_reloads_total",
+                "Reloads of bearer tokens, password files and TLS material after their files changed or on SIGHUP, by what and result (ok, error: the previous one stays in effect).",
+                &["what", "result"],
+            ),
+            state_problems: r.counters(
+                "auditwatch_state_problems_total",
+                "Damaged or missing state found at start, by what (snapshot, journal, alert_journal) and problem (corrupt, missing, gap). See the daemon log for what was lost.",
+                &["what", "problem"],
+            ),
+            file_truncations: r.counters(
+                "auditwatch_file_truncations_total",
+                "Truncations (copytruncate) of a followed file noticed, by source: it was read again from the start, after the lines before the truncation were read from its copy when one was found.",
+                &["source"],
+            ),
+            alerts: r.counters(
+                "auditwatch_alerts_total",
+                "Alerts fired, by rule and severity.",
+                &["rule", "severity"],
+            ),
+            alerts_replayed_suppressed: r.counter(
+                "auditwatch_alerts_replay_suppressed_total",
+                "Alerts produced again by replaying the journal after a restart and not sent twice.",
+            ),
+            rule_reloads: r.counters(
+                "auditwatch_rule_reloads_total",
+                "Rule reloads, by result (ok, invalid).",
+                &["result"],
+            ),
+            rules_loaded: r.gauge("auditwatch_rules_loaded", "Rules in the running rule set."),
+            script_errors: r.counters(
+                "auditwatch_script_errors_total",
+                "Rhai condition errors, by rule.",
+                &["rule"],
+            ),
+            window_keys: r.gauge(
+                "auditwatch_window_keys",
+                "Group keys held in windows, over all rules.",
+            ),
+            queue_depth: r.gauges(
                 "auditwatch_queue_depth",
                 "Items waiting in an internal queue.",
+                &["queue"],
             ),
-            &["queue"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_depth.clone()))
-            .expect("unique metric");
-        let lag = prometheus::Gauge::new(
-            "auditwatch_event_lag_seconds",
-            "Wall clock minus the newest event time seen.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(lag.clone()))
-            .expect("unique metric");
-        let backlog_age = prometheus::Gauge::new(
-            "auditwatch_engine_backlog_age_seconds",
-            "Age of the oldest batch the engine has received and not finished evaluating (0 while it waits for work). Grows without bound when the engine stalls.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(backlog_age.clone()))
-            .expect("unique metric");
-        let suppressed = IntCounter::new(
-            "auditwatch_alerts_replay_suppressed_total",
-            "Alerts produced again by replaying the journal after a restart and not sent twice.",
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(suppressed.clone()))
-            .expect("unique metric");
-        let notification_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "auditwatch_notification_duration_seconds",
-                "Time of one send attempt, by notifier.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["notifier"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(notification_seconds.clone()))
-            .expect("unique metric");
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let connections_open = gauge_vec(
-            "auditwatch_connections_open",
-            "Connections open, by listener (a webhook source's name, or http).",
-            &["listener"],
-        );
-        let connections_max = gauge_vec(
-            "auditwatch_connections_max",
-            "Connections a listener holds at most; beyond it new ones wait to be accepted.",
-            &["listener"],
-        );
-        let queue_capacity = gauge_vec(
-            "auditwatch_queue_capacity",
-            "Capacity of an internal queue (see auditwatch_queue_depth).",
-            &["queue"],
-        );
-        let notifications_pending = gauge_vec(
-            "auditwatch_notifications_pending",
-            "Alerts routed to a notifier and not delivered (or otherwise settled) yet.",
-            &["notifier"],
-        );
-        let alert_active = gauge_vec(
-            "auditwatch_alert_active",
-            "1 while an alert of the rule is active (metric alerts; see docs/metrics.md).",
-            &["rule", "severity"],
-        );
-        Metrics {
-            notifications: counter_vec(
-                &registry,
+            queue_capacity: r.gauges(
+                "auditwatch_queue_capacity",
+                "Capacity of an internal queue (see auditwatch_queue_depth).",
+                &["queue"],
+            ),
+            journal_bytes: r.gauge(
+                "auditwatch_journal_bytes",
+                "Bytes in the ingest journal (not yet compacted).",
+            ),
+            journal_max_bytes: r.gauge(
+                "auditwatch_journal_max_bytes",
+                "journal.max_size: at this many journal bytes the webhook answers 503.",
+            ),
+            snapshots: r.counters(
+                "auditwatch_snapshots_total",
+                "State snapshots written, by result (ok, error).",
+                &["result"],
+            ),
+            processing_latency: r.histograms(
+                "auditwatch_processing_latency_seconds",
+                "Time from receiving a batch to having evaluated it and emitted its alerts.",
+                &[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ],
+                &["source"],
+            ),
+            snapshot_seconds: r.histogram(
+                "auditwatch_snapshot_duration_seconds",
+                "Time to write a state snapshot.",
+                &[0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+            ),
+            snapshot_capture_seconds: r.histogram(
+                "auditwatch_snapshot_capture_seconds",
+                "Time the engine pauses to copy its state for a snapshot (the write happens beside it).",
+                &[0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0],
+            ),
+            event_lag_seconds: r.float_gauge(
+                "auditwatch_event_lag_seconds",
+                "Wall clock minus the newest event time seen.",
+            ),
+            engine_backlog_age: r.float_gauge(
+                "auditwatch_engine_backlog_age_seconds",
+                "Age of the oldest batch the engine has received and not finished evaluating (0 while it waits for work). Grows without bound when the engine stalls.",
+            ),
+            notifications: r.counters(
                 "auditwatch_notifications_total",
                 "Alerts settled per notifier, by outcome (sent, silenced, failed, dropped, deduplicated).",
                 &["notifier", "outcome"],
             ),
-            notification_attempts: counter_vec(
-                &registry,
+            notification_attempts: r.counters(
                 "auditwatch_notification_attempts_total",
                 "Send attempts, by notifier and result (ok, transient, permanent).",
                 &["notifier", "result"],
             ),
-            notification_seconds,
-            notifications_pending,
-            silences_active: gauge(
-                &registry,
-                "auditwatch_silences_active",
-                "Silences in effect now.",
+            notification_seconds: r.histograms(
+                "auditwatch_notification_duration_seconds",
+                "Time of one send attempt, by notifier.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+                &["notifier"],
             ),
-            alert_firings: counter_vec(
-                &registry,
+            notifications_pending: r.gauges(
+                "auditwatch_notifications_pending",
+                "Alerts routed to a notifier and not delivered (or otherwise settled) yet.",
+                &["notifier"],
+            ),
+            silences_active: r.gauge("auditwatch_silences_active", "Silences in effect now."),
+            alert_firings: r.counters(
                 "auditwatch_alert_firings_total",
                 "Alerts of rules routed to a metrics notifier, by rule and severity.",
                 &["rule", "severity"],
             ),
-            alert_active,
-            rule_evaluations: counter_vec(
-                &registry,
+            alert_active: r.gauges(
+                "auditwatch_alert_active",
+                "1 while an alert of the rule is active (metric alerts; see docs/metrics.md).",
+                &["rule", "severity"],
+            ),
+            rule_evaluations: r.counters(
                 "auditwatch_rule_evaluations_total",
                 "Records that passed a rule's match block (and were evaluated further), by rule.",
                 &["rule"],
             ),
-            rule_matches: counter_vec(
-                &registry,
+            rule_matches: r.counters(
                 "auditwatch_rule_matches_total",
                 "Requests a rule matched (after conditions and one-request-one-match), by rule.",
                 &["rule"],
             ),
-            window_evictions: counter_vec(
-                &registry,
+            window_evictions: r.counters(
                 "auditwatch_window_evictions_total",
                 "Window keys evicted because a rule reached max_keys_per_rule, by rule.",
                 &["rule"],
             ),
-            rule_condition_seconds: {
-                let c = prometheus::CounterVec::new(
+            rule_condition_seconds: r.add(
+                CounterVec::new(
                     Opts::new(
                         "auditwatch_rule_condition_seconds_total",
                         "Wall time spent in each rule's Rhai condition: what a rule costs.",
                     ),
                     &["rule"],
                 )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(c.clone()))
-                    .expect("unique metric");
-                c
-            },
-            rule_condition_timeouts: counter_vec(
-                &registry,
+                .expect("valid metric"),
+            ),
+            rule_condition_timeouts: r.counters(
                 "auditwatch_rule_condition_timeouts_total",
                 "Condition runs stopped at engine.condition_timeout (also counted as script errors), by rule.",
                 &["rule"],
             ),
-            rule_condition_skipped: counter_vec(
-                &registry,
+            rule_condition_skipped: r.counters(
                 "auditwatch_rule_condition_skipped_total",
                 "Requests that passed a rule's match block but whose condition was not run because the rule was over engine.rule_time_budget (they count as not matching), by rule.",
                 &["rule"],
             ),
-            rule_objects_too_deep: counter_vec(
-                &registry,
+            rule_objects_too_deep: r.counters(
                 "auditwatch_rule_objects_too_deep_total",
                 "Requests whose objects a rule read were nested deeper than auditwatch parses (100 levels): the deeper parts were cut, the rest evaluated. By rule.",
                 &["rule"],
             ),
-            audit_events: counter_vec(
-                &registry,
+            audit_events: r.counters(
                 "auditwatch_audit_events_total",
                 "Audit events evaluated, by verb (get, list, watch, create, update, patch, delete, deletecollection, other) and response code class (2xx, 3xx, 4xx, 5xx, none).",
                 &["verb", "code_class"],
             ),
-            events_received: counter_vec(
-                &registry,
-                "auditwatch_events_received_total",
-                "Records received, by source.",
-                &["source"],
-            ),
-            events_decoded: counter_vec(
-                &registry,
-                "auditwatch_events_decoded_total",
-                "Audit events decoded and evaluated, by source.",
-                &["source"],
-            ),
-            events_rejected: counter_vec(
-                &registry,
-                "auditwatch_events_rejected_total",
-                "Records rejected as malformed or not audit events, by source.",
-                &["source"],
-            ),
-            webhook_requests: counter_vec(
-                &registry,
-                "auditwatch_webhook_requests_total",
-                "Webhook requests answered, by source and HTTP status code.",
-                &["source", "code"],
-            ),
-            webhook_refused: counter_vec(
-                &registry,
-                "auditwatch_webhook_refused_total",
-                "Webhook requests or connections refused, by source and reason.",
-                &["source", "reason"],
-            ),
-            connections_open,
-            connections_max,
-            file_truncations: counter_vec(
-                &registry,
-                "auditwatch_file_truncations_total",
-                "Truncations (copytruncate) of a followed file noticed, by source: it was read again from the start, after the lines before the truncation were read from its copy when one was found.",
-                &["source"],
-            ),
-            state_problems: counter_vec(
-                &registry,
-                "auditwatch_state_problems_total",
-                "Damaged or missing state found at start, by what (snapshot, journal, alert_journal) and problem (corrupt, missing, gap). See the daemon log for what was lost.",
-                &["what", "problem"],
-            ),
-            credential_reloads: counter_vec(
-                &registry,
-                "auditwatch_credential_reloads_total",
-                "Reloads of bearer tokens, password files and TLS material after their files changed or on SIGHUP, by what and result (ok, error: the previous one stays in effect).",
-                &["what", "result"],
-            ),
-            http_refused: counter_vec(
-                &registry,
-                "auditwatch_http_refused_total",
-                "Requests and connections refused by the operations listener (metrics, health, silences API), by reason.",
-                &["reason"],
-            ),
-            alerts: counter_vec(
-                &registry,
-                "auditwatch_alerts_total",
-                "Alerts fired, by rule and severity.",
-                &["rule", "severity"],
-            ),
-            alerts_replayed_suppressed: suppressed,
-            rule_reloads: counter_vec(
-                &registry,
-                "auditwatch_rule_reloads_total",
-                "Rule reloads, by result (ok, invalid).",
-                &["result"],
-            ),
-            rules_loaded: gauge(
-                &registry,
-                "auditwatch_rules_loaded",
-                "Rules in the running rule set.",
-            ),
-            script_errors: counter_vec(
-                &registry,
-                "auditwatch_script_errors_total",
-                "Rhai condition errors, by rule.",
-                &["rule"],
-            ),
-            window_keys: gauge(
-                &registry,
-                "auditwatch_window_keys",
-                "Group keys held in windows, over all rules.",
-            ),
-            queue_depth,
-            queue_capacity,
-            journal_bytes: gauge(
-                &registry,
-                "auditwatch_journal_bytes",
-                "Bytes in the ingest journal (not yet compacted).",
-            ),
-            journal_max_bytes: gauge(
-                &registry,
-                "auditwatch_journal_max_bytes",
-                "journal.max_size: at this many journal bytes the webhook answers 503.",
-            ),
-            snapshots: counter_vec(
-                &registry,
-                "auditwatch_snapshots_total",
-                "State snapshots written, by result (ok, error).",
-                &["result"],
-            ),
-            processing_latency: latency,
-            snapshot_seconds,
-            snapshot_capture_seconds,
-            event_lag_seconds: lag,
-            engine_backlog_age: backlog_age,
             registry,
         }
     }
@@ -423,6 +347,211 @@ impl Metrics {
         &self.registry
     }
 
+    // Ingest and the network edge.
+
+    /// A source's record counters, bound to its label.
+    pub fn source(&self, source: &str) -> SourceCounters {
+        SourceCounters {
+            received: self.events_received.with_label_values(&[source]),
+            decoded: self.events_decoded.with_label_values(&[source]),
+            rejected: self.events_rejected.with_label_values(&[source]),
+        }
+    }
+
+    /// A batch of `source` was evaluated `seconds` after it was received.
+    pub fn batch_processed(&self, source: &str, seconds: f64) {
+        self.processing_latency
+            .with_label_values(&[source])
+            .observe(seconds);
+    }
+
+    /// A webhook request was answered with `code` (`"200"`).
+    pub fn webhook_answered(&self, source: &str, code: &str) {
+        self.webhook_requests
+            .with_label_values(&[source, code])
+            .inc();
+    }
+
+    pub fn webhook_refused(&self, source: &str, reason: &str) {
+        self.webhook_refused
+            .with_label_values(&[source, reason])
+            .inc();
+    }
+
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused.with_label_values(&[reason]).inc();
+    }
+
+    pub fn set_connections_open(&self, listener: &str, open: usize) {
+        self.connections_open
+            .with_label_values(&[listener])
+            .set(open as i64);
+    }
+
+    pub fn set_connections_max(&self, listener: &str, max: usize) {
+        self.connections_max
+            .with_label_values(&[listener])
+            .set(max as i64);
+    }
+
+    pub fn credential_reloaded(&self, what: &str, ok: bool) {
+        self.credential_reloads
+            .with_label_values(&[what, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Creates a credential's reload series at zero.
+    pub fn credential_reloaded_primed(&self, what: &str) {
+        for result in ["ok", "error"] {
+            self.credential_reloads.with_label_values(&[what, result]);
+        }
+    }
+
+    /// The counter a file follower increments on each truncation it notices.
+    pub fn file_truncations(&self, source: &str) -> IntCounter {
+        self.file_truncations.with_label_values(&[source])
+    }
+
+    pub fn set_queue_depth(&self, queue: &str, depth: usize) {
+        self.queue_depth
+            .with_label_values(&[queue])
+            .set(depth as i64);
+    }
+
+    pub fn set_journal_bytes(&self, bytes: u64) {
+        self.journal_bytes.set(bytes as i64);
+    }
+
+    pub fn set_event_lag(&self, seconds: f64) {
+        self.event_lag_seconds.set(seconds);
+    }
+
+    pub fn set_engine_backlog_age(&self, seconds: f64) {
+        self.engine_backlog_age.set(seconds);
+    }
+
+    /// Adds a batch's audited stream (verb × code class) to `auditwatch_audit_events_total`.
+    pub fn record_stream(&self, tally: &mut StreamTally) {
+        for (v, row) in tally.counts.iter_mut().enumerate() {
+            for (c, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    self.audit_events
+                        .with_label_values(&[VERBS[v], CODE_CLASSES[c]])
+                        .inc_by(std::mem::take(n));
+                }
+            }
+        }
+    }
+
+    // State.
+
+    pub fn state_problem(&self, what: &str, problem: &str) {
+        self.state_problems
+            .with_label_values(&[what, problem])
+            .inc();
+    }
+
+    pub fn snapshot_written(&self, ok: bool, seconds: f64) {
+        self.snapshots
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+        self.snapshot_seconds.observe(seconds);
+    }
+
+    pub fn snapshot_captured(&self, seconds: f64) {
+        self.snapshot_capture_seconds.observe(seconds);
+    }
+
+    // Rules and alerts.
+
+    pub fn set_rules_loaded(&self, n: usize) {
+        self.rules_loaded.set(n as i64);
+    }
+
+    pub fn rule_reload(&self, valid: bool) {
+        self.rule_reloads
+            .with_label_values(&[if valid { "ok" } else { "invalid" }])
+            .inc();
+    }
+
+    pub fn set_window_keys(&self, n: usize) {
+        self.window_keys.set(n as i64);
+    }
+
+    pub fn script_error(&self, rule: &str) {
+        self.script_errors.with_label_values(&[rule]).inc();
+    }
+
+    /// What `rule` counted since the last call.
+    pub fn rule_counted(&self, rule: &str, d: &RuleDeltas) {
+        let add = |c: &IntCounterVec, n: u64| {
+            if n > 0 {
+                c.with_label_values(&[rule]).inc_by(n);
+            }
+        };
+        add(&self.rule_evaluations, d.evaluations);
+        add(&self.rule_matches, d.matches);
+        add(&self.window_evictions, d.evictions);
+        add(&self.rule_condition_timeouts, d.condition_timeouts);
+        add(&self.rule_condition_skipped, d.condition_skipped);
+        add(&self.rule_objects_too_deep, d.objects_too_deep);
+        if d.condition_seconds > 0.0 {
+            let c: Counter = self.rule_condition_seconds.with_label_values(&[rule]);
+            c.inc_by(d.condition_seconds);
+        }
+    }
+
+    pub fn alert_fired(&self, rule: &str, severity: &str) {
+        self.alerts.with_label_values(&[rule, severity]).inc();
+    }
+
+    pub fn alert_replay_suppressed(&self) {
+        self.alerts_replayed_suppressed.inc();
+    }
+
+    // Delivery.
+
+    pub fn notification_settled(&self, notifier: &str, outcome: &str) {
+        self.notifications
+            .with_label_values(&[notifier, outcome])
+            .inc();
+    }
+
+    pub fn notification_attempt(&self, notifier: &str, result: &str, seconds: f64) {
+        self.notification_attempts
+            .with_label_values(&[notifier, result])
+            .inc();
+        self.notification_seconds
+            .with_label_values(&[notifier])
+            .observe(seconds);
+    }
+
+    pub fn set_notifications_pending(&self, notifier: &str, n: usize) {
+        self.notifications_pending
+            .with_label_values(&[notifier])
+            .set(n as i64);
+    }
+
+    pub fn set_silences_active(&self, n: usize) {
+        self.silences_active.set(n as i64);
+    }
+
+    /// A metric alert (an alert routed to a `metrics` notifier) fired.
+    pub fn metric_alert_fired(&self, rule: &str, severity: &str) {
+        self.alert_firings
+            .with_label_values(&[rule, severity])
+            .inc();
+        self.alert_active
+            .with_label_values(&[rule, severity])
+            .set(1);
+    }
+
+    pub fn set_metric_alert_active(&self, rule: &str, severity: &str, active: bool) {
+        self.alert_active
+            .with_label_values(&[rule, severity])
+            .set(i64::from(active));
+    }
+
     /// Creates the label sets known from configuration at zero, so that every series exists
     /// from the first scrape: `rate()` and dashboards see 0 instead of "no data", and an
     /// alert on `increase(...) > 0` fires on the first failure, not the second.
@@ -433,18 +562,29 @@ impl Metrics {
             self.events_rejected.with_label_values(&[source]);
             self.processing_latency.with_label_values(&[source]);
             if is_webhook {
-                for reason in crate::source::webhook::REFUSE_REASONS {
+                for reason in known.webhook_refusals {
                     self.webhook_refused.with_label_values(&[source, reason]);
                 }
+                self.connections_open.with_label_values(&[source]);
             } else {
                 self.file_truncations.with_label_values(&[source]);
             }
         }
+        for reason in known.http_refusals {
+            self.http_refused.with_label_values(&[reason]);
+        }
+        if !known.http_refusals.is_empty() {
+            self.connections_open.with_label_values(&["http"]);
+        }
+        for what in known.credentials {
+            for result in ["ok", "error"] {
+                self.credential_reloads.with_label_values(&[what, result]);
+            }
+        }
         self.prime_rules(known.rules);
         for notifier in known.notifiers {
-            for outcome in crate::notify::ledger::Outcome::ALL {
-                self.notifications
-                    .with_label_values(&[notifier, outcome.as_str()]);
+            for outcome in known.notification_outcomes {
+                self.notifications.with_label_values(&[notifier, outcome]);
             }
             for result in ["ok", "transient", "permanent"] {
                 self.notification_attempts
@@ -469,14 +609,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             self.snapshots.with_label_values(&[result]);
         }
-        for (what, problem) in [
-            ("snapshot", "corrupt"),
-            ("snapshot", "missing"),
-            ("journal", "corrupt"),
-            ("journal", "missing"),
-            ("journal", "gap"),
-            ("alert_journal", "missing"),
-        ] {
+        for (what, problem) in known.state_problems {
             self.state_problems.with_label_values(&[what, problem]);
         }
     }
@@ -497,7 +630,10 @@ impl Metrics {
     }
 }
 
-/// What the configuration says exists, for [`Metrics::prime`].
+/// What the configuration and the components say exists, for [`Metrics::prime`]. The fixed
+/// label sets (refusal reasons, outcomes) are the components' own lists, passed in so that
+/// this module depends on none of them.
+#[derive(Default)]
 pub struct Known<'a> {
     /// Source names, and whether the source is a webhook.
     pub sources: &'a [(&'a str, bool)],
@@ -508,6 +644,16 @@ pub struct Known<'a> {
     pub engine_queue: usize,
     pub notify_queue: usize,
     pub journal_max: u64,
+    /// Every `reason` of the webhook's refusals.
+    pub webhook_refusals: &'a [&'a str],
+    /// Every `reason` of the operations listener's refusals (empty: no listener).
+    pub http_refusals: &'a [&'a str],
+    /// Every outcome of a notification.
+    pub notification_outcomes: &'a [&'a str],
+    /// Every (what, problem) of the state checks at start.
+    pub state_problems: &'a [(&'a str, &'a str)],
+    /// Every credential that reloads (`what`).
+    pub credentials: &'a [&'a str],
 }
 
 /// The `verb` label of `auditwatch_audit_events_total`: the Kubernetes resource verbs, and
@@ -542,8 +688,8 @@ pub fn code_class_label(code: Option<i32>) -> usize {
 }
 
 /// Counts of the audited stream by (verb, code class), kept in a plain array on the engine
-/// thread and added to `auditwatch_audit_events_total` once per batch, so the hot path does
-/// no hashing or atomic work per event.
+/// thread and added to `auditwatch_audit_events_total` once per batch
+/// ([`Metrics::record_stream`]), so the hot path does no hashing or atomic work per event.
 #[derive(Default)]
 pub struct StreamTally {
     counts: [[u64; CODE_CLASSES.len()]; VERBS.len()],
@@ -552,19 +698,6 @@ pub struct StreamTally {
 impl StreamTally {
     pub fn count(&mut self, verb: &str, code: Option<i32>) {
         self.counts[verb_label(verb)][code_class_label(code)] += 1;
-    }
-
-    /// Adds the counts to the metric and starts again from zero.
-    pub fn flush(&mut self, metric: &IntCounterVec) {
-        for (v, row) in self.counts.iter_mut().enumerate() {
-            for (c, n) in row.iter_mut().enumerate() {
-                if *n > 0 {
-                    metric
-                        .with_label_values(&[VERBS[v], CODE_CLASSES[c]])
-                        .inc_by(std::mem::take(n));
-                }
-            }
-        }
     }
 }
 
@@ -597,8 +730,8 @@ mod tests {
         t.count("get", Some(200));
         t.count("get", Some(200));
         t.count("exec", Some(101));
-        t.flush(&m.audit_events);
-        t.flush(&m.audit_events);
+        m.record_stream(&mut t);
+        m.record_stream(&mut t);
         assert_eq!(m.audit_events.with_label_values(&["get", "2xx"]).get(), 2);
         assert_eq!(m.audit_events.with_label_values(&["other", "1xx"]).get(), 1);
     }
@@ -613,6 +746,11 @@ mod tests {
             engine_queue: 64,
             notify_queue: 256,
             journal_max: 1 << 30,
+            webhook_refusals: &["saturated"],
+            http_refusals: &["host"],
+            notification_outcomes: &["failed"],
+            state_problems: &[("snapshot", "corrupt")],
+            credentials: &["http bearer token"],
         });
         let text = m.render();
         for series in [
@@ -623,6 +761,9 @@ mod tests {
             "auditwatch_queue_depth{queue=\"notify:slack\"} 0",
             "auditwatch_queue_capacity{queue=\"engine\"} 64",
             "auditwatch_journal_max_bytes 1073741824",
+            "auditwatch_http_refused_total{reason=\"host\"} 0",
+            "auditwatch_state_problems_total{problem=\"corrupt\",what=\"snapshot\"} 0",
+            "auditwatch_credential_reloads_total{result=\"error\",what=\"http bearer token\"} 0",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

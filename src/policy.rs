@@ -16,6 +16,7 @@ use std::fmt;
 use serde::Deserialize;
 
 use crate::event::{Level, Stage};
+use crate::position::{Pos, PositionedError};
 use crate::rules::{Rule, RuleSet, Subresource};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,13 +26,8 @@ pub enum PolicyError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}:{line}:{column}: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] PositionedError),
 }
 
 /// The policy's level and stage names, strictly (the event model tolerates unknown values; a
@@ -166,16 +162,11 @@ impl AuditPolicy {
     }
 
     pub fn parse(file: &str, text: &str) -> Result<AuditPolicy, PolicyError> {
-        let invalid = |line: usize, column: usize, message: String| PolicyError::Invalid {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
+        let invalid = |line: usize, column: usize, message: String| {
+            PolicyError::Invalid(PositionedError::at(file, Pos { line, column }, message))
         };
-        let doc: PolicyDoc = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            invalid(line, column, e.to_string())
-        })?;
+        let doc: PolicyDoc =
+            serde_yaml::from_str(text).map_err(|e| PositionedError::from_yaml(file, &e))?;
         if doc.kind != "Policy" || !doc.api_version.starts_with("audit.k8s.io/") {
             return Err(invalid(
                 1,
@@ -188,7 +179,7 @@ impl AuditPolicy {
         }
         // Each rule's line: the `- level:`-style item starts of the top-level `rules:` list,
         // found with the same position index the rule loader uses.
-        let index = crate::rules::position::PositionIndex::build(text);
+        let index = crate::position::PositionIndex::build(text);
         let rules = doc
             .rules
             .into_iter()

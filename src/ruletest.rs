@@ -33,8 +33,9 @@ use thiserror::Error;
 use crate::alert::Alert;
 use crate::engine::{Engine, EngineOptions};
 use crate::event::InputFormat;
+use crate::event::decode_each;
 use crate::event::{EventTime, Position, Span};
-use crate::replay::decode_each;
+use crate::position::PositionedError;
 use crate::rules::RuleSet;
 use crate::source::RecordReader;
 
@@ -91,13 +92,8 @@ struct Expected {
 pub enum TestFileError {
     #[error("{path}: {message}")]
     Io { path: String, message: String },
-    #[error("{path}:{line}:{column}: {message}")]
-    Invalid {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] PositionedError),
     #[error("{path}: test {test:?}: {message}")]
     Input {
         path: String,
@@ -149,26 +145,15 @@ pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, Te
         path: shown.clone(),
         message: e.to_string(),
     })?;
-    let file: TestFile = crate::rules::yaml::from_str(&text).map_err(|e| {
-        let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-        let message = e.to_string();
-        let message = message
-            .rsplit_once(" at line ")
-            .map_or(message.as_str(), |(m, _)| m)
-            .to_owned();
-        TestFileError::Invalid {
-            path: shown.clone(),
-            line,
-            column,
-            message,
-        }
-    })?;
+    let file: TestFile =
+        crate::rules::yaml::from_str(&text).map_err(|e| PositionedError::from_yaml(&shown, &e))?;
     let start = match &file.start {
-        Some(s) => EventTime::parse_rfc3339(s).ok_or_else(|| TestFileError::Invalid {
-            path: shown.clone(),
-            line: 1,
-            column: 1,
-            message: format!("start: invalid time {s:?}"),
+        Some(s) => EventTime::parse_rfc3339(s).ok_or_else(|| {
+            PositionedError::at(
+                &shown,
+                crate::position::Pos { line: 1, column: 1 },
+                format!("start: invalid time {s:?}"),
+            )
         })?,
         None => EventTime::parse_rfc3339("2024-01-01T00:00:00Z").unwrap_or_default(),
     };

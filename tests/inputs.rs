@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use auditwatch::event::decode_each;
 use auditwatch::event::{AuditEvent, InputFormat, Position};
-use auditwatch::replay::decode_each;
 use serde_json::Value;
 
 mod common;

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod event_ref;
 pub mod query;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use event_ref::EventRef;
 
@@ -78,6 +80,19 @@ pub enum AlertKind {
     Absence,
     /// Requests matching the steps of a sequence window.
     Sequence,
+}
+
+impl AlertKind {
+    /// The name as serialized (`event`, `count`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Event => "event",
+            AlertKind::Count => "count",
+            AlertKind::Distinct => "distinct",
+            AlertKind::Absence => "absence",
+            AlertKind::Sequence => "sequence",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -174,6 +189,28 @@ impl Alert {
     }
 
     /// One human line: `time SEVERITY rule [group] count=N: summary`.
+    /// The value of a field as routes, groups, silences and queries see it: `rule` (also
+    /// `alertname`), `severity`, `kind`, `id`, `group.<field>` (a `group_by` value), or a rule
+    /// label.
+    pub fn field(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        use std::borrow::Cow;
+        match name {
+            "rule" | "alertname" => Some(Cow::Borrowed(&self.rule)),
+            "severity" => Some(Cow::Borrowed(self.severity.as_str())),
+            "kind" => Some(Cow::Borrowed(self.kind.as_str())),
+            "id" => Some(Cow::Borrowed(&self.id)),
+            _ => match name.strip_prefix("group.") {
+                Some(field) => self
+                    .group
+                    .0
+                    .iter()
+                    .find(|(k, _)| &**k == field)
+                    .map(|(_, v)| Cow::Borrowed(v.as_str())),
+                None => self.labels.get(name).map(|v| Cow::Borrowed(v.as_str())),
+            },
+        }
+    }
+
     /// One line for a terminal or a log file. Everything in it that came from an event (user
     /// names, object names, summaries) has its control characters escaped (`\n`, `\u{1b}`),
     /// and so have bidirectional-text overrides: a user name holding a newline and a forged

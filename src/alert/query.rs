@@ -27,9 +27,10 @@ impl AlertQuery {
             && self.min_severity.is_none_or(|m| a.severity >= m)
             && self.since.is_none_or(|s| t >= s)
             && self.until.is_none_or(|u| t < u)
-            && self.fields.iter().all(|(k, v)| {
-                crate::notify::route::alert_field(a, k).is_some_and(|got| got == v.as_str())
-            })
+            && self
+                .fields
+                .iter()
+                .all(|(k, v)| a.field(k).is_some_and(|got| got == v.as_str()))
             && self.text.as_ref().is_none_or(|needle| {
                 let needle = needle.to_lowercase();
                 a.summary.to_lowercase().contains(&needle)
@@ -48,7 +49,7 @@ impl AlertQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::testing::alert;
+    use crate::alert::testing::alert;
 
     #[test]
     fn filters_combine() {

@@ -1,34 +1,38 @@
 //! `auditwatch run`: the long-running service. Wires the sources (webhook, files, stdin) to
-//! the engine thread through bounded queues, persists what it accepts, reloads rules, serves
-//! health and metrics, and shuts down without losing anything.
+//! the engine thread through bounded queues, persists what it accepts, reloads rules and
+//! credentials, serves health and metrics, and shuts down without losing anything.
 //!
-//! Threads: the engine ([`pipeline`]), the journal writer ([`ingest`]), one per followed file,
-//! and a small tokio runtime for everything that waits on the network or the clock.
+//! [`run`] is three steps: [`recover`] what the previous process left, [`Daemon::start`]
+//! everything, and [`Daemon::shutdown`] in an order that loses nothing (see [`shutdown`]).
+//! Threads: the engine ([`pipeline`]), the journal writer ([`crate::state::writer`]), one per
+//! followed file, and a small tokio runtime for everything that waits on the network or the
+//! clock.
 
-pub mod http;
-pub mod ingest;
 pub mod pipeline;
 pub mod recover;
+pub mod reload;
+pub mod shutdown;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SourceConfig};
+use crate::config::Config;
 use crate::engine::Engine;
-use crate::metrics::Metrics;
+use crate::metrics::{Known, Metrics};
+use crate::net::reload::Reloadable;
 use crate::notify::{Notify, NotifyOptions};
 use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
-use crate::source::tail::{Follower, Sink};
+use crate::source::tail::Follower;
 use crate::source::webhook::{Webhook, WebhookDeps};
-use crate::state::{AlertJournal, StateDir};
-use ingest::JournalMsg;
-use pipeline::{Batch, Feedback, Input, Pipeline, PipelineOptions, Progress, Shape};
+use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
+use crate::state::{AlertJournal, JournalHandle, SharedAlertJournal, StateDir};
+use pipeline::{Feedback, Pipeline, PipelineOptions};
+use shutdown::Shutdown;
 
 /// Where the rules come from.
 #[derive(Debug, Clone)]
@@ -60,7 +64,7 @@ impl RuleSource {
     }
 
     /// A cheap fingerprint of the rule files (names, sizes, modification times), to notice
-    /// edits without reading them.
+    /// edits without reading them; `None` when they cannot be listed right now.
     fn stamp(&self) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
         let RuleSource::Paths(paths) = self else {
             return None;
@@ -105,29 +109,76 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         source = ?rules,
         "rules loaded"
     );
-    {
-        let sources: Vec<(&str, bool)> = config
-            .sources
-            .iter()
-            .map(|s| (s.name(), matches!(s, SourceConfig::Webhook(_))))
-            .collect();
-        let rules: Vec<(&str, &str)> = rule_set
-            .rules
-            .iter()
-            .map(|r| (&*r.name, r.severity.as_str()))
-            .collect();
-        let notifiers: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
-        metrics.prime(&crate::metrics::Known {
-            sources: &sources,
-            rules: &rules,
-            notifiers: &notifiers,
-            engine_queue: config.pipeline.queue,
-            notify_queue: config.delivery.queue,
-            journal_max: config.journal.max_size.0,
-        });
-    }
+    prime_metrics(&metrics, &config, &rule_set);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("auditwatch-io")
+        .build()?;
+    let recovered = recover_state(&config, rule_set, &metrics, &runtime, options)?;
+    let daemon = Daemon::start(config, rules, load_opts, recovered, metrics, &runtime)?;
+    runtime.block_on(shutdown::termination_signal());
+    daemon.shutdown(runtime)
+}
+
+/// Creates every series whose labels the config and the components know, at zero.
+fn prime_metrics(metrics: &Metrics, config: &Config, rule_set: &RuleSet) {
+    let sources: Vec<(&str, bool)> = config
+        .sources
+        .iter()
+        .map(|s| (s.name(), matches!(s, SourceConfig::Webhook(_))))
+        .collect();
+    let rules: Vec<(&str, &str)> = rule_set
+        .rules
+        .iter()
+        .map(|r| (&*r.name, r.severity.as_str()))
+        .collect();
+    let notifiers: Vec<&str> = config.notifiers.keys().map(String::as_str).collect();
+    let outcomes: Vec<&str> = crate::notify::ledger::Outcome::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
+    metrics.prime(&Known {
+        sources: &sources,
+        rules: &rules,
+        notifiers: &notifiers,
+        engine_queue: config.pipeline.queue,
+        notify_queue: config.delivery.queue,
+        journal_max: config.journal.max_size.0,
+        webhook_refusals: &crate::source::webhook::REFUSE_REASONS,
+        http_refusals: if config.http.listen.is_some() {
+            &crate::ops::REFUSE_REASONS
+        } else {
+            &[]
+        },
+        notification_outcomes: &outcomes,
+        state_problems: &recover::PROBLEMS,
+        credentials: &[],
+    });
+}
+
+/// What start-up recovered: the engine thread, ready to run, and what the rest is built on.
+struct Recovered {
+    pipeline: Pipeline,
+    journal: JournalHandle,
+    journal_thread: std::thread::JoinHandle<()>,
+    alerts: SharedAlertJournal,
+    notify: Notify,
+    backlog: Backlog,
+    feedback: mpsc::UnboundedReceiver<Feedback>,
+}
+
+/// Step 1: the state directory. Restores the engine from the snapshot, starts delivery of what
+/// the alert journal holds undelivered, and replays the ingest journal past the snapshot.
+fn recover_state(
+    config: &Config,
+    rule_set: RuleSet,
+    metrics: &Arc<Metrics>,
+    runtime: &tokio::runtime::Runtime,
+    options: RunOptions,
+) -> anyhow::Result<Recovered> {
     let state = StateDir::new(&config.state_dir).context("state dir")?;
-    let mut engine = Engine::new(Arc::new(rule_set), config.engine_options());
+    let mut engine = Engine::new(Arc::new(rule_set), config.engine.options());
     let alerts = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
         .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
     let alerts_len = alerts.len();
@@ -141,7 +192,7 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         &config.journal,
         alerts_len,
         options.skip_corrupt,
-        &metrics,
+        metrics,
     )?;
     if let Some(snap) = &snapshot {
         let restored = engine.restore(snap.engine.clone());
@@ -152,11 +203,6 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
             "state restored from snapshot"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("auditwatch-io")
-        .build()?;
     let notify = Notify::start(
         NotifyOptions {
             state_dir: config.state_dir.clone(),
@@ -167,7 +213,7 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
             delivery: config.delivery.clone(),
             silence_limits: config.silences.clone(),
         },
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
         runtime.handle(),
     )?;
     if !config.notifiers.is_empty() {
@@ -176,20 +222,21 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
             "alert delivery ready"
         );
     }
-    let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
-    let backlog = pipeline::Backlog::default();
-    let journal_size = Arc::new(AtomicU64::new(0));
+    let (journal, journal_thread) =
+        crate::state::writer::start(journal, config.journal.max_size.0, Arc::clone(metrics))?;
+    let (feedback_tx, feedback) = mpsc::unbounded_channel();
+    let backlog = Backlog::default();
     let mut pipeline = Pipeline::new(
         engine,
-        state.clone(),
+        state,
         Arc::clone(&alerts),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
         PipelineOptions {
             stdout: config.alerts.stdout,
             snapshot_every: config.snapshot.interval.std(),
             idle_after: config.engine.idle_after.std(),
             lateness: config.engine.lateness.0,
-            journal_size: Arc::clone(&journal_size),
+            journal_size: journal.size_gauge(),
             journal_max: config.journal.max_size.0,
             // Without notifiers there is nothing to hand over (no copies of every alert).
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
@@ -204,12 +251,11 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         feedback_tx,
     )
     .context("reading the alert journal")?;
-
-    // Replay what was accepted but not yet reflected in the snapshot.
+    // What was accepted but is not reflected in the snapshot yet.
     if !pending.is_empty() {
         tracing::info!(batches = pending.len(), "replaying the ingest journal");
         for (seq, payload) in pending {
-            let (source, body) = ingest::decode_payload(&payload);
+            let (source, body) = crate::state::journal::decode_batch(&payload);
             pipeline.process(Batch {
                 source: Arc::from(source),
                 data: body.to_vec(),
@@ -220,443 +266,271 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         }
         pipeline.snapshot();
     }
-    let checkpoints = pipeline.file_checkpoints().clone();
+    Ok(Recovered {
+        pipeline,
+        journal,
+        journal_thread,
+        alerts,
+        notify,
+        backlog,
+        feedback,
+    })
+}
 
-    let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
-    let (journal_tx, journal_rx) = mpsc::channel(1024);
-    journal_size.store(journal.size(), Ordering::Relaxed);
-    let engine_thread = std::thread::Builder::new()
-        .name("engine".into())
-        .spawn(move || pipeline.run(engine_rx))?;
-    let journal_thread = {
-        let size = Arc::clone(&journal_size);
-        let metrics = Arc::clone(&metrics);
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || ingest::run(journal, journal_rx, size, metrics))?
-    };
+/// The running daemon: what step 3 stops.
+pub struct Daemon {
+    shutdown: Shutdown,
+    ready: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+    file_threads: Vec<std::thread::JoinHandle<()>>,
+    journal: JournalHandle,
+    journal_thread: std::thread::JoinHandle<()>,
+    engine_tx: mpsc::Sender<Input>,
+    engine_thread: std::thread::JoinHandle<()>,
+    notify: Notify,
+}
 
-    let stop = CancellationToken::new();
-    let stop_files = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicBool::new(false));
-
-    // Connection caps that together fit the descriptor limit, with a reserve for state files.
-    let listeners = config
-        .sources
-        .iter()
-        .filter(|s| matches!(s, SourceConfig::Webhook(_)))
-        .count()
-        + usize::from(config.http.listen.is_some());
-    let fd_limit = crate::net::serve::fd_limit();
-    let cap = |wanted: usize| crate::net::serve::connection_cap(wanted, listeners, fd_limit);
-
-    let result: anyhow::Result<()> = runtime.block_on(async {
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut file_threads = Vec::new();
-        let mut reloadables: Vec<Arc<dyn crate::net::reload::Reloadable>> = Vec::new();
+impl Daemon {
+    /// Step 2: the engine thread, the sources, the operations endpoint, the clock, compaction
+    /// and the reload loops. Ready once this returns.
+    fn start(
+        config: Config,
+        rules: RuleSource,
+        load_opts: LoadOptions,
+        recovered: Recovered,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Daemon> {
+        let Recovered {
+            pipeline,
+            journal,
+            journal_thread,
+            alerts,
+            notify,
+            backlog,
+            feedback,
+        } = recovered;
+        let checkpoints = pipeline.file_checkpoints().clone();
+        let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
+        let engine_thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || pipeline.run(engine_rx))?;
+        let shutdown = Shutdown::default();
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut daemon = Daemon {
+            shutdown: shutdown.clone(),
+            ready: Arc::clone(&ready),
+            tasks: tokio::task::JoinSet::new(),
+            file_threads: Vec::new(),
+            journal: journal.clone(),
+            journal_thread,
+            engine_tx: engine_tx.clone(),
+            engine_thread,
+            notify,
+        };
+        let _guard = runtime.enter();
+        let listeners = Listeners::of(&config);
+        let mut reloadables: Vec<Arc<dyn Reloadable>> = Vec::new();
         for source in &config.sources {
             match source {
                 SourceConfig::Webhook(cfg) => {
-                    let hook = Webhook::bind(
+                    let hook = runtime.block_on(Webhook::bind(
                         cfg,
                         WebhookDeps {
                             engine: engine_tx.clone(),
-                            journal: journal_tx.clone(),
-                            journal_size: Arc::clone(&journal_size),
-                            journal_max: config.journal.max_size.0,
+                            journal: journal.clone(),
                             metrics: Arc::clone(&metrics),
-                            max_connections: cap(cfg.connections.max),
+                            max_connections: listeners.cap(cfg.connections.max),
                         },
-                    )
-                    .await?;
-                    let max_connections = cap(cfg.connections.max);
-                    metrics
-                        .connections_max
-                        .with_label_values(&[&cfg.name])
-                        .set(max_connections as i64);
-                    tracing::info!(
-                        source = %cfg.name,
-                        addr = %hook.local_addr()?,
-                        tls = cfg.tls.is_some(),
-                        client_certs = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-                        token = cfg.bearer_token_file.is_some(),
-                        max_connections,
-                        "webhook listening"
-                    );
-                    if !cfg.listen.ip().is_loopback()
-                        && cfg.bearer_token_file.is_none()
-                        && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
-                    {
-                        tracing::warn!(source = %cfg.name, addr = %cfg.listen, "this webhook accepts audit events from anyone who can reach it: set tls.client_ca or bearer_token_file");
-                    }
+                    ))?;
+                    announce_webhook(cfg, &hook, &metrics, listeners.cap(cfg.connections.max))?;
                     reloadables.extend(hook.reloadables());
-                    tasks.spawn(hook.serve(stop.clone()));
+                    daemon.tasks.spawn(hook.serve(shutdown.token()));
                 }
                 SourceConfig::File(cfg) => {
                     let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std())
-                        .count_truncations(metrics.file_truncations.with_label_values(&[&cfg.name]));
+                        .count_truncations(metrics.file_truncations(&cfg.name));
                     let checkpoint = checkpoints.get(&cfg.name).copied();
-                    let start = cfg.start_at;
-                    let mut sink = engine_tx.clone();
-                    let stop = Arc::clone(&stop_files);
+                    let (start, mut sink, stop) =
+                        (cfg.start_at, engine_tx.clone(), shutdown.flag());
                     tracing::info!(source = %cfg.name, path = %cfg.path.display(), resume = ?checkpoint, "following file");
-                    file_threads.push(
+                    daemon.file_threads.push(
                         std::thread::Builder::new()
                             .name(format!("file:{}", cfg.name))
                             .spawn(move || follower.run(checkpoint, start, &mut sink, &stop))?,
                     );
                 }
                 SourceConfig::Stdin(cfg) => {
-                    let name: Arc<str> = Arc::from(cfg.name.as_str());
-                    let mut sink = engine_tx.clone();
+                    let (name, mut sink) = (Arc::from(cfg.name.as_str()), engine_tx.clone());
                     // Not joined at shutdown: a read from a terminal cannot be interrupted.
                     std::thread::Builder::new()
                         .name("stdin".into())
-                        .spawn(move || read_stdin(name, &mut sink))?;
+                        .spawn(move || crate::source::stdin::read_stdin(name, &mut sink))?;
                 }
             }
         }
         if let Some(addr) = config.http.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("http.listen {addr}"))?;
-            let tls = config
-                .http
-                .tls
-                .as_ref()
-                .map(|t| crate::net::tls::reloading("http", t))
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
-            let auth = crate::net::auth::Authenticator::new("http", &config.http.auth)
-                .map_err(|e| anyhow::anyhow!("http.auth: {e}"))?;
-            reloadables.extend(tls.iter().map(|t| Arc::clone(t) as Arc<dyn crate::net::reload::Reloadable>));
-            reloadables.extend(auth.iter().flat_map(|a| a.reloadables()));
-            let mut limits = config.http.connections.limits();
-            limits.max_connections = cap(limits.max_connections);
-            metrics
-                .connections_max
-                .with_label_values(&["http"])
-                .set(limits.max_connections as i64);
-            tracing::info!(
-                addr = %listener.local_addr()?,
-                tls = tls.is_some(),
-                auth = auth.is_some(),
-                max_connections = limits.max_connections,
-                "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences"
-            );
-            if auth.is_none() && !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "http.insecure: the silences API is open to anyone who can reach this address");
-            }
-            if auth.as_ref().is_some_and(|a| a.offers_basic()) && tls.is_none() && !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "basic auth over plain HTTP: passwords cross the network in clear; set http.tls");
-            }
-            http::prime_metrics(&metrics);
-            let guard = Arc::new(http::Guard {
-                auth,
-                allowed_hosts: config.http.allowed_hosts.clone(),
+            let ops = crate::ops::Ops {
                 metrics: Arc::clone(&metrics),
-            });
-            let app = http::router(
-                http::Ops {
-                    metrics: Arc::clone(&metrics),
-                    ready: Arc::clone(&ready),
-                    silences: Arc::clone(&notify.silences),
-                    journal: Arc::clone(&alerts),
-                    backlog: backlog.clone(),
-                    max_lag: config.engine.max_lag.std(),
-                },
-                Arc::clone(&guard),
-            );
-            let events: Arc<dyn crate::net::serve::ConnEvents> = guard;
-            tasks.spawn(crate::net::serve::serve(
-                listener,
-                tls,
-                app,
-                limits,
-                events,
-                stop.clone(),
-                Duration::from_secs(5),
-            ));
+                ready: Arc::clone(&ready),
+                silences: Arc::clone(&daemon.notify.silences),
+                journal: alerts,
+                backlog,
+                max_lag: config.engine.max_lag.std(),
+            };
+            let cap = listeners.cap(config.http.connections.max);
+            let serve = runtime.block_on(crate::ops::bind(addr, &config.http, ops, cap))?;
+            reloadables.extend(serve.reloadables());
+            daemon.tasks.spawn(serve.serve(shutdown.token()));
         }
-
-        // Tokens, passwords and certificates follow their files.
-        for r in &reloadables {
-            for result in ["ok", "error"] {
-                metrics
-                    .credential_reloads
-                    .with_label_values(&[r.name(), result]);
-            }
-        }
+        daemon.spawn_clock(&engine_tx);
+        daemon.spawn_compaction(feedback);
         if !reloadables.is_empty() {
+            for r in &reloadables {
+                metrics.credential_reloaded_primed(r.name());
+            }
             let every = config.reload.interval.std();
+            let stop = shutdown.token();
             let metrics = Arc::clone(&metrics);
-            let stop = stop.clone();
-            tasks.spawn(credentials_loop(reloadables, every, metrics, stop));
+            daemon
+                .tasks
+                .spawn(reload::credentials_loop(reloadables, every, metrics, stop));
         }
-
-        // The clock: ticks move event time on while the stream is quiet.
-        {
-            let tx = engine_tx.clone();
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = every.tick() => {
-                            // Never block the clock on a full queue: the next tick will do.
-                            let _ = tx.try_send(Input::Tick);
-                        }
-                    }
-                }
-            });
-        }
-
-        // Snapshots let the journal shed the segments they cover.
-        {
-            let journal_tx = journal_tx.clone();
-            let stop = stop.clone();
-            let mut feedback_rx = feedback_rx;
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        feedback = feedback_rx.recv() => match feedback {
-                            Some(Feedback::Snapshotted { journal_seq }) => {
-                                let _ = journal_tx.send(JournalMsg::Compact(journal_seq)).await;
-                            }
-                            None => break,
-                        },
-                    }
-                }
-            });
-        }
-
-        // Rule reloads: SIGHUP, and file changes when watching.
-        {
-            let tx = engine_tx.clone();
-            let stop = stop.clone();
-            let rules = rules.clone();
-            let metrics = Arc::clone(&metrics);
-            let watch = config.reload.watch.then(|| config.reload.interval.std());
-            let notifiers = config.notifiers.clone();
-            tasks.spawn(reload_loop(rules, load_opts, notifiers, tx, metrics, watch, stop));
-        }
-
-        drop(journal_tx);
+        let watch = config.reload.watch.then(|| config.reload.interval.std());
+        daemon.tasks.spawn(reload::rules_loop(
+            rules,
+            load_opts,
+            config.notifiers.clone(),
+            engine_tx,
+            metrics,
+            watch,
+            shutdown.token(),
+        ));
         ready.store(true, Ordering::Relaxed);
         tracing::info!(state_dir = %config.state_dir.display(), "auditwatch running");
-        wait_for_termination().await;
+        Ok(daemon)
+    }
+
+    /// The clock: ticks move event time on while the stream is quiet.
+    fn spawn_clock(&mut self, engine: &mpsc::Sender<Input>) {
+        let (tx, stop) = (engine.clone(), self.shutdown.token());
+        self.tasks.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    // Never block the clock on a full queue: the next tick will do.
+                    _ = every.tick() => { let _ = tx.try_send(Input::Tick); }
+                }
+            }
+        });
+    }
+
+    /// Snapshots let the journal shed the segments they cover.
+    fn spawn_compaction(&mut self, mut feedback: mpsc::UnboundedReceiver<Feedback>) {
+        let (journal, stop) = (self.journal.clone(), self.shutdown.token());
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    f = feedback.recv() => match f {
+                        Some(Feedback::Snapshotted { journal_seq }) => journal.compact(journal_seq).await,
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+
+    /// Step 3: stops in the order of [`shutdown`]: nothing accepted is lost.
+    pub fn shutdown(self, runtime: tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let Daemon {
+            shutdown,
+            ready,
+            mut tasks,
+            file_threads,
+            journal,
+            journal_thread,
+            engine_tx,
+            engine_thread,
+            notify,
+        } = self;
         tracing::info!("shutting down: no new requests; draining what was accepted");
         ready.store(false, Ordering::Relaxed);
-
-        stop.cancel();
-        stop_files.store(true, Ordering::Relaxed);
-        while tasks.join_next().await.is_some() {}
-        for t in file_threads {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        shutdown.begin();
+        runtime.block_on(async {
+            while tasks.join_next().await.is_some() {}
+            for t in file_threads {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        });
+        // Every webhook handler is gone: the journal writer drains and ends.
+        drop(journal);
+        let _ = journal_thread.join();
+        // Everything accepted is queued ahead of this.
+        if engine_tx.blocking_send(Input::Shutdown).is_err() {
+            bail!("the engine thread ended early");
         }
+        drop(engine_tx);
+        if engine_thread.join().is_err() {
+            bail!("the engine thread panicked");
+        }
+        // Every alert is in the alert journal and handed to delivery; give sends in flight a
+        // moment, then stop (the rest goes out after the next start).
+        runtime.block_on(notify.shutdown(Duration::from_secs(2)));
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        tracing::info!("stopped");
         Ok(())
-    });
-    // Every webhook handler is gone: the journal thread drains and ends.
-    drop(journal_size);
-    let _ = journal_thread.join();
-    // Everything accepted is queued ahead of this.
-    if engine_tx.blocking_send(Input::Shutdown).is_err() {
-        bail!("the engine thread ended early");
     }
-    drop(engine_tx);
-    if engine_thread.join().is_err() {
-        bail!("the engine thread panicked");
+}
+
+/// The listeners the config opens, for connection caps that together fit the descriptor
+/// limit with a reserve for state files.
+struct Listeners {
+    count: usize,
+    fd_limit: Option<u64>,
+}
+
+impl Listeners {
+    fn of(config: &Config) -> Listeners {
+        let webhooks = config
+            .sources
+            .iter()
+            .filter(|s| matches!(s, SourceConfig::Webhook(_)))
+            .count();
+        Listeners {
+            count: webhooks + usize::from(config.http.listen.is_some()),
+            fd_limit: crate::net::serve::fd_limit(),
+        }
     }
-    // Every alert is in the alert journal and handed to delivery; give sends in flight a
-    // moment, then stop (the rest goes out after the next start).
-    runtime.block_on(notify.shutdown(Duration::from_secs(2)));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result?;
-    tracing::info!("stopped");
+
+    fn cap(&self, wanted: usize) -> usize {
+        crate::net::serve::connection_cap(wanted, self.count, self.fd_limit)
+    }
+}
+
+fn announce_webhook(
+    cfg: &crate::source::webhook::WebhookConfig,
+    hook: &Webhook,
+    metrics: &Metrics,
+    max_connections: usize,
+) -> anyhow::Result<()> {
+    metrics.set_connections_max(&cfg.name, max_connections);
+    tracing::info!(
+        source = %cfg.name,
+        addr = %hook.local_addr()?,
+        tls = cfg.tls.is_some(),
+        client_certs = cfg.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        token = cfg.bearer_token_file.is_some(),
+        max_connections,
+        "webhook listening"
+    );
+    if !cfg.listen.ip().is_loopback()
+        && cfg.bearer_token_file.is_none()
+        && cfg.tls.as_ref().is_none_or(|t| t.client_ca.is_none())
+    {
+        tracing::warn!(source = %cfg.name, addr = %cfg.listen, "this webhook accepts audit events from anyone who can reach it: set tls.client_ca or bearer_token_file");
+    }
     Ok(())
-}
-
-async fn reload_loop(
-    rules: RuleSource,
-    opts: LoadOptions,
-    notifiers: std::collections::BTreeMap<String, crate::notify::config::NotifierConfig>,
-    tx: mpsc::Sender<Input>,
-    metrics: Arc<Metrics>,
-    watch: Option<Duration>,
-    stop: CancellationToken,
-) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP");
-            None
-        }
-    };
-    let mut stamp = rules.stamp();
-    let mut every = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    every.tick().await;
-    loop {
-        let why = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => "SIGHUP",
-            _ = every.tick(), if watch.is_some() => {
-                // Files that cannot be listed right now (out of descriptors, a directory
-                // being replaced) are not a change: look again at the next tick.
-                let Some(now) = rules.stamp() else { continue };
-                if Some(&now) == stamp.as_ref() { continue; }
-                stamp = Some(now);
-                "rule files changed"
-            }
-        };
-        let loader = rules.clone();
-        let opts = opts.clone();
-        let loaded = tokio::task::spawn_blocking(move || loader.load(&opts))
-            .await
-            .map(|r| {
-                r.map_err(|e| e.to_string()).and_then(|set| {
-                    crate::notify::check_rule_notifiers(&set, &notifiers).map(|()| set)
-                })
-            });
-        match loaded {
-            Ok(Ok(set)) => {
-                metrics.rule_reloads.with_label_values(&["ok"]).inc();
-                tracing::info!(
-                    reason = why,
-                    rules = set.rules.len(),
-                    "new rule set validated"
-                );
-                if tx.send(Input::Reload(Arc::new(set))).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Err(e)) => {
-                metrics.rule_reloads.with_label_values(&["invalid"]).inc();
-                for line in e.to_string().lines() {
-                    tracing::error!(reason = why, error = %line, "rule reload refused; the previous rules keep running");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "rule reload task failed"),
-        }
-    }
-}
-
-/// Reloads tokens, password files and TLS material when their files change (checked every
-/// `every`) and on SIGHUP. A file that does not load keeps the previous value in effect.
-async fn credentials_loop(
-    reloadables: Vec<Arc<dyn crate::net::reload::Reloadable>>,
-    every: Duration,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    use crate::net::reload::Reload;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        let force = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => false,
-            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
-        };
-        for r in &reloadables {
-            // Reading a few small files: cheap enough for the runtime thread.
-            match r.check(force) {
-                Reload::Unchanged => {}
-                Reload::Reloaded => {
-                    metrics
-                        .credential_reloads
-                        .with_label_values(&[r.name(), "ok"])
-                        .inc();
-                    tracing::info!(
-                        what = r.name(),
-                        reason = if force { "SIGHUP" } else { "file changed" },
-                        "reloaded"
-                    );
-                }
-                Reload::Failed(e) => {
-                    metrics
-                        .credential_reloads
-                        .with_label_values(&[r.name(), "error"])
-                        .inc();
-                    tracing::error!(what = r.name(), error = %e, "cannot reload; the previous one stays in effect");
-                }
-            }
-        }
-    }
-}
-
-async fn wait_for_termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Reads stdin line-wise into the engine until EOF.
-fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
-    use std::io::Read;
-    let mut stdin = std::io::stdin().lock();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut partial: Vec<u8> = Vec::new();
-    let (mut line, mut offset) = (1u64, 0u64);
-    loop {
-        let n = match stdin.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "stdin read failed");
-                break;
-            }
-        };
-        partial.extend_from_slice(&buf[..n]);
-        let Some(last) = memchr::memrchr(b'\n', &partial) else {
-            continue;
-        };
-        let rest = partial.split_off(last + 1);
-        let data = std::mem::replace(&mut partial, rest);
-        let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
-        let len = data.len() as u64;
-        let batch = Batch {
-            source: Arc::clone(&name),
-            data,
-            shape: Shape::Lines {
-                first_line: line,
-                offset,
-            },
-            progress: Progress::None,
-            received: Instant::now(),
-        };
-        if !sink.send(Input::Batch(batch)) {
-            return;
-        }
-        line += lines;
-        offset += len;
-    }
-    if !partial.trim_ascii().is_empty() {
-        sink.send(Input::Batch(Batch {
-            source: Arc::clone(&name),
-            data: partial,
-            shape: Shape::Lines {
-                first_line: line,
-                offset,
-            },
-            progress: Progress::None,
-            received: Instant::now(),
-        }));
-    }
-    tracing::info!(source = %name, "stdin closed");
 }

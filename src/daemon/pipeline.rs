@@ -17,95 +17,11 @@ use tokio::sync::mpsc;
 use crate::alert::Alert;
 use crate::config::StdoutFormat;
 use crate::engine::Engine;
-use crate::event::{EventTime, Position};
+use crate::event::{EventTime, Position, decode_each};
 use crate::log_gate::LogGate;
-use crate::metrics::Metrics;
-use crate::replay::decode_each;
-use crate::rules::RuleSet;
+use crate::metrics::{Metrics, RuleDeltas};
+use crate::source::{Backlog, Batch, Input, Progress, Shape};
 use crate::state::{FileCheckpoint, SNAPSHOT_VERSION, SharedAlertJournal, StateDir, StateSnapshot};
-
-/// How far a batch brings its source.
-#[derive(Debug, Clone)]
-pub enum Progress {
-    /// A webhook batch: its ingest journal sequence number.
-    Journal(u64),
-    /// Lines of a file, ending at this checkpoint.
-    File(FileCheckpoint),
-    /// Stdin: nothing to resume.
-    None,
-}
-
-/// What the batch's bytes are.
-#[derive(Debug, Clone, Copy)]
-pub enum Shape {
-    /// One record: an Event, an EventList or an array (a webhook body).
-    Document,
-    /// Newline-separated records starting at this line and byte offset.
-    Lines { first_line: u64, offset: u64 },
-}
-
-pub struct Batch {
-    pub source: Arc<str>,
-    pub data: Vec<u8>,
-    pub shape: Shape,
-    pub progress: Progress,
-    /// When the batch was received, for the latency histogram.
-    pub received: Instant,
-}
-
-pub enum Input {
-    Batch(Batch),
-    /// The wall clock moved on (sent every second).
-    Tick,
-    Reload(Arc<RuleSet>),
-    /// Everything before this has been processed; write the final snapshot and stop.
-    Shutdown,
-}
-
-/// The age of the oldest batch the engine has received and not finished: the one it is
-/// evaluating (queued batches are younger: the queue is first in, first out). Zero while the
-/// engine waits for work. Any stall of the engine thread, whatever its cause (a costly rule, a
-/// pathological input, a bug), shows here as a growing age: `/metrics` reports it and
-/// `/readyz` fails past `engine.max_lag`.
-#[derive(Clone)]
-pub struct Backlog(Arc<BacklogClock>);
-
-struct BacklogClock {
-    base: Instant,
-    /// Nanoseconds from `base` to the oldest unfinished batch's receipt, plus one; 0 when idle.
-    since: AtomicU64,
-}
-
-impl Default for Backlog {
-    fn default() -> Self {
-        Backlog(Arc::new(BacklogClock {
-            base: Instant::now(),
-            since: AtomicU64::new(0),
-        }))
-    }
-}
-
-impl Backlog {
-    /// The engine took up work received at `received`.
-    pub fn start(&self, received: Instant) {
-        let nanos = received.saturating_duration_since(self.0.base).as_nanos();
-        let stamp = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
-        self.0.since.store(stamp, Ordering::Release);
-    }
-
-    /// The engine finished it and waits for the next.
-    pub fn finish(&self) {
-        self.0.since.store(0, Ordering::Release);
-    }
-
-    /// How long the oldest unfinished work has been waiting.
-    pub fn age(&self) -> Duration {
-        match self.0.since.load(Ordering::Acquire) {
-            0 => Duration::ZERO,
-            stamp => (self.0.base + Duration::from_nanos(stamp - 1)).elapsed(),
-        }
-    }
-}
 
 /// What the engine thread tells the rest of the daemon.
 pub enum Feedback {
@@ -191,7 +107,7 @@ impl SnapshotWriter {
                     snap.engine.canonicalize();
                     match state.save_snapshot(&snap) {
                         Ok(bytes) => {
-                            metrics.snapshots.with_label_values(&["ok"]).inc();
+                            metrics.snapshot_written(true, started.elapsed().as_secs_f64());
                             tracing::debug!(bytes, journal_seq = snap.journal_seq, took = ?started.elapsed(), "snapshot written");
                             let _ = feedback.send(Feedback::Snapshotted {
                                 journal_seq: previous.min(snap.journal_seq),
@@ -199,13 +115,10 @@ impl SnapshotWriter {
                             previous = snap.journal_seq;
                         }
                         Err(e) => {
-                            metrics.snapshots.with_label_values(&["error"]).inc();
+                            metrics.snapshot_written(false, started.elapsed().as_secs_f64());
                             tracing::error!(error = %e, "cannot write the state snapshot; the journal keeps growing until it can");
                         }
                     }
-                    metrics
-                        .snapshot_seconds
-                        .observe(started.elapsed().as_secs_f64());
                     done.store(false, Ordering::Release);
                 }
             })?;
@@ -238,7 +151,7 @@ impl Pipeline {
                 None => (0, BTreeMap::new(), alerts.ids_since(0)?),
             }
         };
-        metrics.rules_loaded.set(engine.rules().rules.len() as i64);
+        metrics.set_rules_loaded(engine.rules().rules.len());
         let (state_for_writer, metrics_for_writer) = (state.clone(), Arc::clone(&metrics));
         Ok(Pipeline {
             engine,
@@ -279,10 +192,7 @@ impl Pipeline {
     /// Runs until `Shutdown` or until every sender is gone.
     pub fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         while let Some(input) = rx.blocking_recv() {
-            self.metrics
-                .queue_depth
-                .with_label_values(&["engine"])
-                .set(rx.len() as i64);
+            self.metrics.set_queue_depth("engine", rx.len());
             match &input {
                 Input::Batch(batch) => self.opts.backlog.start(batch.received),
                 _ => self.opts.backlog.start(Instant::now()),
@@ -300,7 +210,7 @@ impl Pipeline {
                     self.metrics.prime_rules(&names);
                     drop(names);
                     self.engine.replace_rules(rules);
-                    self.metrics.rules_loaded.set(n as i64);
+                    self.metrics.set_rules_loaded(n);
                     tracing::info!(
                         rules = n,
                         "rules reloaded; window state of unchanged rules kept"
@@ -320,9 +230,9 @@ impl Pipeline {
     /// Processes one batch (also used to replay the journal at start-up).
     pub fn process(&mut self, batch: Batch) {
         let source = batch.source.clone();
-        let received = self.metrics.events_received.with_label_values(&[&source]);
-        let decoded = self.metrics.events_decoded.with_label_values(&[&source]);
-        let rejected = self.metrics.events_rejected.with_label_values(&[&source]);
+        let counters = self.metrics.source(&source);
+        let (received, decoded, rejected) =
+            (&counters.received, &counters.decoded, &counters.rejected);
         let text = match std::str::from_utf8(&batch.data) {
             Ok(t) => t,
             Err(e) => {
@@ -340,8 +250,13 @@ impl Pipeline {
         let out = &mut self.out;
         let mut newest = None;
         let tally = &mut self.tally;
+        // A document (a webhook batch) counts its items as records, a file its lines.
+        let per_item = matches!(batch.shape, Shape::Document);
         let mut on_event = |ev: &crate::event::AuditEvent<'_>| {
             decoded.inc();
+            if per_item {
+                received.inc();
+            }
             tally.count(&ev.verb, ev.response_status.as_ref().map(|s| s.code));
             if let Some(t) = ev.time {
                 newest = Some(newest.map_or(t, |n: EventTime| n.max(t)));
@@ -351,13 +266,15 @@ impl Pipeline {
         let rejected_log = &self.rejected_log;
         let mut on_error = |e: crate::event::DecodeError| {
             rejected.inc();
+            if per_item {
+                received.inc();
+            }
             if let Some(held_back) = rejected_log.admit() {
                 tracing::warn!(error = %e, held_back, "rejected record (counted in auditwatch_events_rejected_total; a few are logged per minute)");
             }
         };
         match batch.shape {
             Shape::Document => {
-                received.inc();
                 let position = Position {
                     source: source.clone(),
                     line: 1,
@@ -384,12 +301,12 @@ impl Pipeline {
                 }
             }
         }
-        self.tally.flush(&self.metrics.audit_events);
+        self.metrics.record_stream(&mut self.tally);
         if let Some(t) = newest {
             self.newest = Some((Instant::now(), t));
             if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
                 let lag = now.as_secs_f64() - t.0 as f64 / 1e9;
-                self.metrics.event_lag_seconds.set(lag);
+                self.metrics.set_event_lag(lag);
             }
         }
         match batch.progress {
@@ -410,14 +327,9 @@ impl Pipeline {
             self.snapshot();
         }
         self.metrics
-            .processing_latency
-            .with_label_values(&[&source])
-            .observe(batch.received.elapsed().as_secs_f64());
+            .batch_processed(&source, batch.received.elapsed().as_secs_f64());
         for e in self.engine.take_script_errors() {
-            self.metrics
-                .script_errors
-                .with_label_values(&[&e.rule])
-                .inc();
+            self.metrics.script_error(&e.rule);
             if let Some(held_back) = self.script_error_log.admit() {
                 tracing::warn!(rule = %e.rule, audit_id = %e.audit_id, error = %e.message, held_back, "script error (counted in auditwatch_script_errors_total; a few are logged per minute)");
             }
@@ -439,9 +351,7 @@ impl Pipeline {
                 self.emit();
             }
         }
-        self.metrics
-            .window_keys
-            .set(self.engine.window_keys() as i64);
+        self.metrics.set_window_keys(self.engine.window_keys());
         self.publish_rule_stats();
         // Under journal pressure snapshot every second (not every batch: compaction follows
         // each write asynchronously).
@@ -467,14 +377,6 @@ impl Pipeline {
                 stats.condition_nanos,
             ];
             let before = self.published.entry(rule.name.clone()).or_default();
-            let counters = [
-                &self.metrics.rule_evaluations,
-                &self.metrics.rule_matches,
-                &self.metrics.window_evictions,
-                &self.metrics.rule_condition_timeouts,
-                &self.metrics.rule_condition_skipped,
-                &self.metrics.rule_objects_too_deep,
-            ];
             let deltas: Vec<u64> = now
                 .iter()
                 .zip(before.iter_mut())
@@ -484,19 +386,18 @@ impl Pipeline {
                     delta
                 })
                 .collect();
-            for (counter, &delta) in counters.iter().zip(&deltas) {
-                if delta > 0 {
-                    counter.with_label_values(&[&rule.name]).inc_by(delta);
-                }
-            }
-            if let Some(&nanos) = deltas.last()
-                && nanos > 0
-            {
-                self.metrics
-                    .rule_condition_seconds
-                    .with_label_values(&[&rule.name])
-                    .inc_by(nanos as f64 / 1e9);
-            }
+            self.metrics.rule_counted(
+                &rule.name,
+                &RuleDeltas {
+                    evaluations: deltas[0],
+                    matches: deltas[1],
+                    evictions: deltas[2],
+                    condition_timeouts: deltas[3],
+                    condition_skipped: deltas[4],
+                    objects_too_deep: deltas[5],
+                    condition_seconds: deltas[6] as f64 / 1e9,
+                },
+            );
             if deltas[3] > 0 || deltas[4] > 0 {
                 self.over_budget.insert(rule.name.clone());
             }
@@ -518,7 +419,7 @@ impl Pipeline {
             alerts.retain(|a| {
                 let again = self.already_sent.remove(&a.id);
                 if again {
-                    self.metrics.alerts_replayed_suppressed.inc();
+                    self.metrics.alert_replay_suppressed();
                 }
                 !again
             });
@@ -545,10 +446,7 @@ impl Pipeline {
         let stdout = std::io::stdout();
         let mut w = stdout.lock();
         for a in &alerts {
-            self.metrics
-                .alerts
-                .with_label_values(&[&a.rule, a.severity.as_str()])
-                .inc();
+            self.metrics.alert_fired(&a.rule, a.severity.as_str());
             let line = match self.opts.stdout {
                 StdoutFormat::Json => a.to_json_line(),
                 StdoutFormat::Text => a.to_text_line(),
@@ -588,9 +486,7 @@ impl Pipeline {
         }
         let capture = started.elapsed();
         tracing::debug!(?capture, "snapshot captured");
-        self.metrics
-            .snapshot_capture_seconds
-            .observe(capture.as_secs_f64());
+        self.metrics.snapshot_captured(capture.as_secs_f64());
         self.last_snapshot = Instant::now();
     }
 

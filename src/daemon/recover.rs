@@ -13,9 +13,18 @@
 
 use anyhow::bail;
 
-use crate::config::JournalConfig;
 use crate::metrics::Metrics;
-use crate::state::{Journal, JournalError, StateDir, StateSnapshot, journal};
+use crate::state::{Journal, JournalConfig, JournalError, StateDir, StateSnapshot, journal};
+
+/// Every (what, problem) this module counts, for priming the metric.
+pub const PROBLEMS: [(&str, &str); 6] = [
+    ("snapshot", "corrupt"),
+    ("snapshot", "missing"),
+    ("journal", "corrupt"),
+    ("journal", "missing"),
+    ("journal", "gap"),
+    ("alert_journal", "missing"),
+];
 
 /// What start-up found.
 pub struct Recovered {
@@ -26,10 +35,7 @@ pub struct Recovered {
 }
 
 fn problem(metrics: &Metrics, what: &str, problem: &str) {
-    metrics
-        .state_problems
-        .with_label_values(&[what, problem])
-        .inc();
+    metrics.state_problem(what, problem);
 }
 
 /// Reads the snapshot and the journal; see the module docs.

@@ -6,28 +6,28 @@
 //! then apply "one request, one match". Plain rules alert at once (subject to `throttle`);
 //! windowed rules hand a hit to the reorder buffer, and the windows fire as the watermark moves.
 
+mod build;
+mod config;
 mod dedup;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rhai::Dynamic;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
+pub use config::EngineConfig;
 pub use dedup::{RequestDedup, audit_key};
 
-use crate::alert::{Alert, AlertKind, EventRef, Group, MAX_AUDIT_IDS, alert_id};
+use crate::alert::{Alert, AlertKind, EventRef};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
-use crate::rules::script::{
-    ConditionError, ConditionRunner, ObjectNeeds, add_objects, event_dynamic,
-};
-use crate::rules::{Rule, RuleSet, Severity, WindowSpec, default_summary};
+use crate::rules::script::{ConditionError, ConditionRunner};
+use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
 use crate::window::{
     Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
     WindowSnapshot,
 };
+use build::build_alert;
 
 /// Response code classes: 0 = no response yet, 1-5 = 1xx-5xx, 6 = anything else.
 const CODE_CLASSES: usize = 7;
@@ -506,9 +506,7 @@ impl Engine {
             None => &self.any_verb[class],
         };
         let objects = ObjectCache::new(rules.object_paths());
-        let mut event_value: Option<Dynamic> = None;
-        let mut has_objects = ObjectNeeds::default();
-        let script_cut = std::cell::Cell::new(false);
+        self.conditions.begin_event();
         let resource = resource_bit(&ev.object_ref().resource);
         for &idx in candidates {
             if self.resource_masks[idx as usize] & resource == 0 {
@@ -529,17 +527,9 @@ impl Engine {
                     state.stats.budget_skipped += 1;
                     continue;
                 }
-                if event_value.is_none() {
-                    let v = event_dynamic(ev);
-                    self.conditions.set_event(v.clone());
-                    event_value = Some(v);
-                }
-                if let Some(value) = &event_value {
-                    add_objects(value, ev, cond.needs, &mut has_objects, &script_cut);
-                }
                 state.stats.evaluated += 1;
                 let started = std::time::Instant::now();
-                let result = self.conditions.run(cond);
+                let result = self.conditions.run(cond, ev);
                 let took = started.elapsed();
                 state.stats.condition_nanos += took.as_nanos() as u64;
                 state.budget.1 += took;
@@ -562,7 +552,9 @@ impl Engine {
                     }
                 }
             }
-            if self.reads_objects[idx as usize] && (objects.too_deep() || script_cut.get()) {
+            if self.reads_objects[idx as usize]
+                && (objects.too_deep() || self.conditions.objects_cut())
+            {
                 // Matched on objects whose deepest parts were cut: said, not silent.
                 state.stats.objects_too_deep += 1;
             }
@@ -863,131 +855,6 @@ fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {
             }
             Arc::from(key)
         }
-    }
-}
-
-fn build_alert(
-    rule: &Rule,
-    rules: &RuleSet,
-    (kind, severity): (AlertKind, Severity),
-    firing: Firing,
-    suppressed: u64,
-    fallback_summary: Option<String>,
-) -> Alert {
-    let group = Group(if rule.group_by.is_empty() {
-        Vec::new()
-    } else {
-        rule.group_by
-            .iter()
-            .zip(firing.key.split(KEY_SEPARATOR))
-            .map(|(f, v)| (Arc::from(f.as_str()), v.to_owned()))
-            .collect()
-    });
-    let summary = match (&rule.summary, fallback_summary) {
-        (Some(template), _) => {
-            // Only the alert fields the template reads are built.
-            let mut vars = Map::new();
-            let mut put = |name: &str, value: &dyn Fn() -> Value| {
-                if template.uses(name) {
-                    vars.insert(name.to_owned(), value());
-                }
-            };
-            put("rule", &|| Value::from(&*rule.name));
-            put("severity", &|| Value::from(severity.as_str()));
-            put("count", &|| Value::from(firing.count));
-            put("group", &|| {
-                serde_json::to_value(&group).unwrap_or(Value::Null)
-            });
-            put("first_seen", &|| Value::from(firing.first_seen.to_string()));
-            put("last_seen", &|| Value::from(firing.last_seen.to_string()));
-            put("labels", &|| {
-                serde_json::to_value(&*rule.labels).unwrap_or(Value::Null)
-            });
-            put("description", &|| {
-                Value::from(rule.description.as_deref().unwrap_or(""))
-            });
-            put("suppressed", &|| Value::from(suppressed));
-            put("kind", &|| {
-                serde_json::to_value(kind).unwrap_or(Value::Null)
-            });
-            template.render(rules.templates(), &firing.captured, vars)
-        }
-        (None, Some(text)) => text,
-        (None, None) => window_summary(rule, kind, &group, &firing),
-    };
-    let mut events = firing.events;
-    events.truncate(MAX_AUDIT_IDS);
-    let audit_ids: Vec<String> = events
-        .iter()
-        .filter(|e| !e.audit_id().is_empty())
-        .map(|e| e.audit_id().to_owned())
-        .collect();
-    let id = alert_id(
-        &rule.name,
-        kind,
-        &firing.key,
-        firing.first_seen,
-        firing.last_seen,
-        firing.count,
-        audit_ids.first().map_or("", |s| s.as_str()),
-    );
-    Alert {
-        id,
-        rule: rule.name.clone(),
-        severity,
-        kind,
-        summary,
-        description: rule.description.clone(),
-        group,
-        count: firing.count,
-        first_seen: firing.first_seen,
-        last_seen: firing.last_seen,
-        audit_ids,
-        events,
-        labels: rule.labels.clone(),
-        notify: rule.notify.clone(),
-        suppressed,
-        author: rule.author.clone(),
-    }
-}
-
-fn window_summary(rule: &Rule, kind: AlertKind, group: &Group, f: &Firing) -> String {
-    let who = if group.0.is_empty() {
-        String::new()
-    } else {
-        format!(" for {group}")
-    };
-    match (&rule.window, kind) {
-        (Some(WindowSpec::Count { over, .. }), _) => {
-            format!("{} matching requests within {over}{who}", f.count)
-        }
-        (Some(WindowSpec::Distinct { over, field, .. }), _) => {
-            format!("{} distinct {field} within {over}{who}", f.count)
-        }
-        (
-            Some(WindowSpec::Sequence {
-                over,
-                steps,
-                threshold,
-                ordered,
-            }),
-            _,
-        ) => {
-            let joined = steps
-                .iter()
-                .map(|s| s.as_ref())
-                .collect::<Vec<_>>()
-                .join(if *ordered { " then " } else { ", " });
-            if *ordered || *threshold == steps.len() as u64 {
-                format!("{joined} within {over}{who}")
-            } else {
-                format!("{threshold} of {joined} within {over}{who}")
-            }
-        }
-        (Some(WindowSpec::Absence { after }), _) => {
-            format!("no matching events for {after}{who} since {}", f.last_seen)
-        }
-        (None, _) => format!("{} matched", rule.name),
     }
 }
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::event::decode_event;
-use crate::rules::{LoadOptions, load_str};
+use crate::rules::{LoadOptions, Severity, load_str};
 use proptest::prelude::*;
 
 fn engine(rules: &str) -> Engine {

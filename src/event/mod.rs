@@ -7,6 +7,7 @@
 //! AKS and GKE deliver their audit logs in.
 
 mod decode;
+mod each;
 mod fast;
 pub mod field;
 pub mod managed;
@@ -16,6 +17,7 @@ mod text;
 mod time;
 
 pub use decode::{DecodeError, DecodeErrorKind, Position, Record, decode_event, decode_record};
+pub use each::decode_each;
 pub use managed::InputFormat;
 pub use model::{
     AuditEvent, Level, ObjectRef, RESOURCE_VERBS, RawJson, ResponseStatus, Stage, UserInfo,

@@ -18,9 +18,10 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{Duration, FsyncPolicy};
 use crate::event::Span;
 use crate::rules::Severity;
+use crate::state::FsyncPolicy;
+use crate::units::Duration;
 
 /// One notifier: a map with exactly one kind key.
 #[derive(Debug, Clone)]

@@ -292,7 +292,7 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::testing::alert;
+    use crate::alert::testing::alert;
 
     fn note(alerts: Vec<Alert>) -> Notification {
         let alerts: Vec<Arc<Alert>> = alerts.into_iter().map(Arc::new).collect();

@@ -16,9 +16,6 @@ pub mod route;
 pub mod send;
 pub mod silence;
 
-#[cfg(test)]
-pub(crate) mod testing;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -220,10 +217,12 @@ impl Submitter {
 
 /// Builds every notifier once (templates compile, secrets and CA files read), for
 /// `auditwatch run --check`.
-pub fn check_notifiers(config: &crate::config::Config) -> Result<(), String> {
-    for (name, n) in &config.notifiers {
-        send::build(n, config.delivery.timeout.std())
-            .map_err(|e| format!("notifier {name:?}: {e}"))?;
+pub fn check_notifiers(
+    notifiers: &BTreeMap<String, NotifierConfig>,
+    delivery: &DeliveryConfig,
+) -> Result<(), String> {
+    for (name, n) in notifiers {
+        send::build(n, delivery.timeout.std()).map_err(|e| format!("notifier {name:?}: {e}"))?;
     }
     Ok(())
 }
@@ -344,16 +343,9 @@ impl Dispatcher {
             if let Some(active_for) = self.metric_notifiers.get(&notifier) {
                 if !recovering {
                     let sev = alert.severity.as_str();
-                    self.metrics
-                        .alert_firings
-                        .with_label_values(&[&alert.rule, sev])
-                        .inc();
+                    self.metrics.metric_alert_fired(&alert.rule, sev);
                     self.active
                         .insert((alert.rule.clone(), sev), now + *active_for);
-                    self.metrics
-                        .alert_active
-                        .with_label_values(&[&alert.rule, sev])
-                        .set(1);
                 }
                 continue;
             }
@@ -481,15 +473,15 @@ impl Dispatcher {
             self.groups.remove(&gk);
         }
         for (name, queue) in &self.queues {
-            self.metrics
-                .queue_depth
-                .with_label_values(&[&format!("notify:{name}")])
-                .set((queue.max_capacity() - queue.capacity()) as i64);
+            self.metrics.set_queue_depth(
+                &format!("notify:{name}"),
+                queue.max_capacity() - queue.capacity(),
+            );
         }
-        self.metrics.silences_active.set(
+        self.metrics.set_silences_active(
             self.silences
                 .lock()
-                .map_or(0, |s| s.active_count(Utc::now())) as i64,
+                .map_or(0, |s| s.active_count(Utc::now())),
         );
     }
 
@@ -498,10 +490,7 @@ impl Dispatcher {
         let metrics = &self.metrics;
         self.active.retain(|(rule, sev), until| {
             if *until <= now {
-                metrics
-                    .alert_active
-                    .with_label_values(&[&**rule, *sev])
-                    .set(0);
+                metrics.set_metric_alert_active(rule, sev, false);
                 false
             } else {
                 true
@@ -528,10 +517,10 @@ impl Dispatcher {
             // The outcome is not durable: after a restart these alerts are sent again.
             tracing::error!(error = %e, "delivery: cannot write the delivery ledger");
         }
-        self.metrics
-            .notifications
-            .with_label_values(&[notifier, outcome.as_str()])
-            .inc_by(alerts.len() as u64);
+        for _ in &alerts {
+            self.metrics
+                .notification_settled(notifier, outcome.as_str());
+        }
         for (at, _) in &alerts {
             if let Some(left) = self.pending.get_mut(at) {
                 *left = left.saturating_sub(1);
@@ -550,9 +539,7 @@ impl Dispatcher {
     fn publish_pending(&self) {
         for (n, p) in &self.pending_by_notifier {
             self.metrics
-                .notifications_pending
-                .with_label_values(&[n])
-                .set(*p);
+                .set_notifications_pending(n, (*p).max(0) as usize);
         }
     }
 
@@ -592,19 +579,12 @@ async fn worker(
                 r = sender.send(&n) => r,
                 _ = stop.cancelled() => return,
             };
-            metrics
-                .notification_seconds
-                .with_label_values(&[&name])
-                .observe(t.elapsed().as_secs_f64());
             let result_label = match &result {
                 Ok(()) => "ok",
                 Err(SendError::Permanent(_)) => "permanent",
                 Err(SendError::Transient(_)) => "transient",
             };
-            metrics
-                .notification_attempts
-                .with_label_values(&[&name, result_label])
-                .inc();
+            metrics.notification_attempt(&name, result_label, t.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
                     tracing::info!(notifier = %name, alerts = n.alerts.len(), notification = %n.id, attempt, "notification sent");

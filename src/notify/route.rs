@@ -4,38 +4,12 @@
 //! tried in order, the first match takes the alert unless it has `continue: true`, an alert no
 //! child takes stays with the parent, and children inherit grouping settings.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::alert::Alert;
 use crate::rules::Severity;
 
 use super::config::{RouteConfig, RouteMatch};
-
-/// The value of an alert field as routes, groups and silences see it: `rule`, `severity`,
-/// `kind`, `id`, `group.<field>` (a `group_by` value), or a rule label.
-pub fn alert_field<'a>(alert: &'a Alert, name: &str) -> Option<Cow<'a, str>> {
-    match name {
-        "rule" | "alertname" => Some(Cow::Borrowed(&alert.rule)),
-        "severity" => Some(Cow::Borrowed(alert.severity.as_str())),
-        "kind" => Some(Cow::Owned(
-            serde_json::to_value(alert.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
-        )),
-        "id" => Some(Cow::Borrowed(&alert.id)),
-        _ => match name.strip_prefix("group.") {
-            Some(field) => alert
-                .group
-                .0
-                .iter()
-                .find(|(k, _)| &**k == field)
-                .map(|(_, v)| Cow::Borrowed(v.as_str())),
-            None => alert.labels.get(name).map(|v| Cow::Borrowed(v.as_str())),
-        },
-    }
-}
 
 /// How a route groups alerts into notifications.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,8 +45,9 @@ impl Grouping {
                     .map(|f| {
                         (
                             f.clone(),
-                            alert_field(alert, f)
-                                .map(Cow::into_owned)
+                            alert
+                                .field(f)
+                                .map(std::borrow::Cow::into_owned)
                                 .unwrap_or_default(),
                         )
                     })
@@ -204,7 +179,7 @@ fn matches(m: &RouteMatch, alert: &Alert) -> bool {
         && (m.rules.is_empty() || m.rules.iter().any(|r| *r == *alert.rule))
         && m.labels
             .iter()
-            .all(|(k, v)| alert_field(alert, k).is_some_and(|got| got == v.as_str()))
+            .all(|(k, v)| alert.field(k).is_some_and(|got| got == v.as_str()))
 }
 
 fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
@@ -234,7 +209,7 @@ fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::testing::alert;
+    use crate::alert::testing::alert;
 
     fn router(yaml: &str) -> Router {
         Router::new(&serde_yaml::from_str(yaml).unwrap())

@@ -9,7 +9,7 @@
 //! journal).
 //!
 //! Matchers read like Alertmanager's: `name=value`, `name!=value`, `name=~regex`,
-//! `name!~regex` (regexes anchored), over the fields of [`super::route::alert_field`].
+//! `name!~regex` (regexes anchored), over the fields of [`Alert::field`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,6 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
-
-use super::route::alert_field;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -94,7 +92,7 @@ impl Matcher {
     }
 
     pub fn matches(&self, alert: &Alert) -> bool {
-        let got = alert_field(alert, &self.name);
+        let got = alert.field(&self.name);
         self.accepts(got.as_deref().unwrap_or(""))
     }
 
@@ -525,7 +523,7 @@ fn silence_id(matchers: &[Matcher], starts: DateTime<Utc>, now: DateTime<Utc>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::testing::alert;
+    use crate::alert::testing::alert;
     use crate::rules::Severity;
 
     #[test]

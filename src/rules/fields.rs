@@ -29,7 +29,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
-use super::matcher::Patterns;
+use super::pattern::Patterns;
 use crate::event::field::{FieldPath, FieldValue, Step, split_steps};
 use crate::event::{AuditEvent, nested};
 

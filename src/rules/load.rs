@@ -3,7 +3,6 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -12,7 +11,6 @@ use thiserror::Error;
 
 use super::fields::{Accepted, FieldCriterion, Quantifier, ValuePath};
 use super::matcher::{Matcher, Patterns, ResourcePattern, parse_code_range, parse_net};
-use super::position::{Pos, PositionIndex};
 use super::schema::{
     CodeDoc, ListDoc, MatchDoc, RuleDoc, RuleFileShape, SeverityDoc, StepDoc, WindowDoc,
 };
@@ -21,25 +19,10 @@ use super::template::Summary;
 use super::{MAX_SEQUENCE_STEPS, Origin, Rule, RuleSet, Severity, WindowSpec};
 use crate::event::field::FieldPath;
 use crate::event::{Level, Span, Stage};
+use crate::position::{Pos, PositionIndex, PositionedError};
 
-/// One problem in one rule file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleError {
-    pub file: Arc<str>,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.column, self.message
-        )
-    }
-}
+/// A rule file error with its place.
+pub type RuleError = PositionedError;
 
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -166,7 +149,7 @@ struct Errors {
 
 impl Errors {
     fn at(&mut self, file: &Arc<str>, pos: Pos, message: impl Into<String>) {
-        self.list.push(RuleError {
+        self.list.push(PositionedError {
             file: file.clone(),
             line: pos.line,
             column: pos.column,
@@ -209,9 +192,6 @@ fn sigma_documents(text: &str) -> Option<Vec<serde_yaml::Value>> {
         .is_some_and(super::sigma::is_sigma)
         .then_some(docs)
 }
-
-static LOCATION_SUFFIX: LazyLock<regex::Regex> =
-    LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+$").expect("static regex"));
 
 fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
     let mut errors = Errors { list: Vec::new() };
@@ -261,12 +241,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         let shape = match super::yaml::from_str::<RuleFileShape>(text) {
             Ok(shape) => shape,
             Err(e) => {
-                let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
-                    line: l.line(),
-                    column: l.column(),
-                });
-                let msg = LOCATION_SUFFIX.replace(&e.to_string(), "").into_owned();
-                errors.at(&name, pos, msg);
+                errors.list.push(PositionedError::from_yaml(&name, &e));
                 continue;
             }
         };
@@ -277,10 +252,13 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             // rule are applied here.
             match serde_path_to_error::deserialize::<_, RuleDoc>(super::yaml::merged(value)) {
                 Ok(rule) => rules.push((i, rule)),
-                Err(e) => {
-                    let (pos, msg) = rule_serde_error(&index, i, &e);
-                    errors.at(&name, pos, msg);
-                }
+                Err(e) => errors.list.push(crate::position::path_error(
+                    &name,
+                    &index,
+                    &format!("rules.{i}"),
+                    &format!("rules[{i}]"),
+                    &e,
+                )),
             }
         }
         let mut lists = Vec::new();
@@ -535,49 +513,6 @@ fn switch_rules(files: &[ParsedFile], rules: &mut [Rule], errors: &mut Errors) {
 }
 
 /// Positions a per-rule deserialization error using the path serde_path_to_error reports.
-fn rule_serde_error(
-    index: &PositionIndex,
-    rule: usize,
-    e: &serde_path_to_error::Error<serde_yaml::Error>,
-) -> (Pos, String) {
-    // `match.verbs[1]` → `match.verbs.1`
-    let path = e.path().to_string().replace('[', ".").replace(']', "");
-    let path = if path == "." { String::new() } else { path };
-    let inner = LOCATION_SUFFIX
-        .replace(&e.inner().to_string(), "")
-        .into_owned();
-    let full = if path.is_empty() {
-        format!("rules.{rule}")
-    } else {
-        format!("rules.{rule}.{path}")
-    };
-    let unknown = UNKNOWN_FIELD
-        .captures(&inner)
-        .and_then(|c| c.get(1))
-        .map(|m| m.as_str());
-    // For an unknown key the path ends with that key: point at it, and name its parent.
-    let (pos, shown_path) = match unknown {
-        Some(field) if full.ends_with(&format!(".{field}")) => {
-            let shown = e.path().to_string();
-            let parent = shown
-                .strip_suffix(field)
-                .unwrap_or(&shown)
-                .trim_end_matches('.');
-            (index.key(&full), parent.to_owned())
-        }
-        _ => (index.value(&full), e.path().to_string()),
-    };
-    let shown = if shown_path.is_empty() || shown_path == "." {
-        format!("rules[{rule}]")
-    } else {
-        format!("rules[{rule}].{shown_path}")
-    };
-    (pos, format!("{shown}: {inner}"))
-}
-
-static UNKNOWN_FIELD: LazyLock<regex::Regex> =
-    LazyLock::new(|| regex::Regex::new(r"^unknown field `([^`]*)`").expect("static regex"));
-
 fn severity(doc: SeverityDoc) -> Severity {
     match doc {
         SeverityDoc::Info => Severity::Info,

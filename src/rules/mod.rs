@@ -8,7 +8,7 @@
 pub mod fields;
 mod load;
 mod matcher;
-pub(crate) mod position;
+pub mod pattern;
 mod schema;
 pub mod script;
 pub mod sigma;

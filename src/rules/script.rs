@@ -188,14 +188,14 @@ pub fn compile_glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
         .chars()
         .filter(|c| matches!(c, '*' | '?' | '[' | '{'))
         .count();
-    if pattern.len() > super::matcher::MAX_PATTERN_BYTES
-        || wildcards > super::matcher::MAX_WILDCARDS
+    if pattern.len() > super::pattern::MAX_PATTERN_BYTES
+        || wildcards > super::pattern::MAX_WILDCARDS
     {
         return Err(format!(
             "glob of {} bytes and {wildcards} wildcards; at most {} and {}",
             pattern.len(),
-            super::matcher::MAX_PATTERN_BYTES,
-            super::matcher::MAX_WILDCARDS
+            super::pattern::MAX_PATTERN_BYTES,
+            super::pattern::MAX_WILDCARDS
         ));
     }
     globset::Glob::new(pattern)
@@ -205,11 +205,11 @@ pub fn compile_glob(pattern: &str) -> Result<globset::GlobMatcher, String> {
 
 /// A regular expression for the `regex` helper, within the limits rule files have.
 pub fn compile_regex(pattern: &str) -> Result<regex::Regex, String> {
-    if pattern.len() > super::matcher::MAX_PATTERN_BYTES {
+    if pattern.len() > super::pattern::MAX_PATTERN_BYTES {
         return Err(format!(
             "regular expression of {} bytes; at most {}",
             pattern.len(),
-            super::matcher::MAX_PATTERN_BYTES
+            super::pattern::MAX_PATTERN_BYTES
         ));
     }
     regex::RegexBuilder::new(pattern)
@@ -787,6 +787,12 @@ pub struct ConditionRunner {
     scope: Scope<'static>,
     deadline: Arc<Deadline>,
     timeout: std::time::Duration,
+    /// The current event as `event`, built at the first condition that runs on it.
+    event: Option<Dynamic>,
+    /// The event's raw parts already added to `event`.
+    has: ObjectNeeds,
+    /// An object of the current event was nested too deep and cut.
+    cut: std::cell::Cell<bool>,
 }
 
 /// Scope entries that outlive a run: `event` and `lists`.
@@ -826,17 +832,39 @@ impl ConditionRunner {
             scope,
             deadline,
             timeout,
+            event: None,
+            has: ObjectNeeds::default(),
+            cut: std::cell::Cell::new(false),
         }
     }
 
-    /// The event the following runs see.
-    pub fn set_event(&mut self, event: Dynamic) {
-        self.scope.set_value("event", event);
+    /// A new event: the next run converts it (once, for every condition that runs on it).
+    pub fn begin_event(&mut self) {
+        self.event = None;
+        self.has = ObjectNeeds::default();
+        self.cut.set(false);
     }
 
-    /// Runs `cond` on the event set last. A panic inside Rhai (it has internal
-    /// `unreachable!`s) becomes an error for this event instead of taking the engine down.
-    pub fn run(&mut self, cond: &Condition) -> Result<bool, ConditionError> {
+    /// Whether an object of the current event had parts nested too deep to read (cut).
+    pub fn objects_cut(&self) -> bool {
+        self.cut.get()
+    }
+
+    /// Runs `cond` on `ev` (the event of the last [`ConditionRunner::begin_event`]): the event
+    /// is converted for Rhai at the first run, and the raw parts the condition reads are added
+    /// when first needed. A panic inside Rhai (it has internal `unreachable!`s) becomes an
+    /// error for this event instead of taking the engine down.
+    pub fn run(&mut self, cond: &Condition, ev: &AuditEvent<'_>) -> Result<bool, ConditionError> {
+        let value = match &self.event {
+            Some(v) => v.clone(),
+            None => {
+                let v = event_dynamic(ev);
+                self.scope.set_value("event", v.clone());
+                self.event = Some(v.clone());
+                v
+            }
+        };
+        add_objects(&value, ev, cond.needs, &mut self.has, &self.cut);
         let start = self.deadline.base.elapsed() + self.timeout;
         self.deadline.at.store(
             u64::try_from(start.as_nanos()).unwrap_or(u64::MAX - 1) + 1,
@@ -898,13 +926,10 @@ mod tests {
             .compile_with_scope(&scope, script)
             .map_err(|e| ConditionError::Script(e.to_string()))?;
         let ev = decode_event(event).unwrap();
-        let value = event_dynamic(&ev);
         let needs = ObjectNeeds::of_script(script);
-        let cut = std::cell::Cell::new(false);
-        add_objects(&value, &ev, needs, &mut ObjectNeeds::default(), &cut);
         let mut runner = ConditionRunner::with(ScriptLimits::default(), lists, timeout);
-        runner.set_event(value);
-        runner.run(&Condition { ast, needs })
+        runner.begin_event();
+        runner.run(&Condition { ast, needs }, &ev)
     }
 
     const EV: &str = r#"{"auditID":"1","verb":"create","user":{"username":"alice","groups":["dev"]},"sourceIPs":["10.1.1.1"],"objectRef":{"resource":"pods","namespace":"prod"},"responseStatus":{"code":201},"requestObject":{"spec":{"hostNetwork":true,"containers":[{"image":"nginx","securityContext":{"privileged":true}}]},"metadata":{"annotations":{"a/b":"x"}}}}"#;

@@ -16,11 +16,18 @@ use serde::de::IgnoredAny;
 
 use crate::event::Position;
 
+pub mod batch;
+pub mod config;
+pub mod stdin;
 pub mod tail;
 pub mod webhook;
 
+pub use batch::{Backlog, Batch, Input, Progress, Shape, Sink};
+pub use config::{FileConfig, SourceConfig, StdinConfig};
+
+/// How a file being replayed is laid out (sniffed from its first line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+enum Layout {
     Unknown,
     Lines,
     Document,
@@ -42,7 +49,7 @@ pub struct RecordReader {
     in_buffer: Option<usize>,
     /// Bytes of the reader's buffer to consume before reading on.
     pending_consume: usize,
-    shape: Shape,
+    shape: Layout,
     /// 1-based number of the next line to read.
     next_line: u64,
     /// Byte offset of the next line to read.
@@ -94,7 +101,7 @@ impl RecordReader {
             spill: Vec::new(),
             in_buffer: None,
             pending_consume: 0,
-            shape: Shape::Unknown,
+            shape: Layout::Unknown,
             next_line: 1,
             next_offset: 0,
         }
@@ -130,7 +137,7 @@ impl RecordReader {
 
     /// The record returned by the last `next_record` call, again.
     pub fn current(&mut self) -> (&Position, &str) {
-        if self.shape == Shape::Document || !self.doc.is_empty() {
+        if self.shape == Layout::Document || !self.doc.is_empty() {
             return (&self.current, &self.doc);
         }
         let text = match self.in_buffer {
@@ -148,21 +155,21 @@ impl RecordReader {
     pub fn next_record(&mut self) -> io::Result<Option<RawRecord<'_>>> {
         loop {
             match self.shape {
-                Shape::Done => return Ok(None),
-                Shape::Document => {
-                    self.shape = Shape::Done;
+                Layout::Done => return Ok(None),
+                Layout::Document => {
+                    self.shape = Layout::Done;
                     return Ok(Some(RawRecord {
                         position: &self.current,
                         text: &self.doc,
                     }));
                 }
-                Shape::Unknown | Shape::Lines => {}
+                Layout::Unknown | Layout::Lines => {}
             }
             let line_start = self.next_offset;
             let line_no = self.next_line;
             let n = self.read_line()?;
             if n == 0 {
-                self.shape = Shape::Done;
+                self.shape = Layout::Done;
                 return Ok(None);
             }
             self.next_offset += n as u64;
@@ -176,8 +183,8 @@ impl RecordReader {
             if self.line_bytes().trim_ascii().is_empty() {
                 continue;
             }
-            if self.shape == Shape::Unknown {
-                self.shape = Shape::Lines;
+            if self.shape == Layout::Unknown {
+                self.shape = Layout::Lines;
                 if self.sniff_document()? {
                     continue;
                 }
@@ -217,7 +224,7 @@ impl RecordReader {
         self.in_buffer = None;
         self.reader.read_to_string(&mut doc)?;
         self.doc = doc;
-        self.shape = Shape::Document;
+        self.shape = Layout::Document;
         Ok(true)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::daemon::pipeline::{Batch, Input, Progress, Shape};
+use super::batch::{Batch, Input, Progress, Shape, Sink};
 use crate::state::FileCheckpoint;
 
 /// Largest batch handed to the engine at once.
@@ -98,17 +98,6 @@ fn same_content(file: &File, cp: &mut FileCheckpoint) -> io::Result<bool> {
         cp.head_crc = crc32fast::hash(&head);
     }
     Ok(true)
-}
-
-/// Sends to the engine; `false` when the engine is gone.
-pub trait Sink {
-    fn send(&mut self, input: Input) -> bool;
-}
-
-impl Sink for tokio::sync::mpsc::Sender<Input> {
-    fn send(&mut self, input: Input) -> bool {
-        self.blocking_send(input).is_ok()
-    }
 }
 
 impl Follower {

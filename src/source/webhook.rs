@@ -16,7 +16,6 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,17 +27,17 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use thiserror::Error;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::ingest::{AppendRequest, JournalMsg};
-use crate::daemon::pipeline::Input;
+use super::batch::{Batch, Input, Progress, Shape};
 use crate::event::{DecodeErrorKind, InputFormat, Span};
 use crate::metrics::Metrics;
 use crate::net::auth::same;
 use crate::net::reload::{Reloadable, Reloading, secret_file};
 use crate::net::serve::{ConnEvents, ConnectionLimits};
 use crate::net::tls::{ReloadingTls, TlsConfig};
+use crate::state::{AppendError, JournalHandle};
 use crate::units::{ByteSize, Duration as ConfigDuration};
 
 /// A webhook source in the config (`sources: [- webhook: {...}]`).
@@ -111,26 +110,18 @@ struct Shared {
     max_body: u64,
     read_timeout: Duration,
     engine: mpsc::Sender<Input>,
-    journal: mpsc::Sender<JournalMsg>,
-    journal_size: Arc<AtomicU64>,
-    journal_max: u64,
+    journal: JournalHandle,
     metrics: Arc<Metrics>,
     format: crate::event::InputFormat,
 }
 
 impl ConnEvents for Shared {
     fn refused(&self, reason: &'static str) {
-        self.metrics
-            .webhook_refused
-            .with_label_values(&[&self.name, reason])
-            .inc();
+        self.metrics.webhook_refused(&self.name, reason);
     }
 
     fn open(&self, open: usize) {
-        self.metrics
-            .connections_open
-            .with_label_values(&[&self.name])
-            .set(open as i64);
+        self.metrics.set_connections_open(&self.name, open);
     }
 }
 
@@ -144,9 +135,7 @@ pub struct Webhook {
 
 pub struct WebhookDeps {
     pub engine: mpsc::Sender<Input>,
-    pub journal: mpsc::Sender<JournalMsg>,
-    pub journal_size: Arc<AtomicU64>,
-    pub journal_max: u64,
+    pub journal: JournalHandle,
     pub metrics: Arc<Metrics>,
     /// Connections this listener may hold (the configured cap, lowered to fit the
     /// process's descriptor limit).
@@ -207,8 +196,6 @@ impl Webhook {
                 read_timeout: cfg.read_timeout.std(),
                 engine: deps.engine,
                 journal: deps.journal,
-                journal_size: deps.journal_size,
-                journal_max: deps.journal_max,
                 metrics: deps.metrics,
                 format: cfg.input_format,
             }),
@@ -271,11 +258,7 @@ fn refuse(shared: &Shared, status: StatusCode, reason: &str, message: String) ->
         REFUSE_REASONS.contains(&reason),
         "undocumented reason {reason}"
     );
-    shared
-        .metrics
-        .webhook_refused
-        .with_label_values(&[&shared.name, reason])
-        .inc();
+    shared.metrics.webhook_refused(&shared.name, reason);
     count(shared, status);
     let mut response = (status, message).into_response();
     if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
@@ -289,9 +272,7 @@ fn refuse(shared: &Shared, status: StatusCode, reason: &str, message: String) ->
 fn count(shared: &Shared, status: StatusCode) {
     shared
         .metrics
-        .webhook_requests
-        .with_label_values(&[&shared.name, status.as_str()])
-        .inc();
+        .webhook_answered(&shared.name, status.as_str());
 }
 
 async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response {
@@ -387,7 +368,7 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
             return refuse(&shared, StatusCode::BAD_REQUEST, kind, format!("{e}{at}\n"));
         }
     };
-    if shared.journal_size.load(Ordering::Relaxed) >= shared.journal_max {
+    if shared.journal.is_full() {
         return refuse(
             &shared,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -414,24 +395,23 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
             );
         }
     };
-    let (ack, acked) = oneshot::channel();
-    let request = JournalMsg::Append(AppendRequest {
-        source: Arc::clone(&shared.name),
-        body,
-        slot,
-        ack,
-        received,
-    });
-    if shared.journal.send(request).await.is_err() {
-        return refuse(
-            &shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "shutting down\n".into(),
-        );
-    }
-    match acked.await {
-        Ok(Ok(())) => {
+    // Durable first, then handed to the engine through the reserved slot (in journal order).
+    let payload = crate::state::journal::encode_batch(&shared.name, &body);
+    let source = Arc::clone(&shared.name);
+    let appended = shared
+        .journal
+        .append(payload, move |seq| {
+            slot.send(Input::Batch(Batch {
+                source,
+                data: body,
+                shape: Shape::Document,
+                progress: Progress::Journal(seq),
+                received,
+            }));
+        })
+        .await;
+    match appended {
+        Ok(()) => {
             count(&shared, StatusCode::OK);
             tracing::trace!(source = %shared.name, items, "batch accepted");
             match firehose_request_id {
@@ -451,13 +431,13 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 None => (StatusCode::OK, "{}").into_response(),
             }
         }
-        Ok(Err(why)) => refuse(
+        Err(AppendError::Write(why)) => refuse(
             &shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "journal_error",
             format!("cannot persist the batch: {why}\n"),
         ),
-        Err(_) => refuse(
+        Err(AppendError::Closed) => refuse(
             &shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

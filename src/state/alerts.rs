@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
-use crate::config::FsyncPolicy;
+use crate::state::FsyncPolicy;
 
 /// The alert journal, shared by the engine thread (alerts) and the API (changes).
 pub type SharedAlertJournal = std::sync::Arc<std::sync::Mutex<AlertJournal>>;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::config::FsyncPolicy;
+use crate::state::FsyncPolicy;
 
 const HEADER: usize = 16;
 
@@ -324,6 +324,26 @@ pub fn salvage(path: &Path, good_bytes: u64) -> Result<PathBuf, JournalError> {
         sync_dir(dir).map_err(io_err(dir))?;
     }
     Ok(aside)
+}
+
+/// A webhook batch as a journal record: the source name, a newline, the body.
+pub fn encode_batch(source: &str, body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(source.len() + 1 + body.len());
+    p.extend_from_slice(source.as_bytes());
+    p.push(b'\n');
+    p.extend_from_slice(body);
+    p
+}
+
+/// Splits a record back into (source, body).
+pub fn decode_batch(payload: &[u8]) -> (&str, &[u8]) {
+    match payload.iter().position(|&b| b == b'\n') {
+        Some(i) => (
+            std::str::from_utf8(&payload[..i]).unwrap_or("webhook"),
+            &payload[i + 1..],
+        ),
+        None => ("webhook", payload),
+    }
 }
 
 /// Suffix of a compacted segment waiting to be deleted; [`Journal::open`] ignores and removes

@@ -14,7 +14,9 @@
 //! window state and no event is lost.
 
 pub mod alerts;
+pub mod config;
 pub mod journal;
+pub mod writer;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -27,7 +29,9 @@ use thiserror::Error;
 use crate::engine::EngineSnapshot;
 
 pub use alerts::{AlertJournal, ChangeRecord, SharedAlertJournal};
+pub use config::{FsyncPolicy, JournalConfig, SnapshotConfig};
 pub use journal::{Journal, JournalError, sync_dir};
+pub use writer::{AppendError, JournalHandle};
 
 /// Bumped when the snapshot format changes incompatibly; an old snapshot is then ignored
 /// (with a warning), never misread.

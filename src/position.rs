@@ -1,14 +1,116 @@
-//! Where each node of a YAML document starts, so errors found after deserialization (a bad
-//! duration, an unknown list, a Rhai syntax error) can still name `file:line:column`.
+//! Errors that point at their place in a YAML file (`file:line:column: message`), for every
+//! file kind auditwatch reads (rules, rule tests, the config, audit policies), and where each
+//! node of a YAML document starts, so errors found after deserialization (a bad duration, an
+//! unknown list, a Rhai syntax error) can still name their place.
 //!
 //! serde_yaml reports positions only for its own type errors; we parse the same text once more
 //! with yaml-rust2's marked events and record the position of every key and value by path
 //! (`rules.3.window.over`).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// An error at a place in a file: `file:line:column: message`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct PositionedError {
+    pub file: Arc<str>,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PositionedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+impl PositionedError {
+    pub fn at(file: &str, pos: Pos, message: impl Into<String>) -> PositionedError {
+        PositionedError {
+            file: Arc::from(file),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        }
+    }
+
+    /// A serde_yaml error, at the place it names (else the file's start), with its own
+    /// " at line L column C" suffix removed: the place is said once, in front.
+    pub fn from_yaml(file: &str, e: &serde_yaml::Error) -> PositionedError {
+        let pos = e.location().map_or(Pos { line: 1, column: 1 }, |l| Pos {
+            line: l.line(),
+            column: l.column(),
+        });
+        PositionedError::at(file, pos, without_location(&e.to_string()))
+    }
+}
+
+/// An error of serde_path_to_error over a value that came from YAML, placed with `index`.
+/// `base` is where the value sits in the document (`rules.3`, or `""` for the whole document)
+/// and `shown` how messages name it (`rules[3]`). An unknown key is pointed at itself and
+/// named by its parent (`rules[3].window: unknown field \`ovr\``); any other error is pointed
+/// at the value.
+pub fn path_error(
+    file: &str,
+    index: &PositionIndex,
+    base: &str,
+    shown: &str,
+    e: &serde_path_to_error::Error<serde_yaml::Error>,
+) -> PositionedError {
+    static UNKNOWN_FIELD: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"^unknown field `([^`]*)`").expect("static regex"));
+    let written = e.path().to_string();
+    let written = if written == "." {
+        String::new()
+    } else {
+        written
+    };
+    // `match.verbs[1]` → `match.verbs.1`
+    let dotted = written.replace('[', ".").replace(']', "");
+    let full = match (base.is_empty(), dotted.is_empty()) {
+        (_, true) => base.to_owned(),
+        (true, false) => dotted.clone(),
+        (false, false) => format!("{base}.{dotted}"),
+    };
+    let inner = without_location(&e.inner().to_string());
+    let unknown = UNKNOWN_FIELD
+        .captures(&inner)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().to_owned());
+    let (pos, named) = match unknown {
+        Some(field) if full == field || full.ends_with(&format!(".{field}")) => {
+            let parent = written
+                .strip_suffix(field.as_str())
+                .unwrap_or(&written)
+                .trim_end_matches('.');
+            (index.key(&full), parent.to_owned())
+        }
+        _ => (index.value(&full), written),
+    };
+    let named = match (shown.is_empty(), named.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => format!("{named}: "),
+        (false, true) => format!("{shown}: "),
+        (false, false) => format!("{shown}.{named}: "),
+    };
+    PositionedError::at(file, pos, format!("{named}{inner}"))
+}
+
+/// A serde_yaml message without its trailing " at line L column C".
+pub fn without_location(message: &str) -> String {
+    static SUFFIX: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+$").expect("static regex"));
+    SUFFIX.replace(message, "").into_owned()
+}
 
 /// 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::alert::{Alert, AlertKind, EventRef, Group, alert_id};
+use super::{Alert, AlertKind, EventRef, Group, alert_id};
 use crate::event::EventTime;
 use crate::rules::Severity;
 

@@ -24,12 +24,12 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
-use super::pipeline::Backlog;
 use crate::metrics::Metrics;
 use crate::net::auth::{AuthConfig, AuthError, Authenticator, Principal};
 use crate::net::serve::{ConnEvents, ConnectionLimits, PeerAddr};
 use crate::net::tls::TlsConfig;
 use crate::notify::silence::{NewSilence, SilenceError, Silences};
+use crate::source::Backlog;
 use crate::state::{ChangeRecord, SharedAlertJournal};
 
 /// `http:` in the config.
@@ -118,6 +118,96 @@ pub struct Ops {
     pub max_lag: std::time::Duration,
 }
 
+/// The operations listener, bound and ready to serve.
+pub struct OpsServer {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::net::tls::ReloadingTls>>,
+    guard: Arc<Guard>,
+    app: Router,
+    limits: crate::net::serve::Limits,
+}
+
+/// Binds `addr` with `cfg`'s TLS, authentication and limits (`max_connections` already fitted
+/// to the descriptor limit).
+pub async fn bind(
+    addr: SocketAddr,
+    cfg: &HttpConfig,
+    ops: Ops,
+    max_connections: usize,
+) -> anyhow::Result<OpsServer> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("http.listen {addr}"))?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| crate::net::tls::reloading("http", t))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
+    let auth =
+        Authenticator::new("http", &cfg.auth).map_err(|e| anyhow::anyhow!("http.auth: {e}"))?;
+    let mut limits = cfg.connections.limits();
+    limits.max_connections = max_connections;
+    ops.metrics.set_connections_max("http", max_connections);
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        tls = tls.is_some(),
+        auth = auth.is_some(),
+        max_connections,
+        "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences"
+    );
+    if auth.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "http.insecure: the silences API is open to anyone who can reach this address");
+    }
+    if auth.as_ref().is_some_and(|a| a.offers_basic()) && tls.is_none() && !addr.ip().is_loopback()
+    {
+        tracing::warn!(%addr, "basic auth over plain HTTP: passwords cross the network in clear; set http.tls");
+    }
+    let guard = Arc::new(Guard {
+        auth,
+        allowed_hosts: cfg.allowed_hosts.clone(),
+        metrics: Arc::clone(&ops.metrics),
+    });
+    let app = router(ops, Arc::clone(&guard));
+    Ok(OpsServer {
+        listener,
+        tls,
+        guard,
+        app,
+        limits,
+    })
+}
+
+impl OpsServer {
+    /// The token, password and TLS files, for the daemon's reload loop.
+    pub fn reloadables(&self) -> Vec<Arc<dyn crate::net::reload::Reloadable>> {
+        let mut out: Vec<Arc<dyn crate::net::reload::Reloadable>> = Vec::new();
+        if let Some(t) = &self.tls {
+            out.push(Arc::clone(t) as Arc<dyn crate::net::reload::Reloadable>);
+        }
+        if let Some(a) = &self.guard.auth {
+            out.extend(a.reloadables());
+        }
+        out
+    }
+
+    /// Serves until `stop`.
+    pub async fn serve(self, stop: tokio_util::sync::CancellationToken) {
+        let events: Arc<dyn ConnEvents> = self.guard;
+        crate::net::serve::serve(
+            self.listener,
+            self.tls,
+            self.app,
+            self.limits,
+            events,
+            stop,
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+    }
+}
+
 /// Checks on every `/api/` request.
 pub struct Guard {
     pub auth: Option<Authenticator>,
@@ -127,14 +217,11 @@ pub struct Guard {
 
 impl ConnEvents for Guard {
     fn refused(&self, reason: &'static str) {
-        self.metrics.http_refused.with_label_values(&[reason]).inc();
+        self.metrics.http_refused(reason);
     }
 
     fn open(&self, open: usize) {
-        self.metrics
-            .connections_open
-            .with_label_values(&["http"])
-            .set(open as i64);
+        self.metrics.set_connections_open("http", open);
     }
 }
 
@@ -149,14 +236,6 @@ pub const REFUSE_REASONS: [&str; 8] = [
     "throttled",
     "content_type",
 ];
-
-/// Creates this listener's series at zero (see [`Metrics::prime`]).
-pub fn prime_metrics(metrics: &Metrics) {
-    for reason in REFUSE_REASONS {
-        metrics.http_refused.with_label_values(&[reason]);
-    }
-    metrics.connections_open.with_label_values(&["http"]);
-}
 
 pub fn router(ops: Ops, guard: Arc<Guard>) -> Router {
     let api = Router::new()
@@ -412,8 +491,7 @@ async fn expire_silence(
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
     ops.metrics
-        .engine_backlog_age
-        .set(ops.backlog.age().as_secs_f64());
+        .set_engine_backlog_age(ops.backlog.age().as_secs_f64());
     (
         [(
             header::CONTENT_TYPE,
