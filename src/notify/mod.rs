@@ -328,95 +328,32 @@ impl Dispatcher {
         tracing::debug!("delivery dispatcher stopped");
     }
 
-    /// Routes one alert; returns how many notifiers it was queued for.
+    /// Routes one alert; returns how many notifiers it was queued for. The stages, in order,
+    /// for each destination the routes give: metric notifiers take it at once
+    /// ([`Dispatcher::to_metric`]); a notifier that already settled it is skipped (the ledger);
+    /// a silence settles it as silenced; `repeat_interval` folds it into a recent notification;
+    /// otherwise it joins its group, waiting for `group_wait`/`group_interval`.
     fn accept(&mut self, offset: u64, alert: Arc<Alert>, recovering: bool) -> usize {
         let now = Instant::now();
-        let destinations: Vec<(usize, Arc<str>, Grouping)> = self
-            .router
-            .route(&alert, alert.notify.as_deref())
-            .into_iter()
-            .map(|d| (d.route, Arc::from(d.notifier), d.grouping.clone()))
-            .collect();
         let mut queued = 0;
         let mut settled_now = Vec::new();
-        for (route, notifier, grouping) in destinations {
-            if let Some(active_for) = self.metric_notifiers.get(&notifier) {
-                if !recovering {
-                    let sev = alert.severity.as_str();
-                    self.metrics.metric_alert_fired(&alert.rule, sev);
-                    self.active
-                        .insert((alert.rule.clone(), sev), now + *active_for);
-                }
+        for (route, notifier, grouping) in self.destinations(&alert) {
+            if self.to_metric(&notifier, &alert, recovering, now)
+                || !self.deliverable(&notifier, &alert)
+            {
                 continue;
             }
-            if !self.queues.contains_key(&notifier) {
-                // Validated at start; a rule's own list may name a removed notifier after a
-                // reload that the config check did not see.
-                tracing::error!(notifier = %notifier, rule = %alert.rule, "delivery: unknown notifier; alert not sent");
-                continue;
-            }
-            if self.ledger.is_settled(&notifier, &alert.id) {
-                continue;
-            }
-            *self.pending.entry(offset).or_default() += 1;
-            *self
-                .pending_by_notifier
-                .entry(notifier.clone())
-                .or_default() += 1;
+            self.count_pending(offset, &notifier);
             queued += 1;
-            let silenced = self
-                .silences
-                .lock()
-                .ok()
-                .and_then(|s| s.silencing(&alert, Utc::now()).map(|s| s.id.clone()));
-            if let Some(id) = silenced {
-                tracing::info!(notifier = %notifier, rule = %alert.rule, alert = %alert.id, silence = %id, "alert silenced");
-                settled_now.push((notifier, (offset, alert.id.clone()), Outcome::Silenced));
+            let held = self
+                .silenced(&notifier, &alert)
+                .or_else(|| self.folded(&notifier, &alert, &grouping, now));
+            if let Some(outcome) = held {
+                settled_now.push((notifier, (offset, alert.id.clone()), outcome));
                 continue;
             }
-            // `repeat_interval`: the same rule and group notified recently is folded.
-            if !grouping.repeat.is_zero() {
-                let ident = (
-                    notifier.clone(),
-                    alert.rule.clone(),
-                    alert.group.to_string(),
-                );
-                if let Some(last) = self.last_notified.get(&ident)
-                    && now.duration_since(*last) < grouping.repeat
-                {
-                    settled_now.push((notifier, (offset, alert.id.clone()), Outcome::Deduplicated));
-                    continue;
-                }
-                self.last_notified.insert(ident, now);
-            }
-            let (key, labels) = grouping.key_of(&alert);
-            let group = self
-                .groups
-                .entry((notifier.clone(), route, key.clone()))
-                .or_insert_with(|| GroupState {
-                    notifier: notifier.clone(),
-                    key,
-                    labels,
-                    grouping: grouping.clone(),
-                    pending: Vec::new(),
-                    due: None,
-                    last_flush: None,
-                });
-            if group.pending.len() >= self.max_pending {
-                let (old_offset, old) = group.pending.remove(0);
-                tracing::error!(notifier = %notifier, alert = %old.id, "delivery: backlog over delivery.max_pending; dropping the oldest undelivered alert (it stays in the alert journal)");
-                settled_now.push((
-                    notifier.clone(),
-                    (old_offset, old.id.clone()),
-                    Outcome::Dropped,
-                ));
-            }
-            group.pending.push((offset, alert.clone()));
-            if group.due.is_none() {
-                group.due = Some(match group.last_flush {
-                    None => now + group.grouping.wait,
-                    Some(last) => (last + group.grouping.interval).max(now),
-                });
+            if let Some(dropped) = self.group(route, &notifier, grouping, offset, &alert, now) {
+                settled_now.push((notifier, dropped, Outcome::Dropped));
             }
         }
         for (notifier, alert, outcome) in settled_now {
@@ -424,6 +361,132 @@ impl Dispatcher {
         }
         self.publish_pending();
         queued
+    }
+
+    /// Where the routes (or the rule's own `notify` list) send the alert.
+    fn destinations(&self, alert: &Alert) -> Vec<(usize, Arc<str>, Grouping)> {
+        self.router
+            .route(alert, alert.notify.as_deref())
+            .into_iter()
+            .map(|d| (d.route, Arc::from(d.notifier), d.grouping.clone()))
+            .collect()
+    }
+
+    /// A metrics notifier takes the alert as a metric at once (not when replaying old alerts);
+    /// true if `notifier` is one.
+    fn to_metric(
+        &mut self,
+        notifier: &Arc<str>,
+        alert: &Alert,
+        recovering: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(active_for) = self.metric_notifiers.get(notifier) else {
+            return false;
+        };
+        if !recovering {
+            let sev = alert.severity.as_str();
+            self.metrics.metric_alert_fired(&alert.rule, sev);
+            self.active
+                .insert((alert.rule.clone(), sev), now + *active_for);
+        }
+        true
+    }
+
+    /// Whether the alert still has to go to `notifier`: the notifier exists, and the ledger
+    /// has no outcome for this alert there yet.
+    fn deliverable(&self, notifier: &Arc<str>, alert: &Alert) -> bool {
+        if !self.queues.contains_key(notifier) {
+            // Validated at start; a rule's own list may name a removed notifier after a
+            // reload that the config check did not see.
+            tracing::error!(notifier = %notifier, rule = %alert.rule, "delivery: unknown notifier; alert not sent");
+            return false;
+        }
+        !self.ledger.is_settled(notifier, &alert.id)
+    }
+
+    fn count_pending(&mut self, offset: u64, notifier: &Arc<str>) {
+        *self.pending.entry(offset).or_default() += 1;
+        *self
+            .pending_by_notifier
+            .entry(notifier.clone())
+            .or_default() += 1;
+    }
+
+    /// `Silenced` if an active silence matches the alert.
+    fn silenced(&self, notifier: &Arc<str>, alert: &Alert) -> Option<Outcome> {
+        let id = self
+            .silences
+            .lock()
+            .ok()
+            .and_then(|s| s.silencing(alert, Utc::now()).map(|s| s.id.clone()))?;
+        tracing::info!(notifier = %notifier, rule = %alert.rule, alert = %alert.id, silence = %id, "alert silenced");
+        Some(Outcome::Silenced)
+    }
+
+    /// `Deduplicated` if the same rule and group went to `notifier` within `repeat_interval`.
+    fn folded(
+        &mut self,
+        notifier: &Arc<str>,
+        alert: &Alert,
+        grouping: &Grouping,
+        now: Instant,
+    ) -> Option<Outcome> {
+        if grouping.repeat.is_zero() {
+            return None;
+        }
+        let ident = (
+            notifier.clone(),
+            alert.rule.clone(),
+            alert.group.to_string(),
+        );
+        if let Some(last) = self.last_notified.get(&ident)
+            && now.duration_since(*last) < grouping.repeat
+        {
+            return Some(Outcome::Deduplicated);
+        }
+        self.last_notified.insert(ident, now);
+        None
+    }
+
+    /// Adds the alert to its group and schedules the group's flush. Returns the alert dropped
+    /// to make room when the group holds `delivery.max_pending` already.
+    fn group(
+        &mut self,
+        route: usize,
+        notifier: &Arc<str>,
+        grouping: Grouping,
+        offset: u64,
+        alert: &Arc<Alert>,
+        now: Instant,
+    ) -> Option<(u64, String)> {
+        let (key, labels) = grouping.key_of(alert);
+        let group = self
+            .groups
+            .entry((notifier.clone(), route, key.clone()))
+            .or_insert_with(|| GroupState {
+                notifier: notifier.clone(),
+                key,
+                labels,
+                grouping,
+                pending: Vec::new(),
+                due: None,
+                last_flush: None,
+            });
+        let mut dropped = None;
+        if group.pending.len() >= self.max_pending {
+            let (old_offset, old) = group.pending.remove(0);
+            tracing::error!(notifier = %notifier, alert = %old.id, "delivery: backlog over delivery.max_pending; dropping the oldest undelivered alert (it stays in the alert journal)");
+            dropped = Some((old_offset, old.id.clone()));
+        }
+        group.pending.push((offset, alert.clone()));
+        if group.due.is_none() {
+            group.due = Some(match group.last_flush {
+                None => now + group.grouping.wait,
+                Some(last) => (last + group.grouping.interval).max(now),
+            });
+        }
+        dropped
     }
 
     fn flush_due(&mut self) {
