@@ -605,3 +605,64 @@ fn config_errors_name_file_line_column() {
         "{err}"
     );
 }
+
+/// Issue 17: window state was matched to rules by std's hasher over the rule's debug output,
+/// so a new field in a struct or a new toolchain silently restarted every window after an
+/// upgrade. A snapshot written by the build before rule ids (3 of 5 refusals) restores into
+/// today's build: 2 more refusals fire.
+#[test]
+fn a_snapshot_from_before_rule_ids_restores_its_windows() {
+    let fixture = common::repo().join("tests/fixtures/state-before-rule-ids");
+    let dir = Scratch::new("legacy-snapshot");
+    std::fs::create_dir_all(dir.0.join("state/journal")).unwrap();
+    std::fs::copy(fixture.join("rules.yaml"), dir.0.join("rules.yaml")).unwrap();
+    std::fs::copy(
+        fixture.join("state/snapshot.msgpack"),
+        dir.0.join("state/snapshot.msgpack"),
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(fixture.join("state/journal")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.0.join("state/journal").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let (metrics, hook) = (free_port(), free_port());
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: state\nrules: [rules.yaml]\nalerts: {{ stdout: json }}\nsources: [{{ webhook: {{ listen: \"127.0.0.1:{hook}\" }} }}]\nhttp: {{ listen: \"127.0.0.1:{metrics}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir.0, &config, metrics, 0);
+    let refusal = |i: u32| {
+        let ts = format!("2026-01-01T00:00:0{i}.000000Z");
+        format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"eeeeeeee-0000-0000-0000-00000000000{i}","stage":"ResponseComplete","verb":"get","user":{{"username":"mallory"}},"objectRef":{{"resource":"secrets","namespace":"prod","name":"db"}},"responseStatus":{{"code":403}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+        )
+    };
+    // A later event moves event time past the lateness, so the window sees the new hits.
+    let later = refusal(5)
+        .replace("\"code\":403", "\"code\":200")
+        .replace("00:00:05", "00:01:00");
+    common::post(hook, &[refusal(3), refusal(4), later]);
+    let out = dir.0.join("stdout-0.jsonl");
+    common::wait_until("the alert", || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("brute-force")
+    });
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let alerts = std::fs::read_to_string(&out).unwrap();
+    let fired: Vec<serde_json::Value> = alerts
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(fired.len(), 1, "{alerts}");
+    assert_eq!(fired[0]["rule"], "brute-force");
+    assert_eq!(fired[0]["count"], 5, "the 3 hits of the old snapshot count");
+}

@@ -6,8 +6,6 @@
 //! packed into 128 bits, and bounded both by age (`horizon` of event time) and by count.
 
 use std::collections::VecDeque;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 
 use crate::event::{EventTime, Span};
 
@@ -23,7 +21,8 @@ pub struct RequestDedup {
     pub evicted: u64,
 }
 
-/// Packs an auditID (normally a UUID) into 128 bits: the UUID itself, else a 128-bit hash.
+/// Packs an auditID (normally a UUID) into 128 bits: the UUID itself, else the first 128 bits
+/// of its SHA-256 (persisted in snapshots, so specified and stable across toolchains).
 pub fn audit_key(id: &str) -> u128 {
     if id.len() == 36 {
         let mut v: u128 = 0;
@@ -45,11 +44,10 @@ pub fn audit_key(id: &str) -> u128 {
             return v;
         }
     }
-    let mut a = DefaultHasher::new();
-    id.hash(&mut a);
-    let mut b = DefaultHasher::new();
-    (id, 0x5eed_u16).hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest.as_ref()[..16]);
+    u128::from_be_bytes(first)
 }
 
 impl RequestDedup {
@@ -145,6 +143,9 @@ mod tests {
             0x033d17af_082d_4b24_aa22_627752e83d71
         );
         assert_ne!(audit_key("a"), audit_key("b"));
+        // Snapshots keep these keys: pinned to the first half of the SHA-256
+        // (`printf not-a-uuid | sha256sum`).
+        assert_eq!(audit_key("not-a-uuid"), 0x2184a32a3bae6ad756d745ec8678ad6a);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::alert::{Alert, AlertKind, EventRef};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ConditionError, ConditionRunner};
-use crate::rules::{Rule, RuleSet, WindowSpec, default_summary};
+use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary};
 use crate::window::{
     Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
     WindowSnapshot,
@@ -208,7 +208,12 @@ impl EngineSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleSnapshot {
     pub name: String,
+    /// [`crate::rules::Rule::legacy_fingerprint`]: how snapshots before rule ids matched
+    /// rules (still written, so an older build restores this snapshot too).
     pub fingerprint: u64,
+    /// The rule's [`crate::rules::RuleId`] in hex; empty in snapshots written before it.
+    #[serde(default)]
+    pub id: String,
     pub window: Option<WindowSnapshot>,
     pub throttle: Vec<(GroupKey, EventTime, u64)>,
 }
@@ -359,18 +364,18 @@ impl Engine {
     /// Replaces the rule set. Window and throttle state of rules whose name and definition are
     /// unchanged carries over; new and changed rules start empty.
     pub fn replace_rules(&mut self, rules: Arc<RuleSet>) {
-        let mut old: HashMap<(Arc<str>, u64), RuleState> = self
+        let mut old: HashMap<(Arc<str>, RuleId), RuleState> = self
             .rules
             .rules
             .iter()
-            .map(|r| (r.name.clone(), r.fingerprint))
+            .map(|r| (r.name.clone(), r.id))
             .zip(self.states.drain(..))
             .collect();
         self.states = rules
             .rules
             .iter()
             .map(|r| {
-                old.remove(&(r.name.clone(), r.fingerprint))
+                old.remove(&(r.name.clone(), r.id))
                     .unwrap_or_else(|| RuleState::new(r, &self.opts))
             })
             .collect();
@@ -383,17 +388,17 @@ impl Engine {
         self.reads_objects = reads_objects(&rules);
         // Pending hits keep waiting for the watermark, renumbered to the new rule set; those
         // of removed or changed rules go with their window.
-        let positions: HashMap<(Arc<str>, u64), usize> = rules
+        let positions: HashMap<(Arc<str>, RuleId), usize> = rules
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| ((r.name.clone(), r.fingerprint), i))
+            .map(|(i, r)| ((r.name.clone(), r.id), i))
             .collect();
-        let old_ids: Vec<(Arc<str>, u64)> = self
+        let old_ids: Vec<(Arc<str>, RuleId)> = self
             .rules
             .rules
             .iter()
-            .map(|r| (r.name.clone(), r.fingerprint))
+            .map(|r| (r.name.clone(), r.id))
             .collect();
         self.reorder
             .remap(|old| old_ids.get(old).and_then(|id| positions.get(id).copied()));
@@ -419,7 +424,8 @@ impl Engine {
                 .zip(&self.states)
                 .map(|(rule, state)| RuleSnapshot {
                     name: rule.name.to_string(),
-                    fingerprint: rule.fingerprint,
+                    fingerprint: rule.legacy_fingerprint,
+                    id: rule.id.hex(),
                     window: state.window.as_ref().map(RuleWindow::snapshot),
                     throttle: state
                         .throttle
@@ -437,17 +443,33 @@ impl Engine {
     /// Restores a snapshot into a fresh engine. Returns how many of the snapshot's rules were
     /// restored (the others no longer exist or changed).
     pub fn restore(&mut self, snap: EngineSnapshot) -> usize {
-        let current: HashMap<(&str, u64), usize> = self
+        // By name and id; a snapshot from before rule ids, by name and legacy fingerprint.
+        let by_id: HashMap<(&str, String), usize> = self
             .rules
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| ((&*r.name, r.fingerprint), i))
+            .map(|(i, r)| ((&*r.name, r.id.hex()), i))
+            .collect();
+        let by_fingerprint: HashMap<(&str, u64), usize> = self
+            .rules
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ((&*r.name, r.legacy_fingerprint), i))
             .collect();
         let map: Vec<Option<usize>> = snap
             .rules
             .iter()
-            .map(|r| current.get(&(r.name.as_str(), r.fingerprint)).copied())
+            .map(|r| {
+                if r.id.is_empty() {
+                    by_fingerprint
+                        .get(&(r.name.as_str(), r.fingerprint))
+                        .copied()
+                } else {
+                    by_id.get(&(r.name.as_str(), r.id.clone())).copied()
+                }
+            })
             .collect();
         let mut restored = 0;
         for (snapshot, target) in snap.rules.into_iter().zip(&map) {

@@ -508,16 +508,22 @@ impl Silences {
     }
 }
 
+/// A new silence's id: 16 hex digits of a SHA-256 over its matchers, its start, the time of
+/// creation and this process (unique for practical purposes; stored, never recomputed).
 fn silence_id(matchers: &[Matcher], starts: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for m in matchers {
-        m.to_string().hash(&mut h);
+        ctx.update(m.to_string().as_bytes());
+        ctx.update(&[0]);
     }
-    starts.timestamp_nanos_opt().hash(&mut h);
-    now.timestamp_nanos_opt().hash(&mut h);
-    std::process::id().hash(&mut h);
-    format!("{:016x}", h.finish())
+    for t in [starts, now] {
+        ctx.update(&t.timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+    }
+    ctx.update(&std::process::id().to_le_bytes());
+    ctx.finish().as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use super::schema::{
 };
 use super::script::{self, Condition, ScriptLimits};
 use super::template::Summary;
-use super::{MAX_SEQUENCE_STEPS, Origin, Rule, RuleSet, Severity, WindowSpec};
+use super::{MAX_SEQUENCE_STEPS, Origin, Rule, RuleId, RuleSet, Severity, WindowSpec};
 use crate::event::field::FieldPath;
 use crate::event::{Level, Span, Stage};
 use crate::position::{Pos, PositionIndex, PositionedError};
@@ -138,8 +138,8 @@ struct ParsedFile {
     lists: Vec<(String, ListDoc)>,
     disable: Vec<String>,
     enable: Vec<String>,
-    /// Rules that deserialized, with their index in the file (for positions).
-    rules: Vec<(usize, RuleDoc)>,
+    /// Rules that deserialized, with their index in the file (for positions) and id.
+    rules: Vec<(usize, RuleDoc, RuleId)>,
     index: PositionIndex,
 }
 
@@ -250,8 +250,9 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         for (i, value) in shape.rules.iter().enumerate() {
             // The file shape keeps rules as raw values: merge keys (`<<: *defaults`) inside a
             // rule are applied here.
-            match serde_path_to_error::deserialize::<_, RuleDoc>(super::yaml::merged(value)) {
-                Ok(rule) => rules.push((i, rule)),
+            let merged = super::yaml::merged(value);
+            match serde_path_to_error::deserialize::<_, RuleDoc>(merged.clone()) {
+                Ok(rule) => rules.push((i, rule, RuleId::of_yaml(&merged))),
                 Err(e) => errors.list.push(crate::position::path_error(
                     &name,
                     &index,
@@ -319,7 +320,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
     let mut seen: HashMap<String, String> = HashMap::new();
     let mut compiled = CompiledPatterns::default();
     for f in &files {
-        for (i, doc) in &f.rules {
+        for (i, doc, id) in &f.rules {
             let mut cx = RuleContext {
                 file: f,
                 base: format!("rules.{i}"),
@@ -344,7 +345,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 doc.name.clone(),
                 format!("{}:{}:{}", f.name, origin_pos.line, origin_pos.column),
             );
-            if let Some(rule) = cx.compile_rule(doc, &scripts, &lists_value, &mut templates) {
+            if let Some(rule) = cx.compile_rule(doc, *id, &scripts, &lists_value, &mut templates) {
                 rules.push(Rule {
                     origin: Origin {
                         file: f.name.clone(),
@@ -598,6 +599,7 @@ impl RuleContext<'_> {
     fn compile_rule(
         &mut self,
         doc: &RuleDoc,
+        id: RuleId,
         scripts: &rhai::Engine,
         lists_value: &rhai::Dynamic,
         templates: &mut minijinja::Environment<'static>,
@@ -693,8 +695,8 @@ impl RuleContext<'_> {
         if self.errors.list.len() != before {
             return None;
         }
-        let mut hasher = DefaultHasher::new();
-        format!("{doc:?}").hash(&mut hasher);
+        let mut legacy = DefaultHasher::new();
+        format!("{doc:?}").hash(&mut legacy);
         Some(Rule {
             name: Arc::from(doc.name.as_str()),
             description: doc.description.as_deref().map(Arc::from),
@@ -718,7 +720,8 @@ impl RuleContext<'_> {
                 line: 0,
                 column: 0,
             },
-            fingerprint: hasher.finish(),
+            id,
+            legacy_fingerprint: legacy.finish(),
         })
     }
 

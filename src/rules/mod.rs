@@ -129,9 +129,54 @@ pub struct Rule {
     pub tags: Vec<String>,
     pub references: Vec<String>,
     pub origin: Origin,
-    /// Hash of the rule's definition; equal fingerprints mean window state can be carried over
-    /// a reload.
-    pub fingerprint: u64,
+    /// The rule's stable identity: equal ids mean window state carries over a reload and a
+    /// restart (see [`RuleId`]).
+    pub id: RuleId,
+    /// What snapshots written before [`RuleId`] identified the rule by (std's hasher over
+    /// the rule's debug output): kept only to restore those snapshots once.
+    pub legacy_fingerprint: u64,
+}
+
+/// A rule's identity across reloads, restarts and upgrades: the SHA-256 of its definition in a
+/// canonical form (the rule's YAML value, merge keys applied, as JSON with sorted keys and no
+/// spaces). Reformatting, reordering keys, comments and quoting do not change it; changing
+/// what the rule says does. Specified, so it does not change with a toolchain or a new field
+/// in auditwatch's own structs (the fingerprint it replaces did both).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(pub [u8; 32]);
+
+impl RuleId {
+    /// The id of a rule definition given as a YAML value.
+    pub fn of_yaml(value: &serde_yaml::Value) -> RuleId {
+        // JSON's objects here are BTreeMaps: sorted keys. A value JSON cannot hold (a
+        // non-string map key) is hashed in its YAML form.
+        let canonical = match serde_json::to_value(value).and_then(|v| serde_json::to_vec(&v)) {
+            Ok(json) => json,
+            Err(_) => serde_yaml::to_string(value)
+                .unwrap_or_default()
+                .into_bytes(),
+        };
+        let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        RuleId(id)
+    }
+
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RuleId({})", self.hex())
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hex())
+    }
 }
 
 /// Every loaded rule plus what their conditions and templates share.
@@ -180,5 +225,48 @@ impl RuleSet {
 
     pub fn object_paths(&self) -> &fields::ObjectPaths {
         &self.object_paths
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(text: &str) -> Vec<String> {
+        load_str("r.yaml", text, &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .rules
+            .iter()
+            .map(|r| r.id.hex())
+            .collect()
+    }
+
+    /// SHA-256 of the canonical form below, computed once and written down.
+    const PINNED: &str = "1402a421645657ff0a73d8fba2ef05e11ef3409a379fabbe41e0d4c6730a3294";
+
+    const RULE: &str = "rules:\n  - name: brute-force\n    severity: high\n    match: { response_codes: [403] }\n    window: { over: 5m, threshold: 5, group_by: [user.username] }\n";
+
+    /// The id is specified (SHA-256 of the rule as JSON with sorted keys): pinned, so a change
+    /// of the hashing, or of how rules are read, shows here before it restarts every window
+    /// after an upgrade.
+    #[test]
+    fn rule_ids_are_pinned_and_ignore_formatting() {
+        let canonical = r#"{"match":{"response_codes":[403]},"name":"brute-force","severity":"high","window":{"group_by":["user.username"],"over":"5m","threshold":5}}"#;
+        let expected = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
+        let expected: String = expected
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(ids(RULE), [expected.clone()]);
+        assert_eq!(expected, PINNED);
+        // Reordered keys, block style, comments and quotes: the same rule.
+        let reformatted = "rules:\n  # the brute force\n  - severity: \"high\"\n    name: brute-force\n    window:\n      threshold: 5\n      group_by: [\"user.username\"]\n      over: 5m\n    match:\n      response_codes: [403]\n";
+        assert_eq!(ids(reformatted), [expected.clone()]);
+        // What the rule says changes: another id.
+        assert_ne!(
+            ids(&RULE.replace("threshold: 5", "threshold: 6")),
+            [expected]
+        );
     }
 }

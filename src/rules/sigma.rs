@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_yaml::Value;
 
 use super::fields::{Accepted, FieldCriterion, Quantifier, ValuePath};
-use super::{Matcher, Origin, Patterns, Rule, Severity, SigmaMatch};
+use super::{Matcher, Origin, Patterns, Rule, RuleId, Severity, SigmaMatch};
 
 /// Whether a YAML document is a Sigma rule rather than an auditwatch rule file.
 pub fn is_sigma(doc: &Value) -> bool {
@@ -151,8 +151,8 @@ fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
         Some(d) => format!("{title}: {}", d.trim()),
         None => title.to_owned(),
     };
-    let mut hasher = DefaultHasher::new();
-    format!("{doc:?}").hash(&mut hasher);
+    let mut legacy = DefaultHasher::new();
+    format!("{doc:?}").hash(&mut legacy);
     Rule {
         name: Arc::from(name),
         description: Some(Arc::from(description.as_str())),
@@ -180,7 +180,8 @@ fn metadata(doc: &Value, name: &str, file: &Arc<str>, title: &str) -> Rule {
             line: 0,
             column: 0,
         },
-        fingerprint: hasher.finish(),
+        id: RuleId::of_yaml(doc),
+        legacy_fingerprint: legacy.finish(),
     }
 }
 
