@@ -330,7 +330,7 @@ impl Dispatcher {
 
     /// Routes one alert; returns how many notifiers it was queued for. The stages, in order,
     /// for each destination the routes give: metric notifiers take it at once
-    /// ([`Dispatcher::to_metric`]); a notifier that already settled it is skipped (the ledger);
+    /// ([`Dispatcher::take_as_metric`]); a notifier that already settled it is skipped (the ledger);
     /// a silence settles it as silenced; `repeat_interval` folds it into a recent notification;
     /// otherwise it joins its group, waiting for `group_wait`/`group_interval`.
     fn accept(&mut self, offset: u64, alert: Arc<Alert>, recovering: bool) -> usize {
@@ -338,7 +338,7 @@ impl Dispatcher {
         let mut queued = 0;
         let mut settled_now = Vec::new();
         for (route, notifier, grouping) in self.destinations(&alert) {
-            if self.to_metric(&notifier, &alert, recovering, now)
+            if self.take_as_metric(&notifier, &alert, recovering, now)
                 || !self.deliverable(&notifier, &alert)
             {
                 continue;
@@ -374,7 +374,7 @@ impl Dispatcher {
 
     /// A metrics notifier takes the alert as a metric at once (not when replaying old alerts);
     /// true if `notifier` is one.
-    fn to_metric(
+    fn take_as_metric(
         &mut self,
         notifier: &Arc<str>,
         alert: &Alert,

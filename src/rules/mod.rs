@@ -258,7 +258,7 @@ mod tests {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        assert_eq!(ids(RULE), [expected.clone()]);
+        assert_eq!(ids(RULE), std::slice::from_ref(&expected));
         assert_eq!(expected, PINNED);
         // Reordered keys, block style, comments and quotes: the same rule.
         let reformatted = "rules:\n  # the brute force\n  - severity: \"high\"\n    name: brute-force\n    window:\n      threshold: 5\n      group_by: [\"user.username\"]\n      over: 5m\n    match:\n      response_codes: [403]\n";
