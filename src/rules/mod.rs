@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(expected, PINNED);
         // Reordered keys, block style, comments and quotes: the same rule.
         let reformatted = "rules:\n  # the brute force\n  - severity: \"high\"\n    name: brute-force\n    window:\n      threshold: 5\n      group_by: [\"user.username\"]\n      over: 5m\n    match:\n      response_codes: [403]\n";
-        assert_eq!(ids(reformatted), [expected.clone()]);
+        assert_eq!(ids(reformatted), std::slice::from_ref(&expected));
         // What the rule says changes: another id.
         assert_ne!(
             ids(&RULE.replace("threshold: 5", "threshold: 6")),
