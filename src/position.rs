@@ -105,11 +105,12 @@ pub fn path_error(
     PositionedError::at(file, pos, format!("{named}{inner}"))
 }
 
-/// A serde_yaml message without its trailing " at line L column C".
+/// A serde_yaml message without its " at line L column C" (at its end, or inside a syntax
+/// error's text): the place is said once, in front.
 pub fn without_location(message: &str) -> String {
-    static SUFFIX: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+$").expect("static regex"));
-    SUFFIX.replace(message, "").into_owned()
+    static AT: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r" at line \d+ column \d+").expect("static regex"));
+    AT.replace_all(message, "").into_owned()
 }
 
 /// 1-based line and column.

@@ -468,3 +468,67 @@ fn text_output_escapes_control_characters() {
         "{text}"
     );
 }
+
+/// Issue 17: one positioned-error type for every YAML file kind, each error naming its place
+/// once: a rule file, a rule test file, the daemon's config, an audit policy.
+#[test]
+fn every_yaml_file_kind_reports_errors_the_same_way() {
+    let dir = tempdir("yaml-errors");
+    let rules = write_rules(
+        &dir,
+        "rules:\n  - name: burst\n    severity: high\n    match: { response_codes: [403] }\n    window: { ovr: 5m, threshold: 5 }\n",
+    );
+    let good_rules = dir.join("good.yaml");
+    std::fs::write(
+        &good_rules,
+        "rules:\n  - name: burst\n    severity: high\n    match: { response_codes: [403] }\n",
+    )
+    .unwrap();
+    let tests = dir.join("bad.test.yaml");
+    std::fs::write(&tests, "tests:\n  - name: t\n    events: [\n").unwrap();
+    let config = dir.join("auditwatch.yaml");
+    std::fs::write(&config, "engine:\n  lateness: soon\n").unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Everything\n",
+    )
+    .unwrap();
+    let runs: [(&str, Vec<&std::ffi::OsStr>); 4] = [
+        ("rule file", vec!["check".as_ref(), rules.as_os_str()]),
+        (
+            "rule test file",
+            vec![
+                "test".as_ref(),
+                good_rules.as_os_str(),
+                "--tests".as_ref(),
+                tests.as_os_str(),
+            ],
+        ),
+        (
+            "config",
+            vec!["run".as_ref(), "--check".as_ref(), "--config".as_ref(), config.as_os_str()],
+        ),
+        (
+            "audit policy",
+            vec![
+                "check".as_ref(),
+                "--policy".as_ref(),
+                policy.as_os_str(),
+                good_rules.as_os_str(),
+            ],
+        ),
+    ];
+    let mut text = String::new();
+    for (kind, args) in runs {
+        let out = run(bin().args(args));
+        let shown = format!("{}{}", stdout(&out), stderr(&out))
+            .replace(&dir.display().to_string(), "<dir>");
+        text.push_str(&format!(
+            "## {kind} (exit {})\n{}\n",
+            out.status.code().unwrap_or(-1),
+            shown.trim_end()
+        ));
+    }
+    insta::assert_snapshot!(text);
+}
