@@ -47,8 +47,9 @@ enum Command {
     },
     /// Run rules over audit logs in event time and print the alerts.
     Replay {
-        /// Rule files or directories. Default: the packs built into this binary (rules/).
-        #[arg(long, short, num_args = 1..)]
+        /// A rule file or directory; repeat for several (`--rules site.yaml --rules rules/`).
+        /// Default: the packs built into this binary (rules/).
+        #[arg(long, short, value_name = "RULES")]
         rules: Vec<PathBuf>,
         /// Output format of the alerts on stdout.
         #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -159,8 +160,9 @@ enum Command {
         /// Rule files or directories.
         #[arg(required = true)]
         rules: Vec<PathBuf>,
-        /// Test files or directories. Default: *.test.yaml found under the rule directories.
-        #[arg(long, num_args = 1..)]
+        /// A test file or directory; repeat for several. Default: *.test.yaml found under the
+        /// rule directories.
+        #[arg(long, value_name = "TESTS")]
         tests: Vec<PathBuf>,
     },
 }
@@ -299,10 +301,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", describe(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// An error and its causes, each said once: most of auditwatch's errors already end with
+/// their cause's text (`path: No such file or directory`), which `{:#}` would repeat.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 fn run_daemon(
@@ -571,7 +590,15 @@ fn run_tests(rules: &[PathBuf], tests: &[PathBuf]) -> anyhow::Result<ExitCode> {
         ruletest::discover(tests)
     };
     if files.is_empty() {
-        anyhow::bail!("no test files found (looked for *.test.yaml)");
+        let looked: Vec<String> = if tests.is_empty() { rules } else { tests }
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        println!(
+            "0 passed, 0 failed: no rule tests (*.test.yaml) under {}",
+            looked.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let (mut passed, mut failed) = (0, 0);
     for file in &files {

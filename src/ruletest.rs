@@ -3,6 +3,8 @@
 //!
 //! ```yaml
 //! start: 2024-01-01T00:00:00Z      # base for `at` offsets (this is the default)
+//! scope: pack                       # pack (default): only the alerts of the rules loaded from
+//!                                   # the directory these tests were found in; all: every rule
 //! tests:
 //!   - name: five failures in five minutes
 //!     events:
@@ -44,7 +46,29 @@ use crate::source::RecordReader;
 struct TestFile {
     #[serde(default)]
     start: Option<String>,
+    #[serde(default)]
+    scope: Scope,
     tests: Vec<TestCase>,
+}
+
+/// Whose alerts a test file checks.
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    /// The rules of the pack the tests belong to (the rule directory they were found in), so
+    /// that another pack loaded beside it does not make them fail.
+    #[default]
+    Pack,
+    /// Every loaded rule.
+    All,
+}
+
+/// A test file and the pack it belongs to: the rule directory it was found in (`None` for a
+/// file named with `--tests`: every rule is checked).
+#[derive(Debug, Clone)]
+pub struct TestFileIn {
+    pub path: PathBuf,
+    pub pack: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,8 +135,9 @@ pub struct CaseResult {
     pub failure: Option<String>,
 }
 
-/// Collects `*.test.yaml` files under `paths` (files are taken as given).
-pub fn discover(paths: &[PathBuf]) -> Vec<PathBuf> {
+/// Collects `*.test.yaml` files under `paths` (files are taken as given), each with the
+/// directory of `paths` it was found under as its pack.
+pub fn discover(paths: &[PathBuf]) -> Vec<TestFileIn> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(rd) = std::fs::read_dir(dir) else {
             return;
@@ -130,16 +155,28 @@ pub fn discover(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_dir() {
-            walk(p, &mut out);
+            let mut found = Vec::new();
+            walk(p, &mut found);
+            out.extend(found.into_iter().map(|path| TestFileIn {
+                path,
+                pack: Some(p.clone()),
+            }));
         } else {
-            out.push(p.clone());
+            out.push(TestFileIn {
+                path: p.clone(),
+                pack: None,
+            });
         }
     }
     out
 }
 
 /// Runs every test in one file against `rules`.
-pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, TestFileError> {
+pub fn run_file(
+    rules: &Arc<RuleSet>,
+    file_in: &TestFileIn,
+) -> Result<Vec<CaseResult>, TestFileError> {
+    let path = file_in.path.as_path();
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| TestFileError::Io {
         path: shown.clone(),
@@ -208,6 +245,12 @@ pub fn run_file(rules: &Arc<RuleSet>, path: &Path) -> Result<Vec<CaseResult>, Te
         }
         if let Some(names) = &case.rules {
             alerts.retain(|a| names.iter().any(|n| *n == *a.rule));
+        } else if let (Scope::Pack, Some(pack)) = (file.scope, &file_in.pack) {
+            alerts.retain(|a| {
+                rules
+                    .rule(&a.rule)
+                    .is_some_and(|r| Path::new(&*r.origin.file).starts_with(pack))
+            });
         }
         results.push(CaseResult {
             file: shown.clone(),

@@ -507,7 +507,12 @@ fn every_yaml_file_kind_reports_errors_the_same_way() {
         ),
         (
             "config",
-            vec!["run".as_ref(), "--check".as_ref(), "--config".as_ref(), config.as_os_str()],
+            vec![
+                "run".as_ref(),
+                "--check".as_ref(),
+                "--config".as_ref(),
+                config.as_os_str(),
+            ],
         ),
         (
             "audit policy",
@@ -531,4 +536,55 @@ fn every_yaml_file_kind_reports_errors_the_same_way() {
         ));
     }
     insta::assert_snapshot!(text);
+}
+
+/// Issue 17: `auditwatch replay --rules my-rules.yaml audit.log`, in the order the README
+/// shows, failed (`--rules` swallowed the log). Every `auditwatch` command line of the
+/// README's examples runs as written, in a directory that holds the files they name.
+#[test]
+fn the_readme_command_lines_run_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let dir = tempdir("readme");
+    for name in ["rules", "peers", "deploy", "examples"] {
+        std::os::unix::fs::symlink(root().join(name), dir.join(name)).unwrap();
+    }
+    std::fs::copy(root().join("rules/auth.yaml"), dir.join("my-rules.yaml")).unwrap();
+    std::fs::copy(
+        root().join("examples/audit-sample.jsonl"),
+        dir.join("audit.log"),
+    )
+    .unwrap();
+    let mut in_block = false;
+    let mut ran = 0;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        let Some(args) = line.trim().strip_prefix("auditwatch ") else {
+            continue;
+        };
+        if !in_block {
+            continue;
+        }
+        let argv: Vec<&str> = args.split_whitespace().collect();
+        let out = run(bin().args(&argv).current_dir(&*dir));
+        assert!(
+            out.status.success(),
+            "`auditwatch {args}` failed:\n{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 6, "only {ran} command lines found in the README");
+}
+
+/// Issue 17: `auditwatch check /nonexistent` printed the OS error twice.
+#[test]
+fn a_missing_path_is_reported_once() {
+    let out = run(bin().args(["check", "/nonexistent-auditwatch-path"]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

@@ -656,6 +656,13 @@ fn a_snapshot_from_before_rule_ids_restores_its_windows() {
             .unwrap_or_default()
             .contains("brute-force")
     });
+    // A batch's items are records (it counted batches).
+    let m = daemon.metrics();
+    assert_eq!(
+        common::sample(&m, "auditwatch_events_received_total{source=\"webhook\"}"),
+        3.0,
+        "{m}"
+    );
     assert_eq!(daemon.terminate().code(), Some(0));
     let alerts = std::fs::read_to_string(&out).unwrap();
     let fired: Vec<serde_json::Value> = alerts

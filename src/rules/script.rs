@@ -356,12 +356,10 @@ pub fn is_globally_routable(ip: IpAddr) -> bool {
 
 /// Percent-decodes `text` (`+` stays a plus: this is for paths and whole URIs).
 fn url_decode(text: &str) -> Dynamic {
-    // form_urlencoded would turn `+` into a space; escape it first so it survives.
-    let escaped = text.replace('+', "%2B");
-    let decoded: String = form_urlencoded::parse(format!("x={escaped}").as_bytes())
-        .map(|(_, v)| v.into_owned())
-        .collect();
-    Dynamic::from(ImmutableString::from(decoded))
+    // Percent-decoding only: `+`, `&` and `=` stay as they are (a form parser would split the
+    // text at `&` and `=` and turn `+` into a space).
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    Dynamic::from(ImmutableString::from(decoded.as_ref()))
 }
 
 /// The decoded values of query parameter `name` in a request URI, in order.
@@ -1156,6 +1154,16 @@ mod tests {
             run("event.requestObject.spec.hostPID == true", &deep),
             Ok(true)
         );
+    }
+
+    /// Issue 17: `url_decode("a%20b&c=d")` returned `"a bd"`: it went through a form parser.
+    #[test]
+    fn url_decode_only_percent_decodes() {
+        let decoded = |t: &str| url_decode(t).into_string().unwrap();
+        assert_eq!(decoded("a%20b&c=d"), "a b&c=d");
+        assert_eq!(decoded("/api/v1/pods?x=1+2"), "/api/v1/pods?x=1+2");
+        assert_eq!(decoded("%2Fetc%2Fpasswd"), "/etc/passwd");
+        assert_eq!(decoded("100%"), "100%");
     }
 
     #[test]
