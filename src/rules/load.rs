@@ -193,49 +193,106 @@ fn sigma_documents(text: &str) -> Option<Vec<serde_yaml::Value>> {
         .then_some(docs)
 }
 
+/// Loads rule files in phases: parse every file (native rule files and Sigma files), collect
+/// the lists (global, so all before any rule), compile the native rules, then the Sigma rules
+/// and correlations, then apply the site files' enable/disable.
 fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, LoadError> {
     let mut errors = Errors { list: Vec::new() };
-    let mut files = Vec::new();
-    let mut sigma_rules: Vec<Rule> = Vec::new();
-    // Sigma correlations refer to other Sigma rules: compiled once all of those are.
-    let mut correlations = Vec::new();
+    let parsed = parse_files(sources, &mut errors);
+    let lists = collect_lists(&parsed.files, &mut errors);
+    let scripts = script::build_engine(opts.script_limits);
+    let lists_value = script::lists_dynamic(&lists);
+    let mut templates = minijinja::Environment::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut rules = compile_native(
+        &parsed.files,
+        &lists,
+        (&scripts, &lists_value, &mut templates),
+        &mut seen,
+        &mut errors,
+    );
+    for rule in compile_sigma(parsed.sigma_rules, parsed.correlations, &mut errors) {
+        let here = format!(
+            "{}:{}:{}",
+            rule.origin.file, rule.origin.line, rule.origin.column
+        );
+        if let Some(first) = seen.get(&*rule.name) {
+            let pos = Pos {
+                line: rule.origin.line,
+                column: rule.origin.column,
+            };
+            let file = Arc::clone(&rule.origin.file);
+            errors.at(
+                &file,
+                pos,
+                format!(
+                    "duplicate rule name {:?}: first defined at {first}",
+                    rule.name
+                ),
+            );
+            continue;
+        }
+        seen.insert(rule.name.to_string(), here);
+        rules.push(rule);
+    }
+    switch_rules(&parsed.files, &mut rules, &mut errors);
+    if !errors.list.is_empty() {
+        errors
+            .list
+            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        return Err(LoadError::Invalid(errors.list));
+    }
+    let mut object_paths = super::fields::ObjectPaths::default();
+    for r in &rules {
+        r.matcher.collect_object_paths(&mut object_paths);
+        for (_, m) in &r.severity_when {
+            m.collect_object_paths(&mut object_paths);
+        }
+    }
+    Ok(RuleSet {
+        script_limits: opts.script_limits,
+        rules,
+        lists,
+        files: Vec::new(),
+        scripts,
+        lists_value,
+        templates,
+        object_paths,
+    })
+}
+
+/// A Sigma correlation waiting for the rules it refers to: (document, rule name, file, its
+/// position index, document number).
+type PendingCorrelation = (
+    serde_yaml::Value,
+    String,
+    Arc<str>,
+    Arc<PositionIndex>,
+    usize,
+);
+
+/// What the parse phase found.
+struct Parsed {
+    files: Vec<ParsedFile>,
+    sigma_rules: Vec<Rule>,
+    correlations: Vec<PendingCorrelation>,
+}
+
+/// Phase 1: every file parsed: native rule files into [`ParsedFile`]s, Sigma files compiled
+/// (their correlations kept for later: they refer to other Sigma rules).
+fn parse_files(sources: &[(String, String)], errors: &mut Errors) -> Parsed {
+    let mut parsed = Parsed {
+        files: Vec::new(),
+        sigma_rules: Vec::new(),
+        correlations: Vec::new(),
+    };
     for (name, text) in sources {
         let name: Arc<str> = Arc::from(name.as_str());
         if !has_content(text) {
             continue;
         }
         if let Some(docs) = sigma_documents(text) {
-            let index = Arc::new(PositionIndex::build(text));
-            let stem = std::path::Path::new(&*name)
-                .file_stem()
-                .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned());
-            for (i, doc) in docs.iter().enumerate() {
-                let rule_name = match doc.get("name").and_then(serde_yaml::Value::as_str) {
-                    Some(n) => n.to_owned(),
-                    None if docs.len() == 1 => stem.clone(),
-                    None => format!("{stem}-{}", i + 1),
-                };
-                let at = |key: &str| sigma_position(&index, i, key);
-                if doc.get("correlation").is_some() {
-                    correlations.push((
-                        doc.clone(),
-                        rule_name,
-                        Arc::clone(&name),
-                        Arc::clone(&index),
-                        i,
-                    ));
-                    continue;
-                }
-                match super::sigma::compile(doc, &rule_name, &name) {
-                    Ok(mut rule) => {
-                        let pos = at("title");
-                        rule.origin.line = pos.line;
-                        rule.origin.column = pos.column;
-                        sigma_rules.push(rule);
-                    }
-                    Err((key, msg)) => errors.at(&name, at(&key), format!("Sigma rule: {msg}")),
-                }
-            }
+            parse_sigma_file(&name, text, &docs, &mut parsed, errors);
             continue;
         }
         let shape = match super::yaml::from_str::<RuleFileShape>(text) {
@@ -269,7 +326,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 Err(e) => errors.at(&name, index.value(&format!("lists.{list}")), e),
             }
         }
-        files.push(ParsedFile {
+        parsed.files.push(ParsedFile {
             name,
             index,
             text: text.clone(),
@@ -279,11 +336,55 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             rules,
         });
     }
+    parsed
+}
 
-    // Lists are global: collect them all before compiling any rule.
+fn parse_sigma_file(
+    name: &Arc<str>,
+    text: &str,
+    docs: &[serde_yaml::Value],
+    parsed: &mut Parsed,
+    errors: &mut Errors,
+) {
+    let index = Arc::new(PositionIndex::build(text));
+    let stem = std::path::Path::new(&**name)
+        .file_stem()
+        .map_or_else(|| name.to_string(), |s| s.to_string_lossy().into_owned());
+    for (i, doc) in docs.iter().enumerate() {
+        let rule_name = match doc.get("name").and_then(serde_yaml::Value::as_str) {
+            Some(n) => n.to_owned(),
+            None if docs.len() == 1 => stem.clone(),
+            None => format!("{stem}-{}", i + 1),
+        };
+        let at = |key: &str| sigma_position(&index, i, key);
+        if doc.get("correlation").is_some() {
+            parsed.correlations.push((
+                doc.clone(),
+                rule_name,
+                Arc::clone(name),
+                Arc::clone(&index),
+                i,
+            ));
+            continue;
+        }
+        match super::sigma::compile(doc, &rule_name, name) {
+            Ok(mut rule) => {
+                let pos = at("title");
+                rule.origin.line = pos.line;
+                rule.origin.column = pos.column;
+                parsed.sigma_rules.push(rule);
+            }
+            Err((key, msg)) => errors.at(name, at(&key), format!("Sigma rule: {msg}")),
+        }
+    }
+}
+
+/// Phase 2: the lists every file defines (global: all before any rule is compiled), then the
+/// site files' edits of them.
+fn collect_lists(files: &[ParsedFile], errors: &mut Errors) -> BTreeMap<String, Vec<String>> {
     let mut lists: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut list_origin: HashMap<String, String> = HashMap::new();
-    for f in &files {
+    for f in files {
         for (name, doc) in &f.lists {
             let ListDoc::Define(items) = doc else {
                 continue;
@@ -311,21 +412,35 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             lists.insert(name.clone(), items.clone());
         }
     }
-    edit_lists(&files, &mut lists, &mut errors);
+    edit_lists(files, &mut lists, errors);
+    lists
+}
 
-    let scripts = script::build_engine(opts.script_limits);
-    let lists_value = script::lists_dynamic(&lists);
-    let mut templates = minijinja::Environment::new();
+/// What compiled rules share: the Rhai engine scripts compile with, the `lists` value, and the
+/// summary templates.
+type Shared<'a> = (
+    &'a rhai::Engine,
+    &'a rhai::Dynamic,
+    &'a mut minijinja::Environment<'static>,
+);
+
+/// Phase 3: the native rules, in file order; `seen` collects their names and places.
+fn compile_native(
+    files: &[ParsedFile],
+    lists: &BTreeMap<String, Vec<String>>,
+    (scripts, lists_value, templates): Shared<'_>,
+    seen: &mut HashMap<String, String>,
+    errors: &mut Errors,
+) -> Vec<Rule> {
     let mut rules = Vec::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
     let mut compiled = CompiledPatterns::default();
-    for f in &files {
+    for f in files {
         for (i, doc, id) in &f.rules {
             let mut cx = RuleContext {
                 file: f,
                 base: format!("rules.{i}"),
-                errors: &mut errors,
-                lists: &lists,
+                errors,
+                lists,
                 compiled: &mut compiled,
             };
             let origin_pos = cx.file.index.key(&format!("{}.name", cx.base));
@@ -345,7 +460,7 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
                 doc.name.clone(),
                 format!("{}:{}:{}", f.name, origin_pos.line, origin_pos.column),
             );
-            if let Some(rule) = cx.compile_rule(doc, *id, &scripts, &lists_value, &mut templates) {
+            if let Some(rule) = cx.compile_rule(doc, *id, scripts, lists_value, templates) {
                 rules.push(Rule {
                     origin: Origin {
                         file: f.name.clone(),
@@ -357,7 +472,16 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
             }
         }
     }
+    rules
+}
 
+/// Phase 4: the Sigma correlations (over the Sigma rules), and the Sigma rules they consume
+/// switched off unless a correlation says `generate: true`.
+fn compile_sigma(
+    mut sigma_rules: Vec<Rule>,
+    correlations: Vec<PendingCorrelation>,
+    errors: &mut Errors,
+) -> Vec<Rule> {
     let mut consumed_by_correlations: Vec<Arc<str>> = Vec::new();
     let mut correlated = Vec::new();
     for (doc, rule_name, file, index, i) in correlations {
@@ -376,63 +500,12 @@ fn compile(sources: &[(String, String)], opts: &LoadOptions) -> Result<RuleSet, 
         }
     }
     for rule in &mut sigma_rules {
-        // Sigma: rules a correlation consumes do not alert on their own unless it says
-        // `generate: true`.
         if consumed_by_correlations.contains(&rule.name) {
             rule.enabled = false;
         }
     }
     sigma_rules.extend(correlated);
-    for rule in sigma_rules {
-        let here = format!(
-            "{}:{}:{}",
-            rule.origin.file, rule.origin.line, rule.origin.column
-        );
-        if let Some(first) = seen.get(&*rule.name) {
-            let pos = Pos {
-                line: rule.origin.line,
-                column: rule.origin.column,
-            };
-            let file = Arc::clone(&rule.origin.file);
-            errors.at(
-                &file,
-                pos,
-                format!(
-                    "duplicate rule name {:?}: first defined at {first}",
-                    rule.name
-                ),
-            );
-            continue;
-        }
-        seen.insert(rule.name.to_string(), here);
-        rules.push(rule);
-    }
-
-    switch_rules(&files, &mut rules, &mut errors);
-
-    if !errors.list.is_empty() {
-        errors
-            .list
-            .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
-        return Err(LoadError::Invalid(errors.list));
-    }
-    let mut object_paths = super::fields::ObjectPaths::default();
-    for r in &rules {
-        r.matcher.collect_object_paths(&mut object_paths);
-        for (_, m) in &r.severity_when {
-            m.collect_object_paths(&mut object_paths);
-        }
-    }
-    Ok(RuleSet {
-        script_limits: opts.script_limits,
-        rules,
-        lists,
-        files: Vec::new(),
-        scripts,
-        lists_value,
-        templates,
-        object_paths,
-    })
+    sigma_rules
 }
 
 /// Applies the `{replace: ...}` and `{append: ...}` entries of every file to lists defined
