@@ -287,7 +287,12 @@ sources:
                         std::thread::sleep(wait);
                     }
                     let t = Instant::now();
-                    match client.post(&url).body(body).send() {
+                    match client
+                        .post(&url)
+                        .header("Content-Type", "application/json")
+                        .body(body)
+                        .send()
+                    {
                         Ok(r) if r.status().is_success() => {
                             sent_at.lock().expect("lock").insert(seq_base + n, t);
                             accepted.fetch_add(1, Ordering::Relaxed);

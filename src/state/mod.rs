@@ -167,23 +167,34 @@ impl StateDir {
             move |source| StateError::Io { path, source }
         };
         // MessagePack with field names: several times faster to write than JSON and half the
-        // size (snapshots of a busy engine run to tens of MB), still self-describing.
-        let mut payload = Vec::with_capacity(1 << 16);
-        snap.serialize(&mut rmp_serde::Serializer::new(&mut payload).with_struct_map())
+        // size (snapshots of a busy engine run to tens of MB), still self-describing. Streamed
+        // to the file with its CRC computed on the way (no second copy in memory); the header
+        // is written last, over a placeholder.
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let mut w = Checksummed {
+            inner: BufWriter::with_capacity(1 << 16, file),
+            crc: crc32fast::Hasher::new(),
+            len: 0,
+        };
+        w.inner
+            .write_all(&[0u8; SNAPSHOT_HEADER])
+            .map_err(io(&tmp))?;
+        snap.serialize(&mut rmp_serde::Serializer::new(&mut w).with_struct_map())
             .map_err(|e| StateError::Io {
                 path: tmp.clone(),
                 source: io::Error::other(e),
             })?;
-        let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut w = BufWriter::with_capacity(1 << 16, file);
-        w.write_all(&snapshot_header(&payload))
-            .and_then(|()| w.write_all(&payload))
-            .and_then(|()| w.flush())
-            .map_err(io(&tmp))?;
-        let file = w.into_inner().map_err(|e| StateError::Io {
+        let header = snapshot_header(w.crc.clone().finalize(), w.len);
+        let mut file = w.inner.into_inner().map_err(|e| StateError::Io {
             path: tmp.clone(),
             source: e.into_error(),
         })?;
+        {
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(0))
+                .and_then(|_| file.write_all(&header))
+                .map_err(io(&tmp))?;
+        }
         file.sync_all().map_err(io(&tmp))?;
         let len = file.metadata().map_err(io(&tmp))?.len();
         match fs::rename(&path, self.previous_snapshot_path()) {
@@ -210,12 +221,32 @@ pub struct LoadedSnapshot {
 const SNAPSHOT_MAGIC: &[u8; 8] = b"AWSNAP\x00\x01";
 const SNAPSHOT_HEADER: usize = 8 + 4 + 8;
 
-fn snapshot_header(payload: &[u8]) -> [u8; SNAPSHOT_HEADER] {
+fn snapshot_header(crc: u32, len: u64) -> [u8; SNAPSHOT_HEADER] {
     let mut h = [0u8; SNAPSHOT_HEADER];
     h[..8].copy_from_slice(SNAPSHOT_MAGIC);
-    h[8..12].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    h[12..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[8..12].copy_from_slice(&crc.to_le_bytes());
+    h[12..].copy_from_slice(&len.to_le_bytes());
     h
+}
+
+/// A writer that keeps the CRC-32 and length of what passes through it.
+struct Checksummed<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Reads one snapshot file; `None` if it does not exist.
