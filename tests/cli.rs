@@ -394,7 +394,7 @@ fn rule_tests_pass_and_failures_show_a_diff() {
   - name: events listed out of time order
     events:
       - event: { verb: get, user: { username: eve }, responseStatus: { code: 403 } }
-        at: 10m
+        at: 12m
       - event: { verb: get, user: { username: eve }, responseStatus: { code: 403 } }
         at: 9m
     expect: []

@@ -15,9 +15,9 @@ pub(super) fn build_alert(
     rules: &RuleSet,
     (kind, severity): (AlertKind, Severity),
     firing: Firing,
-    suppressed: u64,
     fallback_summary: Option<String>,
 ) -> Alert {
+    let suppressed = firing.suppressed;
     let group = Group(if rule.group_by.is_empty() {
         Vec::new()
     } else {

@@ -3,8 +3,10 @@
 //!
 //! Per event: look up the rules that can match its verb (an index built at load), run each
 //! rule's match block, then its Rhai condition (the event is converted for Rhai at most once),
-//! then apply "one request, one match". Plain rules alert at once (subject to `throttle`);
-//! windowed rules hand a hit to the reorder buffer, and the windows fire as the watermark moves.
+//! then apply "one request, one match". Plain rules alert at once; count and distinct windows
+//! as soon as the requests in hand reach their threshold (a throttle mutes a key after an
+//! alert); sequence windows get their requests in time order from the reorder buffer as the
+//! watermark moves; absence windows fire as the watermark passes their deadlines.
 
 mod build;
 mod config;
@@ -24,8 +26,8 @@ use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ConditionError, ConditionRunner};
 use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary};
 use crate::window::{
-    Firing, GroupKey, Hit, KEY_SEPARATOR, ReorderBuffer, ReorderSnapshot, RuleWindow, Throttle,
-    WindowSnapshot,
+    EventClock, Firing, GroupKey, Hit, KEY_SEPARATOR, Limits, ReorderBuffer, ReorderSnapshot,
+    RuleWindow, Throttle, WindowSnapshot,
 };
 use build::build_alert;
 
@@ -96,10 +98,21 @@ fn rule_classes(rule: &Rule) -> [bool; CODE_CLASSES] {
     classes
 }
 
-/// Tuning knobs; the defaults suit both replay and a live stream.
+/// The default lateness of a live source of native audit events: the apiserver's webhook
+/// backend batches for up to `--audit-webhook-batch-max-wait` (30 s by default), and each
+/// apiserver of an HA control plane sends its own batches, so events arrive up to ~30 s out of
+/// order under default flags. Twice that, for slow batches and clock skew.
+pub const LIVE_LATENESS: Span = Span::from_secs(60);
+
+/// The default lateness of a replay: it has no latency budget, so it covers every input
+/// format's ([`crate::event::InputFormat::lateness`]).
+pub const REPLAY_LATENESS: Span = Span::from_secs(15 * 60);
+
+/// Tuning knobs; the defaults suit a live stream of native events.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
-    /// How far behind the newest event an event may arrive and still count in windows.
+    /// How far behind its source's newest event an event may arrive and still count in
+    /// windows (the default source's; [`Engine::select_source`] sets each source's own).
     pub lateness: Span,
     /// Keys per windowed rule before the least recently updated is evicted.
     pub max_keys_per_rule: usize,
@@ -107,7 +120,8 @@ pub struct EngineOptions {
     pub dedup_horizon: Span,
     /// How many (request, rule) matches it remembers at most.
     pub dedup_capacity: usize,
-    /// Windowed hits waiting for the watermark, at most.
+    /// Sequence hits waiting for the watermark, at most; and, per rule, requests held by
+    /// count and distinct windows for requests still to come within the lateness.
     pub max_pending: usize,
     /// Script errors kept for the caller to report (all are counted).
     pub max_diagnostics: usize,
@@ -122,7 +136,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            lateness: Span::from_secs(5),
+            lateness: LIVE_LATENESS,
             max_keys_per_rule: 100_000,
             dedup_horizon: Span::from_secs(3600),
             dedup_capacity: 1_000_000,
@@ -148,7 +162,7 @@ pub struct RuleStats {
     pub alerts: u64,
     pub throttled: u64,
     pub script_errors: u64,
-    /// Hits older than the watermark on arrival.
+    /// Requests older than the watermark on arrival, left out of the rule's window.
     pub late: u64,
     pub evicted_keys: u64,
     /// Wall time spent in the rule's condition, nanoseconds.
@@ -166,8 +180,20 @@ pub struct RuleStats {
 pub struct EngineStats {
     pub events: u64,
     pub events_without_time: u64,
+    /// Events older than the watermark on arrival (whether a window wanted them or not).
+    pub late_events: u64,
+    /// Requests of windowed rules left out as late (over all rules).
     pub late_hits: u64,
+    /// Requests released or settled before the watermark because a bound was reached.
     pub forced_releases: u64,
+}
+
+/// An event that arrived older than the watermark: for a log line naming it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LateEvent {
+    pub audit_id: String,
+    pub time: EventTime,
+    pub watermark: EventTime,
 }
 
 /// A script error, for the caller to log.
@@ -219,7 +245,10 @@ pub struct RuleSnapshot {
 }
 
 struct RuleState {
+    /// The rule's window; also a throttled plain rule's (a count of one, which carries the
+    /// throttle's mute).
     window: Option<RuleWindow>,
+    /// An absence rule's throttle (absence alerts come in time order, from the watermark).
     throttle: Option<Throttle>,
     stats: RuleStats,
     /// Condition time used in the current second (for `rule_time_budget`).
@@ -238,8 +267,8 @@ impl RuleState {
         self.budget.1 < budget
     }
 
-    /// Passes an alert for `key` at `time` through the throttle. `Some(swallowed)` if it may
-    /// go out; `None` (counted) if throttled.
+    /// Passes an absence alert for `key` at `time` through the throttle. `Some(swallowed)` if
+    /// it may go out; `None` (counted) if throttled.
     fn admit(&mut self, key: &GroupKey, time: EventTime) -> Option<u64> {
         let swallowed = match &mut self.throttle {
             Some(t) => t.admit(key, time),
@@ -253,19 +282,34 @@ impl RuleState {
     }
 
     fn new(rule: &Rule, opts: &EngineOptions) -> RuleState {
+        let limits = Limits {
+            max_keys: opts.max_keys_per_rule,
+            max_held: opts.max_pending,
+        };
+        let window = match (&rule.window, rule.throttle) {
+            (Some(spec), throttle) => Some(RuleWindow::new(spec.clone(), throttle, limits)),
+            (None, Some(period)) => Some(RuleWindow::new(ONE_REQUEST, Some(period), limits)),
+            (None, None) => None,
+        };
+        let is_absence = matches!(rule.window, Some(WindowSpec::Absence { .. }));
         RuleState {
-            window: rule
-                .window
-                .clone()
-                .map(|spec| RuleWindow::new(spec, opts.max_keys_per_rule)),
+            window,
             throttle: rule
                 .throttle
+                .filter(|_| is_absence)
                 .map(|period| Throttle::new(period, opts.max_keys_per_rule)),
             stats: RuleStats::default(),
             budget: (std::time::Instant::now(), std::time::Duration::ZERO),
         }
     }
 }
+
+/// The window of a throttled plain rule: every matching request is a firing, so the window
+/// only carries the throttle.
+const ONE_REQUEST: WindowSpec = WindowSpec::Count {
+    over: Span(0),
+    threshold: 1,
+};
 
 pub struct Engine {
     rules: Arc<RuleSet>,
@@ -276,6 +320,9 @@ pub struct Engine {
     any_verb: ByCode,
     states: Vec<RuleState>,
     dedup: RequestDedup,
+    /// Event time per source, and the watermark.
+    clock: EventClock,
+    /// Sequence hits waiting for the watermark.
     reorder: ReorderBuffer,
     conditions: ConditionRunner,
     stats: EngineStats,
@@ -291,7 +338,14 @@ pub struct Engine {
     resource_masks: Vec<u64>,
     /// Per rule: whether its match block or condition reads the event's objects.
     reads_objects: Vec<bool>,
+    /// Late events since the last [`Engine::take_late`]: how many, and the first few.
+    late: (u64, Vec<LateEvent>),
+    /// Alerts that restoring a snapshot produced, for the next call that takes alerts.
+    restored: Vec<Alert>,
 }
+
+/// Late events kept for [`Engine::take_late`] between two calls (all are counted).
+const LATE_SAMPLES: usize = 8;
 
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, opts: EngineOptions) -> Engine {
@@ -307,7 +361,8 @@ impl Engine {
         let reads_objects = reads_objects(&rules);
         Engine {
             dedup: RequestDedup::new(opts.dedup_horizon, opts.dedup_capacity),
-            reorder: ReorderBuffer::new(opts.lateness, opts.max_pending),
+            clock: EventClock::new(opts.lateness),
+            reorder: ReorderBuffer::new(opts.max_pending),
             rules,
             opts,
             by_verb,
@@ -322,6 +377,8 @@ impl Engine {
             absence_rules: absence,
             resource_masks,
             reads_objects,
+            late: (0, Vec::new()),
+            restored: Vec::new(),
         }
     }
 
@@ -330,11 +387,54 @@ impl Engine {
     }
 
     pub fn stats(&self) -> EngineStats {
+        let windows = self.states.iter().filter_map(|s| s.window.as_ref());
         EngineStats {
-            late_hits: self.reorder.late,
-            forced_releases: self.reorder.forced,
+            late_hits: self.states.iter().map(|s| s.stats.late).sum(),
+            forced_releases: self.reorder.forced + windows.map(|w| w.forced).sum::<u64>(),
             ..self.stats.clone()
         }
+    }
+
+    /// The events that follow come from `source`, whose events may arrive `lateness` out of
+    /// event-time order (see [`EventClock`]).
+    pub fn select_source(&mut self, source: &str, lateness: Span) {
+        self.clock.select(source, lateness);
+    }
+
+    /// `source` has been quiet: it stops holding event time back. Windows and absences that
+    /// the watermark now passes fire.
+    pub fn source_idle(&mut self, source: &str, out: &mut Vec<Alert>) {
+        out.append(&mut self.restored);
+        if self.clock.set_idle(source) {
+            self.release(out);
+            self.fire_absences(self.clock.watermark(), out);
+        }
+    }
+
+    /// The event time watermark: requests before it are late.
+    pub fn watermark(&self) -> EventTime {
+        self.clock.watermark()
+    }
+
+    /// The newest event time seen, and the largest lateness of any source.
+    pub fn newest(&self) -> (EventTime, Span) {
+        (self.clock.newest(), self.clock.max_lateness())
+    }
+
+    /// Takes the late events since the last call: how many, and the first few of them.
+    pub fn take_late(&mut self) -> (u64, Vec<LateEvent>) {
+        std::mem::take(&mut self.late)
+    }
+
+    /// Requests held for the watermark: pending sequence hits and early windows' requests.
+    pub fn held(&self) -> usize {
+        self.reorder.pending()
+            + self
+                .states
+                .iter()
+                .filter_map(|s| s.window.as_ref())
+                .map(RuleWindow::held)
+                .sum::<usize>()
     }
 
     /// Per-rule counters, in rule order.
@@ -434,7 +534,10 @@ impl Engine {
                         .unwrap_or_default(),
                 })
                 .collect(),
-            reorder: self.reorder.snapshot(),
+            reorder: self.reorder.snapshot(
+                (self.clock.newest(), self.clock.watermark()),
+                self.stats.late_events,
+            ),
             dedup: self.dedup.snapshot(),
             last_expiry: self.last_expiry,
         }
@@ -472,28 +575,60 @@ impl Engine {
             })
             .collect();
         let mut restored = 0;
+        let limits = Limits {
+            max_keys: self.opts.max_keys_per_rule,
+            max_held: self.opts.max_pending,
+        };
         for (snapshot, target) in snap.rules.into_iter().zip(&map) {
             let Some(i) = *target else { continue };
             let rule = &self.rules.rules[i];
             let state = &mut self.states[i];
-            if let (Some(spec), Some(w)) = (&rule.window, snapshot.window) {
-                state.window = Some(RuleWindow::restore(
-                    spec.clone(),
-                    self.opts.max_keys_per_rule,
-                    w,
-                ));
+            let window_spec = match (&rule.window, rule.throttle) {
+                (Some(spec), _) => Some(spec.clone()),
+                (None, Some(_)) => Some(ONE_REQUEST),
+                (None, None) => None,
+            };
+            if let (Some(spec), Some(w)) = (window_spec, snapshot.window) {
+                state.window = Some(RuleWindow::restore(spec, rule.throttle, limits, w));
             }
-            if let Some(period) = rule.throttle {
-                state.throttle = Some(Throttle::restore(
-                    period,
-                    self.opts.max_keys_per_rule,
-                    snapshot.throttle,
-                ));
+            match (&state.throttle, &mut state.window, rule.throttle) {
+                (Some(_), _, Some(period)) => {
+                    state.throttle = Some(Throttle::restore(
+                        period,
+                        self.opts.max_keys_per_rule,
+                        snapshot.throttle,
+                    ));
+                }
+                // A snapshot from before mutes: its throttle ends become the keys' mutes.
+                (None, Some(window), Some(_)) => {
+                    for (key, until, swallowed) in snapshot.throttle {
+                        window.mute(key, until, swallowed);
+                    }
+                }
+                _ => {}
             }
             restored += 1;
         }
+        self.clock
+            .restore(snap.reorder.newest, snap.reorder.watermark);
+        self.stats.late_events += snap.reorder.late;
         self.reorder
             .restore(snap.reorder, |r| map.get(r).copied().flatten());
+        // Count and distinct hits that an older build left waiting for the watermark go to
+        // their windows now (they fire early).
+        let states = &self.states;
+        let early = |r: usize| {
+            states
+                .get(r)
+                .and_then(|s| s.window.as_ref())
+                .is_some_and(RuleWindow::fires_early)
+        };
+        let waiting = self.reorder.take_rules(early);
+        let mut out = std::mem::take(&mut self.restored);
+        for (rule, hit) in waiting {
+            self.apply_hit(rule, hit, &mut out);
+        }
+        self.restored = out;
         self.dedup.restore(snap.dedup, |r| {
             map.get(r as usize).copied().flatten().map(|i| i as u32)
         });
@@ -503,23 +638,28 @@ impl Engine {
 
     /// Evaluates one event; alerts go to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Alert>) {
+        out.append(&mut self.restored);
         self.stats.events += 1;
         let time = match ev.time {
             Some(t) => {
-                let before = self.reorder.watermark();
-                self.reorder.observe(t);
+                if t < self.clock.watermark() {
+                    self.count_late(ev, t);
+                }
                 // Silences that ended before this event's watermark fire first, before the
                 // event itself counts as a sign of life.
-                if self.reorder.watermark() > before {
-                    self.fire_absences(self.reorder.watermark(), out);
+                if self.clock.observe(t) {
+                    self.release(out);
+                    self.fire_absences(self.clock.watermark(), out);
+                    self.housekeeping(self.clock.watermark());
                 }
                 t
             }
             None => {
                 self.stats.events_without_time += 1;
-                self.reorder.newest().max(EventTime(0))
+                self.clock.newest().max(EventTime(0))
             }
         };
+        let watermark = self.clock.watermark();
         let rules = Arc::clone(&self.rules);
         let verb = ev.verb.as_str();
         let class = code_class(ev);
@@ -593,22 +733,44 @@ impl Engine {
                 .as_ref()
                 .map(|s| s.capture(ev))
                 .unwrap_or_default();
-            match &rule.window {
-                None => {
-                    let Some(swallowed) = state.admit(&key, time) else {
-                        continue;
-                    };
-                    let summary = match &rule.summary {
-                        Some(_) => None,
-                        None => Some(default_summary(ev)),
-                    };
-                    let firing = Firing {
+            match (&rule.window, state.window.as_mut()) {
+                (None, window) => {
+                    let single = |key, captured| Firing {
                         key,
                         count: 1,
                         first_seen: time,
                         last_seen: time,
                         events: vec![EventRef::of(ev, time)],
                         captured,
+                        suppressed: 0,
+                    };
+                    let firing = match window {
+                        None => Some(single(key, captured)),
+                        // Too late for the throttle's run: muted if the key's settled mute
+                        // covers it, else an alert (lateness is no reason to miss one).
+                        Some(window) if time < watermark => {
+                            if window.late_hit_muted(&key, time) {
+                                state.stats.throttled += 1;
+                                None
+                            } else {
+                                Some(single(key, captured))
+                            }
+                        }
+                        Some(window) => window.on_hit(Hit {
+                            time,
+                            key,
+                            event: EventRef::of(ev, time),
+                            distinct: None,
+                            steps: 0,
+                            captured,
+                        }),
+                    };
+                    let Some(firing) = firing else { continue };
+                    state.stats.alerts += 1;
+                    state.stats.throttled += firing.suppressed;
+                    let summary = match &rule.summary {
+                        Some(_) => None,
+                        None => Some(default_summary(ev)),
                     };
                     let severity = rule
                         .severity_when
@@ -620,21 +782,22 @@ impl Engine {
                         &rules,
                         (AlertKind::Event, severity),
                         firing,
-                        swallowed,
                         summary,
                     ));
                 }
-                Some(WindowSpec::Absence { .. }) => {
+                (Some(WindowSpec::Absence { .. }), Some(window)) => {
                     // Absence keeps only the newest time per key (a max: arrival order does not
                     // matter), so it skips the reorder buffer.
-                    if let Some(window) = state.window.as_mut() {
-                        window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
-                    }
+                    window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
                     for (at, firing) in self.firings.drain(..) {
                         emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
                     }
                 }
-                Some(spec) => {
+                (Some(spec), Some(window)) => {
+                    if time < watermark {
+                        state.stats.late += 1;
+                        continue;
+                    }
                     let distinct = match spec {
                         WindowSpec::Distinct { field, .. } => {
                             Some(field.resolve(ev).to_key_string().into_boxed_str())
@@ -658,48 +821,63 @@ impl Engine {
                         steps,
                         captured,
                     };
-                    if !self.reorder.push(idx as usize, hit) {
-                        state.stats.late += 1;
+                    if !window.fires_early() {
+                        self.reorder.push(idx as usize, hit);
+                    } else if let Some(firing) = window.on_hit(hit) {
+                        emit_fired(rule, &rules, state, window_kind(spec), firing, out);
                     }
                 }
+                (Some(_), None) => {}
             }
         }
-        self.release(out);
+    }
+
+    /// Counts an event that arrived older than the watermark (and keeps a few to name).
+    fn count_late(&mut self, ev: &AuditEvent<'_>, time: EventTime) {
+        self.stats.late_events += 1;
+        self.late.0 += 1;
+        if self.late.1.len() < LATE_SAMPLES {
+            self.late.1.push(LateEvent {
+                audit_id: ev.audit_id.to_string(),
+                time,
+                watermark: self.clock.watermark(),
+            });
+        }
     }
 
     /// Moves event time forward without an event (a live source's clock tick), so windows
     /// close and absence rules fire while the stream is quiet.
     pub fn advance_watermark(&mut self, to: EventTime, out: &mut Vec<Alert>) {
-        self.reorder.advance_to(to);
+        out.append(&mut self.restored);
+        self.clock.advance_to(to);
         self.release(out);
-        let watermark = self.reorder.watermark();
+        let watermark = self.clock.watermark();
         self.fire_absences(watermark, out);
+        self.housekeeping(watermark);
     }
 
     /// End of input: releases every pending hit and fires what is due at the newest event time.
     /// Absence rules do not fire for the silence after the end of a file.
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
-        self.drain_pending(out);
-        let newest = self.reorder.newest();
+        out.append(&mut self.restored);
+        while let Some((rule, hit)) = self.reorder.pop_any() {
+            // The watermark follows, so a hit older than one released this way is late.
+            self.clock.advance_to(hit.time);
+            self.apply_hit(rule, hit, out);
+        }
+        let newest = self.clock.newest();
         self.fire_absences(newest, out);
     }
 
-    fn drain_pending(&mut self, out: &mut Vec<Alert>) {
-        while let Some((rule, hit)) = self.reorder.pop_any() {
-            self.apply_hit(rule, hit, out);
-        }
-    }
-
+    /// Releases the sequence hits the watermark has passed, in time order, each after the
+    /// absence deadlines that passed before it. Deadlines up to the watermark itself are the
+    /// caller's to fire: `process` fires them before applying its event.
     fn release(&mut self, out: &mut Vec<Alert>) {
-        while let Some((rule, hit)) = self.reorder.pop_ready() {
-            let time = hit.time;
-            // Absence deadlines that passed before this hit fire first, in time order.
-            self.fire_absences(time, out);
+        let watermark = self.clock.watermark();
+        while let Some((rule, hit)) = self.reorder.pop_ready(watermark) {
+            self.fire_absences(hit.time, out);
             self.apply_hit(rule, hit, out);
         }
-        // Deadlines up to the watermark itself: `process` fires them before applying its
-        // event, `advance_watermark` after releasing.
-        self.housekeeping(self.reorder.watermark());
     }
 
     fn apply_hit(&mut self, idx: usize, hit: Hit, out: &mut Vec<Alert>) {
@@ -711,12 +889,8 @@ impl Engine {
             return;
         };
         if let Some(firing) = window.on_hit(hit) {
-            let kind = match window.spec() {
-                WindowSpec::Distinct { .. } => AlertKind::Distinct,
-                WindowSpec::Sequence { .. } => AlertKind::Sequence,
-                _ => AlertKind::Count,
-            };
-            emit(rule, &rules, state, kind, firing.last_seen, firing, out);
+            let kind = window_kind(window.spec());
+            emit_fired(rule, &rules, state, kind, firing, out);
         }
     }
 
@@ -756,29 +930,60 @@ impl Engine {
                 t.expire(watermark);
             }
         }
-        self.dedup.expire(self.reorder.newest());
+        self.dedup.expire(self.clock.newest());
     }
 }
 
+/// The alert kind of a window's firing.
+fn window_kind(spec: &WindowSpec) -> AlertKind {
+    match spec {
+        WindowSpec::Distinct { .. } => AlertKind::Distinct,
+        WindowSpec::Sequence { .. } => AlertKind::Sequence,
+        WindowSpec::Absence { .. } => AlertKind::Absence,
+        WindowSpec::Count { .. } => AlertKind::Count,
+    }
+}
+
+/// An absence firing: through the rule's throttle.
 fn emit(
     rule: &Rule,
     rules: &RuleSet,
     state: &mut RuleState,
     kind: AlertKind,
     at: EventTime,
-    firing: Firing,
+    mut firing: Firing,
     out: &mut Vec<Alert>,
 ) {
     if let Some(swallowed) = state.admit(&firing.key, at) {
+        firing.suppressed = swallowed;
         out.push(build_alert(
             rule,
             rules,
             (kind, rule.severity),
             firing,
-            swallowed,
             None,
         ));
     }
+}
+
+/// A count, distinct or sequence firing (its throttle was applied in the window, as a mute).
+fn emit_fired(
+    rule: &Rule,
+    rules: &RuleSet,
+    state: &mut RuleState,
+    kind: AlertKind,
+    firing: Firing,
+    out: &mut Vec<Alert>,
+) {
+    state.stats.alerts += 1;
+    state.stats.throttled += firing.suppressed;
+    out.push(build_alert(
+        rule,
+        rules,
+        (kind, rule.severity),
+        firing,
+        None,
+    ));
 }
 
 /// Per rule: whether its match block or condition reads `requestObject`/`responseObject`

@@ -2,6 +2,8 @@ use super::*;
 use crate::event::decode_event;
 use crate::rules::{LoadOptions, Severity, load_str};
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+use std::collections::BTreeMap;
 
 fn engine(rules: &str) -> Engine {
     engine_with(rules, EngineOptions::default())
@@ -192,11 +194,12 @@ fn burst_fires_once_then_throttles_and_reports_swallowed() {
         "5 matching requests within 5m for user.username=mallory"
     );
     assert_eq!(
-        alerts[1].suppressed, 2,
-        "f5-f9 and f10-f14 fired inside the throttle"
+        alerts[1].suppressed, 10,
+        "f5-f14 came inside the throttle's mute"
     );
+    assert_eq!(alerts[1].audit_ids, ["g0", "g1", "g2", "g3", "g4"]);
     let stats: Vec<_> = e.rule_stats().map(|(_, s)| s).collect();
-    assert_eq!((stats[0].alerts, stats[0].throttled), (2, 2));
+    assert_eq!((stats[0].alerts, stats[0].throttled), (2, 10));
 }
 
 #[test]
@@ -350,12 +353,15 @@ fn late_hits_are_dropped_and_counted() {
     let alerts = feed(
         &mut e,
         &[
-            line("a", 100, "get", "m", "pods", 403, "ResponseComplete"),
+            line("a", 200, "get", "m", "pods", 403, "ResponseComplete"),
             line("b", 90, "get", "m", "pods", 403, "ResponseComplete"),
         ],
     );
     assert!(alerts.is_empty());
     assert_eq!(e.stats().late_hits, 1);
+    assert_eq!(e.stats().late_events, 1);
+    let (count, named) = e.take_late();
+    assert_eq!((count, named[0].audit_id.as_str()), (1, "b"));
     assert_eq!(e.rule_stats().next().map(|(_, s)| s.late), Some(1));
 }
 
@@ -397,72 +403,234 @@ fn reload_keeps_state_of_unchanged_rules_only() {
     assert!(alerts.is_empty(), "a changed rule starts empty");
 }
 
-/// The brute-force oracle: for each event in time order, recount the key's events within
-/// `over` since its last firing; fire at the threshold.
-fn oracle(events: &[(i64, u8)], over: i64, threshold: usize) -> Vec<(u8, i64, i64, usize)> {
-    let mut sorted: Vec<(i64, usize, u8)> = events
+/// The brute-force oracle of the time-ordered run (docs/rules.md): per key, walk the events in
+/// (time, auditID) order; one inside a throttle mute is skipped; the others join the group,
+/// which keeps those within `over` of the newest; at `threshold` the window fires (first, last,
+/// count, values), empties, and mutes the key for `mute`. A value of `None` counts requests;
+/// `Some` counts distinct values.
+#[allow(clippy::type_complexity)]
+fn oracle(
+    events: &[(i64, u8, u8)],
+    (over, threshold, distinct, mute): (i64, usize, bool, Option<i64>),
+) -> Vec<(u8, i64, i64, usize)> {
+    let mut sorted: Vec<(i64, usize, u8, u8)> = events
         .iter()
         .enumerate()
-        .map(|(i, (t, k))| (*t, i, *k))
+        .map(|(i, (t, k, v))| (*t, i, *k, *v))
         .collect();
     sorted.sort();
-    let mut last_fire: HashMap<u8, usize> = HashMap::new();
     let mut fired = Vec::new();
-    for (pos, (t, _, k)) in sorted.iter().enumerate() {
-        let start = last_fire.get(k).map_or(0, |p| p + 1);
-        let window: Vec<i64> = sorted[start..=pos]
-            .iter()
-            .filter(|(t2, _, k2)| k2 == k && t - t2 <= over)
-            .map(|(t2, _, _)| *t2)
-            .collect();
-        if window.len() >= threshold {
-            fired.push((*k, window[0], *t, window.len()));
-            last_fire.insert(*k, pos);
+    for key in 0..=u8::MAX {
+        let mut group: Vec<(i64, u8)> = Vec::new();
+        let mut muted_until = i64::MIN;
+        for &(t, _, k, v) in &sorted {
+            if k != key {
+                continue;
+            }
+            if t < muted_until {
+                continue;
+            }
+            group.retain(|(t2, _)| t - t2 <= over);
+            group.push((t, v));
+            let size = if distinct {
+                group
+                    .iter()
+                    .map(|(_, v)| *v)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+            } else {
+                group.len()
+            };
+            if size >= threshold {
+                fired.push((key, group[0].0, t, size));
+                group.clear();
+                muted_until = mute.map_or(i64::MIN, |m| t + m);
+            }
         }
     }
     fired
 }
 
+/// Per key, how many alerts the oracle gives.
+fn per_key(fired: &[(u8, i64, i64, usize)]) -> BTreeMap<u8, usize> {
+    let mut n = BTreeMap::new();
+    for f in fired {
+        *n.entry(f.0).or_default() += 1;
+    }
+    n
+}
+
+/// Events (time, key, value) with gaps, keys and values from the strategy, and an arrival
+/// order in which none comes more than 30 s (the lateness) after a newer one.
+fn shuffled(
+    gaps: &[i64],
+    keys: &[u8],
+    values: &[u8],
+    jitter: &[i64],
+) -> (Vec<(i64, u8, u8)>, Vec<usize>) {
+    let mut t = 0;
+    let events: Vec<(i64, u8, u8)> = gaps
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            t += g;
+            (t, keys[i], values[i])
+        })
+        .collect();
+    let mut arrival: Vec<usize> = (0..events.len()).collect();
+    arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
+    (events, arrival)
+}
+
+/// Feeds `arrival` one event at a time; after each, checks that the alerts so far per key are
+/// exactly the oracle's firings over the events in hand (early firing: an alert leaves with the
+/// request that completes it, never later, and none is taken back). Returns every alert.
+fn feed_checking_early(
+    rules: &str,
+    events: &[(i64, u8, u8)],
+    arrival: &[usize],
+    run: (i64, usize, bool, Option<i64>),
+) -> Result<Vec<Alert>, TestCaseError> {
+    let mut e = engine_with(
+        rules,
+        EngineOptions {
+            lateness: Span::from_secs(30),
+            ..EngineOptions::default()
+        },
+    );
+    let mut alerts = Vec::new();
+    let mut in_hand = Vec::new();
+    for &i in arrival {
+        let (time, key, value) = events[i];
+        let l = line(
+            &format!("id{i:04}"),
+            time,
+            "get",
+            &format!("u{key}"),
+            "secrets",
+            200,
+            "ResponseComplete",
+        )
+        .replace(
+            &format!("\"name\":\"obj-id{i:04}\""),
+            &format!("\"name\":\"s{value}\""),
+        );
+        let ev = decode_event(&l).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        e.process(&ev, &mut alerts);
+        in_hand.push(events[i]);
+        let mut got: BTreeMap<u8, usize> = BTreeMap::new();
+        for a in &alerts {
+            let k: u8 = a.group.0[0].1[1..].parse().unwrap_or(u8::MAX);
+            *got.entry(k).or_default() += 1;
+        }
+        prop_assert_eq!(
+            &got,
+            &per_key(&oracle(&in_hand, run)),
+            "after {} events",
+            in_hand.len()
+        );
+    }
+    e.finish(&mut alerts);
+    prop_assert_eq!(e.stats().late_hits, 0);
+    Ok(alerts)
+}
+
+/// (key, first_seen, last_seen, count) of alerts, in seconds after the test epoch.
+fn summarize(alerts: &[Alert]) -> Vec<(u8, i64, i64, usize)> {
+    let mut got: Vec<(u8, i64, i64, usize)> = alerts
+        .iter()
+        .map(|a| {
+            let k: u8 = a.group.0[0].1[1..].parse().unwrap_or(u8::MAX);
+            let secs = |t: EventTime| t.0 / 1_000_000_000 - 1_700_000_000;
+            (k, secs(a.first_seen), secs(a.last_seen), a.count as usize)
+        })
+        .collect();
+    got.sort();
+    got
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// A sliding count window agrees with a brute-force recount for any arrival order in which
-    /// no event comes more than the lateness after a newer one.
+    /// Count windows fire early and agree with the brute-force run: for any arrival order in
+    /// which no event comes more than the lateness after a newer one, the alerts per key after
+    /// every event are the oracle's over the events in hand; each alert is a real group
+    /// (`threshold` requests of its key within `over`); in time order the alerts are exactly
+    /// the oracle's. With or without a throttle.
     #[test]
-    fn count_window_matches_brute_force_under_bounded_disorder(
+    fn count_window_fires_early_and_matches_brute_force_under_bounded_disorder(
         gaps in prop::collection::vec(1i64..40, 1..120),
         keys in prop::collection::vec(0u8..3, 120),
         jitter in prop::collection::vec(0i64..=30, 120),
         threshold in 2usize..5,
         over in 20i64..120,
+        throttle in prop::option::of(10i64..200),
     ) {
-        let lateness = 30;
-        let mut t = 0;
-        let events: Vec<(i64, u8)> = gaps.iter().zip(&keys).map(|(g, k)| { t += g; (t, *k) }).collect();
-        // Arrival order: sort by time + jitter (jitter ≤ lateness keeps every event in bound).
-        let mut arrival: Vec<usize> = (0..events.len()).collect();
-        arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
+        let (events, arrival) = shuffled(&gaps, &keys, &[0; 120], &jitter);
+        let throttle_line = throttle.map_or(String::new(), |t| format!("    throttle: {t}s\n"));
         let rules = format!(
-            "rules:\n  - name: w\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, group_by: [user.username] }}\n"
+            "rules:\n  - name: w\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, group_by: [user.username] }}\n{throttle_line}"
         );
-        let mut e = engine_with(&rules, EngineOptions { lateness: Span::from_secs(lateness), ..EngineOptions::default() });
-        let lines: Vec<String> = arrival
-            .iter()
-            .map(|&i| line(&format!("id{i:04}"), events[i].0, "get", &format!("u{}", events[i].1), "pods", 200, "ResponseComplete"))
-            .collect();
-        let alerts = feed(&mut e, &lines);
-        prop_assert_eq!(e.stats().late_hits, 0);
-        let mut got: Vec<(u8, i64, i64, usize)> = alerts
-            .iter()
-            .map(|a| {
-                let k: u8 = a.group.0[0].1[1..].parse().unwrap();
-                ((k), (a.first_seen.0 / 1_000_000_000) - 1_700_000_000, (a.last_seen.0 / 1_000_000_000) - 1_700_000_000, a.count as usize)
-            })
-            .collect();
-        let mut want = oracle(&events, over, threshold);
-        got.sort();
+        let run = (over, threshold, false, throttle);
+        let alerts = feed_checking_early(&rules, &events, &arrival, run)?;
+        for a in &alerts {
+            prop_assert_eq!(a.count as usize, threshold);
+            prop_assert!(a.last_seen.0 - a.first_seen.0 <= Span::from_secs(over).0);
+            let key = a.group.0[0].1.clone();
+            for id in &a.audit_ids {
+                let i: usize = id[2..].parse().unwrap_or(usize::MAX);
+                prop_assert_eq!(format!("u{}", events[i].1), key.clone());
+            }
+        }
+        let in_order: Vec<usize> = (0..events.len()).collect();
+        let alerts = feed_checking_early(&rules, &events, &in_order, run)?;
+        prop_assert_eq!(summarize(&alerts), { let mut w = oracle(&events, run); w.sort(); w });
+    }
+
+    /// Distinct-count windows: the same, counting distinct values.
+    #[test]
+    fn distinct_window_fires_early_and_matches_brute_force_under_bounded_disorder(
+        gaps in prop::collection::vec(1i64..30, 1..120),
+        keys in prop::collection::vec(0u8..2, 120),
+        values in prop::collection::vec(0u8..6, 120),
+        jitter in prop::collection::vec(0i64..=30, 120),
+        threshold in 2usize..5,
+        over in 20i64..150,
+        throttle in prop::option::of(10i64..200),
+    ) {
+        let (events, arrival) = shuffled(&gaps, &keys, &values, &jitter);
+        let throttle_line = throttle.map_or(String::new(), |t| format!("    throttle: {t}s\n"));
+        let rules = format!(
+            "rules:\n  - name: d\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, distinct: objectRef.name, group_by: [user.username] }}\n{throttle_line}"
+        );
+        let run = (over, threshold, true, throttle);
+        let alerts = feed_checking_early(&rules, &events, &arrival, run)?;
+        for a in &alerts {
+            prop_assert_eq!(a.count as usize, threshold);
+            prop_assert!(a.last_seen.0 - a.first_seen.0 <= Span::from_secs(over).0);
+        }
+        let in_order: Vec<usize> = (0..events.len()).collect();
+        let alerts = feed_checking_early(&rules, &events, &in_order, run)?;
+        let got: Vec<(u8, i64, usize)> = summarize(&alerts).into_iter().map(|(k, _, l, c)| (k, l, c)).collect();
+        let mut want: Vec<(u8, i64, usize)> = oracle(&events, run).into_iter().map(|(k, _, l, c)| (k, l, c)).collect();
         want.sort();
         prop_assert_eq!(got, want);
+    }
+
+    /// A throttled plain rule: every request is a firing; after an alert the key is muted.
+    /// Its alerts per key match the oracle after every event, in any bounded arrival order.
+    #[test]
+    fn throttled_plain_rule_is_order_independent(
+        gaps in prop::collection::vec(1i64..40, 1..120),
+        keys in prop::collection::vec(0u8..3, 120),
+        jitter in prop::collection::vec(0i64..=30, 120),
+        throttle in 10i64..300,
+    ) {
+        let (events, arrival) = shuffled(&gaps, &keys, &[0; 120], &jitter);
+        let rules = format!(
+            "rules:\n  - name: p\n    severity: low\n    match: {{ verbs: [get] }}\n    group_by: [user.username]\n    throttle: {throttle}s\n"
+        );
+        feed_checking_early(&rules, &events, &arrival, (0, 1, false, Some(throttle)))?;
     }
 }
 
@@ -574,81 +742,6 @@ fn response_code_classes_only_narrow_candidates() {
     assert_eq!(classes[1], [false, true, true, true, false, false, false]);
     assert_eq!(classes[2], [false, false, false, false, false, false, true]);
     assert_eq!(classes[3], [true; CODE_CLASSES]);
-}
-
-/// Brute-force oracle for distinct-count windows: for each event in time order, the distinct
-/// values of its key within `over` since the key's last firing; fire at the threshold.
-fn distinct_oracle(events: &[(i64, u8, u8)], over: i64, threshold: usize) -> Vec<(u8, i64, usize)> {
-    let mut sorted: Vec<(i64, usize, u8, u8)> = events
-        .iter()
-        .enumerate()
-        .map(|(i, (t, k, v))| (*t, i, *k, *v))
-        .collect();
-    sorted.sort();
-    let mut last_fire: HashMap<u8, usize> = HashMap::new();
-    let mut fired = Vec::new();
-    for (pos, (t, _, k, _)) in sorted.iter().enumerate() {
-        let start = last_fire.get(k).map_or(0, |p| p + 1);
-        let values: std::collections::BTreeSet<u8> = sorted[start..=pos]
-            .iter()
-            .filter(|(t2, _, k2, _)| k2 == k && t - t2 <= over)
-            .map(|(_, _, _, v)| *v)
-            .collect();
-        if values.len() >= threshold {
-            fired.push((*k, *t, values.len()));
-            last_fire.insert(*k, pos);
-        }
-    }
-    fired
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    /// A distinct-count window agrees with a brute-force recount under bounded disorder.
-    #[test]
-    fn distinct_window_matches_brute_force_under_bounded_disorder(
-        gaps in prop::collection::vec(1i64..30, 1..120),
-        keys in prop::collection::vec(0u8..2, 120),
-        values in prop::collection::vec(0u8..6, 120),
-        jitter in prop::collection::vec(0i64..=30, 120),
-        threshold in 2usize..5,
-        over in 20i64..150,
-    ) {
-        let mut t = 0;
-        let events: Vec<(i64, u8, u8)> = gaps
-            .iter()
-            .enumerate()
-            .map(|(i, g)| { t += g; (t, keys[i], values[i]) })
-            .collect();
-        let mut arrival: Vec<usize> = (0..events.len()).collect();
-        arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
-        let rules = format!(
-            "rules:\n  - name: d\n    severity: low\n    window: {{ over: {over}s, threshold: {threshold}, distinct: objectRef.name, group_by: [user.username] }}\n"
-        );
-        let mut e = engine_with(&rules, EngineOptions { lateness: Span::from_secs(30), ..EngineOptions::default() });
-        let lines: Vec<String> = arrival
-            .iter()
-            .map(|&i| {
-                let (time, key, value) = events[i];
-                line(&format!("id{i:04}"), time, "get", &format!("u{key}"), "secrets", 200, "ResponseComplete")
-                    .replace(&format!("\"name\":\"obj-id{i:04}\""), &format!("\"name\":\"s{value}\""))
-            })
-            .collect();
-        let alerts = feed(&mut e, &lines);
-        prop_assert_eq!(e.stats().late_hits, 0);
-        let mut got: Vec<(u8, i64, usize)> = alerts
-            .iter()
-            .map(|a| {
-                let k: u8 = a.group.0[0].1[1..].parse().unwrap();
-                (k, (a.last_seen.0 / 1_000_000_000) - 1_700_000_000, a.count as usize)
-            })
-            .collect();
-        let mut want = distinct_oracle(&events, over, threshold);
-        got.sort();
-        want.sort();
-        prop_assert_eq!(got, want);
-    }
 }
 
 const STATEFUL: &str = r#"

@@ -97,11 +97,11 @@ impl<'de> serde::Deserialize<'de> for EventTime {
 pub struct Span(pub i64);
 
 impl Span {
-    pub fn from_secs(secs: i64) -> Span {
+    pub const fn from_secs(secs: i64) -> Span {
         Span(secs.saturating_mul(1_000_000_000))
     }
 
-    pub fn from_millis(ms: i64) -> Span {
+    pub const fn from_millis(ms: i64) -> Span {
         Span(ms.saturating_mul(1_000_000))
     }
 

@@ -1,10 +1,11 @@
 //! Keyed sliding windows in event time.
 //!
-//! The engine hands each windowed rule's matching requests ("hits") to a [`ReorderBuffer`],
-//! which releases them in event-time order once the watermark (newest event time seen minus the
-//! allowed lateness) has passed them. The windows therefore always see time-ordered input, and
-//! the alerts they produce are the same for any arrival order within the lateness bound.
-//! A hit older than the watermark when it arrives is late: it is dropped and counted.
+//! Count and distinct-count windows fire on the requests in hand, as soon as they reach the
+//! threshold ([`early`] says why that is safe and what it guarantees). Sequence windows need
+//! their requests in time order: the engine hands their matching requests ("hits") to a
+//! [`ReorderBuffer`], which releases them once the watermark (event time minus the allowed
+//! lateness) has passed them. Absence windows only keep the newest time per key (any order).
+//! A hit older than the watermark when it arrives is late: it is counted and left out.
 //!
 //! Semantics, per group key (the rule's `group_by` values):
 //! - **count**: fire when `threshold` hits lie within `over` (first to last, inclusive). The
@@ -17,13 +18,18 @@
 //!   Ordered, fire when hits of every step follow each other in step order within `over`
 //!   (equal times count in release order); one request advances at most one step of a partial
 //!   match. The window then restarts.
-//! - **throttle** (any rule): at most one alert per key per period; swallowed firings are
-//!   counted and reported on the next alert.
+//! - **throttle**: after an alert the key is muted for the period: its requests in that time
+//!   neither alert nor count towards the next alert; the next alert reports how many there
+//!   were. (Absence rules, which fire on silence, are throttled by [`Throttle`]: at most one
+//!   alert per key per period.)
 //!
 //! State is bounded: at most `max_keys` keys per rule (the least recently updated key is
-//! evicted and counted, in amortised constant time: see [`evict`]), and a count window never
-//! holds more than `threshold - 1` hits. Throttles are bounded by the same number of keys.
+//! evicted and counted, in amortised constant time: see [`evict`]), and at most `max_held`
+//! requests held by a rule's early windows (past it, the key at hand is settled at once and
+//! counted as forced).
 
+mod clock;
+mod early;
 mod evict;
 mod reorder;
 
@@ -33,6 +39,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use clock::{EventClock, MAX_SOURCES};
+use early::{EarlyState, Held, Params};
 use evict::OldestKeys;
 pub use reorder::{Hit, ReorderBuffer, ReorderSnapshot};
 
@@ -58,6 +66,8 @@ pub struct Firing {
     /// The contributing requests, oldest first (at most the alert's cap are kept).
     pub events: Vec<EventRef>,
     pub captured: Captured,
+    /// Requests muted by the throttle since the key's previous alert.
+    pub suppressed: u64,
 }
 
 impl Firing {
@@ -75,15 +85,18 @@ impl Firing {
             last_seen,
             events,
             captured,
+            suppressed: 0,
         }
     }
 }
 
+/// A count window's key before early firing (read from older snapshots).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CountState {
     hits: VecDeque<EventRef>,
 }
 
+/// A distinct window's key before early firing (read from older snapshots).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct DistinctState {
     /// Hits in time order (value, request); may hold stale entries for values seen again later.
@@ -120,6 +133,15 @@ struct SequenceState {
     /// Per step. Unordered: the step's newest hit. Ordered: the partial match that completed
     /// this step and started latest (so it expires last), as its hits oldest first.
     slots: Vec<Option<Vec<EventRef>>>,
+    /// The throttle's mute after the last firing, and the requests it muted.
+    #[serde(default = "no_mute")]
+    muted_until: EventTime,
+    #[serde(default)]
+    suppressed: u64,
+}
+
+fn no_mute() -> EventTime {
+    EventTime::MIN
 }
 
 impl SequenceState {
@@ -206,12 +228,15 @@ impl SequenceState {
     }
 }
 
+/// A key's state. `Count` and `Distinct` are how snapshots written before early firing hold
+/// those windows; they are read, and turned into `Early` on restore.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyState {
     Count(CountState),
     Distinct(DistinctState),
     Absence(AbsenceState),
     Sequence(SequenceState),
+    Early(EarlyState),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -220,32 +245,76 @@ struct Entry {
     updated: EventTime,
 }
 
+/// Bounds on one rule's window state.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Keys; beyond it the least recently updated key is evicted.
+    pub max_keys: usize,
+    /// Requests held by early windows over all keys; beyond it the key at hand is settled.
+    pub max_held: usize,
+}
+
 /// One rule's window state over all its keys.
 #[derive(Debug)]
 pub struct RuleWindow {
     spec: WindowSpec,
+    /// The rule's throttle period.
+    mute: Option<Span>,
+    /// How an early window runs (count and distinct windows, and throttled plain rules).
+    early: Option<Params>,
     keys: HashMap<GroupKey, Entry>,
-    max_keys: usize,
+    limits: Limits,
     /// Absence deadlines (deadline, key), at most one per key; a popped deadline that the key
     /// has moved past since is pushed again with the key's current deadline.
     deadlines: BinaryHeap<Reverse<(EventTime, GroupKey)>>,
     /// Which key goes next when `max_keys` is reached.
     oldest: OldestKeys,
+    /// Requests held by early windows.
+    held: usize,
     pub evicted: u64,
+    /// Keys settled before the watermark because `max_held` was reached.
+    pub forced: u64,
 }
 
 /// Cap on the number of audit IDs an alert carries.
 const MAX_IDS: usize = crate::alert::MAX_AUDIT_IDS;
 
 impl RuleWindow {
-    pub fn new(spec: WindowSpec, max_keys: usize) -> RuleWindow {
+    /// A window for `spec`, muted for `throttle` after each alert. A plain rule with a throttle
+    /// gets one too: a count of one (`WindowSpec::Count` with threshold 1), so its throttle
+    /// has the same semantics under any arrival order.
+    pub fn new(spec: WindowSpec, throttle: Option<Span>, limits: Limits) -> RuleWindow {
+        let early = match &spec {
+            WindowSpec::Count { over, threshold } => Some(Params {
+                over: *over,
+                threshold: (*threshold).max(1),
+                distinct: false,
+                mute: throttle,
+            }),
+            WindowSpec::Distinct {
+                over, threshold, ..
+            } => Some(Params {
+                over: *over,
+                threshold: (*threshold).max(1),
+                distinct: true,
+                mute: throttle,
+            }),
+            _ => None,
+        };
         RuleWindow {
             spec,
+            mute: throttle,
+            early,
             keys: HashMap::default(),
-            max_keys: max_keys.max(1),
+            limits: Limits {
+                max_keys: limits.max_keys.max(1),
+                max_held: limits.max_held.max(1),
+            },
             deadlines: BinaryHeap::new(),
             oldest: OldestKeys::default(),
+            held: 0,
             evicted: 0,
+            forced: 0,
         }
     }
 
@@ -258,9 +327,19 @@ impl RuleWindow {
         &self.spec
     }
 
-    /// The window's state, for a snapshot (keys sorted, so equal states serialize equally).
-    /// A copy of the state, in no particular order: [`WindowSnapshot::canonicalize`] sorts
-    /// it, which the daemon does off the engine thread.
+    /// Whether hits go straight to the window ([`RuleWindow::on_hit`] at any time at or after
+    /// the watermark) rather than through the reorder buffer.
+    pub fn fires_early(&self) -> bool {
+        self.early.is_some()
+    }
+
+    /// Requests held by early windows.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// A copy of the window's state, in no particular order: [`WindowSnapshot::canonicalize`]
+    /// sorts it, which the daemon does off the engine thread.
     pub fn snapshot(&self) -> WindowSnapshot {
         let keys: Vec<(GroupKey, Entry)> = self
             .keys
@@ -277,20 +356,60 @@ impl RuleWindow {
     }
 
     /// Rebuilds a window from a snapshot taken of a window with the same spec. Keys whose
-    /// state does not fit the spec are dropped.
-    pub fn restore(spec: WindowSpec, max_keys: usize, snap: WindowSnapshot) -> RuleWindow {
-        let mut w = RuleWindow::new(spec, max_keys);
-        for (key, entry) in snap.keys {
-            let fits = matches!(
-                (&w.spec, &entry.state),
-                (WindowSpec::Count { .. }, KeyState::Count(_))
-                    | (WindowSpec::Distinct { .. }, KeyState::Distinct(_))
-                    | (WindowSpec::Absence { .. }, KeyState::Absence(_))
-            ) || matches!(
-                (&w.spec, &entry.state),
-                (WindowSpec::Sequence { steps, .. }, KeyState::Sequence(st)) if st.slots.len() == steps.len()
-            );
-            if fits && w.keys.len() < w.max_keys {
+    /// state does not fit the spec are dropped; count and distinct keys written before early
+    /// firing become early keys holding their group in progress.
+    pub fn restore(
+        spec: WindowSpec,
+        throttle: Option<Span>,
+        limits: Limits,
+        snap: WindowSnapshot,
+    ) -> RuleWindow {
+        let mut w = RuleWindow::new(spec, throttle, limits);
+        for (key, mut entry) in snap.keys {
+            let state = match (&w.spec, w.early, entry.state) {
+                (_, Some(p), KeyState::Early(mut st)) => {
+                    st.rebuild(&p);
+                    Some(KeyState::Early(st))
+                }
+                (WindowSpec::Count { .. }, Some(p), KeyState::Count(st)) => {
+                    Some(KeyState::Early(EarlyState::from_group(
+                        &p,
+                        st.hits.into_iter().map(|event| Held {
+                            event,
+                            distinct: None,
+                            captured: Captured::default(),
+                        }),
+                    )))
+                }
+                (WindowSpec::Distinct { .. }, Some(p), KeyState::Distinct(st)) => {
+                    let latest = st.latest;
+                    Some(KeyState::Early(EarlyState::from_group(
+                        &p,
+                        st.hits
+                            .into_iter()
+                            .filter(|(v, h)| latest.get(v) == Some(&h.time))
+                            .map(|(value, event)| Held {
+                                event,
+                                distinct: Some(value),
+                                captured: Captured::default(),
+                            }),
+                    )))
+                }
+                (WindowSpec::Absence { .. }, _, st @ KeyState::Absence(_)) => Some(st),
+                (WindowSpec::Sequence { steps, .. }, _, KeyState::Sequence(st))
+                    if st.slots.len() == steps.len() =>
+                {
+                    Some(KeyState::Sequence(st))
+                }
+                _ => None,
+            };
+            if let Some(state) = state
+                && w.keys.len() < w.limits.max_keys
+            {
+                if let KeyState::Early(st) = &state {
+                    w.held += st.len();
+                }
+                entry.state = state;
                 w.keys.insert(key, entry);
             }
         }
@@ -309,22 +428,18 @@ impl RuleWindow {
         self.keys.len()
     }
 
-    /// Applies one hit (in event-time order). Returns a firing if the window fired.
+    /// Applies one hit: for an early window, any hit at or after the watermark in any order;
+    /// otherwise hits in event-time order. Returns a firing if the window fired.
     pub fn on_hit(&mut self, hit: Hit) -> Option<Firing> {
-        if self.keys.len() >= self.max_keys && !self.keys.contains_key(&hit.key) {
+        if self.keys.len() >= self.limits.max_keys && !self.keys.contains_key(&hit.key) {
             self.evict_oldest();
         }
         // Borrowed, not cloned: this runs for every hit (a distinct spec holds a String).
         let spec = &self.spec;
+        let early = self.early;
         let entry = self.keys.entry(hit.key.clone()).or_insert_with(|| Entry {
             state: match spec {
-                WindowSpec::Count { .. } => KeyState::Count(CountState {
-                    hits: VecDeque::new(),
-                }),
-                WindowSpec::Distinct { .. } => KeyState::Distinct(DistinctState {
-                    hits: VecDeque::new(),
-                    latest: HashMap::default(),
-                }),
+                _ if early.is_some() => KeyState::Early(EarlyState::default()),
                 WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
                     last: hit.time,
                     fired: false,
@@ -334,79 +449,45 @@ impl RuleWindow {
                 }),
                 WindowSpec::Sequence { steps, .. } => KeyState::Sequence(SequenceState {
                     slots: vec![None; steps.len()],
+                    muted_until: EventTime::MIN,
+                    suppressed: 0,
                 }),
+                // Count and distinct specs are early.
+                _ => KeyState::Early(EarlyState::default()),
             },
             updated: hit.time,
         });
-        entry.updated = hit.time;
+        entry.updated = entry.updated.max(hit.time);
         match (spec, &mut entry.state) {
-            (WindowSpec::Count { over, threshold }, KeyState::Count(st)) => {
-                while st
-                    .hits
-                    .front()
-                    .is_some_and(|h| hit.time.0.saturating_sub(h.time.0) > over.0)
-                {
-                    st.hits.pop_front();
-                }
-                st.hits.push_back(hit.event);
-                if st.hits.len() as u64 >= *threshold {
-                    let first_seen = st.hits.front().map_or(hit.time, |h| h.time);
-                    let count = st.hits.len() as u64;
-                    let events = st.hits.drain(..).take(MAX_IDS).collect();
-                    st.hits.clear();
-                    return Some(Firing::closing(
-                        (hit.key, hit.time, hit.captured),
-                        count,
-                        first_seen,
-                        events,
-                    ));
-                }
-                None
-            }
-            (
-                WindowSpec::Distinct {
-                    over, threshold, ..
-                },
-                KeyState::Distinct(st),
-            ) => {
-                while let Some((value, h)) = st.hits.front() {
-                    if hit.time.0.saturating_sub(h.time.0) <= over.0 {
-                        break;
+            (_, KeyState::Early(st)) => {
+                let p = early?;
+                self.held += 1;
+                let fired = st.add(
+                    &p,
+                    Held {
+                        event: hit.event,
+                        distinct: hit.distinct,
+                        captured: hit.captured,
+                    },
+                );
+                if self.held > self.limits.max_held {
+                    // Over the bound: this key's run is settled up to its newest request now
+                    // (an older request arriving later for it is then late).
+                    if let Some(newest) = st.newest() {
+                        self.held -= st.settle(&p, EventTime(newest.0.saturating_add(1)));
+                        self.forced += 1;
                     }
-                    if st.latest.get(value) == Some(&h.time) {
-                        st.latest.remove(value);
-                    }
-                    st.hits.pop_front();
                 }
-                let value = hit.distinct.unwrap_or_default();
-                st.latest.insert(value.clone(), hit.time);
-                st.hits.push_back((value, hit.event));
-                // Keep the deque proportional to the distinct values it represents.
-                if st.hits.len() > 2 * st.latest.len() + 16 {
-                    let latest = &st.latest;
-                    st.hits.retain(|(v, h)| latest.get(v) == Some(&h.time));
-                }
-                if st.latest.len() as u64 >= *threshold {
-                    let count = st.latest.len() as u64;
-                    let first_seen = st.hits.front().map_or(hit.time, |h| h.1.time);
-                    let latest = &st.latest;
-                    let events = st
-                        .hits
-                        .drain(..)
-                        .filter(|(v, h)| latest.get(v) == Some(&h.time))
-                        .take(MAX_IDS)
-                        .map(|(_, h)| h)
-                        .collect();
-                    st.hits.clear();
-                    st.latest.clear();
-                    return Some(Firing::closing(
-                        (hit.key, hit.time, hit.captured),
-                        count,
-                        first_seen,
-                        events,
-                    ));
-                }
-                None
+                let f = fired?;
+                Some(Firing {
+                    key: hit.key,
+                    count: f.count,
+                    first_seen: f.first_seen,
+                    last_seen: f.last_seen,
+                    events: f.events,
+                    captured: f.captured,
+                    suppressed: f.suppressed,
+                })
             }
             (WindowSpec::Absence { after }, KeyState::Absence(st)) => {
                 // One heap entry per key; a pending entry is re-armed lazily when popped.
@@ -432,18 +513,48 @@ impl RuleWindow {
                 },
                 KeyState::Sequence(st),
             ) => {
+                if hit.time < st.muted_until {
+                    st.suppressed += 1;
+                    return None;
+                }
                 let events = st.on_hit((*over, *threshold, *ordered), hit.steps, &hit.event)?;
+                if let Some(m) = self.mute {
+                    st.muted_until = hit.time.saturating_add(m);
+                }
                 let count = events.len() as u64;
                 let first_seen = events.first().map_or(hit.time, |h| h.time);
                 let events = events.into_iter().take(MAX_IDS).collect();
-                Some(Firing::closing(
-                    (hit.key, hit.time, hit.captured),
-                    count,
-                    first_seen,
-                    events,
-                ))
+                let mut firing =
+                    Firing::closing((hit.key, hit.time, hit.captured), count, first_seen, events);
+                firing.suppressed = std::mem::take(&mut st.suppressed);
+                Some(firing)
             }
             _ => None,
+        }
+    }
+
+    /// Mutes `key` until `until`, with `suppressed` requests muted so far (a throttle entry of
+    /// a snapshot written before throttles became mutes). Only early windows have mutes.
+    pub fn mute(&mut self, key: GroupKey, until: EventTime, suppressed: u64) {
+        let Some(p) = self.early else { return };
+        if self.keys.len() >= self.limits.max_keys && !self.keys.contains_key(&key) {
+            return;
+        }
+        let entry = self.keys.entry(key).or_insert_with(|| Entry {
+            state: KeyState::Early(EarlyState::default()),
+            updated: until,
+        });
+        if let KeyState::Early(st) = &mut entry.state {
+            st.mute(&p, until, suppressed);
+        }
+    }
+
+    /// Whether a request of `key` at `time`, too late to take part in the early run, falls in
+    /// a mute its key's settled run has in force.
+    pub fn late_hit_muted(&self, key: &GroupKey, time: EventTime) -> bool {
+        match (self.early, self.keys.get(key).map(|e| &e.state)) {
+            (Some(p), Some(KeyState::Early(st))) => st.settled_mute_covers(&p, time),
+            _ => false,
         }
     }
 
@@ -476,6 +587,7 @@ impl RuleWindow {
                             last_seen: st.last,
                             events: st.last_event(),
                             captured: std::mem::take(&mut st.captured),
+                            suppressed: 0,
                         },
                     ));
                 }
@@ -543,30 +655,45 @@ impl RuleWindow {
                     last_seen: st.last,
                     events,
                     captured: st.captured.clone(),
+                    suppressed: 0,
                 },
             ));
         }
     }
 
-    /// Drops keys with nothing left in their window before `watermark`, to keep memory flat.
+    /// Settles early keys before `watermark` and drops keys with nothing left in their window,
+    /// to keep memory flat.
     pub fn expire(&mut self, watermark: EventTime) {
         let spec = &self.spec;
-        self.keys.retain(|_, e| match (spec, &e.state) {
-            (WindowSpec::Count { over, .. }, KeyState::Count(st)) => st
-                .hits
-                .back()
-                .is_some_and(|h| watermark.0.saturating_sub(h.time.0) <= over.0),
-            (WindowSpec::Distinct { over, .. }, KeyState::Distinct(st)) => st
-                .hits
-                .back()
-                .is_some_and(|(_, h)| watermark.0.saturating_sub(h.time.0) <= over.0),
-            (WindowSpec::Sequence { over, .. }, KeyState::Sequence(st)) => st
-                .newest_start()
-                .is_some_and(|t| watermark.0.saturating_sub(t.0) <= over.0),
+        let early = self.early;
+        let mut released = 0;
+        self.keys.retain(|_, e| match (spec, &mut e.state) {
+            (_, KeyState::Early(st)) => {
+                let Some(p) = early else { return false };
+                released += st.settle(&p, watermark);
+                // Nothing held can still join a group, no mute is in force, and no muted
+                // request waits to be reported by the key's next alert.
+                let idle = st
+                    .newest()
+                    .is_none_or(|t| watermark.0.saturating_sub(t.0) > p.over.0);
+                let keep =
+                    !idle || st.settled_mute_covers(&p, watermark) || st.settled_suppressed() > 0;
+                if !keep {
+                    released += st.len();
+                }
+                keep
+            }
+            (WindowSpec::Sequence { over, .. }, KeyState::Sequence(st)) => {
+                st.muted_until > watermark
+                    || st
+                        .newest_start()
+                        .is_some_and(|t| watermark.0.saturating_sub(t.0) <= over.0)
+            }
             // An absence key is the memory that the key exists; keep it until it fired.
             (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
             _ => false,
         });
+        self.held -= released;
     }
 
     fn evict_oldest(&mut self) {
@@ -574,8 +701,11 @@ impl RuleWindow {
         if let Some(oldest) = self.oldest.pop(
             || keys.iter().map(|(k, e)| (k, e.updated)),
             |k| keys.get(k).map(|e| e.updated),
-        ) {
-            self.keys.remove(&oldest);
+        ) && let Some(gone) = self.keys.remove(&oldest)
+        {
+            if let KeyState::Early(st) = gone.state {
+                self.held -= st.len();
+            }
             self.evicted += 1;
         }
     }

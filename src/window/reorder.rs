@@ -1,5 +1,5 @@
-//! The reorder buffer: holds windowed hits until the watermark passes them, then releases them
-//! in (event time, auditID, arrival) order.
+//! The reorder buffer: holds the hits of sequence windows until the watermark passes them, then
+//! releases them in (event time, auditID, arrival) order.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::GroupKey;
 use crate::alert::EventRef;
-use crate::event::{EventTime, Span};
+use crate::event::EventTime;
 use crate::rules::Captured;
 
 /// One matching request of a windowed rule.
@@ -54,7 +54,8 @@ impl Ord for Pending {
     }
 }
 
-/// A [`ReorderBuffer`]'s state in a serializable form.
+/// A [`ReorderBuffer`]'s state in a serializable form, with the engine's event time (the
+/// buffer held it before there was a clock per source).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReorderSnapshot {
     pub newest: EventTime,
@@ -94,92 +95,46 @@ impl ReorderSnapshot {
     }
 }
 
-/// Orders hits by event time within the allowed lateness.
+/// Orders hits by event time; the engine's clock says when they are ready.
 pub struct ReorderBuffer {
-    lateness: Span,
     heap: BinaryHeap<Reverse<Pending>>,
-    newest: EventTime,
-    watermark: EventTime,
     seq: u64,
     max_pending: usize,
-    /// Hits refused because they were older than the watermark on arrival.
-    pub late: u64,
     /// Hits released early because the buffer was full.
     pub forced: u64,
 }
 
 impl ReorderBuffer {
-    pub fn new(lateness: Span, max_pending: usize) -> ReorderBuffer {
+    pub fn new(max_pending: usize) -> ReorderBuffer {
         ReorderBuffer {
-            lateness,
             heap: BinaryHeap::new(),
-            newest: EventTime::MIN,
-            watermark: EventTime::MIN,
             seq: 0,
             max_pending: max_pending.max(1),
-            late: 0,
             forced: 0,
         }
-    }
-
-    /// The newest event time seen.
-    pub fn newest(&self) -> EventTime {
-        self.newest
-    }
-
-    /// Hits at or after the watermark are accepted; the watermark only moves forward.
-    pub fn watermark(&self) -> EventTime {
-        self.watermark
     }
 
     pub fn pending(&self) -> usize {
         self.heap.len()
     }
 
-    /// Records that the stream has reached `time` (every event, matching or not, calls this).
-    pub fn observe(&mut self, time: EventTime) {
-        if time > self.newest {
-            self.newest = time;
-            let w = time.saturating_sub(self.lateness);
-            if w > self.watermark {
-                self.watermark = w;
-            }
-        }
-    }
-
-    /// Moves the watermark to at least `to` (live sources use the wall clock for this so that
-    /// windows close when the stream goes quiet).
-    pub fn advance_to(&mut self, to: EventTime) {
-        if to > self.watermark {
-            self.watermark = to;
-        }
-        if to > self.newest {
-            self.newest = to;
-        }
-    }
-
-    /// Queues a hit of rule `rule`. Returns false (and counts it) if it is late.
-    pub fn push(&mut self, rule: usize, hit: Hit) -> bool {
-        if hit.time < self.watermark {
-            self.late += 1;
-            return false;
-        }
+    /// Queues a hit of rule `rule` (the engine has checked it is not late).
+    pub fn push(&mut self, rule: usize, hit: Hit) {
         self.seq += 1;
         self.heap.push(Reverse(Pending {
             hit,
             rule,
             seq: self.seq,
         }));
-        true
     }
 
-    /// Pops the next hit that the watermark has passed (or any hit, if over capacity).
-    pub fn pop_ready(&mut self) -> Option<(usize, Hit)> {
+    /// Pops the next hit that `watermark` has passed (or any hit, if over capacity).
+    pub fn pop_ready(&mut self, watermark: EventTime) -> Option<(usize, Hit)> {
         let over_capacity = self.heap.len() > self.max_pending;
         let ready = self
             .heap
             .peek()
-            .is_some_and(|Reverse(p)| p.hit.time < self.watermark || over_capacity);
+            .is_some_and(|Reverse(p)| p.hit.time < watermark || over_capacity);
         if !ready {
             return None;
         }
@@ -189,30 +144,46 @@ impl ReorderBuffer {
         self.heap.pop().map(|Reverse(p)| (p.rule, p.hit))
     }
 
+    /// Takes out the pending hits of the rules `take` picks (in no particular order).
+    pub fn take_rules(&mut self, take: impl Fn(usize) -> bool) -> Vec<(usize, Hit)> {
+        let heap = std::mem::take(&mut self.heap);
+        let (taken, kept): (Vec<_>, Vec<_>) = heap
+            .into_vec()
+            .into_iter()
+            .partition(|Reverse(p)| take(p.rule));
+        self.heap = kept.into();
+        taken
+            .into_iter()
+            .map(|Reverse(p)| (p.rule, p.hit))
+            .collect()
+    }
+
     /// The buffer's state, with pending hits in heap order: call
     /// [`ReorderSnapshot::canonicalize`] before writing it.
-    pub fn snapshot(&self) -> ReorderSnapshot {
+    pub fn snapshot(
+        &self,
+        (newest, watermark): (EventTime, EventTime),
+        late: u64,
+    ) -> ReorderSnapshot {
         let (pending, arrival) = self
             .heap
             .iter()
             .map(|Reverse(p)| ((p.rule, p.hit.clone()), p.seq))
             .unzip();
         ReorderSnapshot {
-            newest: self.newest,
-            watermark: self.watermark,
-            late: self.late,
+            newest,
+            watermark,
+            late,
             forced: self.forced,
             pending,
             arrival,
         }
     }
 
-    /// Restores a snapshot; `rule_map` translates the snapshot's rule indices to current ones
-    /// (`None` drops the hits of rules that no longer exist).
+    /// Restores a snapshot's pending hits (its times are the engine's to restore); `rule_map`
+    /// translates the snapshot's rule indices to current ones (`None` drops the hits of rules
+    /// that no longer exist).
     pub fn restore(&mut self, snap: ReorderSnapshot, rule_map: impl Fn(usize) -> Option<usize>) {
-        self.newest = self.newest.max(snap.newest);
-        self.watermark = self.watermark.max(snap.watermark);
-        self.late += snap.late;
         self.forced += snap.forced;
         for (rule, hit) in snap.pending {
             if let Some(rule) = rule_map(rule) {
@@ -239,13 +210,9 @@ impl ReorderBuffer {
             .collect();
     }
 
-    /// Pops the next hit regardless of the watermark (end of input). The watermark follows,
-    /// so a hit older than one released this way is late.
+    /// Pops the next hit regardless of the watermark (end of input).
     pub fn pop_any(&mut self) -> Option<(usize, Hit)> {
         let Reverse(p) = self.heap.pop()?;
-        if p.hit.time > self.watermark {
-            self.watermark = p.hit.time;
-        }
         Some((p.rule, p.hit))
     }
 }

@@ -43,8 +43,16 @@ fn sequence(over_secs: i64, steps: usize, threshold: u64, ordered: bool) -> Rule
             threshold,
             ordered,
         },
-        1000,
+        None,
+        limits(1000),
     )
+}
+
+fn limits(max_keys: usize) -> Limits {
+    Limits {
+        max_keys,
+        max_held: 1_000_000,
+    }
 }
 
 fn fire_all(w: &mut RuleWindow, hits: Vec<Hit>) -> Vec<Firing> {
@@ -57,7 +65,8 @@ fn count(over_secs: i64, threshold: u64) -> RuleWindow {
             over: Span::from_secs(over_secs),
             threshold,
         },
-        1000,
+        None,
+        limits(1000),
     )
 }
 
@@ -107,7 +116,8 @@ fn keys_are_independent_and_bounded() {
             over: Span::from_secs(60),
             threshold: 2,
         },
-        2,
+        None,
+        limits(2),
     );
     assert!(w.on_hit(hit(0, "a", "1")).is_none());
     assert!(w.on_hit(hit(1, "b", "2")).is_none());
@@ -129,7 +139,8 @@ fn distinct_counts_values_not_hits() {
             threshold: 3,
             field: crate::event::field::FieldPath::parse("objectRef.name").unwrap(),
         },
-        100,
+        None,
+        limits(100),
     );
     let mut h = |t: i64, v: &str| {
         let mut x = hit(t, "eve", &format!("id-{t}"));
@@ -156,7 +167,8 @@ fn absence_fires_once_per_silence_and_rearms() {
         WindowSpec::Absence {
             after: Span::from_secs(10 * MIN),
         },
-        100,
+        None,
+        limits(100),
     );
     let mut out = Vec::new();
     w.on_hit(hit(0, "", "a"));
@@ -190,13 +202,12 @@ fn throttle_swallows_and_reports() {
 }
 
 #[test]
-fn reorder_buffer_releases_in_time_order_and_refuses_late_hits() {
-    let mut b = ReorderBuffer::new(Span::from_secs(10), 1000);
+fn reorder_buffer_releases_in_time_order_up_to_the_watermark() {
+    let mut b = ReorderBuffer::new(1000);
     let mut released = Vec::new();
     for t in [5, 3, 12, 8, 20, 15] {
-        b.observe(EventTime::from_secs(t));
-        assert!(b.push(0, hit(t, "k", &t.to_string())));
-        while let Some((_, h)) = b.pop_ready() {
+        b.push(0, hit(t, "k", &t.to_string()));
+        while let Some((_, h)) = b.pop_ready(EventTime::from_secs(t - 10)) {
             released.push(h.time.0 / 1_000_000_000);
         }
     }
@@ -205,13 +216,21 @@ fn reorder_buffer_releases_in_time_order_and_refuses_late_hits() {
         [3, 5, 8],
         "newest 20s - lateness 10s releases everything before 10s"
     );
-    b.observe(EventTime::from_secs(30));
-    assert!(!b.push(0, hit(10, "k", "late")), "older than 30s - 10s");
-    assert_eq!(b.late, 1);
     while let Some((_, h)) = b.pop_any() {
         released.push(h.time.0 / 1_000_000_000);
     }
     assert_eq!(released, [3, 5, 8, 12, 15, 20]);
+}
+
+#[test]
+fn a_full_reorder_buffer_releases_its_oldest_hit_early() {
+    let mut b = ReorderBuffer::new(2);
+    for t in [30, 10, 20] {
+        b.push(0, hit(t, "k", &t.to_string()));
+    }
+    let (_, h) = b.pop_ready(EventTime::MIN).expect("over capacity");
+    assert_eq!((h.time, b.forced), (EventTime::from_secs(10), 1));
+    assert!(b.pop_ready(EventTime::MIN).is_none());
 }
 
 #[test]
@@ -319,7 +338,7 @@ fn sequence_keys_expire_and_survive_a_snapshot() {
     let snap = w.snapshot();
     let json = serde_json::to_string(&snap).unwrap();
     let back: WindowSnapshot = serde_json::from_str(&json).unwrap();
-    let mut restored = RuleWindow::restore(w.spec().clone(), 1000, back);
+    let mut restored = RuleWindow::restore(w.spec().clone(), None, limits(1000), back);
     let f = restored.on_hit(step(110, "k", "b", 0b10));
     assert_eq!(f.map(|f| ids(&f).join(",")), Some("a,b".into()));
     // A snapshot of a sequence with other steps does not fit a changed spec.
@@ -330,7 +349,8 @@ fn sequence_keys_expire_and_survive_a_snapshot() {
             threshold: 1,
             ordered: true,
         },
-        1000,
+        None,
+        limits(1000),
         w.snapshot(),
     );
     assert_eq!(other.key_count(), 0);
@@ -338,7 +358,7 @@ fn sequence_keys_expire_and_survive_a_snapshot() {
 
 #[test]
 fn equal_times_release_in_auditid_order_even_when_ids_share_a_long_prefix() {
-    let mut b = ReorderBuffer::new(Span::from_secs(0), 1000);
+    let mut b = ReorderBuffer::new(1000);
     // The first 16 bytes are equal for the "same-prefix-aaaa" IDs: the buffer must still order
     // them by the whole ID, then arrival; other IDs and times interleave normally.
     let ids = [
@@ -352,12 +372,11 @@ fn equal_times_release_in_auditid_order_even_when_ids_share_a_long_prefix() {
     for (i, id) in ids.iter().enumerate() {
         let mut h = hit(5, "k", id);
         h.steps = i as u64; // arrival, to tell the two "-2" apart
-        assert!(b.push(0, h));
+        b.push(0, h);
     }
-    assert!(b.push(0, hit(4, "k", "same-prefix-aaaa-9")));
-    b.advance_to(EventTime::from_secs(10));
+    b.push(0, hit(4, "k", "same-prefix-aaaa-9"));
     let mut out = Vec::new();
-    while let Some((_, h)) = b.pop_ready() {
+    while let Some((_, h)) = b.pop_ready(EventTime::from_secs(10)) {
         out.push(format!(
             "{}@{}#{}",
             h.event.audit_id(),
@@ -392,7 +411,8 @@ fn eviction_past_the_key_bound_costs_constant_work() {
             over: Span::from_secs(3600),
             threshold: 3,
         },
-        bound,
+        None,
+        limits(bound),
     );
     let events = 10 * bound as i64;
     for i in 0..events {
