@@ -54,8 +54,9 @@ enum Command {
         /// Output format of the alerts on stdout.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// How late (in event time) an event may arrive and still count in windows.
-        #[arg(long, default_value = "5s", value_parser = parse_span)]
+        /// How late (in event time) an event may arrive and still count in windows. The
+        /// default covers every input format's delivery delays (docs/rules.md).
+        #[arg(long, default_value_t = auditwatch::engine::REPLAY_LATENESS, value_parser = parse_span)]
         lateness: Span,
         /// Rhai operation budget per condition run.
         #[arg(long, default_value_t = 100_000)]
@@ -561,6 +562,13 @@ fn print_summary(r: &ReplayReport) {
         cpu_time().map_or("n/a".into(), |s| format!("{s:.2}s")),
         peak_rss().map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
     );
+    if r.engine.late_events > 0 {
+        let _ = writeln!(
+            err,
+            "{} events came more than the lateness after a newer one; windows left them out (raise --lateness)",
+            r.engine.late_events
+        );
+    }
 }
 
 /// CPU time this process has run so far (Linux `/proc/self/schedstat`, nanoseconds), which

@@ -19,6 +19,7 @@ pub struct Metrics {
     events_received: IntCounterVec,
     events_decoded: IntCounterVec,
     events_rejected: IntCounterVec,
+    events_late: IntCounterVec,
     webhook_requests: IntCounterVec,
     webhook_refused: IntCounterVec,
     connections_open: IntGaugeVec,
@@ -57,6 +58,8 @@ pub struct Metrics {
     rule_condition_timeouts: IntCounterVec,
     rule_condition_skipped: IntCounterVec,
     rule_objects_too_deep: IntCounterVec,
+    rule_late: IntCounterVec,
+    window_held: IntGauge,
     audit_events: IntCounterVec,
 }
 
@@ -105,6 +108,7 @@ pub struct SourceCounters {
     pub received: IntCounter,
     pub decoded: IntCounter,
     pub rejected: IntCounter,
+    pub late: IntCounter,
 }
 
 /// What a rule counted since the last report (see [`Metrics::rule_counted`]).
@@ -116,6 +120,7 @@ pub struct RuleDeltas {
     pub condition_timeouts: u64,
     pub condition_skipped: u64,
     pub objects_too_deep: u64,
+    pub late: u64,
     pub condition_seconds: f64,
 }
 
@@ -137,6 +142,11 @@ impl Metrics {
             events_rejected: r.counters(
                 "auditwatch_events_rejected_total",
                 "Records rejected as malformed or not audit events, by source.",
+                &["source"],
+            ),
+            events_late: r.counters(
+                "auditwatch_late_events_total",
+                "Events older than the watermark when they arrived (more than the lateness out of order): windows leave them out. By source.",
                 &["source"],
             ),
             webhook_requests: r.counters(
@@ -324,6 +334,15 @@ impl Metrics {
                 "Requests whose objects a rule read were nested deeper than auditwatch parses (100 levels): the deeper parts were cut, the rest evaluated. By rule.",
                 &["rule"],
             ),
+            rule_late: r.counters(
+                "auditwatch_rule_late_requests_total",
+                "Requests a windowed rule matched that arrived older than the watermark and were left out of its window, by rule.",
+                &["rule"],
+            ),
+            window_held: r.gauge(
+                "auditwatch_window_held_requests",
+                "Requests held for requests still to come within the lateness (sequence hits waiting for the watermark, and count and distinct windows' requests past it).",
+            ),
             audit_events: r.counters(
                 "auditwatch_audit_events_total",
                 "Audit events evaluated, by verb (get, list, watch, create, update, patch, delete, deletecollection, other) and response code class (2xx, 3xx, 4xx, 5xx, none).",
@@ -355,6 +374,7 @@ impl Metrics {
             received: self.events_received.with_label_values(&[source]),
             decoded: self.events_decoded.with_label_values(&[source]),
             rejected: self.events_rejected.with_label_values(&[source]),
+            late: self.events_late.with_label_values(&[source]),
         }
     }
 
@@ -478,6 +498,10 @@ impl Metrics {
         self.window_keys.set(n as i64);
     }
 
+    pub fn set_window_held(&self, n: usize) {
+        self.window_held.set(n as i64);
+    }
+
     pub fn script_error(&self, rule: &str) {
         self.script_errors.with_label_values(&[rule]).inc();
     }
@@ -495,6 +519,7 @@ impl Metrics {
         add(&self.rule_condition_timeouts, d.condition_timeouts);
         add(&self.rule_condition_skipped, d.condition_skipped);
         add(&self.rule_objects_too_deep, d.objects_too_deep);
+        add(&self.rule_late, d.late);
         if d.condition_seconds > 0.0 {
             let c: Counter = self.rule_condition_seconds.with_label_values(&[rule]);
             c.inc_by(d.condition_seconds);
@@ -560,6 +585,7 @@ impl Metrics {
             self.events_received.with_label_values(&[source]);
             self.events_decoded.with_label_values(&[source]);
             self.events_rejected.with_label_values(&[source]);
+            self.events_late.with_label_values(&[source]);
             self.processing_latency.with_label_values(&[source]);
             if is_webhook {
                 for reason in known.webhook_refusals {
@@ -626,6 +652,7 @@ impl Metrics {
             self.rule_condition_timeouts.with_label_values(&[rule]);
             self.rule_condition_skipped.with_label_values(&[rule]);
             self.rule_objects_too_deep.with_label_values(&[rule]);
+            self.rule_late.with_label_values(&[rule]);
         }
     }
 }

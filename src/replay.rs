@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::alert::Alert;
-use crate::engine::{Engine, EngineOptions, EngineStats, RuleStats, ScriptError};
+use crate::engine::{Engine, EngineOptions, EngineStats, LateEvent, RuleStats, ScriptError};
 use crate::event::{
     DecodeError, EventTime, InputFormat, Position, Record, decode_each, decode_event, decode_record,
 };
@@ -20,8 +20,16 @@ use crate::source::RecordReader;
 #[derive(Debug)]
 pub enum Diagnostic {
     Decode(DecodeError),
-    Io { source: String, message: String },
+    Io {
+        source: String,
+        message: String,
+    },
     Script(ScriptError),
+    /// An event older than the watermark when it came (windows leave it out).
+    Late {
+        source: String,
+        event: LateEvent,
+    },
 }
 
 impl std::fmt::Display for Diagnostic {
@@ -33,6 +41,11 @@ impl std::fmt::Display for Diagnostic {
                 f,
                 "rule {:?}: script error on auditID {:?}: {}",
                 e.rule, e.audit_id, e.message
+            ),
+            Diagnostic::Late { source, event } => write!(
+                f,
+                "{source}: auditID {:?} at {} came after events newer than its time plus the lateness (watermark {}); windows leave it out (raise --lateness)",
+                event.audit_id, event.time, event.watermark
             ),
         }
     }
@@ -140,6 +153,12 @@ pub fn replay(
         }
         for e in engine.take_script_errors() {
             on_diagnostic(Diagnostic::Script(e));
+        }
+        for event in engine.take_late().1 {
+            on_diagnostic(Diagnostic::Late {
+                source: position.source.to_string(),
+                event,
+            });
         }
     };
 

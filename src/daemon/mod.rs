@@ -31,7 +31,7 @@ use crate::source::tail::Follower;
 use crate::source::webhook::{Webhook, WebhookDeps};
 use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
 use crate::state::{AlertJournal, JournalHandle, SharedAlertJournal, StateDir};
-use pipeline::{Feedback, Pipeline, PipelineOptions};
+use pipeline::{Feedback, Pipeline, PipelineOptions, SourceTiming};
 use shutdown::Shutdown;
 
 /// Where the rules come from.
@@ -235,16 +235,21 @@ fn recover_state(
             stdout: config.alerts.stdout,
             snapshot_every: config.snapshot.interval.std(),
             idle_after: config.engine.idle_after.std(),
-            lateness: config.engine.lateness.0,
             journal_size: journal.size_gauge(),
             journal_max: config.journal.max_size.0,
             // Without notifiers there is nothing to hand over (no copies of every alert).
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
             backlog: backlog.clone(),
-            formats: config
+            sources: config
                 .sources
                 .iter()
-                .map(|s| (s.name().to_owned(), s.input_format()))
+                .map(|s| {
+                    let timing = SourceTiming {
+                        format: s.input_format(),
+                        lateness: s.lateness(config.engine.lateness.0),
+                    };
+                    (s.name().to_owned(), timing)
+                })
                 .collect(),
         },
         snapshot.as_ref(),
@@ -255,10 +260,11 @@ fn recover_state(
     if !pending.is_empty() {
         tracing::info!(batches = pending.len(), "replaying the ingest journal");
         for (seq, payload) in pending {
-            let (source, body) = crate::state::journal::decode_batch(&payload);
+            let record = crate::state::journal::decode_batch(&payload);
             pipeline.process(Batch {
-                source: Arc::from(source),
-                data: body.to_vec(),
+                source: Arc::from(record.source),
+                origin: record.origin.map(Arc::from),
+                data: record.body.to_vec(),
                 shape: Shape::Document,
                 progress: Progress::Journal(seq),
                 received: Instant::now(),

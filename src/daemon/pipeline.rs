@@ -33,18 +33,26 @@ pub enum Feedback {
 pub struct PipelineOptions {
     pub stdout: StdoutFormat,
     pub snapshot_every: Duration,
+    /// Wall time after which a quiet sender stops holding event time back, and after which a
+    /// quiet stream moves event time on by itself.
     pub idle_after: Duration,
-    pub lateness: crate::event::Span,
     /// The ingest journal's size; past half of `journal_max` snapshots come every second
     /// so the journal can compact before the webhook has to refuse batches.
     pub journal_size: Arc<AtomicU64>,
     pub journal_max: u64,
     /// Alert delivery; alerts go there once they are in the alert journal.
     pub notify: Option<crate::notify::Submitter>,
-    /// Each source's input format (by source name; `auto` for any other).
-    pub formats: std::collections::HashMap<String, crate::event::InputFormat>,
+    /// Each source's input format and lateness, by source name.
+    pub sources: std::collections::HashMap<String, SourceTiming>,
     /// Stamped with the work in hand, for `/metrics` and `/readyz`.
     pub backlog: Backlog,
+}
+
+/// How a source's events are read, and how late they may arrive.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceTiming {
+    pub format: crate::event::InputFormat,
+    pub lateness: crate::event::Span,
 }
 
 pub struct Pipeline {
@@ -58,7 +66,7 @@ pub struct Pipeline {
     /// again; each is suppressed once.
     already_sent: HashSet<String>,
     /// Per-rule counts last published to the metrics (see `publish_rule_stats`).
-    published: std::collections::HashMap<Arc<str>, [u64; 7]>,
+    published: std::collections::HashMap<Arc<str>, [u64; 8]>,
     /// Rules seen over their time budget since the last report, and the gate of that report.
     over_budget: std::collections::BTreeSet<Arc<str>>,
     budget_log: LogGate,
@@ -73,7 +81,28 @@ pub struct Pipeline {
     /// Rejected records and script errors are counted in full, logged a few a minute.
     rejected_log: LogGate,
     script_error_log: LogGate,
+    late_log: LogGate,
+    /// Each sender's event-time clock (a source, or a source and the sender's address): when
+    /// its last batch came, and whether the engine was told it is idle.
+    senders: std::collections::HashMap<Arc<str>, (Instant, bool)>,
 }
+
+/// How far ahead of this host's clock an event's time may move event time (clock skew
+/// between the apiservers and this host). Later times are evaluated as they are but move no
+/// clock further: one bad or hostile timestamp must not make every other event late.
+pub const MAX_CLOCK_SKEW: std::time::Duration = Duration::from_secs(10);
+
+fn wall_clock_ceiling() -> EventTime {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        + MAX_CLOCK_SKEW;
+    EventTime(i64::try_from(now.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Senders tracked apart, at most (the engine's bound); past it, a source's new senders
+/// share the source's clock.
+const MAX_SENDERS: usize = crate::window::MAX_SOURCES / 2;
 
 /// Serialises and writes snapshots on its own thread, one at a time.
 struct SnapshotWriter {
@@ -177,6 +206,8 @@ impl Pipeline {
             snapshot_after_batch: false,
             rejected_log: LogGate::per_minute(),
             script_error_log: LogGate::per_minute(),
+            late_log: LogGate::per_minute(),
+            senders: Default::default(),
         })
     }
 
@@ -245,7 +276,12 @@ impl Pipeline {
                 std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
             }
         };
-        let format = self.opts.formats.get(&*source).copied().unwrap_or_default();
+        let timing = self.opts.sources.get(&*source).copied();
+        let format = timing.map(|t| t.format).unwrap_or_default();
+        let lateness = timing.map_or(crate::engine::LIVE_LATENESS, |t| t.lateness);
+        let sender = self.sender(&source, batch.origin.as_deref());
+        self.engine.select_source(&sender, lateness);
+        self.engine.set_time_ceiling(wall_clock_ceiling());
         let engine = &mut self.engine;
         let out = &mut self.out;
         let mut newest = None;
@@ -302,8 +338,15 @@ impl Pipeline {
             }
         }
         self.metrics.record_stream(&mut self.tally);
+        let (late, named) = self.engine.take_late();
+        if late > 0 {
+            counters.late.inc_by(late);
+            if let (Some(first), Some(held_back)) = (named.first(), self.late_log.admit()) {
+                tracing::warn!(source = %sender, audit_id = %first.audit_id, time = %first.time, watermark = %first.watermark, late, held_back, "events arrived later than the lateness and are left out of windows (counted in auditwatch_late_events_total; raise the source's lateness if this is how it delivers)");
+            }
+        }
         if let Some(t) = newest {
-            self.newest = Some((Instant::now(), t));
+            self.newest = Some((Instant::now(), t.min(wall_clock_ceiling())));
             if let Ok(now) = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
                 let lag = now.as_secs_f64() - t.0 as f64 / 1e9;
                 self.metrics.set_event_lag(lag);
@@ -336,22 +379,46 @@ impl Pipeline {
         }
     }
 
+    /// The event-time clock a batch of `source` from `origin` moves, marked active.
+    fn sender(&mut self, source: &Arc<str>, origin: Option<&str>) -> Arc<str> {
+        let own = origin.map(|o| format!("{source}@{o}"));
+        let name: Arc<str> = match own {
+            Some(own) if self.senders.contains_key(own.as_str()) => Arc::from(own),
+            Some(own) if self.senders.len() < MAX_SENDERS => Arc::from(own),
+            _ => Arc::clone(source),
+        };
+        self.senders
+            .insert(Arc::clone(&name), (Instant::now(), false));
+        name
+    }
+
     fn tick(&mut self) {
+        // A sender quiet for `idle_after` (one apiserver with nothing to say, a log nobody
+        // writes) stops holding event time back for the others.
+        let idle_after = self.opts.idle_after;
+        for (name, (last, idle)) in &mut self.senders {
+            if !*idle && last.elapsed() >= idle_after {
+                *idle = true;
+                self.engine.source_idle(name, &mut self.out);
+            }
+        }
         // A quiet stream: move event time on by the wall time that passed since the newest
         // event, so windows close and absence rules fire.
         if let Some((wall, event)) = self.newest {
             let idle = wall.elapsed();
             if idle >= self.opts.idle_after {
+                let (_, lateness) = self.engine.newest();
                 let to = event
                     .saturating_add(crate::event::Span(
                         idle.as_nanos().min(i64::MAX as u128) as i64
                     ))
-                    .saturating_sub(self.opts.lateness);
+                    .saturating_sub(lateness);
                 self.engine.advance_watermark(to, &mut self.out);
-                self.emit();
             }
         }
+        self.emit();
         self.metrics.set_window_keys(self.engine.window_keys());
+        self.metrics.set_window_held(self.engine.held());
         self.publish_rule_stats();
         // Under journal pressure snapshot every second (not every batch: compaction follows
         // each write asynchronously).
@@ -375,6 +442,7 @@ impl Pipeline {
                 stats.budget_skipped,
                 stats.objects_too_deep,
                 stats.condition_nanos,
+                stats.late,
             ];
             let before = self.published.entry(rule.name.clone()).or_default();
             let deltas: Vec<u64> = now
@@ -396,6 +464,7 @@ impl Pipeline {
                     condition_skipped: deltas[4],
                     objects_too_deep: deltas[5],
                     condition_seconds: deltas[6] as f64 / 1e9,
+                    late: deltas[7],
                 },
             );
             if deltas[3] > 0 || deltas[4] > 0 {

@@ -98,11 +98,9 @@ fn rule_classes(rule: &Rule) -> [bool; CODE_CLASSES] {
     classes
 }
 
-/// The default lateness of a live source of native audit events: the apiserver's webhook
-/// backend batches for up to `--audit-webhook-batch-max-wait` (30 s by default), and each
-/// apiserver of an HA control plane sends its own batches, so events arrive up to ~30 s out of
-/// order under default flags. Twice that, for slow batches and clock skew.
-pub const LIVE_LATENESS: Span = Span::from_secs(60);
+/// The default lateness of a live source of native audit events (see
+/// [`crate::event::InputFormat::lateness`]): one minute.
+pub const LIVE_LATENESS: Span = crate::event::InputFormat::Native.lateness();
 
 /// The default lateness of a replay: it has no latency budget, so it covers every input
 /// format's ([`crate::event::InputFormat::lateness`]).
@@ -399,6 +397,12 @@ impl Engine {
     /// event-time order (see [`EventClock`]).
     pub fn select_source(&mut self, source: &str, lateness: Span) {
         self.clock.select(source, lateness);
+    }
+
+    /// No source's clock moves past `ceiling` (the daemon's wall clock plus skew), whatever
+    /// times its events carry (see [`EventClock`]).
+    pub fn set_time_ceiling(&mut self, ceiling: EventTime) {
+        self.clock.set_ceiling(ceiling);
     }
 
     /// `source` has been quiet: it stops holding event time back. Windows and absences that

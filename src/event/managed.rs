@@ -25,6 +25,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::decode::DecodeErrorKind;
+use super::time::Span;
 
 /// How a source's records are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
@@ -38,6 +39,29 @@ pub enum InputFormat {
     Eks,
     Aks,
     Gke,
+}
+
+impl InputFormat {
+    /// How far out of event-time order this format's events arrive, at most, under the
+    /// delivery's documented defaults: the default lateness of a source of this format.
+    pub const fn lateness(self) -> Span {
+        match self {
+            // The apiserver's webhook backend batches for up to 30 s
+            // (--audit-webhook-batch-max-wait) and every apiserver of an HA control plane
+            // sends its own batches; twice that, for slow batches and clock skew. A log file
+            // of one apiserver is in order.
+            InputFormat::Auto | InputFormat::Native => Span::from_secs(60),
+            // CloudWatch Logs subscription to Kinesis Data Firehose: Firehose buffers up to
+            // its buffering interval (300 s by default, 900 s at most) before a delivery, and
+            // each apiserver's log stream is delivered on its own.
+            InputFormat::Eks => Span::from_secs(15 * 60),
+            // Azure diagnostic settings to Event Hubs, and Cloud Logging sinks to Pub/Sub: no
+            // documented bound (Pub/Sub does not order messages without ordering keys, which
+            // log sinks do not set); minutes in practice. Raise `lateness` on the source if
+            // the late-events metric says so.
+            InputFormat::Aks | InputFormat::Gke => Span::from_secs(5 * 60),
+        }
+    }
 }
 
 /// What a managed record held.

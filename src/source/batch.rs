@@ -32,6 +32,9 @@ pub enum Shape {
 
 pub struct Batch {
     pub source: Arc<str>,
+    /// Who sent it, when a source has several senders (the webhook: the sender's IP
+    /// address). Each sender keeps its own event-time clock.
+    pub origin: Option<Arc<str>>,
     pub data: Vec<u8>,
     pub shape: Shape,
     pub progress: Progress,

@@ -58,6 +58,20 @@ impl SourceConfig {
             SourceConfig::Stdin(s) => s.input_format,
         }
     }
+
+    /// How far out of event-time order this source's events may arrive: its own `lateness`,
+    /// else its input format's ([`InputFormat::lateness`]) but at least `engine_lateness`.
+    pub fn lateness(&self, engine_lateness: Span) -> Span {
+        let own = match self {
+            SourceConfig::Webhook(w) => w.lateness,
+            SourceConfig::File(f) => f.lateness,
+            SourceConfig::Stdin(s) => s.lateness,
+        };
+        own.map_or_else(
+            || self.input_format().lateness().max(engine_lateness),
+            |d| d.0,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,6 +89,9 @@ pub struct FileConfig {
     pub start_at: StartAt,
     #[serde(default)]
     pub input_format: InputFormat,
+    /// See [`SourceConfig::lateness`].
+    #[serde(default)]
+    pub lateness: Option<Duration>,
 }
 
 fn default_start() -> StartAt {
@@ -90,6 +107,8 @@ fn default_poll() -> Duration {
 pub struct StdinConfig {
     pub name: String,
     pub input_format: InputFormat,
+    /// See [`SourceConfig::lateness`].
+    pub lateness: Option<Duration>,
 }
 
 impl Default for StdinConfig {
@@ -97,6 +116,7 @@ impl Default for StdinConfig {
         StdinConfig {
             name: "stdin".into(),
             input_format: InputFormat::Auto,
+            lateness: None,
         }
     }
 }

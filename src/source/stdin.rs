@@ -32,6 +32,7 @@ pub fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
         let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
         let len = data.len() as u64;
         let batch = Batch {
+            origin: None,
             source: Arc::clone(&name),
             data,
             shape: Shape::Lines {
@@ -49,6 +50,7 @@ pub fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
     }
     if !partial.trim_ascii().is_empty() {
         sink.send(Input::Batch(Batch {
+            origin: None,
             source: Arc::clone(&name),
             data: partial,
             shape: Shape::Lines {

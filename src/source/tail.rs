@@ -343,6 +343,7 @@ impl Follower {
         open.done.offset += data.len() as u64;
         open.done.line += lines;
         let batch = Batch {
+            origin: None,
             source: Arc::clone(&self.name),
             data,
             shape: Shape::Lines {
@@ -400,6 +401,7 @@ impl Follower {
         open.done.offset += data.len() as u64;
         open.done.line += 1;
         sink.send(Input::Batch(Batch {
+            origin: None,
             source: Arc::clone(&self.name),
             data,
             shape: Shape::Lines {

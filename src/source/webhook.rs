@@ -60,6 +60,10 @@ pub struct WebhookConfig {
     pub connections: ConnectionLimits,
     /// `auto` (default), `native`, `eks`, `aks` or `gke`: see docs/inputs.md.
     pub input_format: InputFormat,
+    /// How far out of event-time order this source's events may arrive (default: the
+    /// input format's, at least `engine.lateness`). Each sender (apiserver) keeps its own
+    /// event-time clock.
+    pub lateness: Option<ConfigDuration>,
 }
 
 impl Default for WebhookConfig {
@@ -74,6 +78,7 @@ impl Default for WebhookConfig {
             read_timeout: ConfigDuration(Span::from_secs(30)),
             connections: ConnectionLimits::default(),
             input_format: InputFormat::Auto,
+            lateness: None,
         }
     }
 }
@@ -396,13 +401,20 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
     };
     // Durable first, then handed to the engine through the reserved slot (in journal order).
-    let payload = crate::state::journal::encode_batch(&shared.name, &body);
+    // The sender, for its own event-time clock: its IP address (each apiserver connects from
+    // its own).
+    let origin: Option<Arc<str>> = parts
+        .extensions
+        .get::<crate::net::serve::PeerAddr>()
+        .map(|p| Arc::from(p.0.ip().to_string()));
+    let payload = crate::state::journal::encode_batch(&shared.name, origin.as_deref(), &body);
     let source = Arc::clone(&shared.name);
     let appended = shared
         .journal
         .append(payload, move |seq| {
             slot.send(Input::Batch(Batch {
                 source,
+                origin,
                 data: body,
                 shape: Shape::Document,
                 progress: Progress::Journal(seq),

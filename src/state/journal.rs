@@ -326,23 +326,47 @@ pub fn salvage(path: &Path, good_bytes: u64) -> Result<PathBuf, JournalError> {
     Ok(aside)
 }
 
-/// A webhook batch as a journal record: the source name, a newline, the body.
-pub fn encode_batch(source: &str, body: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(source.len() + 1 + body.len());
+/// A webhook batch as a journal record: the source name, U+001F and the sender (when
+/// known), a newline, the body.
+pub fn encode_batch(source: &str, origin: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let origin_len = origin.map_or(0, |o| o.len() + 1);
+    let mut p = Vec::with_capacity(source.len() + origin_len + 1 + body.len());
     p.extend_from_slice(source.as_bytes());
+    if let Some(origin) = origin {
+        p.push(ORIGIN_SEPARATOR);
+        p.extend_from_slice(origin.as_bytes());
+    }
     p.push(b'\n');
     p.extend_from_slice(body);
     p
 }
 
-/// Splits a record back into (source, body).
-pub fn decode_batch(payload: &[u8]) -> (&str, &[u8]) {
-    match payload.iter().position(|&b| b == b'\n') {
-        Some(i) => (
-            std::str::from_utf8(&payload[..i]).unwrap_or("webhook"),
-            &payload[i + 1..],
-        ),
-        None => ("webhook", payload),
+const ORIGIN_SEPARATOR: u8 = 0x1f;
+
+/// A journal record's parts, as [`encode_batch`] wrote them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JournaledBatch<'a> {
+    pub source: &'a str,
+    pub origin: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// Splits a record back into its parts (records written before senders were recorded have
+/// no origin).
+pub fn decode_batch(payload: &[u8]) -> JournaledBatch<'_> {
+    let (header, body) = match payload.iter().position(|&b| b == b'\n') {
+        Some(i) => (&payload[..i], &payload[i + 1..]),
+        None => (&b"webhook"[..], payload),
+    };
+    let header = std::str::from_utf8(header).unwrap_or("webhook");
+    let (source, origin) = match header.split_once(char::from(ORIGIN_SEPARATOR)) {
+        Some((source, origin)) => (source, Some(origin)),
+        None => (header, None),
+    };
+    JournaledBatch {
+        source,
+        origin,
+        body,
     }
 }
 

@@ -8,6 +8,10 @@
 //! is declared idle by the daemon (after `engine.idle_after` of wall time) and stops holding
 //! the others back; when it speaks again it is active again, and whatever it sends older than
 //! the watermark then is late (and counted against it).
+//!
+//! A live daemon also sets a ceiling (the wall clock plus a small skew): an event stamped in
+//! the future is evaluated at its time but moves no clock past the ceiling, so one bad or
+//! hostile timestamp cannot make everyone else's events late.
 
 use std::sync::Arc;
 
@@ -40,6 +44,8 @@ pub struct EventClock {
     current: usize,
     watermark: EventTime,
     newest: EventTime,
+    /// No clock moves past this (the daemon's wall clock plus skew); none in replays.
+    ceiling: Option<EventTime>,
 }
 
 impl EventClock {
@@ -55,7 +61,13 @@ impl EventClock {
             current: 0,
             watermark: EventTime::MIN,
             newest: EventTime::MIN,
+            ceiling: None,
         }
+    }
+
+    /// Clocks move no further than `ceiling` from now on (see the module docs).
+    pub fn set_ceiling(&mut self, ceiling: EventTime) {
+        self.ceiling = Some(ceiling);
     }
 
     /// The events that follow come from `name`, whose events may arrive `lateness` out of
@@ -84,6 +96,7 @@ impl EventClock {
 
     /// Records that the current source reached `time`. Returns whether the watermark moved.
     pub fn observe(&mut self, time: EventTime) -> bool {
+        let time = self.ceiling.map_or(time, |c| time.min(c));
         let source = &mut self.sources[self.current];
         if time <= source.newest {
             return false;
@@ -187,6 +200,16 @@ mod tests {
         clock.select("b", lateness);
         clock.observe(at(950));
         assert_eq!(clock.watermark(), at(100_000 - 60));
+    }
+
+    #[test]
+    fn a_time_in_the_future_moves_no_clock_past_the_ceiling() {
+        let lateness = Span::from_secs(60);
+        let mut clock = EventClock::new(lateness);
+        clock.set_ceiling(at(1010));
+        clock.observe(at(1000));
+        clock.observe(at(1_000_000));
+        assert_eq!((clock.newest(), clock.watermark()), (at(1010), at(950)));
     }
 
     #[test]
