@@ -37,6 +37,8 @@ use std::time::{Duration, Instant, SystemTime};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const BATCH: usize = 400;
+/// How a burst alert names its user.
+const BURST_GROUP: &str = "\"user.username\":\"burst-";
 const CONNECTIONS: usize = 6;
 
 fn free_port() -> u16 {
@@ -246,8 +248,8 @@ sources:
                         seen.lock().expect("lock").insert(seq, at);
                     }
                 } else if line.contains("\"latency-burst\"")
-                    && let Some(i) = line.find("\"user.username\":\"burst-")
-                    && let Some(seq) = number(&line[i + 24..])
+                    && let Some(i) = line.find(BURST_GROUP)
+                    && let Some(seq) = number(&line[i + BURST_GROUP.len()..])
                 {
                     windowed.lock().expect("lock").insert(seq + 1, at);
                 }
@@ -444,6 +446,27 @@ sources:
             .map(|c| (c.iter().max().copied().unwrap_or(0) / 1024).to_string())
             .collect();
         println!("  RSS max per 5 s (MiB): {}", timeline.join(" "));
+        // What the engine holds at the end of the phase (the lateness's memory) and what the
+        // snapshots cost it.
+        let scraped = client
+            .get(format!("http://127.0.0.1:{metrics}/metrics"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        let value = |name: &str| {
+            scraped
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "  engine: {:.0} window keys, {:.0} requests held for the lateness; snapshot capture {:.1} ms on average over {:.0}",
+            value("auditwatch_window_keys "),
+            value("auditwatch_window_held_requests "),
+            value("auditwatch_snapshot_capture_seconds_sum ") * 1e3
+                / value("auditwatch_snapshot_capture_seconds_count "),
+            value("auditwatch_snapshot_capture_seconds_count "),
+        );
         if !slow_seconds.is_empty() {
             let list: Vec<String> = slow_seconds
                 .iter()

@@ -15,7 +15,7 @@
 //! 6. `bundled` — the rule packs compiled into the binary.
 //! 7. `policy` — whether an apiserver audit policy records what the rules read.
 //! 8. `alert` — the `Alert`, its fields, and queries over the alert journal.
-//! 9. `window` — keyed sliding windows in event time, reordering, eviction.
+//! 9. `window` — keyed sliding windows in event time, early firing, event clocks, eviction.
 //! 10. `engine` — per-event dispatch to the rules, windows and throttles; building alerts.
 //! 11. `metrics` — every Prometheus metric, recorded through typed functions.
 //! 12. `state` — what survives restarts: the ingest journal and its writer, snapshots, the

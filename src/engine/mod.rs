@@ -3,10 +3,9 @@
 //!
 //! Per event: look up the rules that can match its verb (an index built at load), run each
 //! rule's match block, then its Rhai condition (the event is converted for Rhai at most once),
-//! then apply "one request, one match". Plain rules alert at once; count and distinct windows
-//! as soon as the requests in hand reach their threshold (a throttle mutes a key after an
-//! alert); sequence windows get their requests in time order from the reorder buffer as the
-//! watermark moves; absence windows fire as the watermark passes their deadlines.
+//! then apply "one request, one match". Plain rules alert at once; count, distinct and
+//! sequence windows as soon as the requests in hand complete them (a throttle mutes a key after
+//! an alert); absence windows fire as the watermark passes their deadlines.
 
 mod build;
 mod config;
@@ -26,8 +25,8 @@ use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ConditionError, ConditionRunner};
 use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary};
 use crate::window::{
-    EventClock, Firing, GroupKey, Hit, KEY_SEPARATOR, Limits, ReorderBuffer, ReorderSnapshot,
-    RuleWindow, Throttle, WindowSnapshot,
+    EventClock, Firing, GroupKey, Hit, KEY_SEPARATOR, Limits, ReorderSnapshot, RuleWindow,
+    Throttle, WindowSnapshot,
 };
 use build::build_alert;
 
@@ -219,7 +218,6 @@ impl EngineSnapshot {
     /// Sorts the per-key state so the same engine state always serialises the same way.
     /// Kept out of [`Engine::snapshot`] so the copy the engine pauses for stays short.
     pub fn canonicalize(&mut self) {
-        self.reorder.canonicalize();
         for rule in &mut self.rules {
             if let Some(w) = &mut rule.window {
                 w.canonicalize();
@@ -320,8 +318,6 @@ pub struct Engine {
     dedup: RequestDedup,
     /// Event time per source, and the watermark.
     clock: EventClock,
-    /// Sequence hits waiting for the watermark.
-    reorder: ReorderBuffer,
     conditions: ConditionRunner,
     stats: EngineStats,
     diagnostics: Vec<ScriptError>,
@@ -360,7 +356,6 @@ impl Engine {
         Engine {
             dedup: RequestDedup::new(opts.dedup_horizon, opts.dedup_capacity),
             clock: EventClock::new(opts.lateness),
-            reorder: ReorderBuffer::new(opts.max_pending),
             rules,
             opts,
             by_verb,
@@ -388,7 +383,7 @@ impl Engine {
         let windows = self.states.iter().filter_map(|s| s.window.as_ref());
         EngineStats {
             late_hits: self.states.iter().map(|s| s.stats.late).sum(),
-            forced_releases: self.reorder.forced + windows.map(|w| w.forced).sum::<u64>(),
+            forced_releases: windows.map(|w| w.forced).sum::<u64>(),
             ..self.stats.clone()
         }
     }
@@ -410,7 +405,6 @@ impl Engine {
     pub fn source_idle(&mut self, source: &str, out: &mut Vec<Alert>) {
         out.append(&mut self.restored);
         if self.clock.set_idle(source) {
-            self.release(out);
             self.fire_absences(self.clock.watermark(), out);
         }
     }
@@ -430,15 +424,13 @@ impl Engine {
         std::mem::take(&mut self.late)
     }
 
-    /// Requests held for the watermark: pending sequence hits and early windows' requests.
+    /// Requests windows hold for older ones still to come within the lateness.
     pub fn held(&self) -> usize {
-        self.reorder.pending()
-            + self
-                .states
-                .iter()
-                .filter_map(|s| s.window.as_ref())
-                .map(RuleWindow::held)
-                .sum::<usize>()
+        self.states
+            .iter()
+            .filter_map(|s| s.window.as_ref())
+            .map(RuleWindow::held)
+            .sum()
     }
 
     /// Per-rule counters, in rule order.
@@ -490,22 +482,6 @@ impl Engine {
         self.resource_masks = resource_masks(&rules);
         self.conditions = ConditionRunner::new(&rules, self.opts.condition_timeout);
         self.reads_objects = reads_objects(&rules);
-        // Pending hits keep waiting for the watermark, renumbered to the new rule set; those
-        // of removed or changed rules go with their window.
-        let positions: HashMap<(Arc<str>, RuleId), usize> = rules
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| ((r.name.clone(), r.id), i))
-            .collect();
-        let old_ids: Vec<(Arc<str>, RuleId)> = self
-            .rules
-            .rules
-            .iter()
-            .map(|r| (r.name.clone(), r.id))
-            .collect();
-        self.reorder
-            .remap(|old| old_ids.get(old).and_then(|id| positions.get(id).copied()));
         self.rules = rules;
     }
 
@@ -538,7 +514,7 @@ impl Engine {
                         .unwrap_or_default(),
                 })
                 .collect(),
-            reorder: self.reorder.snapshot(
+            reorder: ReorderSnapshot::times(
                 (self.clock.newest(), self.clock.watermark()),
                 self.stats.late_events,
             ),
@@ -616,21 +592,13 @@ impl Engine {
         self.clock
             .restore(snap.reorder.newest, snap.reorder.watermark);
         self.stats.late_events += snap.reorder.late;
-        self.reorder
-            .restore(snap.reorder, |r| map.get(r).copied().flatten());
-        // Count and distinct hits that an older build left waiting for the watermark go to
-        // their windows now (they fire early).
-        let states = &self.states;
-        let early = |r: usize| {
-            states
-                .get(r)
-                .and_then(|s| s.window.as_ref())
-                .is_some_and(RuleWindow::fires_early)
-        };
-        let waiting = self.reorder.take_rules(early);
+        // Hits an older build left waiting for the watermark go to their windows now (they
+        // fire early, in any order).
         let mut out = std::mem::take(&mut self.restored);
-        for (rule, hit) in waiting {
-            self.apply_hit(rule, hit, &mut out);
+        for (rule, hit) in snap.reorder.pending {
+            if let Some(rule) = map.get(rule).copied().flatten() {
+                self.apply_hit(rule, hit, &mut out);
+            }
         }
         self.restored = out;
         self.dedup.restore(snap.dedup, |r| {
@@ -652,7 +620,6 @@ impl Engine {
                 // Silences that ended before this event's watermark fire first, before the
                 // event itself counts as a sign of life.
                 if self.clock.observe(t) {
-                    self.release(out);
                     self.fire_absences(self.clock.watermark(), out);
                     self.housekeeping(self.clock.watermark());
                 }
@@ -760,14 +727,17 @@ impl Engine {
                                 Some(single(key, captured))
                             }
                         }
-                        Some(window) => window.on_hit(Hit {
-                            time,
-                            key,
-                            event: EventRef::of(ev, time),
-                            distinct: None,
-                            steps: 0,
-                            captured,
-                        }),
+                        Some(window) => window.on_hit_at(
+                            Hit {
+                                time,
+                                key,
+                                event: EventRef::of(ev, time),
+                                distinct: None,
+                                steps: 0,
+                                captured,
+                            },
+                            watermark,
+                        ),
                     };
                     let Some(firing) = firing else { continue };
                     state.stats.alerts += 1;
@@ -790,8 +760,7 @@ impl Engine {
                     ));
                 }
                 (Some(WindowSpec::Absence { .. }), Some(window)) => {
-                    // Absence keeps only the newest time per key (a max: arrival order does not
-                    // matter), so it skips the reorder buffer.
+                    // Absence keeps only the newest time per key (a max: any arrival order).
                     window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
                     for (at, firing) in self.firings.drain(..) {
                         emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
@@ -825,9 +794,7 @@ impl Engine {
                         steps,
                         captured,
                     };
-                    if !window.fires_early() {
-                        self.reorder.push(idx as usize, hit);
-                    } else if let Some(firing) = window.on_hit(hit) {
+                    if let Some(firing) = window.on_hit_at(hit, watermark) {
                         emit_fired(rule, &rules, state, window_kind(spec), firing, out);
                     }
                 }
@@ -854,34 +821,17 @@ impl Engine {
     pub fn advance_watermark(&mut self, to: EventTime, out: &mut Vec<Alert>) {
         out.append(&mut self.restored);
         self.clock.advance_to(to);
-        self.release(out);
         let watermark = self.clock.watermark();
         self.fire_absences(watermark, out);
         self.housekeeping(watermark);
     }
 
-    /// End of input: releases every pending hit and fires what is due at the newest event time.
-    /// Absence rules do not fire for the silence after the end of a file.
+    /// End of input: fires the absences due at the newest event time (not for the silence
+    /// after the end of a file).
     pub fn finish(&mut self, out: &mut Vec<Alert>) {
         out.append(&mut self.restored);
-        while let Some((rule, hit)) = self.reorder.pop_any() {
-            // The watermark follows, so a hit older than one released this way is late.
-            self.clock.advance_to(hit.time);
-            self.apply_hit(rule, hit, out);
-        }
         let newest = self.clock.newest();
         self.fire_absences(newest, out);
-    }
-
-    /// Releases the sequence hits the watermark has passed, in time order, each after the
-    /// absence deadlines that passed before it. Deadlines up to the watermark itself are the
-    /// caller's to fire: `process` fires them before applying its event.
-    fn release(&mut self, out: &mut Vec<Alert>) {
-        let watermark = self.clock.watermark();
-        while let Some((rule, hit)) = self.reorder.pop_ready(watermark) {
-            self.fire_absences(hit.time, out);
-            self.apply_hit(rule, hit, out);
-        }
     }
 
     fn apply_hit(&mut self, idx: usize, hit: Hit, out: &mut Vec<Alert>) {

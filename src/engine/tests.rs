@@ -634,80 +634,148 @@ proptest! {
     }
 }
 
-/// Brute force for an ordered three-step sequence (get, then list, then watch) per key:
-/// fires at a `watch` when some get < list < watch chain of the key lies within `over` since
-/// the key last fired; the alert starts at the latest such get.
-fn sequence_oracle(events: &[(i64, u8, u8)], over: i64) -> Vec<(u8, i64, i64)> {
+/// Brute force for a three-step sequence (get, list, watch) per key, over the time-ordered
+/// run: a request inside the key's mute is skipped; ordered, the window fires at a `watch`
+/// when some get < list < watch chain of the key since its last firing lies within `over`
+/// (the alert starts at the latest such get); unordered, at any request after which
+/// `threshold` different steps have a request within `over` since the last firing (the alert
+/// starts at the oldest of each step's newest). Returns (key, first, last) per firing.
+fn sequence_oracle(
+    events: &[(i64, u8, u8)],
+    (over, ordered, threshold, mute): (i64, bool, usize, Option<i64>),
+) -> Vec<(u8, i64, i64)> {
     let mut sorted = events.to_vec();
     sorted.sort();
-    let mut last_fire: HashMap<u8, usize> = HashMap::new();
+    // Per key: the index of the last firing and the end of its mute.
+    let mut last_fire: HashMap<u8, (usize, i64)> = HashMap::new();
     let mut fired = Vec::new();
     for (pos, &(t, k, step)) in sorted.iter().enumerate() {
-        if step != 2 {
+        let (from, muted_until) = last_fire
+            .get(&k)
+            .map_or((0, i64::MIN), |&(p, m)| (p + 1, m));
+        if t < muted_until {
             continue;
         }
-        let from = last_fire.get(&k).map_or(0, |p| p + 1);
-        let mine = |i: usize, s: u8| sorted[i].1 == k && sorted[i].2 == s;
-        let start = (from..pos)
-            .filter(|&i| mine(i, 0) && t - sorted[i].0 <= over)
-            .filter(|&i| (i + 1..pos).any(|j| mine(j, 1)))
-            .map(|i| sorted[i].0)
-            .max();
+        let mine =
+            |i: usize, s: u8| sorted[i].1 == k && sorted[i].2 == s && sorted[i].0 >= muted_until;
+        let start = if ordered {
+            if step != 2 {
+                continue;
+            }
+            (from..pos)
+                .filter(|&i| mine(i, 0) && t - sorted[i].0 <= over)
+                .filter(|&i| (i + 1..pos).any(|j| mine(j, 1)))
+                .map(|i| sorted[i].0)
+                .max()
+        } else {
+            let newest: Vec<i64> = (0..3u8)
+                .filter_map(|s| {
+                    (from..=pos)
+                        .filter(|&i| mine(i, s) && t - sorted[i].0 <= over)
+                        .map(|i| sorted[i].0)
+                        .max()
+                })
+                .collect();
+            (newest.len() >= threshold).then(|| newest.iter().copied().min().unwrap_or(t))
+        };
         if let Some(start) = start {
             fired.push((k, start, t));
-            last_fire.insert(k, pos);
+            last_fire.insert(k, (pos, mute.map_or(i64::MIN, |m| t + m)));
         }
     }
     fired
 }
 
+/// Feeds a sequence rule one event at a time; after each, the alerts per key must be the
+/// oracle's over the events in hand. Returns (key, first, last) of every alert.
+fn feed_sequence_checking_early(
+    rules: &str,
+    events: &[(i64, u8, u8)],
+    arrival: &[usize],
+    run: (i64, bool, usize, Option<i64>),
+) -> Result<Vec<(u8, i64, i64)>, TestCaseError> {
+    let mut e = engine_with(
+        rules,
+        EngineOptions {
+            lateness: Span::from_secs(30),
+            ..EngineOptions::default()
+        },
+    );
+    let verbs = ["get", "list", "watch"];
+    let mut alerts = Vec::new();
+    let mut in_hand = Vec::new();
+    for &i in arrival {
+        let (t, k, s) = events[i];
+        let l = line(
+            &format!("id{i:04}"),
+            t,
+            verbs[s as usize],
+            &format!("u{k}"),
+            "pods",
+            200,
+            "ResponseComplete",
+        );
+        let ev = decode_event(&l).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        e.process(&ev, &mut alerts);
+        in_hand.push(events[i]);
+        let mut got: BTreeMap<u8, usize> = BTreeMap::new();
+        for a in &alerts {
+            let k: u8 = a.group.0[0].1[1..].parse().unwrap_or(u8::MAX);
+            *got.entry(k).or_default() += 1;
+        }
+        let mut want: BTreeMap<u8, usize> = BTreeMap::new();
+        for f in sequence_oracle(&in_hand, run) {
+            *want.entry(f.0).or_default() += 1;
+        }
+        prop_assert_eq!(got, want, "after {} events", in_hand.len());
+    }
+    e.finish(&mut alerts);
+    prop_assert_eq!(e.stats().late_hits, 0);
+    let base = 1_700_000_000;
+    let mut got: Vec<(u8, i64, i64)> = alerts
+        .iter()
+        .map(|a| {
+            let k: u8 = a.group.0[0].1[1..].parse().unwrap_or(u8::MAX);
+            (
+                k,
+                a.first_seen.0 / 1_000_000_000 - base,
+                a.last_seen.0 / 1_000_000_000 - base,
+            )
+        })
+        .collect();
+    got.sort();
+    Ok(got)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// An ordered sequence window agrees with a brute-force search for chains, for any arrival
-    /// order within the lateness.
+    /// Sequence windows fire early and agree with a brute-force chain search: for any arrival
+    /// order within the lateness, the alerts per key after every event are the oracle's over
+    /// the events in hand; in time order they are exactly the oracle's. Ordered and
+    /// unordered, with or without a throttle.
     #[test]
-    fn ordered_sequence_matches_brute_force_under_bounded_disorder(
+    fn sequences_fire_early_and_match_brute_force_under_bounded_disorder(
         gaps in prop::collection::vec(1i64..40, 1..120),
         keys in prop::collection::vec(0u8..2, 120),
         steps in prop::collection::vec(0u8..3, 120),
         jitter in prop::collection::vec(0i64..=30, 120),
         over in 20i64..200,
+        ordered in any::<bool>(),
+        threshold in 2usize..=3,
+        throttle in prop::option::of(10i64..300),
     ) {
-        let lateness = 30;
-        let mut t = 0;
-        let events: Vec<(i64, u8, u8)> = gaps
-            .iter()
-            .zip(keys.iter().zip(&steps))
-            .map(|(g, (k, s))| { t += g; (t, *k, *s) })
-            .collect();
-        let mut arrival: Vec<usize> = (0..events.len()).collect();
-        arrival.sort_by_key(|&i| (events[i].0 + jitter[i], i));
+        let (events, arrival) = shuffled(&gaps, &keys, &steps, &jitter);
+        let threshold = if ordered { 3 } else { threshold };
+        let throttle_line = throttle.map_or(String::new(), |t| format!("    throttle: {t}s\n"));
         let rules = format!(
-            "rules:\n  - name: s\n    severity: low\n    window:\n      over: {over}s\n      group_by: [user.username]\n      sequence:\n        - match: {{ verbs: [get] }}\n        - match: {{ verbs: [list] }}\n        - match: {{ verbs: [watch] }}\n"
+            "rules:\n  - name: s\n    severity: low\n    window:\n      over: {over}s\n      group_by: [user.username]\n      ordered: {ordered}\n      threshold: {threshold}\n      sequence:\n        - match: {{ verbs: [get] }}\n        - match: {{ verbs: [list] }}\n        - match: {{ verbs: [watch] }}\n{throttle_line}"
         );
-        let mut e = engine_with(&rules, EngineOptions { lateness: Span::from_secs(lateness), ..EngineOptions::default() });
-        let verbs = ["get", "list", "watch"];
-        let lines: Vec<String> = arrival
-            .iter()
-            .map(|&i| {
-                let (t, k, s) = events[i];
-                line(&format!("id{i:04}"), t, verbs[s as usize], &format!("u{k}"), "pods", 200, "ResponseComplete")
-            })
-            .collect();
-        let alerts = feed(&mut e, &lines);
-        prop_assert_eq!(e.stats().late_hits, 0);
-        let base = 1_700_000_000;
-        let mut got: Vec<(u8, i64, i64)> = alerts
-            .iter()
-            .map(|a| {
-                prop_assert_eq!(a.count, 3);
-                let k: u8 = a.group.0[0].1[1..].parse().unwrap();
-                Ok((k, a.first_seen.0 / 1_000_000_000 - base, a.last_seen.0 / 1_000_000_000 - base))
-            })
-            .collect::<Result<_, _>>()?;
-        let mut want = sequence_oracle(&events, over);
-        got.sort();
+        let run = (over, ordered, threshold, throttle);
+        feed_sequence_checking_early(&rules, &events, &arrival, run)?;
+        let in_order: Vec<usize> = (0..events.len()).collect();
+        let got = feed_sequence_checking_early(&rules, &events, &in_order, run)?;
+        let mut want = sequence_oracle(&events, run);
         want.sort();
         prop_assert_eq!(got, want);
     }

@@ -1,26 +1,30 @@
-//! Count and distinct-count windows that fire on the requests in hand ("early firing").
+//! Count, distinct-count and sequence windows that fire on the requests in hand ("early
+//! firing").
 //!
 //! **What a key's alerts are.** Take the key's matching requests in (event time, auditID)
 //! order and walk them (the *time-ordered run*): a request before the end of a throttle
-//! mute is suppressed; any other joins the group, which lets go of requests more than `over`
-//! older than it; when the group holds `threshold` requests (or distinct values), the window
-//! fires at that request, the group empties ("restart"), and with a throttle the key is muted
-//! for the throttle period from that request's time.
+//! mute is suppressed; any other joins the group in progress, which lets go of what is more
+//! than `over` older than it; when the group qualifies (`threshold` requests, or distinct
+//! values, or a chain of the sequence's steps), the window fires at that request, the group
+//! empties ("restart"), and with a throttle the key is muted for the throttle period from that
+//! request's time.
 //!
 //! **Why it can fire early.** The number of firings of that run never decreases when a request
 //! is added: it is the largest number of qualifying groups that follow one another, each with
 //! its mute after it, and closing each group as early as possible (what the run does) finds
-//! that largest number. So the window need not wait for the watermark: whenever the requests
-//! in hand give one more firing than alerts already sent, one alert leaves at once, describing
-//! the group the new request completed. Once every request is in, the number of alerts per key
-//! is the time-ordered run's, whatever the arrival order, as long as no request is later than
-//! the lateness. An alert lists the group as it stood when the alert left; a request that
-//! arrives later and is older may regroup the run, but never takes an alert back.
+//! that largest number (interval scheduling: earliest end first). So the window need not wait
+//! for the watermark: whenever the requests in hand give one more firing than alerts already
+//! sent, one alert leaves at once, describing the group the new request completed. Once every
+//! request is in, the number of alerts per key is the time-ordered run's, whatever the arrival
+//! order, as long as no request is later than the lateness. An alert lists the group as it
+//! stood when the alert left; a request that arrives later and is older may regroup the run,
+//! but never takes an alert back.
 //!
 //! **What is kept.** No request can arrive before the watermark (it would be late), so the run
-//! up to the watermark is settled: of it only the group in progress at the watermark is kept,
-//! with the mute then in force. Requests after the watermark are all kept (they may be
-//! regrouped by an older one still to come): that is what the lateness costs in memory.
+//! up to the watermark is settled: of it only what can still join a group is kept, with the
+//! mute then in force. Requests after the watermark are kept (an older one still to come may
+//! regroup them): that is what the lateness costs in memory, except for requests that every
+//! possible run mutes, which are only counted.
 
 use std::collections::VecDeque;
 
@@ -37,6 +41,9 @@ pub(super) struct Held {
     pub event: EventRef,
     /// The `distinct` field's value (distinct-count windows).
     pub distinct: Option<Box<str>>,
+    /// Bit `i` set: the request matched step `i` (sequence windows).
+    #[serde(default)]
+    pub steps: u64,
     pub captured: Captured,
 }
 
@@ -48,6 +55,21 @@ impl Held {
     fn value(&self) -> &str {
         self.distinct.as_deref().unwrap_or("")
     }
+
+    fn order(&self) -> (EventTime, &str) {
+        (self.event.time, self.event.audit_id())
+    }
+}
+
+/// What qualifies a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `threshold` requests.
+    Count,
+    /// `threshold` distinct values.
+    Distinct,
+    /// Hits of every step in step order (`ordered`), or of `threshold` different steps.
+    Sequence { steps: usize, ordered: bool },
 }
 
 /// What the run does: the window's spec and the rule's throttle.
@@ -55,19 +77,20 @@ impl Held {
 pub(super) struct Params {
     pub over: Span,
     pub threshold: u64,
-    /// Count distinct values instead of requests.
-    pub distinct: bool,
+    pub shape: Shape,
     /// The throttle period: after a firing the key is muted this long.
     pub mute: Option<Span>,
 }
 
-/// A group the run closed: `hits[first..=last]`, and how many requests were muted between
+/// A group the run closed: its requests lie in `hits[first..=last]` (all of them for count
+/// and distinct windows; `members` for a sequence), and how many requests were muted between
 /// the previous firing and this one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Closed {
     first: usize,
     last: usize,
     suppressed: u64,
+    members: Vec<usize>,
 }
 
 /// Where the run stands.
@@ -75,11 +98,54 @@ struct Closed {
 struct Cursor {
     /// The next request to walk.
     next: usize,
-    /// The group in progress is `hits[group_start..next]`.
+    /// Requests before this one can no longer join the group in progress.
     group_start: usize,
     muted_until: EventTime,
     /// Requests muted since the last firing.
     suppressed: u64,
+}
+
+impl Cursor {
+    fn start() -> Cursor {
+        Cursor {
+            next: 0,
+            group_start: 0,
+            muted_until: EventTime::MIN,
+            suppressed: 0,
+        }
+    }
+}
+
+/// The group in progress beyond its bounds: distinct values and their counts, or the partial
+/// matches of a sequence (per step, the chain of request indices that completed it; ordered:
+/// the one that started latest, unordered: the step's newest request).
+#[derive(Debug, Clone, Default)]
+struct Group {
+    values: HashMap<Box<str>, u32>,
+    slots: Vec<Option<Vec<usize>>>,
+}
+
+impl Group {
+    fn clear(&mut self) {
+        self.values.clear();
+        for slot in &mut self.slots {
+            *slot = None;
+        }
+    }
+
+    fn shift(&mut self, by: usize) {
+        for chain in self.slots.iter_mut().flatten() {
+            chain.retain(|i| *i >= by);
+            for i in chain.iter_mut() {
+                *i -= by;
+            }
+        }
+        for slot in &mut self.slots {
+            if slot.as_ref().is_some_and(Vec::is_empty) {
+                *slot = None;
+            }
+        }
+    }
 }
 
 /// A firing of an early window, for the alert.
@@ -96,31 +162,20 @@ pub(super) struct Fired {
 /// One key of an early window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct EarlyState {
-    /// From the settled point on, in (time, auditID, arrival) order: the group in progress at
-    /// the watermark, then every request after it.
+    /// From the settled point on, in (time, auditID, arrival) order: what of the settled run
+    /// can still join a group, then every request after the watermark.
     hits: VecDeque<Held>,
     /// At the settled point: the mute in force, and the requests muted since the last firing.
     base_muted_until: EventTime,
     base_suppressed: u64,
     /// Derived from the above (rebuilt after a restore): the run's firings over `hits`, its
-    /// position after the last request, and the distinct values of its group in progress.
+    /// position after the last request, and its group in progress there.
     #[serde(skip)]
     closed: Vec<Closed>,
     #[serde(skip, default = "Cursor::start")]
     tail: Cursor,
     #[serde(skip)]
-    values: HashMap<Box<str>, u32>,
-}
-
-impl Cursor {
-    fn start() -> Cursor {
-        Cursor {
-            next: 0,
-            group_start: 0,
-            muted_until: EventTime::MIN,
-            suppressed: 0,
-        }
-    }
+    group: Group,
 }
 
 impl Default for EarlyState {
@@ -131,7 +186,7 @@ impl Default for EarlyState {
             base_suppressed: 0,
             closed: Vec::new(),
             tail: Cursor::start(),
-            values: HashMap::default(),
+            group: Group::default(),
         }
     }
 }
@@ -140,8 +195,8 @@ impl Default for EarlyState {
 const MAX_IDS: usize = crate::alert::MAX_AUDIT_IDS;
 
 impl EarlyState {
-    /// A key holding `events` as its group in progress (a snapshot from before early firing,
-    /// whose count windows kept fewer than `threshold` requests per key).
+    /// A key holding `events` as what can still join a group (a key of a snapshot written
+    /// before early firing).
     pub fn from_group(p: &Params, events: impl IntoIterator<Item = Held>) -> EarlyState {
         let mut state = EarlyState {
             hits: events.into_iter().collect(),
@@ -150,7 +205,7 @@ impl EarlyState {
         state
             .hits
             .make_contiguous()
-            .sort_by(|a, b| (a.time(), a.event.audit_id()).cmp(&(b.time(), b.event.audit_id())));
+            .sort_by(|a, b| a.order().cmp(&b.order()));
         state.rebuild(p);
         state
     }
@@ -191,22 +246,33 @@ impl EarlyState {
         self.rerun(p, 0);
     }
 
-    /// Adds a request (at or after the watermark). Returns the alert to send if the requests in
+    /// Adds a request (at or after `watermark`). Returns the alert to send if the requests in
     /// hand now give one more firing than before.
-    pub fn add(&mut self, p: &Params, held: Held) -> Option<Fired> {
-        let key = (held.time(), held.event.audit_id());
+    pub fn add(&mut self, p: &Params, held: Held, watermark: EventTime) -> Option<Fired> {
+        // What the watermark has passed no longer changes: settle it first, so that a hot key
+        // muted by a settled firing keeps nothing of its muted requests (below).
+        if self
+            .closed
+            .first()
+            .is_some_and(|c| self.hits[c.last].time() < watermark)
+        {
+            self.settle(p, watermark);
+        }
+        if self.muted_in_every_run(p, &held, watermark) {
+            return None;
+        }
+        let key = held.order();
         // After requests that order equal: equal ones keep their arrival order.
-        let pos = self
-            .hits
-            .partition_point(|h| (h.time(), h.event.audit_id()) <= key);
+        let pos = self.hits.partition_point(|h| h.order() <= key);
         if pos == self.hits.len() {
             self.hits.push_back(held);
             let mut cursor = self.tail;
-            let closed = self.step(p, &mut cursor, true);
+            let closed = self.step(p, &mut cursor);
             self.tail = cursor;
             let closed = closed?;
+            let fired = self.describe(p, &closed);
             self.closed.push(closed);
-            return Some(self.describe(p, closed));
+            return Some(fired);
         }
         self.hits.insert(pos, held);
         let before = self.closed.len();
@@ -219,9 +285,39 @@ impl EarlyState {
         let closed = self.closed[keep..]
             .iter()
             .find(|c| c.first <= pos && pos <= c.last)
-            .or(self.closed.last())
-            .copied()?;
+            .or(self.closed.last())?;
         Some(self.describe(p, closed))
+    }
+
+    /// Whether every run the requests still to come can give mutes `held`: then it is only
+    /// counted. Two cases: a settled firing's mute covers it (no firing can come first: its
+    /// requests would be muted too); or it comes after the run's first firing and before the
+    /// watermark plus the throttle period (any run's first firing is at or after the
+    /// watermark, and no later than the current one's: the earliest-ending first group can
+    /// only end earlier when requests are added).
+    fn muted_in_every_run(&mut self, p: &Params, held: &Held, watermark: EventTime) -> bool {
+        if held.time() < self.base_muted_until {
+            self.base_suppressed += 1;
+            match self.closed.first_mut() {
+                Some(first) => first.suppressed += 1,
+                None => self.tail.suppressed += 1,
+            }
+            return true;
+        }
+        let (Some(period), Some(first)) = (p.mute, self.closed.first()) else {
+            return false;
+        };
+        let after_first = held.order() > self.hits[first.last].order();
+        if !after_first || held.time() >= watermark.saturating_add(period) {
+            return false;
+        }
+        // (A rerun from before the first firing recounts muted requests from `hits` and no
+        // longer counts this one: `suppressed` is what the run saw, at least.)
+        match self.closed.get_mut(1) {
+            Some(second) => second.suppressed += 1,
+            None => self.tail.suppressed += 1,
+        }
+        true
     }
 
     /// Settles the run before `watermark`: drops what no later request can join, and the
@@ -232,16 +328,12 @@ impl EarlyState {
             .partition_point(|c| self.hits[c.last].time() < watermark);
         let mut cursor = match settled {
             0 => self.base(),
-            k => self.after(p, self.closed[k - 1]),
+            k => self.after(p, &self.closed[k - 1]),
         };
-        // No firing closes before the watermark past the settled ones: walk to it.
-        let mut scratch = HashMap::default();
+        // No firing closes before the watermark past the settled ones: walk to it, by time
+        // alone (what a later request can still join).
         while cursor.next < self.hits.len() && self.hits[cursor.next].time() < watermark {
-            let closed = self.walk(p, &mut cursor, &mut scratch, false);
-            debug_assert!(
-                closed.is_none(),
-                "a firing before the watermark was not settled"
-            );
+            self.advance(p, &mut cursor);
         }
         let drop = cursor.group_start;
         if drop > 0 || settled > 0 {
@@ -252,12 +344,16 @@ impl EarlyState {
             for c in &mut self.closed {
                 c.first -= drop;
                 c.last -= drop;
+                for m in &mut c.members {
+                    *m -= drop;
+                }
             }
             self.tail.next -= drop;
-            self.tail.group_start -= drop;
+            self.tail.group_start = self.tail.group_start.saturating_sub(drop);
+            self.group.shift(drop);
         }
         let mut dropped = drop;
-        if p.distinct {
+        if p.shape == Shape::Distinct {
             dropped += self.compact_settled(p, watermark);
         }
         dropped
@@ -298,7 +394,7 @@ impl EarlyState {
         }
     }
 
-    fn after(&self, p: &Params, c: Closed) -> Cursor {
+    fn after(&self, p: &Params, c: &Closed) -> Cursor {
         Cursor {
             next: c.last + 1,
             group_start: c.last + 1,
@@ -312,104 +408,187 @@ impl EarlyState {
         self.closed.truncate(keep);
         let mut cursor = match keep {
             0 => self.base(),
-            k => self.after(p, self.closed[k - 1]),
+            k => self.after(p, &self.closed[k - 1]),
         };
-        self.values.clear();
+        self.group.clear();
         while cursor.next < self.hits.len() {
-            if let Some(c) = self.step(p, &mut cursor, true) {
+            if let Some(c) = self.step(p, &mut cursor) {
                 self.closed.push(c);
             }
         }
         self.tail = cursor;
     }
 
-    /// One step of the run with the window's own distinct-value counts.
-    fn step(&mut self, p: &Params, cursor: &mut Cursor, count_values: bool) -> Option<Closed> {
-        let mut values = std::mem::take(&mut self.values);
-        let closed = self.walk(p, cursor, &mut values, count_values);
-        self.values = values;
-        closed
-    }
-
-    /// Walks the request at `cursor.next`. `values` counts the group's distinct values
-    /// (kept only when `count_values`; the settling walk needs times alone).
-    fn walk(
-        &self,
-        p: &Params,
-        cursor: &mut Cursor,
-        values: &mut HashMap<Box<str>, u32>,
-        count_values: bool,
-    ) -> Option<Closed> {
+    /// Walks the request at `cursor.next` by time alone: the mute, and what falls out of the
+    /// group in progress (for settling, where no firing can close).
+    fn advance(&self, p: &Params, cursor: &mut Cursor) {
         let i = cursor.next;
         cursor.next += 1;
         let t = self.hits[i].time();
         if t < cursor.muted_until {
             cursor.suppressed += 1;
             cursor.group_start = i + 1;
-            return None;
+            return;
         }
-        let track = p.distinct && count_values;
         while cursor.group_start < i
             && t.0.saturating_sub(self.hits[cursor.group_start].time().0) > p.over.0
         {
-            if track {
-                forget(values, self.hits[cursor.group_start].value());
-            }
             cursor.group_start += 1;
         }
-        let size = if p.distinct {
-            if !track {
-                return None;
-            }
-            match values.get_mut(self.hits[i].value()) {
-                Some(n) => *n += 1,
-                None => {
-                    values.insert(self.hits[i].value().into(), 1);
-                }
-            }
-            values.len()
-        } else {
-            i + 1 - cursor.group_start
-        };
-        if (size as u64) < p.threshold {
+    }
+
+    /// One step of the run: walks the request at `cursor.next` with the group in progress.
+    /// Returns the group it closed, if any.
+    fn step(&mut self, p: &Params, cursor: &mut Cursor) -> Option<Closed> {
+        let i = cursor.next;
+        let t = self.hits[i].time();
+        if t < cursor.muted_until {
+            self.advance(p, cursor);
             return None;
         }
+        // Values of requests falling out of a distinct window's group.
+        if p.shape == Shape::Distinct {
+            let mut start = cursor.group_start;
+            while start < i && t.0.saturating_sub(self.hits[start].time().0) > p.over.0 {
+                forget(&mut self.group.values, self.hits[start].value());
+                start += 1;
+            }
+        }
+        self.advance(p, cursor);
+        let members = match p.shape {
+            Shape::Count => ((i + 1 - cursor.group_start) as u64 >= p.threshold).then(Vec::new),
+            Shape::Distinct => {
+                let value = self.hits[i].value();
+                match self.group.values.get_mut(value) {
+                    Some(n) => *n += 1,
+                    None => {
+                        self.group.values.insert(value.into(), 1);
+                    }
+                }
+                (self.group.values.len() as u64 >= p.threshold).then(Vec::new)
+            }
+            Shape::Sequence { steps, ordered } => self.sequence_step(p, i, steps, ordered),
+        }?;
+        let first = match p.shape {
+            Shape::Sequence { .. } => members.first().copied().unwrap_or(i),
+            Shape::Count | Shape::Distinct => cursor.group_start,
+        };
         let closed = Closed {
-            first: cursor.group_start,
+            first,
             last: i,
             suppressed: cursor.suppressed,
+            members,
         };
         cursor.group_start = i + 1;
         cursor.suppressed = 0;
         cursor.muted_until = mute_after(p, t);
-        values.clear();
+        self.group.clear();
         Some(closed)
     }
 
-    /// The alert of a closed group.
-    fn describe(&self, p: &Params, c: Closed) -> Fired {
-        let group = self.hits.range(c.first..=c.last);
-        let last = &self.hits[c.last];
-        let (count, events): (u64, Vec<EventRef>) = if p.distinct {
-            // The newest request of each value, oldest first.
-            let mut newest: HashMap<&str, usize> = HashMap::default();
-            for (i, h) in group.clone().enumerate() {
-                newest.insert(h.value(), i);
+    /// A sequence's step for request `i`: returns the requests of the completed sequence
+    /// (sorted, each once) when it completes.
+    fn sequence_step(
+        &mut self,
+        p: &Params,
+        i: usize,
+        steps: usize,
+        ordered: bool,
+    ) -> Option<Vec<usize>> {
+        let hits = &self.hits;
+        let slots = &mut self.group.slots;
+        slots.resize(steps, None);
+        let now = hits[i].time();
+        let start = |chain: &Option<Vec<usize>>| {
+            chain
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(|&j| hits[j].time())
+        };
+        for slot in slots.iter_mut() {
+            if start(slot).is_some_and(|s| now.0.saturating_sub(s.0) > p.over.0) {
+                *slot = None;
             }
-            let count = newest.len() as u64;
-            let events = group
-                .enumerate()
-                .filter(|(i, h)| newest.get(h.value()) == Some(i))
-                .take(MAX_IDS)
-                .map(|(_, h)| h.event.clone())
-                .collect();
-            (count, events)
+        }
+        let mask = hits[i].steps;
+        let done = if ordered {
+            // Highest step first, so this request extends only matches older requests began.
+            for s in (0..steps).rev() {
+                if mask & (1 << s) == 0 {
+                    continue;
+                }
+                if s == 0 {
+                    slots[0] = Some(vec![i]);
+                    continue;
+                }
+                if slots[s - 1].is_some() && start(&slots[s]) < start(&slots[s - 1]) {
+                    let mut chain = slots[s - 1].clone().unwrap_or_default();
+                    chain.push(i);
+                    slots[s] = Some(chain);
+                }
+            }
+            slots.last().is_some_and(Option::is_some)
         } else {
-            let count = (c.last + 1 - c.first) as u64;
-            (
-                count,
-                group.take(MAX_IDS).map(|h| h.event.clone()).collect(),
-            )
+            for (s, slot) in slots.iter_mut().enumerate() {
+                if mask & (1 << s) != 0 {
+                    *slot = Some(vec![i]);
+                }
+            }
+            slots.iter().flatten().count() as u64 >= p.threshold
+        };
+        if !done {
+            return None;
+        }
+        let mut members: Vec<usize> = if ordered {
+            slots.last_mut().and_then(Option::take).unwrap_or_default()
+        } else {
+            slots
+                .iter_mut()
+                .filter_map(Option::take)
+                .flatten()
+                .collect()
+        };
+        members.sort_unstable();
+        members.dedup();
+        Some(members)
+    }
+
+    /// The alert of a closed group.
+    fn describe(&self, p: &Params, c: &Closed) -> Fired {
+        let last = &self.hits[c.last];
+        let (count, events): (u64, Vec<EventRef>) = match p.shape {
+            Shape::Distinct => {
+                // The newest request of each value, oldest first.
+                let group = self.hits.range(c.first..=c.last);
+                let mut newest: HashMap<&str, usize> = HashMap::default();
+                for (i, h) in group.clone().enumerate() {
+                    newest.insert(h.value(), i);
+                }
+                let count = newest.len() as u64;
+                let events = group
+                    .enumerate()
+                    .filter(|(i, h)| newest.get(h.value()) == Some(i))
+                    .take(MAX_IDS)
+                    .map(|(_, h)| h.event.clone())
+                    .collect();
+                (count, events)
+            }
+            Shape::Count => {
+                let count = (c.last + 1 - c.first) as u64;
+                let group = self.hits.range(c.first..=c.last);
+                (
+                    count,
+                    group.take(MAX_IDS).map(|h| h.event.clone()).collect(),
+                )
+            }
+            Shape::Sequence { .. } => (
+                c.members.len() as u64,
+                c.members
+                    .iter()
+                    .take(MAX_IDS)
+                    .map(|&i| self.hits[i].event.clone())
+                    .collect(),
+            ),
         };
         Fired {
             count,
@@ -443,6 +622,7 @@ mod tests {
         Held {
             event: EventRef::new(EventTime::from_secs(secs), 403, id, "u", "get", "", ""),
             distinct: Some(value.into()),
+            steps: 0,
             captured: Captured::default(),
         }
     }
@@ -451,7 +631,7 @@ mod tests {
         Params {
             over: Span::from_secs(over),
             threshold,
-            distinct: false,
+            shape: Shape::Count,
             mute: mute.map(Span::from_secs),
         }
     }
@@ -463,9 +643,9 @@ mod tests {
         let mut s = EarlyState::default();
         let mut fired = Vec::new();
         for (t, id) in [(20, "c"), (0, "a"), (35, "d"), (10, "b")] {
-            assert!(s.add(&p, held(t, id, "")).is_none());
+            assert!(s.add(&p, held(t, id, ""), EventTime::MIN).is_none());
         }
-        fired.extend(s.add(&p, held(50, "e", "")));
+        fired.extend(s.add(&p, held(50, "e", ""), EventTime::MIN));
         assert_eq!(fired.len(), 1);
         assert_eq!(fired[0].count, 5);
         assert_eq!(fired[0].first_seen, EventTime::from_secs(0));
@@ -477,13 +657,15 @@ mod tests {
     fn an_older_request_never_takes_an_alert_back() {
         let p = count(10, 2, None);
         let mut s = EarlyState::default();
-        assert!(s.add(&p, held(5, "b", "")).is_none());
+        assert!(s.add(&p, held(5, "b", ""), EventTime::MIN).is_none());
         // 5 and 12 fire...
-        assert!(s.add(&p, held(12, "c", "")).is_some());
+        assert!(s.add(&p, held(12, "c", ""), EventTime::MIN).is_some());
         // ...then 0 regroups the run as (0, 5) and leaves 12 alone: still one firing.
-        assert!(s.add(&p, held(0, "a", "")).is_none());
+        assert!(s.add(&p, held(0, "a", ""), EventTime::MIN).is_none());
         // 11 makes (11, 12) the second.
-        let second = s.add(&p, held(11, "x", "")).map(|f| f.count);
+        let second = s
+            .add(&p, held(11, "x", ""), EventTime::MIN)
+            .map(|f| f.count);
         assert_eq!(second, Some(2));
     }
 
@@ -491,15 +673,19 @@ mod tests {
     fn throttle_mutes_requests_and_reports_them() {
         let p = count(60, 1, Some(100));
         let mut s = EarlyState::default();
-        assert!(s.add(&p, held(100, "a", "")).is_some());
-        assert!(s.add(&p, held(150, "b", "")).is_none());
+        assert!(s.add(&p, held(100, "a", ""), EventTime::MIN).is_some());
+        assert!(s.add(&p, held(150, "b", ""), EventTime::MIN).is_none());
         // An older request opens a mute earlier: it alerts; the run is now 30 (alert), 100
         // (muted), 150 (alert: the one already sent stands for it).
-        let first = s.add(&p, held(30, "c", "")).expect("a new firing");
+        let first = s
+            .add(&p, held(30, "c", ""), EventTime::MIN)
+            .expect("a new firing");
         assert_eq!(first.last_seen, EventTime::from_secs(30));
         // 150 mutes until 250.
-        assert!(s.add(&p, held(199, "d", "")).is_none());
-        let next = s.add(&p, held(250, "e", "")).expect("past the mute");
+        assert!(s.add(&p, held(199, "d", ""), EventTime::MIN).is_none());
+        let next = s
+            .add(&p, held(250, "e", ""), EventTime::MIN)
+            .expect("past the mute");
         assert_eq!(next.suppressed, 1);
     }
 
@@ -515,12 +701,12 @@ mod tests {
             (70, "e"),
             (80, "f"),
         ] {
-            s.add(&p, held(t, id, ""));
+            s.add(&p, held(t, id, ""), EventTime::MIN);
         }
         // Fired at 2 (muted to 52: d is muted); e and f are the group in progress.
         assert_eq!(s.settle(&p, EventTime::from_secs(90)), 4);
         assert_eq!(s.len(), 2);
-        assert!(s.add(&p, held(95, "g", "")).is_some());
+        assert!(s.add(&p, held(95, "g", ""), EventTime::MIN).is_some());
         assert!(s.settled_mute_covers(&p, EventTime::from_secs(20)));
     }
 
@@ -529,19 +715,25 @@ mod tests {
         let p = Params {
             over: Span::from_secs(10_000),
             threshold: 3,
-            distinct: true,
+            shape: Shape::Distinct,
             mute: None,
         };
         let mut s = EarlyState::default();
         for i in 0..100 {
             assert!(
-                s.add(&p, held(i, &format!("id{i}"), ["x", "y"][i as usize % 2]))
-                    .is_none()
+                s.add(
+                    &p,
+                    held(i, &format!("id{i}"), ["x", "y"][i as usize % 2]),
+                    EventTime::MIN
+                )
+                .is_none()
             );
         }
         s.settle(&p, EventTime::from_secs(1000));
         assert_eq!(s.len(), 2);
-        let fired = s.add(&p, held(1001, "z1", "z")).expect("third value");
+        let fired = s
+            .add(&p, held(1001, "z1", "z"), EventTime::MIN)
+            .expect("third value");
         assert_eq!(fired.count, 3);
         let ids: Vec<&str> = fired.events.iter().map(|e| e.audit_id()).collect();
         assert_eq!(ids, ["id98", "id99", "z1"]);

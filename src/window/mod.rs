@@ -1,11 +1,10 @@
 //! Keyed sliding windows in event time.
 //!
-//! Count and distinct-count windows fire on the requests in hand, as soon as they reach the
-//! threshold ([`early`] says why that is safe and what it guarantees). Sequence windows need
-//! their requests in time order: the engine hands their matching requests ("hits") to a
-//! [`ReorderBuffer`], which releases them once the watermark (event time minus the allowed
-//! lateness) has passed them. Absence windows only keep the newest time per key (any order).
-//! A hit older than the watermark when it arrives is late: it is counted and left out.
+//! Count, distinct-count and sequence windows fire on the requests in hand, as soon as they
+//! complete ([`early`] says why that is safe and what it guarantees), in any arrival order.
+//! Absence windows keep only the newest time per key and fire when the watermark (event time
+//! minus the allowed lateness, see [`clock`]) passes the end of a silence. A hit older than the
+//! watermark when it arrives is late: the engine counts it and leaves it out.
 //!
 //! Semantics, per group key (the rule's `group_by` values):
 //! - **count**: fire when `threshold` hits lie within `over` (first to last, inclusive). The
@@ -40,9 +39,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use clock::{EventClock, MAX_SOURCES};
-use early::{EarlyState, Held, Params};
+use early::{EarlyState, Held, Params, Shape};
 use evict::OldestKeys;
-pub use reorder::{Hit, ReorderBuffer, ReorderSnapshot};
+pub use reorder::{Hit, ReorderSnapshot};
 
 use crate::alert::EventRef;
 use crate::event::{EventTime, Span};
@@ -68,26 +67,6 @@ pub struct Firing {
     pub captured: Captured,
     /// Requests muted by the throttle since the key's previous alert.
     pub suppressed: u64,
-}
-
-impl Firing {
-    /// A window completed by the hit of `key` at `last_seen`.
-    fn closing(
-        (key, last_seen, captured): (GroupKey, EventTime, Captured),
-        count: u64,
-        first_seen: EventTime,
-        events: Vec<EventRef>,
-    ) -> Firing {
-        Firing {
-            key,
-            count,
-            first_seen,
-            last_seen,
-            events,
-            captured,
-            suppressed: 0,
-        }
-    }
 }
 
 /// A count window's key before early firing (read from older snapshots).
@@ -128,108 +107,39 @@ impl AbsenceState {
     }
 }
 
+/// A sequence window's key before early firing (read from older snapshots).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SequenceState {
     /// Per step. Unordered: the step's newest hit. Ordered: the partial match that completed
     /// this step and started latest (so it expires last), as its hits oldest first.
     slots: Vec<Option<Vec<EventRef>>>,
-    /// The throttle's mute after the last firing, and the requests it muted.
-    #[serde(default = "no_mute")]
-    muted_until: EventTime,
-    #[serde(default)]
-    suppressed: u64,
-}
-
-fn no_mute() -> EventTime {
-    EventTime::MIN
 }
 
 impl SequenceState {
-    /// The latest start of any partial match held (its first hit's time).
-    fn newest_start(&self) -> Option<EventTime> {
-        self.slots
-            .iter()
-            .flatten()
-            .filter_map(|chain| chain.first().map(|h| h.time))
-            .max()
-    }
-
-    /// Applies a hit of the steps in `mask`; returns the contributing hits if the sequence
-    /// is complete (and restarts it).
-    fn on_hit(
-        &mut self,
-        (over, threshold, ordered): (Span, u64, bool),
-        mask: u64,
-        event: &EventRef,
-    ) -> Option<Vec<EventRef>> {
-        let now = event.time;
-        for slot in &mut self.slots {
-            if slot
-                .as_ref()
-                .and_then(|c| c.first())
-                .is_some_and(|h| now.0.saturating_sub(h.time.0) > over.0)
-            {
-                *slot = None;
-            }
-        }
-        let n = self.slots.len();
-        let done = if ordered {
-            // Highest step first, so this request extends only matches older requests began.
-            for i in (0..n).rev() {
-                if mask & (1 << i) == 0 {
-                    continue;
-                }
-                if i == 0 {
-                    self.slots[0] = Some(vec![event.clone()]);
-                    continue;
-                }
-                let start =
-                    |s: &Option<Vec<EventRef>>| s.as_ref().and_then(|c| c.first()).map(|h| h.time);
-                let (before, after) = self.slots.split_at_mut(i);
-                if let Some(prev) = &before[i - 1]
-                    && start(&after[0]) < start(&before[i - 1])
-                {
-                    let mut chain = prev.clone();
-                    chain.push(event.clone());
-                    after[0] = Some(chain);
+    /// The requests of the partial matches, each with the steps it took in them.
+    fn partial_matches(self, ordered: bool) -> Vec<Held> {
+        let mut held: Vec<Held> = Vec::new();
+        for (slot, chain) in self.slots.into_iter().enumerate() {
+            for (position, event) in chain.into_iter().flatten().enumerate() {
+                // Ordered: the chain's n-th request took step n. Unordered: the slot's step.
+                let step = if ordered { position } else { slot };
+                match held.iter_mut().find(|h| h.event == event) {
+                    Some(h) => h.steps |= 1 << step,
+                    None => held.push(Held {
+                        event,
+                        distinct: None,
+                        steps: 1 << step,
+                        captured: Captured::default(),
+                    }),
                 }
             }
-            self.slots.last().is_some_and(Option::is_some)
-        } else {
-            for (i, slot) in self.slots.iter_mut().enumerate() {
-                if mask & (1 << i) != 0 {
-                    *slot = Some(vec![event.clone()]);
-                }
-            }
-            self.slots.iter().flatten().count() as u64 >= threshold
-        };
-        if !done {
-            return None;
         }
-        let mut events: Vec<EventRef> = if ordered {
-            self.slots
-                .last_mut()
-                .and_then(Option::take)
-                .unwrap_or_default()
-        } else {
-            self.slots
-                .iter_mut()
-                .filter_map(Option::take)
-                .flatten()
-                .collect()
-        };
-        for slot in &mut self.slots {
-            *slot = None;
-        }
-        // One request may have completed several steps (unordered): list it once.
-        events.sort_by(|a, b| (a.time, a.audit_id()).cmp(&(b.time, b.audit_id())));
-        events.dedup_by(|a, b| a.time == b.time && a.audit_id() == b.audit_id());
-        Some(events)
+        held
     }
 }
 
-/// A key's state. `Count` and `Distinct` are how snapshots written before early firing hold
-/// those windows; they are read, and turned into `Early` on restore.
+/// A key's state. `Count`, `Distinct` and `Sequence` are how snapshots written before early
+/// firing hold those windows; they are read, and turned into `Early` on restore.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum KeyState {
     Count(CountState),
@@ -258,8 +168,6 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct RuleWindow {
     spec: WindowSpec,
-    /// The rule's throttle period.
-    mute: Option<Span>,
     /// How an early window runs (count and distinct windows, and throttled plain rules).
     early: Option<Params>,
     keys: HashMap<GroupKey, Entry>,
@@ -276,34 +184,39 @@ pub struct RuleWindow {
     pub forced: u64,
 }
 
-/// Cap on the number of audit IDs an alert carries.
-const MAX_IDS: usize = crate::alert::MAX_AUDIT_IDS;
-
 impl RuleWindow {
     /// A window for `spec`, muted for `throttle` after each alert. A plain rule with a throttle
     /// gets one too: a count of one (`WindowSpec::Count` with threshold 1), so its throttle
     /// has the same semantics under any arrival order.
     pub fn new(spec: WindowSpec, throttle: Option<Span>, limits: Limits) -> RuleWindow {
+        let params = |over: Span, threshold: u64, shape| Params {
+            over,
+            threshold: threshold.max(1),
+            shape,
+            mute: throttle,
+        };
         let early = match &spec {
-            WindowSpec::Count { over, threshold } => Some(Params {
-                over: *over,
-                threshold: (*threshold).max(1),
-                distinct: false,
-                mute: throttle,
-            }),
+            WindowSpec::Count { over, threshold } => Some(params(*over, *threshold, Shape::Count)),
             WindowSpec::Distinct {
                 over, threshold, ..
-            } => Some(Params {
-                over: *over,
-                threshold: (*threshold).max(1),
-                distinct: true,
-                mute: throttle,
-            }),
-            _ => None,
+            } => Some(params(*over, *threshold, Shape::Distinct)),
+            WindowSpec::Sequence {
+                over,
+                steps,
+                threshold,
+                ordered,
+            } => Some(params(
+                *over,
+                *threshold,
+                Shape::Sequence {
+                    steps: steps.len(),
+                    ordered: *ordered,
+                },
+            )),
+            WindowSpec::Absence { .. } => None,
         };
         RuleWindow {
             spec,
-            mute: throttle,
             early,
             keys: HashMap::default(),
             limits: Limits {
@@ -377,6 +290,7 @@ impl RuleWindow {
                         st.hits.into_iter().map(|event| Held {
                             event,
                             distinct: None,
+                            steps: 0,
                             captured: Captured::default(),
                         }),
                     )))
@@ -391,16 +305,20 @@ impl RuleWindow {
                             .map(|(value, event)| Held {
                                 event,
                                 distinct: Some(value),
+                                steps: 0,
                                 captured: Captured::default(),
                             }),
                     )))
                 }
-                (WindowSpec::Absence { .. }, _, st @ KeyState::Absence(_)) => Some(st),
-                (WindowSpec::Sequence { steps, .. }, _, KeyState::Sequence(st))
+                (WindowSpec::Sequence { steps, ordered, .. }, Some(p), KeyState::Sequence(st))
                     if st.slots.len() == steps.len() =>
                 {
-                    Some(KeyState::Sequence(st))
+                    Some(KeyState::Early(EarlyState::from_group(
+                        &p,
+                        st.partial_matches(*ordered),
+                    )))
                 }
+                (WindowSpec::Absence { .. }, _, st @ KeyState::Absence(_)) => Some(st),
                 _ => None,
             };
             if let Some(state) = state
@@ -431,6 +349,11 @@ impl RuleWindow {
     /// Applies one hit: for an early window, any hit at or after the watermark in any order;
     /// otherwise hits in event-time order. Returns a firing if the window fired.
     pub fn on_hit(&mut self, hit: Hit) -> Option<Firing> {
+        self.on_hit_at(hit, EventTime::MIN)
+    }
+
+    /// [`RuleWindow::on_hit`] at `watermark` (early windows settle what it has passed).
+    pub fn on_hit_at(&mut self, hit: Hit, watermark: EventTime) -> Option<Firing> {
         if self.keys.len() >= self.limits.max_keys && !self.keys.contains_key(&hit.key) {
             self.evict_oldest();
         }
@@ -439,7 +362,6 @@ impl RuleWindow {
         let early = self.early;
         let entry = self.keys.entry(hit.key.clone()).or_insert_with(|| Entry {
             state: match spec {
-                _ if early.is_some() => KeyState::Early(EarlyState::default()),
                 WindowSpec::Absence { .. } => KeyState::Absence(AbsenceState {
                     last: hit.time,
                     fired: false,
@@ -447,12 +369,7 @@ impl RuleWindow {
                     captured: Captured::default(),
                     audit_id: String::new(),
                 }),
-                WindowSpec::Sequence { steps, .. } => KeyState::Sequence(SequenceState {
-                    slots: vec![None; steps.len()],
-                    muted_until: EventTime::MIN,
-                    suppressed: 0,
-                }),
-                // Count and distinct specs are early.
+                // Count, distinct and sequence windows fire early.
                 _ => KeyState::Early(EarlyState::default()),
             },
             updated: hit.time,
@@ -461,15 +378,18 @@ impl RuleWindow {
         match (spec, &mut entry.state) {
             (_, KeyState::Early(st)) => {
                 let p = early?;
-                self.held += 1;
+                let before = st.len();
                 let fired = st.add(
                     &p,
                     Held {
                         event: hit.event,
                         distinct: hit.distinct,
+                        steps: hit.steps,
                         captured: hit.captured,
                     },
+                    watermark,
                 );
+                self.held = self.held + st.len() - before;
                 if self.held > self.limits.max_held {
                     // Over the bound: this key's run is settled up to its newest request now
                     // (an older request arriving later for it is then late).
@@ -503,31 +423,6 @@ impl RuleWindow {
                         .push(Reverse((hit.time.saturating_add(*after), hit.key)));
                 }
                 None
-            }
-            (
-                WindowSpec::Sequence {
-                    over,
-                    threshold,
-                    ordered,
-                    ..
-                },
-                KeyState::Sequence(st),
-            ) => {
-                if hit.time < st.muted_until {
-                    st.suppressed += 1;
-                    return None;
-                }
-                let events = st.on_hit((*over, *threshold, *ordered), hit.steps, &hit.event)?;
-                if let Some(m) = self.mute {
-                    st.muted_until = hit.time.saturating_add(m);
-                }
-                let count = events.len() as u64;
-                let first_seen = events.first().map_or(hit.time, |h| h.time);
-                let events = events.into_iter().take(MAX_IDS).collect();
-                let mut firing =
-                    Firing::closing((hit.key, hit.time, hit.captured), count, first_seen, events);
-                firing.suppressed = std::mem::take(&mut st.suppressed);
-                Some(firing)
             }
             _ => None,
         }
@@ -682,12 +577,6 @@ impl RuleWindow {
                     released += st.len();
                 }
                 keep
-            }
-            (WindowSpec::Sequence { over, .. }, KeyState::Sequence(st)) => {
-                st.muted_until > watermark
-                    || st
-                        .newest_start()
-                        .is_some_and(|t| watermark.0.saturating_sub(t.0) <= over.0)
             }
             // An absence key is the memory that the key exists; keep it until it fired.
             (WindowSpec::Absence { .. }, KeyState::Absence(st)) => !st.fired,
