@@ -290,6 +290,9 @@ sources:
             seconds: overload_seconds.unwrap_or(seconds.div_ceil(2)),
         },
     ] {
+        if phase.seconds == 0 {
+            continue;
+        }
         let batches = phase.rate * phase.seconds / BATCH as u64;
         let interval = Duration::from_secs_f64(BATCH as f64 / phase.rate as f64);
         let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();

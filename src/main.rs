@@ -529,15 +529,31 @@ fn print_summary(r: &ReplayReport) {
     let mut err = std::io::stderr().lock();
     let color = std::io::stderr().is_terminal();
     let _ = writeln!(err);
+    // Each rule's CPU share, estimated from the events the engine timed (one in
+    // PROFILE_EVERY): match block, condition, window and alert building.
+    let cpu = cpu_time();
+    let cost = |s: &auditwatch::engine::RuleStats| match cpu {
+        Some(cpu) if cpu > 0.0 => format!(
+            "{:.1}%",
+            s.sampled_nanos as f64 * auditwatch::engine::PROFILE_EVERY as f64 / 1e9 / cpu * 100.0
+        ),
+        _ => "n/a".into(),
+    };
     let _ = writeln!(
         err,
-        "{:<44} {:>9} {:>7} {:>9} {:>8} {:>6}",
-        "rule", "matched", "alerts", "throttled", "errors", "late"
+        "{:<44} {:>9} {:>7} {:>9} {:>8} {:>6} {:>6}",
+        "rule", "matched", "alerts", "throttled", "errors", "late", "cpu"
     );
     for (name, s) in &r.rules {
         let line = format!(
-            "{:<44} {:>9} {:>7} {:>9} {:>8} {:>6}",
-            name, s.matched, s.alerts, s.throttled, s.script_errors, s.late
+            "{:<44} {:>9} {:>7} {:>9} {:>8} {:>6} {:>6}",
+            name,
+            s.matched,
+            s.alerts,
+            s.throttled,
+            s.script_errors,
+            s.late,
+            cost(s)
         );
         if color && s.alerts > 0 {
             let _ = writeln!(err, "\x1b[1m{line}\x1b[0m");

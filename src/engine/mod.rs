@@ -10,6 +10,7 @@
 mod build;
 mod config;
 mod dedup;
+mod index;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,80 +24,15 @@ use crate::alert::{Alert, AlertKind, EventRef};
 use crate::event::{AuditEvent, EventTime, Span};
 use crate::rules::fields::ObjectCache;
 use crate::rules::script::{ConditionError, ConditionRunner};
-use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary};
+use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary, needs};
 use crate::window::{
     EventClock, Firing, GroupKey, Hit, KEY_SEPARATOR, Limits, ReorderSnapshot, RuleWindow,
     Throttle, WindowSnapshot,
 };
 use build::build_alert;
+use index::RuleIndex;
 
 /// Response code classes: 0 = no response yet, 1-5 = 1xx-5xx, 6 = anything else.
-const CODE_CLASSES: usize = 7;
-
-/// Candidate rules per response code class, in rule order.
-type ByCode = [Vec<u32>; CODE_CLASSES];
-
-/// Verb → candidate rules per code class.
-type VerbIndex = Vec<(Box<str>, ByCode)>;
-
-/// One bit per resource name (a 64-bit Bloom filter): a rule whose top-level `resources` all
-/// name an exact resource can only match events whose resource bit is in its mask. Checking the
-/// mask skips most rules of a verb without running their match block.
-fn resource_bit(resource: &str) -> u64 {
-    // FNV-1a: deterministic and cheap for the short names resources have.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in resource.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    1 << (h >> 58)
-}
-
-/// The resource mask of each rule (all bits: any resource).
-fn resource_masks(rules: &RuleSet) -> Vec<u64> {
-    rules
-        .rules
-        .iter()
-        .map(|r| match &r.matcher.resources {
-            Some(patterns) => patterns
-                .iter()
-                .map(|p| p.exact_resource().map(resource_bit))
-                .try_fold(0, |mask, bit| bit.map(|b| mask | b))
-                .unwrap_or(u64::MAX),
-            None => u64::MAX,
-        })
-        .collect()
-}
-
-fn code_class(ev: &AuditEvent<'_>) -> usize {
-    match &ev.response_status {
-        None => 0,
-        Some(s) => match s.code / 100 {
-            c @ 1..=5 => c as usize,
-            _ => 6,
-        },
-    }
-}
-
-/// The code classes a rule's top-level `response_codes` can match (all without it).
-fn rule_classes(rule: &Rule) -> [bool; CODE_CLASSES] {
-    let Some(ranges) = &rule.matcher.response_codes else {
-        return [true; CODE_CLASSES];
-    };
-    let mut classes = [false; CODE_CLASSES];
-    for &(lo, hi) in ranges {
-        for (c, slot) in classes.iter_mut().enumerate().take(6).skip(1) {
-            let (clo, chi) = (c as i32 * 100, c as i32 * 100 + 99);
-            if lo <= chi && hi >= clo {
-                *slot = true;
-            }
-        }
-        if lo < 100 || hi > 599 {
-            classes[6] = true;
-        }
-    }
-    classes
-}
-
 /// The default lateness of a live source of native audit events (see
 /// [`crate::event::InputFormat::lateness`]): one minute.
 pub const LIVE_LATENESS: Span = crate::event::InputFormat::Native.lateness();
@@ -170,6 +106,9 @@ pub struct RuleStats {
     pub budget_skipped: u64,
     /// Requests whose objects were nested too deep for the rule to read all of them.
     pub objects_too_deep: u64,
+    /// Time spent on this rule (match block, condition, window, alert) over the sampled
+    /// events, one in [`PROFILE_EVERY`], nanoseconds.
+    pub sampled_nanos: u64,
 }
 
 /// Engine-wide counters.
@@ -310,10 +249,10 @@ const ONE_REQUEST: WindowSpec = WindowSpec::Count {
 pub struct Engine {
     rules: Arc<RuleSet>,
     opts: EngineOptions,
-    /// Verb → indices of the rules that can match it, in rule order. A short list searched
-    /// linearly: there are a dozen verbs, and hashing every event's verb costs more.
-    by_verb: VerbIndex,
-    any_verb: ByCode,
+    /// Which rules each event is offered to.
+    index: RuleIndex,
+    /// The candidate list of an event whose verb is not lower case.
+    scratch_candidates: Vec<u32>,
     states: Vec<RuleState>,
     dedup: RequestDedup,
     /// Event time per source, and the watermark.
@@ -328,8 +267,6 @@ pub struct Engine {
     empty_key: GroupKey,
     /// Indices of the absence rules, the only ones the watermark alone can fire.
     absence_rules: Vec<usize>,
-    /// Per rule: the resources it can match ([`resource_bit`]).
-    resource_masks: Vec<u64>,
     /// Per rule: whether its match block or condition reads the event's objects.
     reads_objects: Vec<bool>,
     /// Late events since the last [`Engine::take_late`]: how many, and the first few.
@@ -341,6 +278,9 @@ pub struct Engine {
 /// Late events kept for [`Engine::take_late`] between two calls (all are counted).
 const LATE_SAMPLES: usize = 8;
 
+/// One event in this many has each candidate rule's work timed, for the per-rule cost.
+pub const PROFILE_EVERY: u64 = 32;
+
 impl Engine {
     pub fn new(rules: Arc<RuleSet>, opts: EngineOptions) -> Engine {
         let states = rules
@@ -348,9 +288,8 @@ impl Engine {
             .iter()
             .map(|r| RuleState::new(r, &opts))
             .collect();
-        let (by_verb, any_verb) = index_by_verb(&rules);
+        let index = RuleIndex::new(&rules);
         let absence = absence_rules(&rules);
-        let resource_masks = resource_masks(&rules);
         let conditions = ConditionRunner::new(&rules, opts.condition_timeout);
         let reads_objects = reads_objects(&rules);
         Engine {
@@ -358,8 +297,8 @@ impl Engine {
             clock: EventClock::new(opts.lateness),
             rules,
             opts,
-            by_verb,
-            any_verb,
+            index,
+            scratch_candidates: Vec::new(),
             states,
             conditions,
             stats: EngineStats::default(),
@@ -368,7 +307,6 @@ impl Engine {
             firings: Vec::new(),
             empty_key: Arc::from(""),
             absence_rules: absence,
-            resource_masks,
             reads_objects,
             late: (0, Vec::new()),
             restored: Vec::new(),
@@ -475,11 +413,8 @@ impl Engine {
                     .unwrap_or_else(|| RuleState::new(r, &self.opts))
             })
             .collect();
-        let (by_verb, any_verb) = index_by_verb(&rules);
-        self.by_verb = by_verb;
-        self.any_verb = any_verb;
+        self.index = RuleIndex::new(&rules);
         self.absence_rules = absence_rules(&rules);
-        self.resource_masks = resource_masks(&rules);
         self.conditions = ConditionRunner::new(&rules, self.opts.condition_timeout);
         self.reads_objects = reads_objects(&rules);
         self.rules = rules;
@@ -633,172 +568,181 @@ impl Engine {
         let watermark = self.clock.watermark();
         let rules = Arc::clone(&self.rules);
         let verb = ev.verb.as_str();
-        let class = code_class(ev);
-        let candidates: &[u32] = match self.by_verb.iter().find(|(v, _)| &**v == verb) {
-            Some((_, by_code)) => &by_code[class],
-            None => &self.any_verb[class],
-        };
+        let class = needs::code_class(ev.response_status.as_ref().map(|s| s.code));
+        let candidates = self
+            .index
+            .candidates(verb, class, &mut self.scratch_candidates);
         let objects = ObjectCache::new(rules.object_paths());
         self.conditions.begin_event();
-        let resource = resource_bit(&ev.object_ref().resource);
+        let resource = index::event_resource_bits(&ev.object_ref().resource);
+        // Every PROFILE_EVERY-th event, each candidate rule's work is timed (the replay
+        // summary's cost column); timing every event would cost more than cheap rules do.
+        let sample = self.stats.events.is_multiple_of(PROFILE_EVERY);
         for &idx in candidates {
-            if self.resource_masks[idx as usize] & resource == 0 {
+            if self.index.resource_masks[idx as usize] & resource == 0 {
                 continue;
             }
-            let rule = &rules.rules[idx as usize];
-            let matched = rule.matcher.matches(ev, &objects);
-            let state = &mut self.states[idx as usize];
-            if !matched {
-                if self.reads_objects[idx as usize] && objects.too_deep() {
+            let started = sample.then(std::time::Instant::now);
+            'rule: {
+                let rule = &rules.rules[idx as usize];
+                let matched = rule.matcher.matches(ev, &objects);
+                let state = &mut self.states[idx as usize];
+                if !matched {
+                    if self.reads_objects[idx as usize] && objects.too_deep() {
+                        state.stats.objects_too_deep += 1;
+                    }
+                    break 'rule;
+                }
+                state.stats.prefiltered += 1;
+                if let Some(cond) = &rule.condition {
+                    if !state.within_budget(self.opts.rule_time_budget) {
+                        state.stats.budget_skipped += 1;
+                        break 'rule;
+                    }
+                    state.stats.evaluated += 1;
+                    let started = std::time::Instant::now();
+                    let result = self.conditions.run(cond, ev);
+                    let took = started.elapsed();
+                    state.stats.condition_nanos += took.as_nanos() as u64;
+                    state.budget.1 += took;
+                    match result {
+                        Ok(true) => {}
+                        Ok(false) => break 'rule,
+                        Err(e) => {
+                            state.stats.script_errors += 1;
+                            if matches!(e, ConditionError::TimedOut(_)) {
+                                state.stats.condition_timeouts += 1;
+                            }
+                            if self.diagnostics.len() < self.opts.max_diagnostics {
+                                self.diagnostics.push(ScriptError {
+                                    rule: rule.name.clone(),
+                                    audit_id: ev.audit_id.to_string(),
+                                    message: e.to_string(),
+                                });
+                            }
+                            break 'rule;
+                        }
+                    }
+                }
+                if self.reads_objects[idx as usize]
+                    && (objects.too_deep() || self.conditions.objects_cut())
+                {
+                    // Matched on objects whose deepest parts were cut: said, not silent.
                     state.stats.objects_too_deep += 1;
                 }
-                continue;
-            }
-            state.stats.prefiltered += 1;
-            if let Some(cond) = &rule.condition {
-                if !state.within_budget(self.opts.rule_time_budget) {
-                    state.stats.budget_skipped += 1;
-                    continue;
+                // Any record is a sign of life for an absence rule: no need to remember requests.
+                let is_absence = matches!(rule.window, Some(WindowSpec::Absence { .. }));
+                if !is_absence && !self.dedup.first_match(&ev.audit_id, idx, time) {
+                    state.stats.deduplicated += 1;
+                    break 'rule;
                 }
-                state.stats.evaluated += 1;
-                let started = std::time::Instant::now();
-                let result = self.conditions.run(cond, ev);
-                let took = started.elapsed();
-                state.stats.condition_nanos += took.as_nanos() as u64;
-                state.budget.1 += took;
-                match result {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        state.stats.script_errors += 1;
-                        if matches!(e, ConditionError::TimedOut(_)) {
-                            state.stats.condition_timeouts += 1;
-                        }
-                        if self.diagnostics.len() < self.opts.max_diagnostics {
-                            self.diagnostics.push(ScriptError {
-                                rule: rule.name.clone(),
-                                audit_id: ev.audit_id.to_string(),
-                                message: e.to_string(),
-                            });
-                        }
-                        continue;
-                    }
-                }
-            }
-            if self.reads_objects[idx as usize]
-                && (objects.too_deep() || self.conditions.objects_cut())
-            {
-                // Matched on objects whose deepest parts were cut: said, not silent.
-                state.stats.objects_too_deep += 1;
-            }
-            // Any record is a sign of life for an absence rule: no need to remember requests.
-            let is_absence = matches!(rule.window, Some(WindowSpec::Absence { .. }));
-            if !is_absence && !self.dedup.first_match(&ev.audit_id, idx, time) {
-                state.stats.deduplicated += 1;
-                continue;
-            }
-            state.stats.matched += 1;
-            let key = group_key(rule, ev, &self.empty_key);
-            let captured = rule
-                .summary
-                .as_ref()
-                .map(|s| s.capture(ev))
-                .unwrap_or_default();
-            match (&rule.window, state.window.as_mut()) {
-                (None, window) => {
-                    let single = |key, captured| Firing {
-                        key,
-                        count: 1,
-                        first_seen: time,
-                        last_seen: time,
-                        events: vec![EventRef::of(ev, time)],
-                        captured,
-                        suppressed: 0,
-                    };
-                    let firing = match window {
-                        None => Some(single(key, captured)),
-                        // Too late for the throttle's run: muted if the key's settled mute
-                        // covers it, else an alert (lateness is no reason to miss one).
-                        Some(window) if time < watermark => {
-                            if window.late_hit_muted(&key, time) {
-                                state.stats.throttled += 1;
-                                None
-                            } else {
-                                Some(single(key, captured))
+                state.stats.matched += 1;
+                let key = group_key(rule, ev, &self.empty_key);
+                let captured = rule
+                    .summary
+                    .as_ref()
+                    .map(|s| s.capture(ev))
+                    .unwrap_or_default();
+                match (&rule.window, state.window.as_mut()) {
+                    (None, window) => {
+                        let single = |key, captured| Firing {
+                            key,
+                            count: 1,
+                            first_seen: time,
+                            last_seen: time,
+                            events: vec![EventRef::of(ev, time)],
+                            captured,
+                            suppressed: 0,
+                        };
+                        let firing = match window {
+                            None => Some(single(key, captured)),
+                            // Too late for the throttle's run: muted if the key's settled mute
+                            // covers it, else an alert (lateness is no reason to miss one).
+                            Some(window) if time < watermark => {
+                                if window.late_hit_muted(&key, time) {
+                                    state.stats.throttled += 1;
+                                    None
+                                } else {
+                                    Some(single(key, captured))
+                                }
                             }
-                        }
-                        Some(window) => window.on_hit_at(
-                            Hit {
-                                time,
-                                key,
-                                event: EventRef::of(ev, time),
-                                distinct: None,
-                                steps: 0,
-                                captured,
-                            },
-                            watermark,
-                        ),
-                    };
-                    let Some(firing) = firing else { continue };
-                    state.stats.alerts += 1;
-                    state.stats.throttled += firing.suppressed;
-                    let summary = match &rule.summary {
-                        Some(_) => None,
-                        None => Some(default_summary(ev)),
-                    };
-                    let severity = rule
-                        .severity_when
-                        .iter()
-                        .find(|(_, m)| m.matches(ev, &objects))
-                        .map_or(rule.severity, |(s, _)| *s);
-                    out.push(build_alert(
-                        rule,
-                        &rules,
-                        (AlertKind::Event, severity),
-                        firing,
-                        summary,
-                    ));
-                }
-                (Some(WindowSpec::Absence { .. }), Some(window)) => {
-                    // Absence keeps only the newest time per key (a max: any arrival order).
-                    window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
-                    for (at, firing) in self.firings.drain(..) {
-                        emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
-                    }
-                }
-                (Some(spec), Some(window)) => {
-                    if time < watermark {
-                        state.stats.late += 1;
-                        continue;
-                    }
-                    let distinct = match spec {
-                        WindowSpec::Distinct { field, .. } => {
-                            Some(field.resolve(ev).to_key_string().into_boxed_str())
-                        }
-                        _ => None,
-                    };
-                    let steps = match spec {
-                        WindowSpec::Sequence { .. } => rule
-                            .steps
+                            Some(window) => window.on_hit_at(
+                                Hit {
+                                    time,
+                                    key,
+                                    event: EventRef::of(ev, time),
+                                    distinct: None,
+                                    steps: 0,
+                                    captured,
+                                },
+                                watermark,
+                            ),
+                        };
+                        let Some(firing) = firing else { break 'rule };
+                        state.stats.alerts += 1;
+                        state.stats.throttled += firing.suppressed;
+                        let summary = match &rule.summary {
+                            Some(_) => None,
+                            None => Some(default_summary(ev)),
+                        };
+                        let severity = rule
+                            .severity_when
                             .iter()
-                            .enumerate()
-                            .filter(|(_, m)| m.matches(ev, &objects))
-                            .fold(0u64, |mask, (i, _)| mask | 1 << i),
-                        _ => 0,
-                    };
-                    let hit = Hit {
-                        time,
-                        key,
-                        event: EventRef::of(ev, time),
-                        distinct,
-                        steps,
-                        captured,
-                    };
-                    if let Some(firing) = window.on_hit_at(hit, watermark) {
-                        emit_fired(rule, &rules, state, window_kind(spec), firing, out);
+                            .find(|(_, m)| m.matches(ev, &objects))
+                            .map_or(rule.severity, |(s, _)| *s);
+                        out.push(build_alert(
+                            rule,
+                            &rules,
+                            (AlertKind::Event, severity),
+                            firing,
+                            summary,
+                        ));
                     }
+                    (Some(WindowSpec::Absence { .. }), Some(window)) => {
+                        // Absence keeps only the newest time per key (a max: any arrival order).
+                        window.on_alive(key, time, &ev.audit_id, captured, &mut self.firings);
+                        for (at, firing) in self.firings.drain(..) {
+                            emit(rule, &rules, state, AlertKind::Absence, at, firing, out);
+                        }
+                    }
+                    (Some(spec), Some(window)) => {
+                        if time < watermark {
+                            state.stats.late += 1;
+                            break 'rule;
+                        }
+                        let distinct = match spec {
+                            WindowSpec::Distinct { field, .. } => {
+                                Some(field.resolve(ev).to_key_string().into_boxed_str())
+                            }
+                            _ => None,
+                        };
+                        let steps = match spec {
+                            WindowSpec::Sequence { .. } => rule
+                                .steps
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, m)| m.matches(ev, &objects))
+                                .fold(0u64, |mask, (i, _)| mask | 1 << i),
+                            _ => 0,
+                        };
+                        let hit = Hit {
+                            time,
+                            key,
+                            event: EventRef::of(ev, time),
+                            distinct,
+                            steps,
+                            captured,
+                        };
+                        if let Some(firing) = window.on_hit_at(hit, watermark) {
+                            emit_fired(rule, &rules, state, window_kind(spec), firing, out);
+                        }
+                    }
+                    (Some(_), None) => {}
                 }
-                (Some(_), None) => {}
+            }
+            if let Some(started) = started {
+                self.states[idx as usize].stats.sampled_nanos +=
+                    started.elapsed().as_nanos() as u64;
             }
         }
     }
@@ -968,58 +912,6 @@ fn absence_rules(rules: &RuleSet) -> Vec<usize> {
         .filter(|(_, r)| matches!(r.window, Some(WindowSpec::Absence { .. })))
         .map(|(i, _)| i)
         .collect()
-}
-
-fn index_by_verb(rules: &RuleSet) -> (VerbIndex, ByCode) {
-    let mut any: ByCode = Default::default();
-    let mut by_verb: HashMap<Box<str>, ByCode> = HashMap::new();
-    let mut verb_rules: Vec<(u32, Vec<&str>)> = Vec::new();
-    for (i, rule) in rules.rules.iter().enumerate() {
-        if !rule.enabled {
-            continue;
-        }
-        let classes = rule_classes(rule);
-        match rule.matcher.verbs.as_ref().and_then(|v| v.exact_values()) {
-            Some(verbs) => {
-                for v in &verbs {
-                    by_verb.entry((*v).into()).or_default();
-                }
-                verb_rules.push((i as u32, verbs));
-            }
-            None => {
-                for (c, list) in any.iter_mut().enumerate() {
-                    if classes[c] {
-                        list.push(i as u32);
-                    }
-                }
-            }
-        }
-    }
-    // Each verb's lists hold its own rules and the any-verb rules, in rule order.
-    for (verb, by_code) in by_verb.iter_mut() {
-        for (c, list) in by_code.iter_mut().enumerate() {
-            list.extend(&any[c]);
-            for (i, verbs) in &verb_rules {
-                if verbs.contains(&&**verb) && rule_classes(&rules.rules[*i as usize])[c] {
-                    list.push(*i);
-                }
-            }
-            list.sort_unstable();
-            list.dedup();
-        }
-    }
-    // Most frequent verbs first.
-    let rank = |v: &str| {
-        [
-            "get", "list", "watch", "update", "patch", "create", "delete",
-        ]
-        .iter()
-        .position(|x| *x == v)
-        .unwrap_or(usize::MAX)
-    };
-    let mut index: VerbIndex = by_verb.into_iter().collect();
-    index.sort_by_key(|(v, _)| (rank(v), v.clone()));
-    (index, any)
 }
 
 fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {

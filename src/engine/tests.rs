@@ -805,11 +805,24 @@ fn response_code_classes_only_narrow_candidates() {
         &LoadOptions::default(),
     )
     .unwrap();
-    let classes: Vec<[bool; CODE_CLASSES]> = set.rules.iter().map(rule_classes).collect();
-    assert_eq!(classes[0], [false, false, false, false, true, false, false]);
-    assert_eq!(classes[1], [false, true, true, true, false, false, false]);
-    assert_eq!(classes[2], [false, false, false, false, false, false, true]);
-    assert_eq!(classes[3], [true; CODE_CLASSES]);
+    let classes: Vec<Option<[bool; needs::CODE_CLASSES]>> = set
+        .rules
+        .iter()
+        .map(|r| needs::of(&r.matcher).classes)
+        .collect();
+    assert_eq!(
+        classes[0],
+        Some([false, false, false, false, true, false, false])
+    );
+    assert_eq!(
+        classes[1],
+        Some([false, true, true, true, false, false, false])
+    );
+    assert_eq!(
+        classes[2],
+        Some([false, false, false, false, false, false, true])
+    );
+    assert_eq!(classes[3], None);
 }
 
 const STATEFUL: &str = r#"
@@ -973,8 +986,11 @@ fn resource_masks_skip_only_rules_that_cannot_match() {
     assert_eq!(fired(&mut e, "secrets"), ["any", "exact"]);
     assert_eq!(fired(&mut e, "configmaps"), ["any", "glob"]);
     assert_eq!(fired(&mut e, "pods"), ["any"]);
-    let masks = resource_masks(e.rules());
-    assert_eq!(masks[0], resource_bit("secrets") | resource_bit("pods"));
+    let masks = &e.index.resource_masks;
+    assert_eq!(
+        masks[0],
+        index::event_resource_bits("secrets") | index::event_resource_bits("pods")
+    );
     assert_eq!(masks[1..], [u64::MAX, u64::MAX]);
 }
 
@@ -1075,4 +1091,91 @@ rules:
             ("any-create".to_owned(), 0)
         ]
     );
+}
+
+/// The rule index offers each rule only the events its whole match block can match
+/// (verbs, resources and code classes found inside Sigma's `and`/`not` trees and `any`s),
+/// and never skips an event it would match: an upper-case verb or resource (no apiserver
+/// writes one) still reaches Sigma's case-insensitive rules, and not the exact ones.
+#[test]
+fn the_rule_index_never_skips_a_match() {
+    let sigma = r#"
+title: Deployment deleted
+id: 3f9e8d1c-0000-4000-8000-000000000001
+status: test
+logsource: { product: kubernetes, service: audit }
+detection:
+  selection:
+    verb: delete
+    objectRef.resource: deployments
+  filter:
+    responseStatus.code: 404
+  condition: selection and not filter
+level: low
+"#;
+    let native = r#"
+rules:
+  - name: native-delete
+    severity: low
+    match:
+      any:
+        - { verbs: [delete], resources: [deployments] }
+        - { verbs: [deletecollection], resources: [deployments] }
+      response_codes: [2xx]
+"#;
+    let dir = std::env::temp_dir().join(format!("aw-index-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("s.yml"), sigma).unwrap();
+    std::fs::write(dir.join("n.yaml"), native).unwrap();
+    let set = crate::rules::load_paths(std::slice::from_ref(&dir), &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(&dir).ok();
+    let sigma_idx = set
+        .rules
+        .iter()
+        .position(|r| &*r.name != "native-delete")
+        .unwrap();
+    let needs = needs::of(&set.rules[sigma_idx].matcher);
+    assert_eq!(
+        needs.verbs.map(|v| v.into_iter().collect::<Vec<_>>()),
+        Some(vec!["delete".to_string()])
+    );
+    assert_eq!(
+        needs.resources.map(|v| v.into_iter().collect::<Vec<_>>()),
+        Some(vec!["deployments".to_string()])
+    );
+    let mut e = Engine::new(Arc::new(set), EngineOptions::default());
+    let cases = [
+        ("1", "delete", "deployments", 200, true, true),
+        ("2", "DELETE", "deployments", 200, true, false),
+        ("3", "delete", "Deployments", 200, true, false),
+        ("4", "deletecollection", "deployments", 200, false, true),
+        ("5", "delete", "deployments", 404, false, false),
+        ("6", "get", "deployments", 200, false, false),
+        ("7", "delete", "pods", 200, false, false),
+    ];
+    for (id, verb, resource, code, want_sigma, want_native) in cases {
+        let mut out = Vec::new();
+        let l = line(
+            id,
+            id.parse().unwrap(),
+            verb,
+            "u",
+            resource,
+            code,
+            "ResponseComplete",
+        );
+        e.process(&decode_event(&l).unwrap(), &mut out);
+        let fired = |native: bool| out.iter().any(|a| (&*a.rule == "native-delete") == native);
+        assert_eq!(
+            fired(false),
+            want_sigma,
+            "sigma on {verb} {resource} {code}"
+        );
+        assert_eq!(
+            fired(true),
+            want_native,
+            "native on {verb} {resource} {code}"
+        );
+    }
 }

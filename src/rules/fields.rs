@@ -57,6 +57,17 @@ pub struct ValuePath {
     image_repository: bool,
 }
 
+impl ValuePath {
+    /// The typed event field this path names (`verb`, `objectRef.resource`, ...), if it is
+    /// one read as is.
+    pub fn event_field(&self) -> Option<&str> {
+        match &self.target {
+            Target::Event(path) if !self.image_repository => Some(path.as_str()),
+            _ => None,
+        }
+    }
+}
+
 /// An image reference's repository: without the tag and the digest
 /// (`registry:5000/team/nginx:1.25@sha256:...` → `registry:5000/team/nginx`), which is what
 /// image allow-lists name.

@@ -769,7 +769,7 @@ impl RuleContext<'_> {
             return None;
         }
         let mut legacy = DefaultHasher::new();
-        format!("{doc:?}").hash(&mut legacy);
+        legacy_debug_text(doc).hash(&mut legacy);
         Some(Rule {
             name: Arc::from(doc.name.as_str()),
             description: doc.description.as_deref().map(Arc::from),
@@ -1133,6 +1133,7 @@ impl RuleContext<'_> {
             stages,
             levels,
             source_ips,
+            public_source_ip: m.public_source_ip,
             user_agents: self.patterns(&format!("{rel}.user_agents"), &m.user_agents),
             request_uris: self.patterns(&format!("{rel}.request_uris"), &m.request_uris),
             fields,
@@ -1322,6 +1323,18 @@ impl RuleContext<'_> {
             needs: script::ObjectNeeds::of_script(source),
         })
     }
+}
+
+/// The rule's debug text as the builds before rule ids printed it, for
+/// [`Rule::legacy_fingerprint`]: keys added to the schema since are left out (an old rule
+/// cannot have set them).
+fn legacy_debug_text(doc: &RuleDoc) -> String {
+    const ADDED_SINCE: &[&str] = &[", public_source_ip: None"];
+    let mut text = format!("{doc:?}");
+    for added in ADDED_SINCE {
+        text = text.replace(added, "");
+    }
+    text
 }
 
 #[cfg(test)]

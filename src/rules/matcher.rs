@@ -145,6 +145,9 @@ pub struct Matcher {
     pub stages: Option<Vec<Stage>>,
     pub levels: Option<Vec<Level>>,
     pub source_ips: Option<Vec<IpNet>>,
+    /// The client address (`sourceIPs[0]`) is (true) or is not (false) globally routable:
+    /// the declarative form of `is_public_ip(event.sourceIP)`, without running a script.
+    pub public_source_ip: Option<bool>,
     pub user_agents: Option<Patterns>,
     pub request_uris: Option<Patterns>,
     pub fields: Vec<FieldCriterion>,
@@ -268,6 +271,16 @@ impl Matcher {
                 return false;
             }
         }
+        if let Some(want) = self.public_source_ip {
+            let public = ev
+                .source_ips
+                .first()
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .is_some_and(super::script::is_globally_routable);
+            if public != want {
+                return false;
+            }
+        }
         true
     }
 }
@@ -379,6 +392,33 @@ mod tests {
                 .unwrap_err()
                 .contains("a class (4xx)")
         );
+    }
+
+    #[test]
+    fn public_source_ip_reads_the_client_address() {
+        let public = Matcher {
+            public_source_ip: Some(true),
+            ..Matcher::default()
+        };
+        let private = Matcher {
+            public_source_ip: Some(false),
+            ..Matcher::default()
+        };
+        let paths = crate::rules::fields::ObjectPaths::default();
+        let objects = ObjectCache::new(&paths);
+        for (ips, is_public) in [
+            (r#"["8.8.8.8"]"#, true),
+            (r#"["8.8.8.8","10.0.0.1"]"#, true),
+            (r#"["10.0.0.1","8.8.8.8"]"#, false),
+            (r#"["2001:db8::1"]"#, false),
+            (r#"["not-an-ip"]"#, false),
+            ("[]", false),
+        ] {
+            let text = format!(r#"{{"auditID":"1","verb":"get","sourceIPs":{ips}}}"#);
+            let ev = decode_event(&text).unwrap();
+            assert_eq!(public.matches(&ev, &objects), is_public, "{ips}");
+            assert_eq!(private.matches(&ev, &objects), !is_public, "{ips}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod fields;
 mod load;
 mod matcher;
+pub mod needs;
 pub mod pattern;
 mod schema;
 pub mod script;

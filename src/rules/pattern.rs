@@ -28,6 +28,66 @@ pub(crate) enum Pattern {
     Regex(regex::Regex),
     /// Sigma `|cidr`: the value is an IP address inside the network.
     Cidr(IpNet),
+    /// A Sigma value without inner wildcards, compared case-insensitively: ASCII text is
+    /// compared byte by byte (no glob machinery on the hot path); other text goes to the
+    /// equivalent Unicode-aware glob, so the result is always the glob's.
+    Folded(Box<Folded>),
+}
+
+/// Where a [`Pattern::Folded`] literal must sit in the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Anchor {
+    Whole,
+    Start,
+    End,
+    Anywhere,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Folded {
+    anchor: Anchor,
+    /// ASCII, lower case.
+    literal: Box<str>,
+    glob: GlobMatcher,
+}
+
+impl Folded {
+    fn matches(&self, s: &str) -> bool {
+        if !s.is_ascii() {
+            return self.glob.is_match(s);
+        }
+        let (text, lit) = (s.as_bytes(), self.literal.as_bytes());
+        if text.len() < lit.len() {
+            return false;
+        }
+        match self.anchor {
+            Anchor::Whole => text.eq_ignore_ascii_case(lit),
+            Anchor::Start => text[..lit.len()].eq_ignore_ascii_case(lit),
+            Anchor::End => text[text.len() - lit.len()..].eq_ignore_ascii_case(lit),
+            Anchor::Anywhere => contains_folded(text, lit),
+        }
+    }
+}
+
+/// Whether `text` contains `lit` (ASCII lower case), ignoring ASCII case.
+fn contains_folded(text: &[u8], lit: &[u8]) -> bool {
+    let Some(&first) = lit.first() else {
+        return true;
+    };
+    let last_start = text.len() - lit.len();
+    let mut from = 0;
+    while from <= last_start {
+        let Some(at) = memchr::memchr2(first, first.to_ascii_uppercase(), &text[from..=last_start])
+        else {
+            return false;
+        };
+        let at = from + at;
+        if text[at..at + lit.len()].eq_ignore_ascii_case(lit) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// Wildcards (`*`, `?`, `[`, `{`) one glob may have.
@@ -103,6 +163,7 @@ impl Pattern {
             Pattern::Glob(g) => g.is_match(s),
             Pattern::Regex(r) => r.is_match(s),
             Pattern::Cidr(net) => s.parse::<IpAddr>().is_ok_and(|ip| net.contains(&ip)),
+            Pattern::Folded(f) => f.matches(s),
         }
     }
 }
@@ -137,12 +198,25 @@ impl Patterns {
             ),
             _ => {
                 let mut glob = String::new();
+                // Runs of `*` are one `*`: globset reads `**/` as "any directories", which
+                // also matches nothing (`*/` of a Sigma `contains` must still need a `/`).
+                let mut star = false;
+                let mut push_star = |glob: &mut String, star: &mut bool| {
+                    if !*star {
+                        glob.push('*');
+                    }
+                    *star = true;
+                };
                 if matches!(how, SigmaMatch::Contains | SigmaMatch::EndsWith) {
-                    glob.push('*');
+                    push_star(&mut glob, &mut star);
                 }
                 let mut chars = value.chars();
                 while let Some(c) = chars.next() {
                     match c {
+                        '*' => {
+                            push_star(&mut glob, &mut star);
+                            continue;
+                        }
                         '\\' => match chars.next() {
                             Some(e @ ('*' | '?' | '\\')) => push_literal(&mut glob, e),
                             Some(other) => {
@@ -151,12 +225,13 @@ impl Patterns {
                             }
                             None => push_literal(&mut glob, '\\'),
                         },
-                        '*' | '?' => glob.push(c),
+                        '?' => glob.push(c),
                         _ => push_literal(&mut glob, c),
                     }
+                    star = false;
                 }
                 if matches!(how, SigmaMatch::Contains | SigmaMatch::StartsWith) {
-                    glob.push('*');
+                    push_star(&mut glob, &mut star);
                 }
                 let n = wildcards(&glob);
                 if n > MAX_WILDCARDS {
@@ -171,7 +246,14 @@ impl Patterns {
                     .build()
                     .map_err(|e| format!("invalid value {value:?}: {}", e.kind()))?
                     .compile_matcher();
-                Pattern::Glob(matcher)
+                match folded_literal(value, how) {
+                    Some((anchor, literal)) => Pattern::Folded(Box::new(Folded {
+                        anchor,
+                        literal,
+                        glob: matcher,
+                    })),
+                    None => Pattern::Glob(matcher),
+                }
             }
         };
         Ok(Patterns::from_patterns(vec![pattern]))
@@ -189,6 +271,54 @@ impl Patterns {
 }
 
 /// A character that globset must read literally.
+/// A Sigma value whose only wildcards are leading or trailing `*`s, with an ASCII literal
+/// between them: where the literal must sit, and the literal in lower case.
+fn folded_literal(value: &str, how: SigmaMatch) -> Option<(Anchor, Box<str>)> {
+    let mut literal = String::new();
+    let (mut lead, mut trail) = (false, false);
+    let mut chars = value.chars().peekable();
+    while chars.peek() == Some(&'*') {
+        chars.next();
+        lead = true;
+    }
+    while let Some(c) = chars.next() {
+        if trail {
+            // Text after a `*` that is not leading: an inner wildcard.
+            return None;
+        }
+        match c {
+            '\\' => match chars.next() {
+                Some(e @ ('*' | '?' | '\\')) => literal.push(e),
+                Some(other) => {
+                    literal.push('\\');
+                    literal.push(other);
+                }
+                None => literal.push('\\'),
+            },
+            '?' => return None,
+            '*' => {
+                while chars.peek() == Some(&'*') {
+                    chars.next();
+                }
+                trail = true;
+            }
+            _ => literal.push(c),
+        }
+    }
+    if !literal.is_ascii() {
+        return None;
+    }
+    let start_free = lead || matches!(how, SigmaMatch::Contains | SigmaMatch::EndsWith);
+    let end_free = trail || matches!(how, SigmaMatch::Contains | SigmaMatch::StartsWith);
+    let anchor = match (start_free, end_free) {
+        (false, false) => Anchor::Whole,
+        (false, true) => Anchor::Start,
+        (true, false) => Anchor::End,
+        (true, true) => Anchor::Anywhere,
+    };
+    Some((anchor, literal.to_ascii_lowercase().into()))
+}
+
 fn push_literal(glob: &mut String, c: char) {
     if matches!(c, '*' | '?' | '[' | ']' | '{' | '}' | '\\') {
         glob.push('\\');
@@ -246,6 +376,21 @@ impl Patterns {
     }
 
     /// The exact strings, when every pattern is exact (used to index rules by verb).
+    /// Every value these patterns can match, in lower case, when each pattern matches one
+    /// value only (exact values, and Sigma's case-insensitive values without wildcards).
+    pub fn lowercase_values(&self) -> Option<Vec<String>> {
+        let mut values: Vec<String> = self.0.exact.iter().map(|e| e.to_lowercase()).collect();
+        for p in &self.0.others {
+            match p {
+                Pattern::Folded(f) if f.anchor == Anchor::Whole => {
+                    values.push(f.literal.to_string())
+                }
+                _ => return None,
+            }
+        }
+        Some(values)
+    }
+
     pub fn exact_values(&self) -> Option<Vec<&str>> {
         self.0
             .others
@@ -271,5 +416,67 @@ impl Patterns {
     /// budget.
     pub fn glob_weight(&self) -> usize {
         self.0.others.iter().map(Pattern::glob_weight).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn glob_of(p: &Patterns) -> Option<&Folded> {
+        match p.0.others.first() {
+            Some(Pattern::Folded(f)) => Some(f),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn sigma_literals_skip_the_glob() {
+        for (value, how, anchor) in [
+            ("delete", SigmaMatch::Equals, Anchor::Whole),
+            ("/exec", SigmaMatch::EndsWith, Anchor::End),
+            ("*/exec", SigmaMatch::Equals, Anchor::End),
+            ("system:", SigmaMatch::StartsWith, Anchor::Start),
+            ("kube*", SigmaMatch::Equals, Anchor::Start),
+            ("Secret", SigmaMatch::Contains, Anchor::Anywhere),
+        ] {
+            let p = Patterns::sigma(value, how).unwrap();
+            assert_eq!(glob_of(&p).map(|f| f.anchor), Some(anchor), "{value}");
+        }
+        // Inner wildcards and `?` keep the glob.
+        for value in ["a*b", "a?", "*a*b*"] {
+            let p = Patterns::sigma(value, SigmaMatch::Equals).unwrap();
+            assert!(glob_of(&p).is_none(), "{value}");
+        }
+        let p = Patterns::sigma("Delete", SigmaMatch::Equals).unwrap();
+        assert!(p.matches("DELETE") && p.matches("delete") && !p.matches("deleted"));
+        // `**/` is not globset's "any directories" (which matches nothing) here.
+        let p = Patterns::sigma("*/exec", SigmaMatch::Contains).unwrap();
+        assert!(p.matches("pods/exec") && !p.matches("exec") && !p.matches("ñexec"));
+        let p = Patterns::sigma("a**/b*c", SigmaMatch::Equals).unwrap();
+        assert!(p.matches("aX/bYc") && !p.matches("abYc") && !p.matches("ñbc"));
+        let p = Patterns::sigma("a\\*b", SigmaMatch::Equals).unwrap();
+        assert!(p.matches("A*B") && !p.matches("aXb"));
+    }
+
+    proptest! {
+        /// The byte-wise comparison gives the glob's answer on any text, ASCII or not.
+        #[test]
+        fn folded_literals_agree_with_their_glob(
+            value in "[*]?[a-cA-C:/\\\\*]{0,5}[*]?",
+            text in "[a-cA-C:/*\\\\\u{212a}\u{17f}]{0,8}",
+            how in prop::sample::select(vec![
+                SigmaMatch::Equals,
+                SigmaMatch::Contains,
+                SigmaMatch::StartsWith,
+                SigmaMatch::EndsWith,
+            ]),
+        ) {
+            let p = Patterns::sigma(&value, how).unwrap();
+            if let Some(f) = glob_of(&p) {
+                prop_assert_eq!(f.matches(&text), f.glob.is_match(&text), "{:?} {:?}", value, how);
+            }
+        }
     }
 }

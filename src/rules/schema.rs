@@ -175,6 +175,10 @@ pub struct MatchDoc {
     /// Addresses or CIDRs; any of `sourceIPs` inside any of them.
     #[serde(default)]
     pub source_ips: Option<Vec<String>>,
+    /// Whether the client address (`sourceIPs[0]`) is globally routable. (A key added to
+    /// any rule document also goes into `legacy_debug_text`'s list in load.rs.)
+    #[serde(default)]
+    pub public_source_ip: Option<bool>,
     #[serde(default)]
     pub user_agents: Option<Vec<String>>,
     #[serde(default)]

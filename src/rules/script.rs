@@ -516,32 +516,90 @@ pub struct Condition {
     pub needs: ObjectNeeds,
 }
 
-/// The expensive parts of the event a script may read.
+/// The parts of the event a script may read: the top-level keys it names, and the expensive
+/// raw parts. The `event` value is built with those only (building all of it cost more than
+/// a short condition does), once per event and shared by every condition run on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ObjectNeeds {
     pub request_object: bool,
     pub response_object: bool,
     /// The small raw parts: `annotations`, `responseStatus.details`, the users' `extra`.
     pub raw_parts: bool,
+    /// The top-level keys read, as bits over [`EVENT_KEYS`].
+    pub fields: u32,
+}
+
+/// The top-level keys of the `event` value scripts see.
+pub const EVENT_KEYS: [&str; 21] = [
+    "kind",
+    "apiVersion",
+    "level",
+    "auditID",
+    "stage",
+    "requestURI",
+    "verb",
+    "user",
+    "impersonatedUser",
+    "effectiveUser",
+    "sourceIP",
+    "sourceIPs",
+    "userAgent",
+    "objectRef",
+    "responseStatus",
+    "requestObject",
+    "responseObject",
+    "annotations",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "timestamp",
+];
+
+/// Every top-level key.
+pub const ALL_EVENT_KEYS: u32 = (1 << EVENT_KEYS.len()) - 1;
+
+fn key_bit(name: &str) -> u32 {
+    EVENT_KEYS
+        .iter()
+        .position(|k| *k == name)
+        .map_or(0, |i| 1 << i)
 }
 
 impl ObjectNeeds {
-    /// Decides from the script's text. Passing `event` whole to a function (or storing it)
-    /// counts as reading everything.
+    /// Decides from the script's text. Every `event` must be followed by a property
+    /// (`event.verb`, `event?.requestObject`); anything else (passing `event` whole to a
+    /// function, storing it, indexing it, calling a method on it) counts as reading
+    /// everything. Over-reading is only slower; under-reading cannot happen, because the
+    /// script has no other way to reach the event.
     pub fn of_script(source: &str) -> ObjectNeeds {
-        static WHOLE_EVENT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"\bevent\s*[,)\];]|=\s*event\s*$|\bevent\s*\[")
+        static USE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            regex::Regex::new(r"\bevent\b(?:\s*\??\.\s*([A-Za-z_][A-Za-z0-9_]*)(\s*\()?)?")
                 .expect("static regex")
         });
-        let whole = WHOLE_EVENT.is_match(source);
+        let mut fields = 0;
+        let mut whole = false;
+        for found in USE.captures_iter(source) {
+            match (found.get(1), found.get(2)) {
+                (Some(key), None) => fields |= key_bit(key.as_str()),
+                _ => whole = true,
+            }
+        }
+        let raw_parts = whole
+            || ["annotations", "details", "extra"]
+                .iter()
+                .any(|part| source.contains(part));
         ObjectNeeds {
             request_object: whole || source.contains("requestObject"),
             response_object: whole || source.contains("responseObject"),
-            raw_parts: whole
-                || ["annotations", "details", "extra"]
-                    .iter()
-                    .any(|part| source.contains(part)),
+            raw_parts,
+            fields: if whole { ALL_EVENT_KEYS } else { fields },
         }
+    }
+
+    fn covers(&self, needs: &ObjectNeeds) -> bool {
+        needs.request_object <= self.request_object
+            && needs.response_object <= self.response_object
+            && needs.raw_parts <= self.raw_parts
+            && needs.fields & !self.fields == 0
     }
 }
 
@@ -595,8 +653,8 @@ fn raw_object(v: Option<RawJson<'_>>, cut: &std::cell::Cell<bool>) -> Dynamic {
     raw(v, cut)
 }
 
-/// Adds the object parts `needs` asks for and `event` (from [`event_dynamic`]) lacks. `cut`
-/// is set when a part was nested too deep and had subtrees cut.
+/// Adds the parts `needs` asks for and `event` (from [`event_dynamic`]) lacks. `cut` is set
+/// when a part was nested too deep and had subtrees cut.
 pub fn add_objects(
     event: &Dynamic,
     ev: &AuditEvent<'_>,
@@ -604,10 +662,7 @@ pub fn add_objects(
     has: &mut ObjectNeeds,
     cut: &std::cell::Cell<bool>,
 ) {
-    if needs.request_object <= has.request_object
-        && needs.response_object <= has.response_object
-        && needs.raw_parts <= has.raw_parts
-    {
+    if has.covers(&needs) {
         return;
     }
     // `event` is shared: a clone is a second handle on the same map.
@@ -615,36 +670,119 @@ pub fn add_objects(
     let Some(mut map) = handle.write_lock::<Map>() else {
         return;
     };
-    if needs.request_object && !has.request_object {
-        map.insert("requestObject".into(), raw_object(ev.request_object, cut));
-        has.request_object = true;
-    }
-    if needs.response_object && !has.response_object {
-        map.insert("responseObject".into(), raw_object(ev.response_object, cut));
-        has.response_object = true;
-    }
-    if needs.raw_parts && !has.raw_parts {
-        map.insert("annotations".into(), raw_map(ev.annotations, cut));
-        if let Some(mut status) = map
-            .get_mut("responseStatus")
-            .and_then(|s| s.write_lock::<Map>())
-        {
-            status.insert(
-                "details".into(),
-                raw(ev.response_status.as_ref().and_then(|s| s.details), cut),
-            );
+    let before = *has;
+    let raw_parts = needs.raw_parts || before.raw_parts;
+    let missing = needs.fields & !before.fields;
+    for (i, key) in EVENT_KEYS.iter().enumerate() {
+        if missing & (1 << i) != 0 {
+            map.insert((*key).into(), event_key(ev, key, raw_parts, cut));
         }
-        let users = [
-            ("user", Some(&ev.user)),
-            ("impersonatedUser", ev.impersonated_user.as_ref()),
-            ("effectiveUser", Some(ev.effective_user())),
-        ];
-        for (key, user) in users {
-            if let Some(mut m) = map.get_mut(key).and_then(|u| u.write_lock::<Map>()) {
-                m.insert("extra".into(), raw_map(user.and_then(|u| u.extra), cut));
+    }
+    *has = ObjectNeeds {
+        request_object: needs.request_object || before.request_object,
+        response_object: needs.response_object || before.response_object,
+        raw_parts,
+        fields: before.fields | missing,
+    };
+    // An object is parsed once: when it is wanted and its key is there, unless it was both
+    // wanted and there before this call.
+    let parse_now = |key: &str, wanted: bool, wanted_before: bool| {
+        wanted
+            && has.fields & key_bit(key) != 0
+            && !(wanted_before && before.fields & key_bit(key) != 0)
+    };
+    if parse_now("requestObject", has.request_object, before.request_object) {
+        map.insert("requestObject".into(), raw_object(ev.request_object, cut));
+    }
+    if parse_now(
+        "responseObject",
+        has.response_object,
+        before.response_object,
+    ) {
+        map.insert("responseObject".into(), raw_object(ev.response_object, cut));
+    }
+    if raw_parts && !before.raw_parts {
+        // The keys added above carry their raw parts already; the older ones get them now.
+        for key in [
+            "user",
+            "impersonatedUser",
+            "effectiveUser",
+            "responseStatus",
+            "annotations",
+        ] {
+            if before.fields & key_bit(key) != 0 {
+                map.insert(key.into(), event_key(ev, key, true, cut));
             }
         }
-        has.raw_parts = true;
+    }
+}
+
+/// One top-level key of the `event` value. The raw objects start as `()`: [`add_objects`]
+/// parses them for the scripts that read them; `raw_parts` fills in `annotations`,
+/// `responseStatus.details` and the users' `extra` (empty otherwise).
+fn event_key(
+    ev: &AuditEvent<'_>,
+    key: &str,
+    raw_parts: bool,
+    cut: &std::cell::Cell<bool>,
+) -> Dynamic {
+    let user = |u: Option<&UserInfo<'_>>| user_map(u, raw_parts, cut);
+    match key {
+        "kind" => s(ev.kind.as_deref().unwrap_or("Event")),
+        "apiVersion" => s(ev.api_version.as_deref().unwrap_or("")),
+        "level" => s(ev.level.as_str()),
+        "auditID" => s(&ev.audit_id),
+        "stage" => s(ev.stage.as_str()),
+        "requestURI" => s(&ev.request_uri),
+        "verb" => s(&ev.verb),
+        "user" => user(Some(&ev.user)),
+        "impersonatedUser" => user(ev.impersonated_user.as_ref()),
+        "effectiveUser" => user(Some(ev.effective_user())),
+        "sourceIP" => s(ev.source_ips.first().map_or("", |t| t.as_str())),
+        "sourceIPs" => Dynamic::from_array(ev.source_ips.iter().map(|ip| s(ip)).collect()),
+        "userAgent" => s(&ev.user_agent),
+        "objectRef" => {
+            let r = ev.object_ref();
+            let mut oref = Map::new();
+            for (k, v) in [
+                ("resource", &r.resource),
+                ("namespace", &r.namespace),
+                ("name", &r.name),
+                ("uid", &r.uid),
+                ("apiGroup", &r.api_group),
+                ("apiVersion", &r.api_version),
+                ("resourceVersion", &r.resource_version),
+                ("subresource", &r.subresource),
+            ] {
+                oref.insert(k.into(), s(v));
+            }
+            Dynamic::from_map(oref)
+        }
+        "responseStatus" => {
+            let st = ev.response_status.as_ref();
+            let mut status = Map::new();
+            status.insert(
+                "code".into(),
+                Dynamic::from_int(i64::from(st.map_or(0, |s| s.code))),
+            );
+            status.insert("status".into(), s(st.map_or("", |s| &s.status)));
+            status.insert("reason".into(), s(st.map_or("", |s| &s.reason)));
+            status.insert("message".into(), s(st.map_or("", |s| &s.message)));
+            let details = if raw_parts {
+                raw(st.and_then(|s| s.details), cut)
+            } else {
+                Dynamic::UNIT
+            };
+            status.insert("details".into(), details);
+            Dynamic::from_map(status)
+        }
+        "annotations" if raw_parts => raw_map(ev.annotations, cut),
+        "annotations" => Dynamic::from_map(Map::new()),
+        "requestReceivedTimestamp" => s(ev.request_received_timestamp.as_deref().unwrap_or("")),
+        "stageTimestamp" => s(ev.stage_timestamp.as_deref().unwrap_or("")),
+        "timestamp" => s(ev.timestamp.as_deref().unwrap_or("")),
+        // requestObject, responseObject: parsed on demand.
+        _ => Dynamic::UNIT,
     }
 }
 
@@ -658,7 +796,7 @@ fn raw_map(v: Option<RawJson<'_>>, cut: &std::cell::Cell<bool>) -> Dynamic {
     }
 }
 
-fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
+fn user_map(u: Option<&UserInfo<'_>>, raw_parts: bool, cut: &std::cell::Cell<bool>) -> Dynamic {
     let mut m = Map::new();
     m.insert("username".into(), s(u.map_or("", |u| &u.username)));
     m.insert("uid".into(), s(u.map_or("", |u| &u.uid)));
@@ -666,79 +804,28 @@ fn user_map(u: Option<&UserInfo<'_>>) -> Dynamic {
         .map(|u| u.groups.iter().map(|g| s(g)).collect())
         .unwrap_or_default();
     m.insert("groups".into(), Dynamic::from_array(groups));
-    // Filled in by `add_objects` for scripts that read it.
-    m.insert("extra".into(), Dynamic::from_map(Map::new()));
+    let extra = if raw_parts {
+        raw_map(u.and_then(|u| u.extra), cut)
+    } else {
+        Dynamic::from_map(Map::new())
+    };
+    m.insert("extra".into(), extra);
     Dynamic::from_map(m)
 }
 
-/// The event as the `event` variable: every field present (empty when absent), plus
+/// The event as the `event` variable, with the top-level keys in `fields` (bits over
+/// [`EVENT_KEYS`]; every key present, empty when absent in the event), including
 /// `effectiveUser` and `sourceIP` (the first source address). The parts kept as raw JSON
 /// (`requestObject`, `responseObject`, `annotations`, `responseStatus.details`, the users'
 /// `extra`) start empty; [`add_objects`] parses them in for the scripts that read them.
-pub fn event_dynamic(ev: &AuditEvent<'_>) -> Dynamic {
+pub fn event_dynamic(ev: &AuditEvent<'_>, fields: u32) -> Dynamic {
+    let cut = std::cell::Cell::new(false);
     let mut m = Map::new();
-    m.insert("kind".into(), s(ev.kind.as_deref().unwrap_or("Event")));
-    m.insert(
-        "apiVersion".into(),
-        s(ev.api_version.as_deref().unwrap_or("")),
-    );
-    m.insert("level".into(), s(ev.level.as_str()));
-    m.insert("auditID".into(), s(&ev.audit_id));
-    m.insert("stage".into(), s(ev.stage.as_str()));
-    m.insert("requestURI".into(), s(&ev.request_uri));
-    m.insert("verb".into(), s(&ev.verb));
-    m.insert("user".into(), user_map(Some(&ev.user)));
-    m.insert(
-        "impersonatedUser".into(),
-        user_map(ev.impersonated_user.as_ref()),
-    );
-    m.insert("effectiveUser".into(), user_map(Some(ev.effective_user())));
-    let ips: Array = ev.source_ips.iter().map(|ip| s(ip)).collect();
-    m.insert(
-        "sourceIP".into(),
-        s(ev.source_ips.first().map_or("", |t| t.as_str())),
-    );
-    m.insert("sourceIPs".into(), Dynamic::from_array(ips));
-    m.insert("userAgent".into(), s(&ev.user_agent));
-    let r = ev.object_ref();
-    let mut oref = Map::new();
-    for (k, v) in [
-        ("resource", &r.resource),
-        ("namespace", &r.namespace),
-        ("name", &r.name),
-        ("uid", &r.uid),
-        ("apiGroup", &r.api_group),
-        ("apiVersion", &r.api_version),
-        ("resourceVersion", &r.resource_version),
-        ("subresource", &r.subresource),
-    ] {
-        oref.insert(k.into(), s(v));
+    for (i, key) in EVENT_KEYS.iter().enumerate() {
+        if fields & (1 << i) != 0 {
+            m.insert((*key).into(), event_key(ev, key, false, &cut));
+        }
     }
-    m.insert("objectRef".into(), Dynamic::from_map(oref));
-    let mut status = Map::new();
-    let st = ev.response_status.as_ref();
-    status.insert(
-        "code".into(),
-        Dynamic::from_int(i64::from(st.map_or(0, |s| s.code))),
-    );
-    status.insert("status".into(), s(st.map_or("", |s| &s.status)));
-    status.insert("reason".into(), s(st.map_or("", |s| &s.reason)));
-    status.insert("message".into(), s(st.map_or("", |s| &s.message)));
-    // `details`, `annotations` and the users' `extra` are filled in by `add_objects`.
-    status.insert("details".into(), Dynamic::UNIT);
-    m.insert("responseStatus".into(), Dynamic::from_map(status));
-    m.insert("requestObject".into(), Dynamic::UNIT);
-    m.insert("responseObject".into(), Dynamic::UNIT);
-    m.insert("annotations".into(), Dynamic::from_map(Map::new()));
-    m.insert(
-        "requestReceivedTimestamp".into(),
-        s(ev.request_received_timestamp.as_deref().unwrap_or("")),
-    );
-    m.insert(
-        "stageTimestamp".into(),
-        s(ev.stage_timestamp.as_deref().unwrap_or("")),
-    );
-    m.insert("timestamp".into(), s(ev.timestamp.as_deref().unwrap_or("")));
     Dynamic::from_map(m).into_shared()
 }
 
@@ -856,7 +943,7 @@ impl ConditionRunner {
         let value = match &self.event {
             Some(v) => v.clone(),
             None => {
-                let v = event_dynamic(ev);
+                let v = event_dynamic(ev, 0);
                 self.scope.set_value("event", v.clone());
                 self.event = Some(v.clone());
                 v
@@ -1064,7 +1151,13 @@ mod tests {
         let n = ObjectNeeds::of_script("has(event, \"x\")");
         assert_eq!((n.request_object, n.response_object), (true, true));
         let n = ObjectNeeds::of_script("event.verb == \"get\"");
-        assert_eq!(n, ObjectNeeds::default());
+        assert_eq!(
+            n,
+            ObjectNeeds {
+                fields: key_bit("verb"),
+                ..ObjectNeeds::default()
+            }
+        );
         // Without the need, the objects are not there.
         assert_eq!(
             run(
@@ -1073,6 +1166,49 @@ mod tests {
             ),
             Ok(true)
         );
+    }
+
+    #[test]
+    fn the_event_value_holds_the_keys_scripts_name() {
+        let n = ObjectNeeds::of_script("event.verb == \"get\" && event?.user.username != \"\"");
+        assert_eq!(n.fields, key_bit("verb") | key_bit("user"));
+        // Anything but a property read of `event` reads it all.
+        for whole in [
+            "event.keys().len() > 0",
+            "has(event, \"x\")",
+            "let e = event; e.verb == \"x\"",
+        ] {
+            assert_eq!(
+                ObjectNeeds::of_script(whole).fields,
+                ALL_EVENT_KEYS,
+                "{whole}"
+            );
+        }
+        // Keys are added as later conditions of the same event need them; the raw parts a
+        // later script wants reach the keys an earlier one built.
+        let ev = r#"{"auditID":"9","verb":"get","user":{"username":"sa","extra":{"scope":["a"]}},"objectRef":{"resource":"pods"}}"#;
+        let decoded = decode_event(ev).unwrap();
+        let value = event_dynamic(&decoded, 0);
+        let (mut has, cut) = (ObjectNeeds::default(), std::cell::Cell::new(false));
+        add_objects(
+            &value,
+            &decoded,
+            ObjectNeeds::of_script("event.user.username"),
+            &mut has,
+            &cut,
+        );
+        assert_eq!(value.read_lock::<Map>().unwrap().len(), 1);
+        add_objects(
+            &value,
+            &decoded,
+            ObjectNeeds::of_script("event.objectRef.resource == event.user.extra.scope[0]"),
+            &mut has,
+            &cut,
+        );
+        let map = value.read_lock::<Map>().unwrap();
+        assert_eq!(map.len(), 2);
+        let user = map["user"].read_lock::<Map>().unwrap();
+        assert_eq!(user["extra"].read_lock::<Map>().unwrap().len(), 1);
     }
 
     #[test]
@@ -1106,7 +1242,7 @@ mod tests {
         );
         // The event value is shared by the rules of one event: parts are added on demand.
         let decoded = decode_event(ev).unwrap();
-        let value = event_dynamic(&decoded);
+        let value = event_dynamic(&decoded, 0);
         let mut has = ObjectNeeds::default();
         let cut = std::cell::Cell::new(false);
         add_objects(&value, &decoded, ObjectNeeds::default(), &mut has, &cut);
