@@ -201,7 +201,7 @@ impl Patterns {
                 // Runs of `*` are one `*`: globset reads `**/` as "any directories", which
                 // also matches nothing (`*/` of a Sigma `contains` must still need a `/`).
                 let mut star = false;
-                let mut push_star = |glob: &mut String, star: &mut bool| {
+                let push_star = |glob: &mut String, star: &mut bool| {
                     if !*star {
                         glob.push('*');
                     }
