@@ -122,12 +122,15 @@ pub enum StdoutFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertOutputConfig {
     pub stdout: StdoutFormat,
+    /// Per-rule firing rate limit (on by default): docs/alerts.md, "Alert storms".
+    pub storm: crate::alert::storm::StormConfig,
 }
 
 impl Default for AlertOutputConfig {
     fn default() -> Self {
         AlertOutputConfig {
             stdout: StdoutFormat::Text,
+            storm: Default::default(),
         }
     }
 }

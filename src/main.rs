@@ -489,13 +489,17 @@ fn run_replay(
         input_format,
         opts,
         &mut |alert| {
-            let line = match format {
-                Format::Json => alert.to_json_line(),
-                Format::Text => alert.to_text_line(),
+            if write_error.is_some() {
+                return;
+            }
+            // JSON goes straight into the buffered writer: no line string per alert.
+            let written = match format {
+                Format::Json => serde_json::to_writer(&mut out, &alert)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| out.write_all(b"\n")),
+                Format::Text => writeln!(out, "{}", alert.to_text_line()),
             };
-            if write_error.is_none()
-                && let Err(e) = writeln!(out, "{line}")
-            {
+            if let Err(e) = written {
                 write_error = Some(e);
             }
         },

@@ -30,6 +30,7 @@ pub struct Metrics {
     file_truncations: IntCounterVec,
     alerts: IntCounterVec,
     alerts_replayed_suppressed: IntCounter,
+    alerts_storm_suppressed: IntCounterVec,
     rule_reloads: IntCounterVec,
     rules_loaded: IntGauge,
     script_errors: IntCounterVec,
@@ -193,6 +194,11 @@ impl Metrics {
                 "auditwatch_alerts_total",
                 "Alerts fired, by rule and severity.",
                 &["rule", "severity"],
+            ),
+            alerts_storm_suppressed: r.counters(
+                "auditwatch_alerts_storm_suppressed_total",
+                "Alerts over their rule's storm limit (alerts.storm), by rule: folded into one summary alert of kind storm instead of being sent.",
+                &["rule"],
             ),
             alerts_replayed_suppressed: r.counter(
                 "auditwatch_alerts_replay_suppressed_total",
@@ -528,6 +534,12 @@ impl Metrics {
 
     pub fn alert_fired(&self, rule: &str, severity: &str) {
         self.alerts.with_label_values(&[rule, severity]).inc();
+    }
+
+    pub fn alerts_storm_suppressed(&self, rule: &str, n: u64) {
+        self.alerts_storm_suppressed
+            .with_label_values(&[rule])
+            .inc_by(n);
     }
 
     pub fn alert_replay_suppressed(&self) {

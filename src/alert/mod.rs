@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod event_ref;
 pub mod query;
+pub mod storm;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -80,6 +81,8 @@ pub enum AlertKind {
     Absence,
     /// Requests matching the steps of a sequence window.
     Sequence,
+    /// The summary of a rule's alerts over its storm limit (see [`storm`]).
+    Storm,
 }
 
 impl AlertKind {
@@ -91,6 +94,7 @@ impl AlertKind {
             AlertKind::Distinct => "distinct",
             AlertKind::Absence => "absence",
             AlertKind::Sequence => "sequence",
+            AlertKind::Storm => "storm",
         }
     }
 }

@@ -233,6 +233,7 @@ fn recover_state(
         Arc::clone(metrics),
         PipelineOptions {
             stdout: config.alerts.stdout,
+            storm: config.alerts.storm.clone(),
             snapshot_every: config.snapshot.interval.std(),
             idle_after: config.engine.idle_after.std(),
             journal_size: journal.size_gauge(),

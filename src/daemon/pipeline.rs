@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use crate::alert::Alert;
+use crate::alert::storm::StormGuard;
 use crate::config::StdoutFormat;
 use crate::engine::Engine;
 use crate::event::{EventTime, Position, decode_each};
@@ -32,6 +33,8 @@ pub enum Feedback {
 
 pub struct PipelineOptions {
     pub stdout: StdoutFormat,
+    /// The per-rule firing rate limit.
+    pub storm: crate::alert::storm::StormConfig,
     pub snapshot_every: Duration,
     /// Wall time after which a quiet sender stops holding event time back, and after which a
     /// quiet stream moves event time on by itself.
@@ -57,6 +60,8 @@ pub struct SourceTiming {
 
 pub struct Pipeline {
     engine: Engine,
+    /// Folds each rule's alerts past its rate limit into one summary.
+    storm: StormGuard,
     alerts: SharedAlertJournal,
     metrics: Arc<Metrics>,
     opts: PipelineOptions,
@@ -183,6 +188,7 @@ impl Pipeline {
         metrics.set_rules_loaded(engine.rules().rules.len());
         let (state_for_writer, metrics_for_writer) = (state.clone(), Arc::clone(&metrics));
         Ok(Pipeline {
+            storm: StormGuard::new(&opts.storm),
             engine,
             alerts,
             metrics,
@@ -480,10 +486,17 @@ impl Pipeline {
 
     /// Writes alerts to the alert journal, then stdout; skips those a restart re-produced.
     fn emit(&mut self) {
-        if self.out.is_empty() {
+        if self.out.is_empty() && self.storm.is_idle() {
             return;
         }
         let mut alerts = std::mem::take(&mut self.out);
+        for (rule, n) in self.storm.admit(&mut alerts, self.engine.watermark()) {
+            self.metrics.alerts_storm_suppressed(&rule, n);
+        }
+        if alerts.is_empty() {
+            self.out = alerts;
+            return;
+        }
         if !self.already_sent.is_empty() {
             alerts.retain(|a| {
                 let again = self.already_sent.remove(&a.id);
