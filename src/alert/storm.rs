@@ -221,3 +221,91 @@ fn summary(rule: &Arc<str>, b: Bucket, per: i64) -> Option<Alert> {
         author: template.author.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::testing::alert;
+    use crate::rules::Severity;
+
+    fn at(rule: &str, secs: i64, user: &str) -> Alert {
+        let mut a = alert(rule, Severity::Low, &[]);
+        a.last_seen = EventTime::from_secs(1_800_000_000 + secs);
+        a.first_seen = a.last_seen;
+        a.group = Group(vec![(Arc::from("user.username"), user.to_owned())]);
+        a.audit_ids = vec![format!("{rule}-{secs}-{user}")];
+        a
+    }
+
+    fn guard(max: u64) -> StormGuard {
+        StormGuard::new(&StormConfig {
+            max_per_rule: max,
+            per: Duration(Span::from_secs(60)),
+        })
+    }
+
+    #[test]
+    fn each_rule_has_its_own_limit_and_one_summary_per_bucket() {
+        let mut g = guard(2);
+        // 1_800_000_000 is a whole minute: seconds 0..59 are one bucket.
+        let mut batch: Vec<Alert> = (0..5).map(|i| at("flood", i, "a")).collect();
+        batch.push(at("flood", 5, "b"));
+        batch.push(at("quiet", 6, "c"));
+        let suppressed = g.admit(&mut batch, EventTime::from_secs(1_800_000_000));
+        let rules: Vec<&str> = batch.iter().map(|a| &*a.rule).collect();
+        assert_eq!(rules, ["flood", "flood", "quiet"]);
+        assert_eq!(suppressed, [(Arc::from("flood"), 4)]);
+        // The watermark passes the minute: one summary for flood, none for quiet.
+        let mut none = Vec::new();
+        g.admit(&mut none, EventTime::from_secs(1_800_000_060));
+        assert_eq!(none.len(), 1);
+        let s = &none[0];
+        assert_eq!(
+            (s.kind, &*s.rule, s.count, s.suppressed),
+            (AlertKind::Storm, "flood", 6, 4)
+        );
+        assert_eq!(
+            s.summary,
+            "rule flood fired 6 times in 1m; 4 suppressed; top groups: user.username=a (3), user.username=b (1)"
+        );
+        assert_eq!(s.labels.get("storm").map(String::as_str), Some("true"));
+        assert!(g.is_idle());
+    }
+
+    #[test]
+    fn a_later_bucket_closes_the_earlier_and_the_same_input_gives_the_same_ids() {
+        let run = || {
+            let mut g = guard(1);
+            let mut out = Vec::new();
+            for (secs, user) in [(1, "a"), (2, "a"), (3, "b"), (61, "a"), (62, "a")] {
+                let mut batch = vec![at("flood", secs, user)];
+                g.admit(&mut batch, EventTime::MIN);
+                out.extend(batch);
+            }
+            out
+        };
+        let out = run();
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|a| (a.kind, a.last_seen.0 / 1_000_000_000 - 1_800_000_000))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (AlertKind::Count, 1),
+                (AlertKind::Count, 61),
+                (AlertKind::Storm, 3)
+            ]
+        );
+        let ids: Vec<String> = out.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(ids, run().iter().map(|a| a.id.clone()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn zero_turns_the_limit_off() {
+        let mut g = guard(0);
+        let mut batch: Vec<Alert> = (0..500).map(|i| at("flood", i % 60, "a")).collect();
+        assert!(g.admit(&mut batch, EventTime::MIN).is_empty());
+        assert_eq!(batch.len(), 500);
+    }
+}
