@@ -341,7 +341,8 @@ fn kill_9_and_restart_lose_nothing_and_repeat_nothing() {
             r#"
 state_dir: state
 rules: [rules.yaml]
-alerts: {{ stdout: json }}
+# Every alert is counted here: the storm limit is off (tests/alert_storm.rs covers it).
+alerts: {{ stdout: json, storm: {{ max_per_rule: 0 }} }}
 http: {{ listen: "127.0.0.1:{metrics}" }}
 engine: {{ lateness: 1s, idle_after: 1s }}
 snapshot: {{ interval: 1s }}
