@@ -24,11 +24,12 @@
 //! 14. `source` — the sources (log file, webhook, stdin, replay files) and the batch contract
 //!     they hand to the engine.
 //! 15. `replay` — rules over log files in event time.
-//! 16. `ruletest` — rule unit tests.
-//! 17. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
-//! 18. `ops` — the operations endpoint: metrics, health, the silences API.
-//! 19. `config` — the daemon's config file: assembles the components' settings.
-//! 20. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
+//! 16. `query` — `auditwatch query`: filter, group and count audit events without a rule.
+//! 17. `ruletest` — rule unit tests.
+//! 18. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
+//! 19. `ops` — the operations endpoint: metrics, health, the silences API.
+//! 20. `config` — the daemon's config file: assembles the components' settings.
+//! 21. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod alert;
@@ -44,6 +45,7 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod position;
+pub mod query;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

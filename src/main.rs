@@ -91,6 +91,46 @@ enum Command {
         #[arg(long)]
         skip_corrupt: bool,
     },
+    /// Filter and count audit events without writing a rule: `auditwatch query
+    /// 'responsestatus_code=403 and verb=list' --groupby username audit.log`.
+    ///
+    /// The filter: fields (rule paths such as responseStatus.code, or lower-case aliases such
+    /// as responsestatus_code, username, resource, code), `=`, `!=` (with * and ? wildcards),
+    /// `<`, `<=`, `>`, `>=` (numbers and times), `in (a, b)`, `and`, `or`, `not`, parentheses.
+    /// Exit codes: 0 done, 2 a bad query or no readable input.
+    Query {
+        /// The filter ('' for every event).
+        query: String,
+        /// Audit log files: JSON lines, an EventList, or a managed export; `-` is stdin.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Fields to group by, comma-separated (`--groupby username,verb`).
+        #[arg(long, value_delimiter = ',')]
+        groupby: Vec<String>,
+        /// count, distinct(FIELD), first or last (event time).
+        #[arg(long, default_value = "count")]
+        agg: String,
+        /// Only events at most this old (1h) or at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_when, conflicts_with = "from")]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events at or after this time (RFC 3339, or an age).
+        #[arg(long, value_parser = parse_when)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events before this time (RFC 3339, or an age).
+        #[arg(long, value_parser = parse_when)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only the N groups with the most events.
+        #[arg(long)]
+        top: Option<usize>,
+        /// A time series: one row per bucket of this length (5m, 1h); drawn as bars on a TTY.
+        #[arg(long, value_parser = parse_span)]
+        every: Option<Span>,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Table)]
+        format: QueryFormat,
+        /// How to read the input (see `replay --help`).
+        #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+        input_format: InputFormat,
+    },
     /// List alerts from the daemon's alert journal (state_dir/alerts.jsonl), oldest first.
     Alerts {
         /// The daemon's state dir.
@@ -218,6 +258,13 @@ enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum QueryFormat {
+    Table,
+    Json,
+    Csv,
+}
+
 fn parse_span(s: &str) -> Result<Span, String> {
     Span::parse(s)
 }
@@ -244,6 +291,28 @@ fn main() -> ExitCode {
             &files,
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
+        Command::Query {
+            query,
+            files,
+            groupby,
+            agg,
+            since,
+            from,
+            to,
+            top,
+            every,
+            format,
+            input_format,
+        } => run_query(
+            &query,
+            &files,
+            &groupby,
+            &agg,
+            (since.or(from), to),
+            (top, every),
+            format,
+            input_format,
+        ),
         Command::Run {
             config,
             check,
@@ -605,6 +674,186 @@ fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_query(
+    text: &str,
+    files: &[PathBuf],
+    groupby: &[String],
+    agg: &str,
+    (from, to): (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ),
+    (top, every): (Option<usize>, Option<Span>),
+    format: QueryFormat,
+    input_format: InputFormat,
+) -> anyhow::Result<ExitCode> {
+    use auditwatch::query::{self, Aggregate, Query, lang};
+    let filter = match lang::parse(text) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}\n  {text}\n  {}^", " ".repeat(e.column - 1));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut group_by = Vec::new();
+    for g in groupby.iter().filter(|g| !g.trim().is_empty()) {
+        match lang::Field::parse(g.trim()) {
+            Ok(f) => group_by.push(f),
+            Err(e) => {
+                eprintln!("error: --groupby {g}: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let aggregate = match Aggregate::parse(agg) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --agg: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let nanos = |t: chrono::DateTime<chrono::Utc>| {
+        auditwatch::event::EventTime(t.timestamp_nanos_opt().unwrap_or(i64::MAX))
+    };
+    let q = Query {
+        filter,
+        group_by,
+        aggregate,
+        from: from.map(nanos),
+        to: to.map(nanos),
+        every,
+        top,
+    };
+    let mut shown = 0;
+    let report = query::run(&q, files, input_format, &mut |e| {
+        if shown < 5 {
+            eprintln!("warning: {e}");
+        }
+        shown += 1;
+    });
+    for (name, why) in &report.unreadable {
+        eprintln!("error: {name}: {why}");
+    }
+    if report.unreadable.len() == files.len() {
+        return Ok(ExitCode::from(2));
+    }
+    let mut header: Vec<String> = Vec::new();
+    if q.every.is_some() {
+        header.push("time".into());
+    }
+    header.extend(q.group_by.iter().map(|f| f.written.clone()));
+    header.push(q.aggregate.name());
+    let cells: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|r| {
+            let mut row = Vec::new();
+            if let Some(b) = r.bucket {
+                row.push(b.to_string());
+            }
+            row.extend(r.group.iter().cloned());
+            row.push(r.value.to_string());
+            row
+        })
+        .collect();
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal();
+    let mut out = BufWriter::new(stdout.lock());
+    match format {
+        QueryFormat::Json => {
+            for r in &report.rows {
+                let mut m = serde_json::Map::new();
+                if let Some(b) = r.bucket {
+                    m.insert("time".into(), b.to_string().into());
+                }
+                for (f, v) in q.group_by.iter().zip(&r.group) {
+                    m.insert(f.written.clone(), v.clone().into());
+                }
+                let value = match &r.value {
+                    query::AggValue::Number(n) => serde_json::Value::from(*n),
+                    query::AggValue::Time(t) => {
+                        t.map_or(serde_json::Value::Null, |t| t.to_string().into())
+                    }
+                };
+                m.insert(q.aggregate.name(), value);
+                writeln!(out, "{}", serde_json::Value::Object(m))?;
+            }
+        }
+        QueryFormat::Csv => {
+            let field = |s: &str| {
+                if s.contains([',', '"', '\n', '\r']) {
+                    format!("\"{}\"", s.replace('"', "\"\""))
+                } else {
+                    s.to_owned()
+                }
+            };
+            writeln!(
+                out,
+                "{}",
+                header
+                    .iter()
+                    .map(|h| field(h))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )?;
+            for row in &cells {
+                writeln!(
+                    out,
+                    "{}",
+                    row.iter().map(|c| field(c)).collect::<Vec<_>>().join(",")
+                )?;
+            }
+        }
+        QueryFormat::Table => {
+            let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+            for row in &cells {
+                for (w, c) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |row: &[String]| {
+                row.iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
+            writeln!(out, "{}", line(&header).trim_end())?;
+            // A series on a terminal: each row's count as a bar.
+            let max = report
+                .rows
+                .iter()
+                .map(|r| r.count)
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            for (row, r) in cells.iter().zip(&report.rows) {
+                let mut text = line(row);
+                if tty && q.every.is_some() {
+                    let n = (r.count * 40).div_ceil(max) as usize;
+                    text.push_str("  ");
+                    text.push_str(&"█".repeat(n));
+                }
+                writeln!(out, "{}", text.trim_end())?;
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "{} events read, {} matched, {} rows{}",
+        report.events,
+        report.matched,
+        report.rows.len(),
+        if report.decode_errors > 0 {
+            format!(", {} bad records skipped", report.decode_errors)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_tests(rules: &[PathBuf], tests: &[PathBuf]) -> anyhow::Result<ExitCode> {
