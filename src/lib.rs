@@ -23,16 +23,18 @@
 //! 13. `net` — the network edge: bounded serving, TLS, authentication, reloading secrets.
 //! 14. `source` — the sources (log file, webhook, stdin, replay files) and the batch contract
 //!     they hand to the engine.
-//! 15. `replay` — rules over log files in event time.
-//! 16. `query` — `auditwatch query`: filter, group and count audit events without a rule.
-//! 17. `ruletest` — rule unit tests.
-//! 18. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
-//! 19. `ops` — the operations endpoint: metrics, health, the silences API.
-//! 20. `config` — the daemon's config file: assembles the components' settings.
-//! 21. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
+//! 15. `archive` — every event kept as Parquet segments, sealed write-once.
+//! 16. `replay` — rules over log files in event time.
+//! 17. `query` — `auditwatch query`: filter, group and count audit events without a rule.
+//! 18. `ruletest` — rule unit tests.
+//! 19. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
+//! 20. `ops` — the operations endpoint: metrics, health, the silences API.
+//! 21. `config` — the daemon's config file: assembles the components' settings.
+//! 22. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod archive;
 pub mod bundled;
 pub mod config;
 pub mod daemon;

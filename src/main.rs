@@ -72,6 +72,10 @@ enum Command {
         /// Audit log files: JSON lines, an Event, an EventList or an array; `-` is stdin.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also write every event read into an archive directory of Parquet segments
+        /// (docs/evidence.md), readable by DuckDB and the other Parquet engines.
+        #[arg(long, value_name = "DIR")]
+        archive: Option<PathBuf>,
     },
     /// Run the daemon: receive live audit events (webhook, log files, stdin) and alert.
     ///
@@ -281,6 +285,7 @@ fn main() -> ExitCode {
             max_errors,
             input_format,
             files,
+            archive,
         } => run_replay(
             &rules,
             format,
@@ -289,6 +294,7 @@ fn main() -> ExitCode {
             max_errors,
             input_format,
             &files,
+            archive.as_deref(),
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
         Command::Query {
@@ -530,6 +536,7 @@ fn check(paths: &[PathBuf], policy: Option<&std::path::Path>) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_replay(
     rules: &[PathBuf],
     format: Format,
@@ -538,6 +545,7 @@ fn run_replay(
     max_errors: usize,
     input_format: InputFormat,
     files: &[PathBuf],
+    archive_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
     let set = match load(rules, ScriptLimits { max_operations })? {
         Ok(set) => Arc::new(set),
@@ -552,11 +560,26 @@ fn run_replay(
     let mut write_error: Option<std::io::Error> = None;
     let mut reported = 0usize;
     let mut suppressed = 0usize;
-    let report = replay(
+    let mut archive = match archive_dir {
+        Some(dir) => {
+            let (archive, removed) = auditwatch::archive::Archive::open(dir, Default::default())
+                .with_context(|| format!("opening the archive {}", dir.display()))?;
+            for path in removed {
+                eprintln!(
+                    "warning: {}: an unsealed segment from an interrupted run, removed",
+                    path.display()
+                );
+            }
+            Some(archive)
+        }
+        None => None,
+    };
+    let mut report = replay(
         set,
         files,
         input_format,
         opts,
+        archive.as_mut(),
         &mut |alert| {
             if write_error.is_some() {
                 return;
@@ -591,6 +614,25 @@ fn run_replay(
         eprintln!("warning: {suppressed} more problems not shown (see --max-errors)");
     }
     print_summary(&report);
+    if let Some(archive) = archive.as_mut() {
+        match archive.seal() {
+            Ok(sealed) => report.archived.extend(sealed),
+            Err(e) => report.archive_error = Some(e.to_string()),
+        }
+        let (events, bytes) = report
+            .archived
+            .iter()
+            .fold((0, 0), |(e, b), s| (e + s.events, b + s.bytes));
+        eprintln!(
+            "archive: {} segments, {events} events, {:.1} MiB",
+            report.archived.len(),
+            bytes as f64 / 1048576.0
+        );
+        if let Some(e) = &report.archive_error {
+            eprintln!("error: archiving stopped: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     Ok(if report.io_errors > 0 && report.events == 0 {
         ExitCode::from(2)
     } else {

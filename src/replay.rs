@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::alert::Alert;
+use crate::archive::{Archive, Sealed};
 use crate::engine::{Engine, EngineOptions, EngineStats, LateEvent, RuleStats, ScriptError};
 use crate::event::{
     DecodeError, EventTime, InputFormat, Position, Record, decode_each, decode_event, decode_record,
@@ -63,6 +64,10 @@ pub struct ReplayReport {
     pub rules: Vec<(Arc<str>, RuleStats)>,
     pub first_event: Option<EventTime>,
     pub last_event: Option<EventTime>,
+    /// Archive segments sealed, when replay wrote an archive.
+    pub archived: Vec<Sealed>,
+    /// Why archiving stopped, if it did (the replay itself went on).
+    pub archive_error: Option<String>,
 }
 
 impl ReplayReport {
@@ -95,11 +100,13 @@ struct Input {
 }
 
 /// Runs `rules` over `inputs` (`-` for stdin) and reports every alert to `on_alert`.
+#[allow(clippy::too_many_arguments)]
 pub fn replay(
     rules: Arc<RuleSet>,
     inputs: &[PathBuf],
     format: InputFormat,
     opts: EngineOptions,
+    mut archive: Option<&mut Archive>,
     on_alert: &mut dyn FnMut(&Alert),
     on_diagnostic: &mut dyn FnMut(Diagnostic),
 ) -> ReplayReport {
@@ -137,15 +144,27 @@ pub fn replay(
         };
         let mut first = report.first_event;
         let mut last = report.last_event;
+        let mut archived = Vec::new();
+        let mut archive_error = report.archive_error.take();
         let n = decode_each(format, position, text, &mut on_error, &mut |ev| {
             if let Some(t) = ev.time {
                 first = Some(first.map_or(t, |f| f.min(t)));
                 last = Some(last.map_or(t, |l| l.max(t)));
             }
+            if let Some(a) = archive.as_deref_mut()
+                && archive_error.is_none()
+            {
+                match a.append(ev, &position.source, text.len()) {
+                    Ok(sealed) => archived.extend(sealed),
+                    Err(e) => archive_error = Some(e.to_string()),
+                }
+            }
             engine.process(ev, &mut alerts);
         });
         report.first_event = first;
         report.last_event = last;
+        report.archived.extend(archived);
+        report.archive_error = archive_error;
         report.events += n;
         for a in alerts.drain(..) {
             on_alert(&a);

@@ -57,7 +57,7 @@ const SHORT_NAMES: &[(&str, &str)] = &[
     ("request_uri", "requestURI"),
     ("auditid", "auditID"),
     ("audit_id", "auditID"),
-    ("time", "requestReceivedTimestamp"),
+    ("time", "stageTimestamp"),
 ];
 
 /// The rule field paths whose lower-case underscore forms are aliases.

@@ -1,0 +1,491 @@
+//! The event archive: every accepted event kept as Apache Parquet segments, so the history can
+//! be queried (by `auditwatch query` and by DuckDB, Trino, Athena or Spark as it is) long after
+//! the windows have slid past it.
+//!
+//! Each field of the event model is a typed column; `requestObject`, `responseObject` and the
+//! annotations are kept as raw JSON text. A segment is written as `*.parquet.partial`, and
+//! sealed (closed, fsynced, renamed to `segment-SEQ.parquet`, directory fsynced) when it
+//! reaches its size, event count or age: a sealed segment is never modified, which is what
+//! write-once storage (S3 Object Lock) needs. A `.partial` left by a crash is not a segment:
+//! it is reported and removed when the archive opens, and its events are written again from
+//! the source (the ingest journal, or the replayed files).
+//!
+//! Parquet through the Arrow project's crates: the format every engine reads, column
+//! statistics for pruning by time, zstd and dictionary encoding for size.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::builder::{
+    Int32Builder, ListBuilder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder,
+};
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::event::AuditEvent;
+
+/// Why the archive could not write.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: parquet: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("archive columns: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+}
+
+/// When a segment is sealed.
+#[derive(Debug, Clone)]
+pub struct SegmentLimits {
+    pub max_events: u64,
+    /// Raw JSON bytes of the events in it.
+    pub max_raw_bytes: u64,
+    /// Wall time since its first event.
+    pub max_age: std::time::Duration,
+}
+
+impl Default for SegmentLimits {
+    fn default() -> Self {
+        SegmentLimits {
+            max_events: 2_000_000,
+            max_raw_bytes: 2 << 30,
+            max_age: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Rows buffered before they are handed to the Parquet writer as one batch.
+const BATCH_ROWS: usize = 8192;
+
+fn dict() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The archive's columns, in order.
+pub fn schema() -> SchemaRef {
+    let utf8 = |name: &str| Field::new(name, DataType::Utf8, true);
+    let dict = |name: &str| Field::new(name, dict(), true);
+    let list = |name: &str| {
+        Field::new(
+            name,
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            true,
+        )
+    };
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            true,
+        ),
+        utf8("auditID"),
+        dict("stage"),
+        dict("level"),
+        dict("verb"),
+        utf8("requestURI"),
+        dict("user.username"),
+        utf8("user.uid"),
+        list("user.groups"),
+        dict("impersonatedUser.username"),
+        list("impersonatedUser.groups"),
+        list("sourceIPs"),
+        dict("userAgent"),
+        dict("objectRef.resource"),
+        dict("objectRef.subresource"),
+        dict("objectRef.namespace"),
+        utf8("objectRef.name"),
+        dict("objectRef.apiGroup"),
+        dict("objectRef.apiVersion"),
+        Field::new("responseStatus.code", DataType::Int32, true),
+        dict("responseStatus.status"),
+        dict("responseStatus.reason"),
+        utf8("responseStatus.message"),
+        utf8("requestReceivedTimestamp"),
+        utf8("stageTimestamp"),
+        utf8("annotations"),
+        utf8("requestObject"),
+        utf8("responseObject"),
+        dict("source"),
+    ]))
+}
+
+/// An empty string as a null.
+fn opt(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Column builders for one batch.
+struct Rows {
+    time: TimestampNanosecondBuilder,
+    audit_id: StringBuilder,
+    dicts: Vec<StringDictionaryBuilder<Int32Type>>,
+    texts: Vec<StringBuilder>,
+    lists: Vec<ListBuilder<StringBuilder>>,
+    code: Int32Builder,
+    source: StringDictionaryBuilder<Int32Type>,
+    len: usize,
+}
+
+/// Dictionary columns, in schema order.
+const DICTS: usize = 13;
+/// Plain text columns after `auditID`, in schema order.
+const TEXTS: usize = 9;
+
+impl Rows {
+    fn new() -> Rows {
+        Rows {
+            time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
+            audit_id: StringBuilder::new(),
+            dicts: (0..DICTS).map(|_| StringDictionaryBuilder::new()).collect(),
+            texts: (0..TEXTS).map(|_| StringBuilder::new()).collect(),
+            lists: (0..3)
+                .map(|_| ListBuilder::new(StringBuilder::new()))
+                .collect(),
+            code: Int32Builder::new(),
+            source: StringDictionaryBuilder::new(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, ev: &AuditEvent<'_>, source: &str) {
+        self.time.append_option(ev.time.map(|t| t.0));
+        self.audit_id.append_value(&*ev.audit_id);
+        let r = ev.object_ref();
+        let status = ev.response_status.as_ref();
+        let imp = ev.impersonated_user.as_ref();
+        let dict_values: [Option<&str>; DICTS] = [
+            Some(ev.stage.as_str()),
+            Some(ev.level.as_str()),
+            opt(&ev.verb),
+            Some(&ev.user.username),
+            imp.map(|u| &*u.username),
+            opt(&ev.user_agent),
+            opt(&r.resource),
+            opt(&r.subresource),
+            opt(&r.namespace),
+            opt(&r.api_group),
+            opt(&r.api_version),
+            status.and_then(|s| opt(&s.status)),
+            status.and_then(|s| opt(&s.reason)),
+        ];
+        // In the order `finish` takes them back out.
+        for (builder, value) in self.dicts.iter_mut().zip(dict_values) {
+            match value {
+                Some(v) => {
+                    builder.append_value(v);
+                }
+                None => builder.append_null(),
+            }
+        }
+        let text_values: [Option<&str>; TEXTS] = [
+            Some(&ev.request_uri),
+            opt(&ev.user.uid),
+            opt(&r.name),
+            status.and_then(|s| opt(&s.message)),
+            ev.request_received_timestamp.as_deref(),
+            ev.stage_timestamp.as_deref(),
+            ev.annotations.map(|a| a.get()),
+            ev.request_object.map(|o| o.get()),
+            ev.response_object.map(|o| o.get()),
+        ];
+        for (builder, value) in self.texts.iter_mut().zip(text_values) {
+            builder.append_option(value);
+        }
+        let lists: [Option<&[crate::event::Text<'_>]>; 3] = [
+            Some(&ev.user.groups),
+            imp.map(|u| u.groups.as_slice()),
+            Some(&ev.source_ips),
+        ];
+        for (builder, items) in self.lists.iter_mut().zip(lists) {
+            match items {
+                Some(items) => {
+                    for i in items {
+                        builder.values().append_value(&**i);
+                    }
+                    builder.append(true);
+                }
+                None => builder.append(false),
+            }
+        }
+        self.code.append_option(status.map(|s| s.code));
+        self.source.append_value(source);
+        self.len += 1;
+    }
+
+    fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArchiveError> {
+        let mut d = self
+            .dicts
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef);
+        let mut t = self
+            .texts
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef);
+        let mut l = self
+            .lists
+            .iter_mut()
+            .map(|b| Arc::new(b.finish()) as ArrayRef);
+        let next = |it: &mut dyn Iterator<Item = ArrayRef>| {
+            it.next()
+                .ok_or_else(|| arrow_schema::ArrowError::SchemaError("archive column count".into()))
+        };
+        let (stage, level, verb, username, imp_username, agent) = (
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+        );
+        let (resource, subresource, namespace, api_group, api_version, st_status, st_reason) = (
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+            next(&mut d)?,
+        );
+        let (uri, uid, name, message, received, stage_ts, annotations, request, response) = (
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+            next(&mut t)?,
+        );
+        let (groups, imp_groups, ips) = (next(&mut l)?, next(&mut l)?, next(&mut l)?);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.time.finish()),
+            Arc::new(self.audit_id.finish()),
+            stage,
+            level,
+            verb,
+            uri,
+            username,
+            uid,
+            groups,
+            imp_username,
+            imp_groups,
+            ips,
+            agent,
+            resource,
+            subresource,
+            namespace,
+            name,
+            api_group,
+            api_version,
+            Arc::new(self.code.finish()),
+            st_status,
+            st_reason,
+            message,
+            received,
+            stage_ts,
+            annotations,
+            request,
+            response,
+            Arc::new(self.source.finish()),
+        ];
+        self.len = 0;
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    }
+}
+
+/// A segment being written.
+struct Segment {
+    writer: ArrowWriter<File>,
+    partial: PathBuf,
+    seq: u64,
+    events: u64,
+    raw_bytes: u64,
+    opened: Instant,
+}
+
+/// A sealed segment: its final path and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub path: PathBuf,
+    pub seq: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// The archive directory and the segment in progress.
+pub struct Archive {
+    dir: PathBuf,
+    limits: SegmentLimits,
+    schema: SchemaRef,
+    rows: Rows,
+    current: Option<Segment>,
+    next_seq: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `segment-00000042.parquet` → 42.
+pub fn segment_seq(name: &str) -> Option<u64> {
+    name.strip_prefix("segment-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
+
+impl Archive {
+    /// Opens (creating) an archive directory. Partial segments a crash left are removed and
+    /// returned, so the caller can say so; their events come again from the source.
+    pub fn open(
+        dir: &Path,
+        limits: SegmentLimits,
+    ) -> Result<(Archive, Vec<PathBuf>), ArchiveError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut next_seq = 0;
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let entry = entry.map_err(io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".parquet.partial") {
+                std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+                removed.push(entry.path());
+            } else if let Some(seq) = segment_seq(&name) {
+                next_seq = next_seq.max(seq + 1);
+            }
+        }
+        Ok((
+            Archive {
+                dir: dir.to_owned(),
+                limits,
+                schema: schema(),
+                rows: Rows::new(),
+                current: None,
+                next_seq,
+            },
+            removed,
+        ))
+    }
+
+    /// Adds one event, read from `source` (its `raw_len` bytes of JSON count toward the
+    /// segment's size). Returns the segment it sealed, if this event filled one.
+    pub fn append(
+        &mut self,
+        ev: &AuditEvent<'_>,
+        source: &str,
+        raw_len: usize,
+    ) -> Result<Option<Sealed>, ArchiveError> {
+        if self.current.is_none() {
+            self.start_segment()?;
+        }
+        self.rows.push(ev, source);
+        let full = match self.current.as_mut() {
+            Some(seg) => {
+                seg.events += 1;
+                seg.raw_bytes += raw_len as u64;
+                seg.events >= self.limits.max_events || seg.raw_bytes >= self.limits.max_raw_bytes
+            }
+            None => false,
+        };
+        if self.rows.len >= BATCH_ROWS {
+            self.write_rows()?;
+        }
+        if full { self.seal() } else { Ok(None) }
+    }
+
+    /// Seals the segment in progress if it is older than its age limit (call it on a timer,
+    /// so a quiet stream still gets its events into sealed segments).
+    pub fn seal_if_old(&mut self) -> Result<Option<Sealed>, ArchiveError> {
+        match &self.current {
+            Some(seg) if seg.opened.elapsed() >= self.limits.max_age => self.seal(),
+            _ => Ok(None),
+        }
+    }
+
+    fn start_segment(&mut self) -> Result<(), ArchiveError> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let partial = self.dir.join(format!("segment-{seq:08}.parquet.partial"));
+        let file = File::create(&partial).map_err(io(&partial))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(128 * 1024))
+            .build();
+        let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(props)).map_err(
+            |source| ArchiveError::Parquet {
+                path: partial.clone(),
+                source,
+            },
+        )?;
+        self.current = Some(Segment {
+            writer,
+            partial,
+            seq,
+            events: 0,
+            raw_bytes: 0,
+            opened: Instant::now(),
+        });
+        Ok(())
+    }
+
+    fn write_rows(&mut self) -> Result<(), ArchiveError> {
+        if self.rows.len == 0 {
+            return Ok(());
+        }
+        let batch = self.rows.finish(&self.schema)?;
+        if let Some(seg) = self.current.as_mut() {
+            seg.writer
+                .write(&batch)
+                .map_err(|source| ArchiveError::Parquet {
+                    path: seg.partial.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Seals the segment in progress: the rest of its rows, the Parquet footer, fsync, the
+    /// final name, fsync of the directory. `None` when there is no segment in progress.
+    pub fn seal(&mut self) -> Result<Option<Sealed>, ArchiveError> {
+        self.write_rows()?;
+        let Some(seg) = self.current.take() else {
+            return Ok(None);
+        };
+        let parquet_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ArchiveError::Parquet { path, source }
+        };
+        let file = seg.writer.into_inner().map_err(parquet_err(&seg.partial))?;
+        file.sync_all().map_err(io(&seg.partial))?;
+        let bytes = file.metadata().map_err(io(&seg.partial))?.len();
+        drop(file);
+        let path = self.dir.join(format!("segment-{:08}.parquet", seg.seq));
+        std::fs::rename(&seg.partial, &path).map_err(io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(Some(Sealed {
+            path,
+            seq: seg.seq,
+            events: seg.events,
+            bytes,
+        }))
+    }
+}
