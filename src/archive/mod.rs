@@ -18,10 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::builder::{
-    Int32Builder, ListBuilder, StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder,
-};
-use arrow_array::types::Int32Type;
+use arrow_array::builder::{Int32Builder, ListBuilder, StringBuilder, TimestampNanosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -70,14 +67,12 @@ impl Default for SegmentLimits {
 /// Rows buffered before they are handed to the Parquet writer as one batch.
 const BATCH_ROWS: usize = 8192;
 
-fn dict() -> DataType {
-    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
-}
-
 /// The archive's columns, in order.
 pub fn schema() -> SchemaRef {
     let utf8 = |name: &str| Field::new(name, DataType::Utf8, true);
-    let dict = |name: &str| Field::new(name, dict(), true);
+    // Repetitive strings too are plain strings: Parquet dictionary-encodes every column
+    // itself, and building Arrow dictionaries first cost the interning twice.
+    let dict = utf8;
     let list = |name: &str| {
         Field::new(
             name,
@@ -131,15 +126,15 @@ fn opt(s: &str) -> Option<&str> {
 struct Rows {
     time: TimestampNanosecondBuilder,
     audit_id: StringBuilder,
-    dicts: Vec<StringDictionaryBuilder<Int32Type>>,
+    dicts: Vec<StringBuilder>,
     texts: Vec<StringBuilder>,
     lists: Vec<ListBuilder<StringBuilder>>,
     code: Int32Builder,
-    source: StringDictionaryBuilder<Int32Type>,
+    source: StringBuilder,
     len: usize,
 }
 
-/// Dictionary columns, in schema order.
+/// Columns of repetitive strings (verbs, users, resources), in `finish` order.
 const DICTS: usize = 13;
 /// Plain text columns after `auditID`, in schema order.
 const TEXTS: usize = 9;
@@ -149,13 +144,13 @@ impl Rows {
         Rows {
             time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
             audit_id: StringBuilder::new(),
-            dicts: (0..DICTS).map(|_| StringDictionaryBuilder::new()).collect(),
+            dicts: (0..DICTS).map(|_| StringBuilder::new()).collect(),
             texts: (0..TEXTS).map(|_| StringBuilder::new()).collect(),
             lists: (0..3)
                 .map(|_| ListBuilder::new(StringBuilder::new()))
                 .collect(),
             code: Int32Builder::new(),
-            source: StringDictionaryBuilder::new(),
+            source: StringBuilder::new(),
             len: 0,
         }
     }
@@ -183,12 +178,7 @@ impl Rows {
         ];
         // In the order `finish` takes them back out.
         for (builder, value) in self.dicts.iter_mut().zip(dict_values) {
-            match value {
-                Some(v) => {
-                    builder.append_value(v);
-                }
-                None => builder.append_null(),
-            }
+            builder.append_option(value);
         }
         let text_values: [Option<&str>; TEXTS] = [
             Some(&ev.request_uri),
