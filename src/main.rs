@@ -135,6 +135,18 @@ enum Command {
         #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
         input_format: InputFormat,
     },
+    /// Check an event archive's chain: every segment's size and SHA-256 against the manifest,
+    /// every manifest entry's link to the one before, no segment missing or unlisted.
+    ///
+    /// Exit codes: 0 intact, 1 tampered (the first broken link is printed), 2 unreadable.
+    Verify {
+        /// The archive directory (holding manifest.jsonl and segment-*.parquet).
+        dir: PathBuf,
+        /// The chain head published elsewhere (the `head` a replay or the daemon printed): the
+        /// chain must reach it, which catches a manifest rolled back or rewritten.
+        #[arg(long, value_name = "HASH")]
+        expect_head: Option<String>,
+    },
     /// List alerts from the daemon's alert journal (state_dir/alerts.jsonl), oldest first.
     Alerts {
         /// The daemon's state dir.
@@ -297,6 +309,23 @@ fn main() -> ExitCode {
             archive.as_deref(),
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
+        Command::Verify { dir, expect_head } => {
+            use auditwatch::archive::manifest::{Verdict, verify};
+            Ok(match verify(&dir, expect_head.as_deref()) {
+                Verdict::Intact { head, segments } => {
+                    println!("intact: {segments} segments, head {head}");
+                    ExitCode::SUCCESS
+                }
+                Verdict::Tampered { at, reason } => {
+                    println!("tampered: {at}: {reason}");
+                    ExitCode::from(1)
+                }
+                Verdict::Unreadable(why) => {
+                    eprintln!("error: {why}");
+                    ExitCode::from(2)
+                }
+            })
+        }
         Command::Query {
             query,
             files,
@@ -624,9 +653,10 @@ fn run_replay(
             .iter()
             .fold((0, 0), |(e, b), s| (e + s.events, b + s.bytes));
         eprintln!(
-            "archive: {} segments, {events} events, {:.1} MiB",
+            "archive: {} segments, {events} events, {:.1} MiB; head {}",
             report.archived.len(),
-            bytes as f64 / 1048576.0
+            bytes as f64 / 1048576.0,
+            archive.head()
         );
         if let Some(e) = &report.archive_error {
             eprintln!("error: archiving stopped: {e}");

@@ -1,7 +1,8 @@
 //! The event archive through the binary: `replay --archive` leaves sealed Parquet segments
 //! that DuckDB (its Python package, installed by .ci/run) reads with the same counts as
-//! `auditwatch query` over the original log, and a segment left unsealed by an interrupted run
-//! is removed (its events come again from the source), never read as data.
+//! `auditwatch query` over the original log, a segment left unsealed by an interrupted run is
+//! removed (its events come again from the source), never read as data, and `auditwatch
+//! verify` detects each way of tampering with the sealed segments and their manifest.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,11 +71,12 @@ fn duckdb_reads_the_archive_with_the_counts_of_auditwatch_query() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("archive: 1 segments, 37 events"), "{err}");
-    let names: Vec<String> = std::fs::read_dir(&dir)
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, ["segment-00000000.parquet"]);
+    names.sort();
+    assert_eq!(names, ["manifest.jsonl", "segment-00000000.parquet"]);
 
     // The user's example, both ways.
     let (_, json, _) = auditwatch(&[
@@ -156,11 +158,162 @@ fn duckdb_reads_the_archive_with_the_counts_of_auditwatch_query() {
     names.sort();
     assert_eq!(
         names,
-        ["segment-00000000.parquet", "segment-00000001.parquet"]
+        [
+            "manifest.jsonl",
+            "segment-00000000.parquet",
+            "segment-00000001.parquet"
+        ]
     );
+    let (code, out, _) = auditwatch(&["verify", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
     assert_eq!(
         duckdb(&dir, "SELECT count(*) AS n FROM archive")[0]["n"],
         74
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An archive of three different segments; its chain head.
+fn three_segments(dir: &Path) -> String {
+    let _ = std::fs::remove_dir_all(dir);
+    let mut head = String::new();
+    for fixture in [
+        "audit2rbac-demo.log",
+        "falco-exec_pod.json",
+        "audit2rbac-demo.eventlist.json",
+    ] {
+        let (code, _, err) = auditwatch(&[
+            "replay",
+            "--archive",
+            dir.to_str().unwrap(),
+            repo()
+                .join("tests/fixtures")
+                .join(fixture)
+                .to_str()
+                .unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        head = err.rsplit("head ").next().unwrap().trim().to_owned();
+    }
+    head
+}
+
+fn verify(dir: &Path, head: Option<&str>) -> (i32, String) {
+    let mut args = vec!["verify", dir.to_str().unwrap()];
+    if let Some(h) = head {
+        args.extend(["--expect-head", h]);
+    }
+    let (code, out, err) = auditwatch(&args);
+    (code, out + &err)
+}
+
+fn segment(dir: &Path, seq: u32) -> PathBuf {
+    dir.join(format!("segment-{seq:08}.parquet"))
+}
+
+/// One test per attack: each leaves `verify` exit 1 naming the first broken link and why.
+#[test]
+fn verify_names_the_first_broken_link_of_every_attack() {
+    let base = std::env::temp_dir().join(format!("aw-verify-{}", std::process::id()));
+    let head = three_segments(&base);
+    let (code, out) = verify(&base, Some(&head));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact: 3 segments"), "{out}");
+
+    type Attack = fn(&Path);
+    let attacks: [(&str, Attack, &str, &str); 7] = [
+        (
+            "an edited record",
+            |d| {
+                let p = segment(d, 1);
+                let mut bytes = std::fs::read(&p).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x20;
+                std::fs::write(&p, bytes).unwrap();
+            },
+            "segment-00000001.parquet",
+            "SHA-256 is not the manifest's",
+        ),
+        (
+            "a deleted segment",
+            |d| std::fs::remove_file(segment(d, 1)).unwrap(),
+            "segment-00000001.parquet",
+            "missing: deleted",
+        ),
+        (
+            "reordered segments",
+            |d| {
+                std::fs::rename(segment(d, 0), d.join("tmp")).unwrap();
+                std::fs::rename(segment(d, 1), segment(d, 0)).unwrap();
+                std::fs::rename(d.join("tmp"), segment(d, 1)).unwrap();
+            },
+            "segment-00000000.parquet",
+            "bytes, the manifest says",
+        ),
+        (
+            "a truncated file",
+            |d| {
+                let p = segment(d, 2);
+                let len = std::fs::metadata(&p).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(len - 100)
+                    .unwrap();
+            },
+            "segment-00000002.parquet",
+            "truncated",
+        ),
+        (
+            "an inserted segment",
+            |d| {
+                std::fs::copy(segment(d, 0), segment(d, 3)).unwrap();
+            },
+            "segment-00000003.parquet",
+            "does not list: inserted",
+        ),
+        (
+            "an edited manifest entry",
+            |d| {
+                let p = d.join("manifest.jsonl");
+                let text = std::fs::read_to_string(&p).unwrap();
+                std::fs::write(&p, text.replacen("\"events\":37", "\"events\":36", 1)).unwrap();
+            },
+            "manifest.jsonl line 1",
+            "the entry was edited",
+        ),
+        (
+            "a manifest rolled back (with its last segment)",
+            |d| {
+                let p = d.join("manifest.jsonl");
+                let text = std::fs::read_to_string(&p).unwrap();
+                let kept: Vec<&str> = text.lines().take(2).collect();
+                std::fs::write(&p, kept.join("\n") + "\n").unwrap();
+                std::fs::remove_file(segment(d, 2)).unwrap();
+            },
+            "manifest.jsonl",
+            "rolled back or rewritten",
+        ),
+    ];
+    for (name, attack, at, why) in attacks {
+        let dir = base.with_extension("attacked");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(&base).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        attack(&dir);
+        let (code, out) = verify(&dir, Some(&head));
+        assert_eq!(code, 1, "{name}: {out}");
+        assert!(out.contains(&format!("tampered: {at}")), "{name}: {out}");
+        assert!(out.contains(why), "{name}: {out}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    // Without a published head, a rollback that removes whole segments and their lines
+    // leaves a consistent chain: that is what anchoring is for (docs/evidence.md).
+    let (code, out) = verify(&base.join("nonexistent"), None);
+    assert_eq!(code, 2, "{out}");
+    std::fs::remove_dir_all(&base).ok();
 }

@@ -27,6 +27,8 @@ use parquet::file::properties::WriterProperties;
 
 use crate::event::AuditEvent;
 
+pub mod manifest;
+
 /// Why the archive could not write.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -42,6 +44,8 @@ pub enum ArchiveError {
     },
     #[error("archive columns: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
+    #[error("{0}")]
+    Manifest(String),
 }
 
 /// When a segment is sealed.
@@ -324,6 +328,8 @@ pub struct Archive {
     rows: Rows,
     current: Option<Segment>,
     next_seq: u64,
+    /// The manifest's newest hash.
+    head: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
@@ -361,6 +367,38 @@ impl Archive {
                 next_seq = next_seq.max(seq + 1);
             }
         }
+        let entries = manifest::read(dir).map_err(ArchiveError::Manifest)?;
+        let mut head = entries
+            .last()
+            .map_or(manifest::GENESIS.to_owned(), |e| e.hash.clone());
+        // Segments sealed but not yet listed (a crash between the rename and the manifest
+        // line): listed now, in order.
+        for seq in entries.len() as u64..next_seq {
+            let path = dir.join(format!("segment-{seq:08}.parquet"));
+            let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
+            let sha = manifest::file_sha256(&path).map_err(io(&path))?;
+            let events = parquet::file::reader::FileReader::metadata(
+                &parquet::file::serialized_reader::SerializedFileReader::new(
+                    File::open(&path).map_err(io(&path))?,
+                )
+                .map_err(|source| ArchiveError::Parquet {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+            .file_metadata()
+            .num_rows() as u64;
+            let entry = manifest::Entry::new(
+                seq,
+                format!("segment-{seq:08}.parquet"),
+                bytes,
+                events,
+                sha,
+                &head,
+            );
+            manifest::append(dir, &entry).map_err(io(&dir.join(manifest::MANIFEST)))?;
+            head = entry.hash;
+        }
         Ok((
             Archive {
                 dir: dir.to_owned(),
@@ -369,6 +407,7 @@ impl Archive {
                 rows: Rows::new(),
                 current: None,
                 next_seq,
+                head,
             },
             removed,
         ))
@@ -398,6 +437,12 @@ impl Archive {
             self.write_rows()?;
         }
         if full { self.seal() } else { Ok(None) }
+    }
+
+    /// The manifest's newest hash: publish it elsewhere (a log line, a webhook) so that a
+    /// rewrite of the whole chain is detectable too.
+    pub fn head(&self) -> &str {
+        &self.head
     }
 
     /// Seals the segment in progress if it is older than its age limit (call it on a timer,
@@ -471,6 +516,17 @@ impl Archive {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
+        let sha = manifest::file_sha256(&path).map_err(io(&path))?;
+        let entry = manifest::Entry::new(
+            seg.seq,
+            format!("segment-{:08}.parquet", seg.seq),
+            bytes,
+            seg.events,
+            sha,
+            &self.head,
+        );
+        manifest::append(&self.dir, &entry).map_err(io(&self.dir.join(manifest::MANIFEST)))?;
+        self.head = entry.hash;
         Ok(Some(Sealed {
             path,
             seq: seg.seq,

@@ -1,0 +1,262 @@
+//! The archive's manifest: one line per sealed segment, chained by SHA-256, so that editing,
+//! removing, reordering, truncating or inserting a segment, or editing the manifest itself,
+//! is detected by `auditwatch verify`. Each entry's hash covers the previous entry's hash,
+//! so the newest hash (the chain head) vouches for the whole history; publishing it elsewhere
+//! (`verify --expect-head`) also catches a manifest rolled back to an earlier state.
+//!
+//! ```text
+//! {"seq":0,"file":"segment-00000000.parquet","bytes":17399409,"events":300000,"sha256":"…","prev":"000…","hash":"…"}
+//! ```
+
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's file name inside the archive directory.
+pub const MANIFEST: &str = "manifest.jsonl";
+
+/// The `prev` of the first entry.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub seq: u64,
+    pub file: String,
+    pub bytes: u64,
+    pub events: u64,
+    /// SHA-256 of the segment file, hex.
+    pub sha256: String,
+    /// The previous entry's `hash` ([`GENESIS`] for the first).
+    pub prev: String,
+    /// SHA-256 over this entry's other fields, hex.
+    pub hash: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// SHA-256 of a file, hex, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+impl Entry {
+    /// The hash this entry must carry: over every other field, each length-prefixed.
+    pub fn expected_hash(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let seq = self.seq.to_le_bytes();
+        let bytes = self.bytes.to_le_bytes();
+        let events = self.events.to_le_bytes();
+        for part in [
+            b"auditwatch-manifest-v1".as_slice(),
+            &seq,
+            self.file.as_bytes(),
+            &bytes,
+            &events,
+            self.sha256.as_bytes(),
+            self.prev.as_bytes(),
+        ] {
+            ctx.update(&(part.len() as u64).to_le_bytes());
+            ctx.update(part);
+        }
+        hex(ctx.finish().as_ref())
+    }
+
+    /// A new entry chained after `prev`.
+    pub fn new(
+        seq: u64,
+        file: String,
+        bytes: u64,
+        events: u64,
+        sha256: String,
+        prev: &str,
+    ) -> Entry {
+        let mut e = Entry {
+            seq,
+            file,
+            bytes,
+            events,
+            sha256,
+            prev: prev.to_owned(),
+            hash: String::new(),
+        };
+        e.hash = e.expected_hash();
+        e
+    }
+}
+
+/// Reads the manifest's entries; a line that does not parse is an error naming it.
+pub fn read(dir: &Path) -> Result<Vec<Entry>, String> {
+    let path = dir.join(MANIFEST);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut entries = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: Entry = serde_json::from_str(&line)
+            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Appends an entry and fsyncs the manifest.
+pub fn append(dir: &Path, entry: &Entry) -> std::io::Result<()> {
+    let path = dir.join(MANIFEST);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
+    writeln!(file, "{line}")?;
+    file.sync_all()
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every link holds; the chain head and the number of segments.
+    Intact { head: String, segments: usize },
+    /// The first broken link: which segment or manifest line, and why.
+    Tampered { at: String, reason: String },
+    /// The archive cannot be read at all.
+    Unreadable(String),
+}
+
+/// Checks every link of the archive in `dir`: the manifest's chain, each segment's size and
+/// hash, that no segment is missing or unlisted, and (when given) that the chain reaches the
+/// head published elsewhere.
+pub fn verify(dir: &Path, expect_head: Option<&str>) -> Verdict {
+    if !dir.is_dir() {
+        return Verdict::Unreadable(format!("{}: not a directory", dir.display()));
+    }
+    if !dir.join(MANIFEST).exists() {
+        return Verdict::Unreadable(format!("{}: no {MANIFEST}", dir.display()));
+    }
+    let entries = match read(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            return Verdict::Tampered {
+                at: MANIFEST.into(),
+                reason: format!("a line that is not a manifest entry: {e}"),
+            };
+        }
+    };
+    let tampered = |at: &str, reason: String| Verdict::Tampered {
+        at: at.to_owned(),
+        reason,
+    };
+    let mut prev = GENESIS.to_owned();
+    let mut seen_head = expect_head.is_none();
+    for (i, e) in entries.iter().enumerate() {
+        let at = format!("{MANIFEST} line {} ({})", i + 1, e.file);
+        if e.seq != i as u64 {
+            return tampered(
+                &at,
+                format!(
+                    "segment {} where segment {i} belongs: removed or reordered",
+                    e.seq
+                ),
+            );
+        }
+        if e.file != format!("segment-{:08}.parquet", e.seq) {
+            return tampered(&at, format!("names {:?}, not its sequence's file", e.file));
+        }
+        if e.prev != prev {
+            return tampered(&at, "does not chain to the entry before it".into());
+        }
+        if e.hash != e.expected_hash() {
+            return tampered(
+                &at,
+                "its hash does not match its contents: the entry was edited".into(),
+            );
+        }
+        let path: PathBuf = dir.join(&e.file);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) => {
+                return tampered(
+                    &e.file,
+                    "listed in the manifest but missing: deleted".into(),
+                );
+            }
+        };
+        if meta.len() != e.bytes {
+            return tampered(
+                &e.file,
+                format!(
+                    "{} bytes, the manifest says {}: truncated or extended",
+                    meta.len(),
+                    e.bytes
+                ),
+            );
+        }
+        match file_sha256(&path) {
+            Ok(h) if h == e.sha256 => {}
+            Ok(_) => {
+                return tampered(
+                    &e.file,
+                    "its SHA-256 is not the manifest's: the file was edited or replaced".into(),
+                );
+            }
+            Err(err) => return Verdict::Unreadable(format!("{}: {err}", path.display())),
+        }
+        if expect_head == Some(e.hash.as_str()) {
+            seen_head = true;
+        }
+        prev = e.hash.clone();
+    }
+    if !seen_head {
+        return tampered(
+            MANIFEST,
+            format!(
+                "the published head {} is not in the chain: the manifest was rolled back or rewritten",
+                expect_head.unwrap_or_default()
+            ),
+        );
+    }
+    // A sealed segment the manifest does not list was inserted (or the manifest cut back).
+    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.file.as_str()).collect();
+    let mut unlisted: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".parquet") && !listed.contains(n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    unlisted.sort();
+    if let Some(first) = unlisted.first() {
+        return tampered(
+            first,
+            "a segment the manifest does not list: inserted".into(),
+        );
+    }
+    Verdict::Intact {
+        head: prev,
+        segments: entries.len(),
+    }
+}
