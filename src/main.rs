@@ -76,6 +76,9 @@ enum Command {
         /// (docs/evidence.md), readable by DuckDB and the other Parquet engines.
         #[arg(long, value_name = "DIR")]
         archive: Option<PathBuf>,
+        /// Sign the archive's manifest entries with this Ed25519 key (`auditwatch keygen`).
+        #[arg(long, value_name = "FILE", requires = "archive")]
+        sign_key: Option<PathBuf>,
     },
     /// Run the daemon: receive live audit events (webhook, log files, stdin) and alert.
     ///
@@ -146,6 +149,17 @@ enum Command {
         /// chain must reach it, which catches a manifest rolled back or rewritten.
         #[arg(long, value_name = "HASH")]
         expect_head: Option<String>,
+        /// Require every manifest entry to be signed by one of these keys (a file of
+        /// `ID PUBLIC_KEY_HEX` lines, as `auditwatch keygen` prints them).
+        #[arg(long, value_name = "FILE")]
+        trusted_keys: Option<PathBuf>,
+    },
+    /// Create an Ed25519 key for signing archive manifests (PKCS#8, mode 0600); prints its
+    /// trusted-keys line (`ID PUBLIC_KEY_HEX`) for `verify --trusted-keys`.
+    Keygen {
+        /// Where to write the private key; refuses to overwrite.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List alerts from the daemon's alert journal (state_dir/alerts.jsonl), oldest first.
     Alerts {
@@ -298,6 +312,7 @@ fn main() -> ExitCode {
             input_format,
             files,
             archive,
+            sign_key,
         } => run_replay(
             &rules,
             format,
@@ -306,25 +321,39 @@ fn main() -> ExitCode {
             max_errors,
             input_format,
             &files,
-            archive.as_deref(),
+            archive.as_deref().map(|a| (a, sign_key.as_deref())),
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
-        Command::Verify { dir, expect_head } => {
-            use auditwatch::archive::manifest::{Verdict, verify};
-            Ok(match verify(&dir, expect_head.as_deref()) {
-                Verdict::Intact { head, segments } => {
-                    println!("intact: {segments} segments, head {head}");
-                    ExitCode::SUCCESS
+        Command::Keygen { out } => keygen(&out),
+        Command::Verify {
+            dir,
+            expect_head,
+            trusted_keys,
+        } => {
+            use auditwatch::archive::manifest::{Verdict, read_trusted, verify};
+            let trusted = match trusted_keys.as_deref().map(read_trusted).transpose() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
                 }
-                Verdict::Tampered { at, reason } => {
-                    println!("tampered: {at}: {reason}");
-                    ExitCode::from(1)
-                }
-                Verdict::Unreadable(why) => {
-                    eprintln!("error: {why}");
-                    ExitCode::from(2)
-                }
-            })
+            };
+            Ok(
+                match verify(&dir, expect_head.as_deref(), trusted.as_ref()) {
+                    Verdict::Intact { head, segments } => {
+                        println!("intact: {segments} segments, head {head}");
+                        ExitCode::SUCCESS
+                    }
+                    Verdict::Tampered { at, reason } => {
+                        println!("tampered: {at}: {reason}");
+                        ExitCode::from(1)
+                    }
+                    Verdict::Unreadable(why) => {
+                        eprintln!("error: {why}");
+                        ExitCode::from(2)
+                    }
+                },
+            )
         }
         Command::Query {
             query,
@@ -574,7 +603,7 @@ fn run_replay(
     max_errors: usize,
     input_format: InputFormat,
     files: &[PathBuf],
-    archive_dir: Option<&std::path::Path>,
+    archive_dir: Option<(&std::path::Path, Option<&std::path::Path>)>,
 ) -> anyhow::Result<ExitCode> {
     let set = match load(rules, ScriptLimits { max_operations })? {
         Ok(set) => Arc::new(set),
@@ -590,9 +619,15 @@ fn run_replay(
     let mut reported = 0usize;
     let mut suppressed = 0usize;
     let mut archive = match archive_dir {
-        Some(dir) => {
-            let (archive, removed) = auditwatch::archive::Archive::open(dir, Default::default())
-                .with_context(|| format!("opening the archive {}", dir.display()))?;
+        Some((dir, sign_key)) => {
+            let (mut archive, removed) =
+                auditwatch::archive::Archive::open(dir, Default::default())
+                    .with_context(|| format!("opening the archive {}", dir.display()))?;
+            if let Some(key) = sign_key {
+                let signer = auditwatch::archive::manifest::Signer::from_file(key)
+                    .map_err(anyhow::Error::msg)?;
+                archive.sign_with(signer);
+            }
             for path in removed {
                 eprintln!(
                     "warning: {}: an unsealed segment from an interrupted run, removed",
@@ -746,6 +781,23 @@ fn peak_rss() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use auditwatch::archive::manifest::Signer;
+    use std::os::unix::fs::OpenOptionsExt;
+    let der = Signer::generate().map_err(anyhow::Error::msg)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    file.write_all(&der)?;
+    file.sync_all()?;
+    let signer = Signer::from_file(out).map_err(anyhow::Error::msg)?;
+    println!("{}", signer.trusted_line());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -317,3 +317,110 @@ fn verify_names_the_first_broken_link_of_every_attack() {
     assert_eq!(code, 2, "{out}");
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// Signed manifests: a chain re-signed under another key is tampering, an unsigned one is
+/// refused when signatures are required, and rotating keys keeps old entries valid.
+#[test]
+fn signatures_catch_a_chain_re_signed_under_another_key() {
+    let base = std::env::temp_dir().join(format!("aw-sign-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).unwrap();
+    let keygen = |name: &str| {
+        let (code, out, err) = auditwatch(&["keygen", "--out", base.join(name).to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    let (a, b) = (keygen("a.key"), keygen("b.key"));
+    let (code, _, err) = auditwatch(&["keygen", "--out", base.join("a.key").to_str().unwrap()]);
+    assert_ne!(code, 0, "keygen must not overwrite a key");
+    assert!(err.contains("a.key"), "{err}");
+    let trust = |name: &str, lines: &[&str]| {
+        let p = base.join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let only_a = trust("trusted-a", &[&a]);
+    let both = trust("trusted-ab", &[&a, &b]);
+    let archive = |dir: &str, keys: &[&str]| {
+        let dir = base.join(dir);
+        for (fixture, key) in [
+            "audit2rbac-demo.log",
+            "falco-exec_pod.json",
+            "audit2rbac-demo.eventlist.json",
+        ]
+        .iter()
+        .zip(keys)
+        {
+            let mut args = vec!["replay", "--archive", dir.to_str().unwrap()];
+            let key_path = base.join(key);
+            if !key.is_empty() {
+                args.extend(["--sign-key", key_path.to_str().unwrap()]);
+            }
+            let fixture = repo().join("tests/fixtures").join(fixture);
+            args.push(fixture.to_str().unwrap());
+            let (code, _, err) = auditwatch(&args);
+            assert_eq!(code, 0, "{err}");
+        }
+        dir
+    };
+    let verify_with = |dir: &Path, trusted: &str| {
+        let (code, out, err) =
+            auditwatch(&["verify", dir.to_str().unwrap(), "--trusted-keys", trusted]);
+        (code, out + &err)
+    };
+
+    let signed = archive("signed", &["a.key", "a.key", "a.key"]);
+    let (code, out) = verify_with(&signed, &only_a);
+    assert_eq!(code, 0, "{out}");
+
+    let b_id = b.split(' ').next().unwrap();
+    let resigned = archive("resigned", &["b.key", "b.key", "b.key"]);
+    let (code, out) = verify_with(&resigned, &only_a);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("manifest.jsonl line 1 (segment-00000000.parquet): signed by key {b_id}, which is not a trusted key")),
+        "{out}"
+    );
+
+    let unsigned = archive("unsigned", &["", "", ""]);
+    let (code, out) = verify_with(&unsigned, &only_a);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not signed"), "{out}");
+
+    // A forged signature (another entry's) does not verify.
+    let forged = base.join("forged");
+    std::fs::create_dir_all(&forged).unwrap();
+    for entry in std::fs::read_dir(&signed).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), forged.join(entry.file_name())).unwrap();
+    }
+    let manifest = std::fs::read_to_string(forged.join("manifest.jsonl")).unwrap();
+    let sigs: Vec<String> = manifest
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sig"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    std::fs::write(
+        forged.join("manifest.jsonl"),
+        manifest.replacen(&sigs[1], &sigs[0], 1),
+    )
+    .unwrap();
+    let (code, out) = verify_with(&forged, &only_a);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("line 2") && out.contains("does not verify"),
+        "{out}"
+    );
+
+    // Rotation: the third segment signed by the new key.
+    let rotated = archive("rotated", &["a.key", "a.key", "b.key"]);
+    assert_eq!(verify_with(&rotated, &both).0, 0);
+    let (code, out) = verify_with(&rotated, &only_a);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("line 3"), "{out}");
+    std::fs::remove_dir_all(&base).ok();
+}

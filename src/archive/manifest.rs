@@ -33,6 +33,103 @@ pub struct Entry {
     pub prev: String,
     /// SHA-256 over this entry's other fields, hex.
     pub hash: String,
+    /// The signing key's id ([`Signer::id`]), when the archive is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Ed25519 signature of `hash` (its hex text), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+/// An Ed25519 key that signs manifest entries. Its id is the first 16 hex digits of the
+/// SHA-256 of its public key; rotating keys is starting to sign with a new one (old entries
+/// keep their signatures; `verify` accepts every key in its trusted list).
+pub struct Signer {
+    key: ring::signature::Ed25519KeyPair,
+    id: String,
+}
+
+/// A public key's id.
+pub fn key_id(public: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, public).as_ref())[..16].to_owned()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Signer {
+    /// Reads a PKCS#8 Ed25519 key file (as `auditwatch keygen` writes it).
+    pub fn from_file(path: &Path) -> Result<Signer, String> {
+        let der = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let key = ring::signature::Ed25519KeyPair::from_pkcs8(&der)
+            .map_err(|e| format!("{}: not a PKCS#8 Ed25519 key: {e}", path.display()))?;
+        let id = key_id(ring::signature::KeyPair::public_key(&key).as_ref());
+        Ok(Signer { key, id })
+    }
+
+    /// A new key: its PKCS#8 bytes, for a key file.
+    pub fn generate() -> Result<Vec<u8>, String> {
+        let rng = ring::rand::SystemRandom::new();
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|e| format!("generating a key: {e}"))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The trusted-keys line for this key: `ID PUBLIC_KEY_HEX`.
+    pub fn trusted_line(&self) -> String {
+        format!(
+            "{} {}",
+            self.id,
+            hex(ring::signature::KeyPair::public_key(&self.key).as_ref())
+        )
+    }
+
+    /// Signs an entry (its `hash`).
+    pub fn sign(&self, entry: &mut Entry) {
+        entry.key_id = Some(self.id.clone());
+        entry.sig = Some(hex(self.key.sign(entry.hash.as_bytes()).as_ref()));
+    }
+}
+
+/// Public keys `verify` trusts, by id.
+pub type TrustedKeys = std::collections::HashMap<String, Vec<u8>>;
+
+/// Reads trusted keys: a file of `ID PUBLIC_KEY_HEX` lines (`#` comments).
+pub fn read_trusted(path: &Path) -> Result<TrustedKeys, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut keys = TrustedKeys::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || format!("{}:{}: expected `ID PUBLIC_KEY_HEX`", path.display(), i + 1);
+        let (id, public) = line.split_once(' ').ok_or_else(bad)?;
+        let public = unhex(public.trim())
+            .filter(|k| k.len() == 32)
+            .ok_or_else(bad)?;
+        if key_id(&public) != id {
+            return Err(format!(
+                "{}:{}: the id {id} is not this public key's ({})",
+                path.display(),
+                i + 1,
+                key_id(&public)
+            ));
+        }
+        keys.insert(id.to_owned(), public);
+    }
+    Ok(keys)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -96,6 +193,8 @@ impl Entry {
             sha256,
             prev: prev.to_owned(),
             hash: String::new(),
+            key_id: None,
+            sig: None,
         };
         e.hash = e.expected_hash();
         e
@@ -149,7 +248,7 @@ pub enum Verdict {
 /// Checks every link of the archive in `dir`: the manifest's chain, each segment's size and
 /// hash, that no segment is missing or unlisted, and (when given) that the chain reaches the
 /// head published elsewhere.
-pub fn verify(dir: &Path, expect_head: Option<&str>) -> Verdict {
+pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKeys>) -> Verdict {
     if !dir.is_dir() {
         return Verdict::Unreadable(format!("{}: not a directory", dir.display()));
     }
@@ -193,6 +292,30 @@ pub fn verify(dir: &Path, expect_head: Option<&str>) -> Verdict {
                 &at,
                 "its hash does not match its contents: the entry was edited".into(),
             );
+        }
+        if let Some(trusted) = trusted {
+            let (Some(id), Some(sig)) = (&e.key_id, &e.sig) else {
+                return tampered(
+                    &at,
+                    "not signed, and --trusted-keys requires signatures".into(),
+                );
+            };
+            let Some(public) = trusted.get(id) else {
+                return tampered(
+                    &at,
+                    format!(
+                        "signed by key {id}, which is not a trusted key: the chain was re-signed"
+                    ),
+                );
+            };
+            let valid = unhex(sig).is_some_and(|sig| {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public)
+                    .verify(e.hash.as_bytes(), &sig)
+                    .is_ok()
+            });
+            if !valid {
+                return tampered(&at, format!("its signature by key {id} does not verify"));
+            }
         }
         let path: PathBuf = dir.join(&e.file);
         let meta = match std::fs::metadata(&path) {

@@ -330,6 +330,8 @@ pub struct Archive {
     next_seq: u64,
     /// The manifest's newest hash.
     head: String,
+    /// Signs each new manifest entry, when set.
+    signer: Option<manifest::Signer>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
@@ -408,6 +410,7 @@ impl Archive {
                 current: None,
                 next_seq,
                 head,
+                signer: None,
             },
             removed,
         ))
@@ -437,6 +440,11 @@ impl Archive {
             self.write_rows()?;
         }
         if full { self.seal() } else { Ok(None) }
+    }
+
+    /// Signs the manifest entries of the segments sealed from now on.
+    pub fn sign_with(&mut self, signer: manifest::Signer) {
+        self.signer = Some(signer);
     }
 
     /// The manifest's newest hash: publish it elsewhere (a log line, a webhook) so that a
@@ -517,7 +525,7 @@ impl Archive {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         let sha = manifest::file_sha256(&path).map_err(io(&path))?;
-        let entry = manifest::Entry::new(
+        let mut entry = manifest::Entry::new(
             seg.seq,
             format!("segment-{:08}.parquet", seg.seq),
             bytes,
@@ -525,6 +533,9 @@ impl Archive {
             sha,
             &self.head,
         );
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut entry);
+        }
         manifest::append(&self.dir, &entry).map_err(io(&self.dir.join(manifest::MANIFEST)))?;
         self.head = entry.hash;
         Ok(Some(Sealed {
