@@ -220,80 +220,55 @@ impl Rows {
     }
 
     fn finish(&mut self, schema: &SchemaRef) -> Result<RecordBatch, ArchiveError> {
-        let mut d = self
+        let d: Vec<ArrayRef> = self
             .dicts
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef);
-        let mut t = self
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let t: Vec<ArrayRef> = self
             .texts
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef);
-        let mut l = self
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        let l: Vec<ArrayRef> = self
             .lists
             .iter_mut()
-            .map(|b| Arc::new(b.finish()) as ArrayRef);
-        let next = |it: &mut dyn Iterator<Item = ArrayRef>| {
-            it.next()
-                .ok_or_else(|| arrow_schema::ArrowError::SchemaError("archive column count".into()))
-        };
-        let (stage, level, verb, username, imp_username, agent) = (
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-        );
-        let (resource, subresource, namespace, api_group, api_version, st_status, st_reason) = (
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-            next(&mut d)?,
-        );
-        let (uri, uid, name, message, received, stage_ts, annotations, request, response) = (
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-            next(&mut t)?,
-        );
-        let (groups, imp_groups, ips) = (next(&mut l)?, next(&mut l)?, next(&mut l)?);
+            .map(|b| Arc::new(b.finish()) as ArrayRef)
+            .collect();
+        // Schema order, from the builders' orders (see `push`): dicts d0..d12 are stage,
+        // level, verb, user.username, impersonatedUser.username, userAgent, resource,
+        // subresource, namespace, apiGroup, apiVersion, status, reason; texts t0..t8 are
+        // requestURI, user.uid, name, message, requestReceivedTimestamp, stageTimestamp,
+        // annotations, requestObject, responseObject; lists are the two groups and sourceIPs.
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.time.finish()),
             Arc::new(self.audit_id.finish()),
-            stage,
-            level,
-            verb,
-            uri,
-            username,
-            uid,
-            groups,
-            imp_username,
-            imp_groups,
-            ips,
-            agent,
-            resource,
-            subresource,
-            namespace,
-            name,
-            api_group,
-            api_version,
+            d[0].clone(),
+            d[1].clone(),
+            d[2].clone(),
+            t[0].clone(),
+            d[3].clone(),
+            t[1].clone(),
+            l[0].clone(),
+            d[4].clone(),
+            l[1].clone(),
+            l[2].clone(),
+            d[5].clone(),
+            d[6].clone(),
+            d[7].clone(),
+            d[8].clone(),
+            t[2].clone(),
+            d[9].clone(),
+            d[10].clone(),
             Arc::new(self.code.finish()),
-            st_status,
-            st_reason,
-            message,
-            received,
-            stage_ts,
-            annotations,
-            request,
-            response,
+            d[11].clone(),
+            d[12].clone(),
+            t[3].clone(),
+            t[4].clone(),
+            t[5].clone(),
+            t[6].clone(),
+            t[7].clone(),
+            t[8].clone(),
             Arc::new(self.source.finish()),
         ];
         self.len = 0;
