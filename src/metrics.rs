@@ -62,6 +62,8 @@ pub struct Metrics {
     rule_late: IntCounterVec,
     window_held: IntGauge,
     audit_events: IntCounterVec,
+    audit_resources: IntCounterVec,
+    audit_auth_failures: IntCounterVec,
 }
 
 /// Registers metrics as they are made.
@@ -349,6 +351,16 @@ impl Metrics {
                 "auditwatch_window_held_requests",
                 "Requests held for requests still to come within the lateness (sequence hits waiting for the watermark, and count and distinct windows' requests past it).",
             ),
+            audit_resources: r.counters(
+                "auditwatch_audit_resource_events_total",
+                "Audit events evaluated, by resource (the common built-in resources; others as other, non-resource requests as none) and response code class.",
+                &["resource", "code_class"],
+            ),
+            audit_auth_failures: r.counters(
+                "auditwatch_audit_auth_failures_total",
+                "Audit events answered 401 or 403, by code and user class (serviceaccount, node, system, anonymous, unauthenticated: a 401 without a user, user: anyone else).",
+                &["code", "user_class"],
+            ),
             audit_events: r.counters(
                 "auditwatch_audit_events_total",
                 "Audit events evaluated, by verb (get, list, watch, create, update, patch, delete, deletecollection, other) and response code class (2xx, 3xx, 4xx, 5xx, none).",
@@ -463,6 +475,24 @@ impl Metrics {
                 if *n > 0 {
                     self.audit_events
                         .with_label_values(&[VERBS[v], CODE_CLASSES[c]])
+                        .inc_by(std::mem::take(n));
+                }
+            }
+        }
+        for (r, row) in tally.resources.iter_mut().enumerate() {
+            for (c, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    self.audit_resources
+                        .with_label_values(&[RESOURCES[r], CODE_CLASSES[c]])
+                        .inc_by(std::mem::take(n));
+                }
+            }
+        }
+        for (code, row) in tally.auth_failures.iter_mut().enumerate() {
+            for (u, n) in row.iter_mut().enumerate() {
+                if *n > 0 {
+                    self.audit_auth_failures
+                        .with_label_values(&[["401", "403"][code], USER_CLASSES[u]])
                         .inc_by(std::mem::take(n));
                 }
             }
@@ -732,11 +762,92 @@ pub fn code_class_label(code: Option<i32>) -> usize {
 #[derive(Default)]
 pub struct StreamTally {
     counts: [[u64; CODE_CLASSES.len()]; VERBS.len()],
+    resources: [[u64; CODE_CLASSES.len()]; RESOURCES.len()],
+    /// [401, 403] × user class.
+    auth_failures: [[u64; USER_CLASSES.len()]; 2],
 }
 
 impl StreamTally {
-    pub fn count(&mut self, verb: &str, code: Option<i32>) {
-        self.counts[verb_label(verb)][code_class_label(code)] += 1;
+    pub fn count(&mut self, ev: &crate::event::AuditEvent<'_>) {
+        let code = ev.response_status.as_ref().map(|s| s.code);
+        let class = code_class_label(code);
+        self.counts[verb_label(&ev.verb)][class] += 1;
+        self.resources[resource_label(&ev.object_ref().resource)][class] += 1;
+        if let Some(i) = match code {
+            Some(401) => Some(0),
+            Some(403) => Some(1),
+            _ => None,
+        } {
+            self.auth_failures[i][user_class_label(&ev.user.username, code)] += 1;
+        }
+    }
+}
+
+/// The `resource` label values: common built-in resources, then `other`, then `none`
+/// (non-resource requests such as /healthz or /version). Bounded: any other resource name,
+/// including a CRD's or one an attacker makes up, is `other`.
+pub const RESOURCES: [&str; 26] = [
+    "pods",
+    "secrets",
+    "configmaps",
+    "services",
+    "endpoints",
+    "endpointslices",
+    "events",
+    "leases",
+    "nodes",
+    "namespaces",
+    "serviceaccounts",
+    "deployments",
+    "replicasets",
+    "daemonsets",
+    "statefulsets",
+    "jobs",
+    "cronjobs",
+    "ingresses",
+    "networkpolicies",
+    "roles",
+    "rolebindings",
+    "clusterroles",
+    "clusterrolebindings",
+    "persistentvolumeclaims",
+    "other",
+    "none",
+];
+
+pub fn resource_label(resource: &str) -> usize {
+    if resource.is_empty() {
+        return RESOURCES.len() - 1;
+    }
+    RESOURCES[..RESOURCES.len() - 2]
+        .iter()
+        .position(|r| *r == resource)
+        .unwrap_or(RESOURCES.len() - 2)
+}
+
+/// The `user_class` label values.
+pub const USER_CLASSES: [&str; 6] = [
+    "serviceaccount",
+    "node",
+    "system",
+    "anonymous",
+    "unauthenticated",
+    "user",
+];
+
+pub fn user_class_label(username: &str, code: Option<i32>) -> usize {
+    if username.starts_with("system:serviceaccount:") {
+        0
+    } else if username.starts_with("system:node:") {
+        1
+    } else if username == "system:anonymous" {
+        3
+    } else if username.starts_with("system:") {
+        2
+    } else if username.is_empty() && code == Some(401) {
+        4
+    } else {
+        5
     }
 }
 
@@ -766,13 +877,38 @@ mod tests {
     fn tally_flushes_into_the_counter_once() {
         let m = Metrics::new();
         let mut t = StreamTally::default();
-        t.count("get", Some(200));
-        t.count("get", Some(200));
-        t.count("exec", Some(101));
+        let ev = |verb: &str, resource: &str, user: &str, code: u16| {
+            format!(
+                r#"{{"auditID":"1","verb":"{verb}","user":{{"username":"{user}"}},"objectRef":{{"resource":"{resource}"}},"responseStatus":{{"code":{code}}}}}"#
+            )
+        };
+        for line in [
+            ev("get", "secrets", "alice", 200),
+            ev("get", "secrets", "alice", 200),
+            ev(
+                "exec",
+                "widgets.example.com",
+                "system:serviceaccount:a:b",
+                403,
+            ),
+            ev("list", "pods", "", 401),
+        ] {
+            t.count(&crate::event::decode_event(&line).unwrap());
+        }
         m.record_stream(&mut t);
         m.record_stream(&mut t);
         assert_eq!(m.audit_events.with_label_values(&["get", "2xx"]).get(), 2);
-        assert_eq!(m.audit_events.with_label_values(&["other", "1xx"]).get(), 1);
+        assert_eq!(m.audit_events.with_label_values(&["other", "4xx"]).get(), 1);
+        let res = |r: &str, c: &str| m.audit_resources.with_label_values(&[r, c]).get();
+        assert_eq!((res("secrets", "2xx"), res("other", "4xx")), (2, 1));
+        let auth = |c: &str, u: &str| m.audit_auth_failures.with_label_values(&[c, u]).get();
+        assert_eq!(
+            (
+                auth("403", "serviceaccount"),
+                auth("401", "unauthenticated")
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

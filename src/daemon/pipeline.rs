@@ -299,7 +299,7 @@ impl Pipeline {
             if per_item {
                 received.inc();
             }
-            tally.count(&ev.verb, ev.response_status.as_ref().map(|s| s.code));
+            tally.count(ev);
             if let Some(t) = ev.time {
                 newest = Some(newest.map_or(t, |n: EventTime| n.max(t)));
             }
