@@ -521,3 +521,98 @@ impl Archive {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::{Array, Int32Array, TimestampNanosecondArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// Every field lands in the column named for it (the builders are kept in different
+    /// orders than the schema, and a swap of two string columns would still type-check).
+    #[test]
+    fn every_field_lands_in_its_column() {
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"id-1","stage":"ResponseComplete","requestURI":"/apis/apps/v1/namespaces/ns-1/deployments/dep-1","verb":"patch","user":{"username":"user-1","uid":"uid-1","groups":["g-1","g-2"]},"impersonatedUser":{"username":"imp-1","groups":["ig-1"]},"sourceIPs":["10.0.0.1","10.0.0.2"],"userAgent":"agent-1","objectRef":{"resource":"deployments","namespace":"ns-1","name":"dep-1","apiGroup":"apps","apiVersion":"v1","subresource":"scale"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Conflict","message":"msg-1","code":409},"requestObject":{"spec":{"replicas":3}},"responseObject":{"kind":"Status"},"requestReceivedTimestamp":"2025-01-01T00:00:01.000000Z","stageTimestamp":"2025-01-01T00:00:02.000000Z","annotations":{"a":"b"}}"#;
+        let dir = std::env::temp_dir().join(format!("aw-archive-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (mut archive, removed) = Archive::open(&dir, SegmentLimits::default()).unwrap();
+        assert!(removed.is_empty());
+        let ev = crate::event::decode_event(line).unwrap();
+        assert_eq!(archive.append(&ev, "src-1", line.len()).unwrap(), None);
+        let sealed = archive.seal().unwrap().unwrap();
+        assert_eq!((sealed.seq, sealed.events), (0, 1));
+        let file = File::open(&sealed.path).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        let text = |name: &str| -> String {
+            let col = batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("{name}"));
+            col.as_string::<i32>().value(0).to_owned()
+        };
+        let list = |name: &str| -> Vec<String> {
+            let col = batch
+                .column_by_name(name)
+                .unwrap()
+                .as_list::<i32>()
+                .value(0);
+            let items = col.as_string::<i32>();
+            (0..items.len())
+                .map(|i| items.value(i).to_owned())
+                .collect()
+        };
+        for (column, want) in [
+            ("auditID", "id-1"),
+            ("stage", "ResponseComplete"),
+            ("level", "RequestResponse"),
+            ("verb", "patch"),
+            (
+                "requestURI",
+                "/apis/apps/v1/namespaces/ns-1/deployments/dep-1",
+            ),
+            ("user.username", "user-1"),
+            ("user.uid", "uid-1"),
+            ("impersonatedUser.username", "imp-1"),
+            ("userAgent", "agent-1"),
+            ("objectRef.resource", "deployments"),
+            ("objectRef.subresource", "scale"),
+            ("objectRef.namespace", "ns-1"),
+            ("objectRef.name", "dep-1"),
+            ("objectRef.apiGroup", "apps"),
+            ("objectRef.apiVersion", "v1"),
+            ("responseStatus.status", "Failure"),
+            ("responseStatus.reason", "Conflict"),
+            ("responseStatus.message", "msg-1"),
+            ("requestReceivedTimestamp", "2025-01-01T00:00:01.000000Z"),
+            ("stageTimestamp", "2025-01-01T00:00:02.000000Z"),
+            ("annotations", r#"{"a":"b"}"#),
+            ("requestObject", r#"{"spec":{"replicas":3}}"#),
+            ("responseObject", r#"{"kind":"Status"}"#),
+            ("source", "src-1"),
+        ] {
+            assert_eq!(text(column), want, "{column}");
+        }
+        assert_eq!(list("user.groups"), ["g-1", "g-2"]);
+        assert_eq!(list("impersonatedUser.groups"), ["ig-1"]);
+        assert_eq!(list("sourceIPs"), ["10.0.0.1", "10.0.0.2"]);
+        let code = batch.column_by_name("responseStatus.code").unwrap();
+        assert_eq!(
+            code.as_any().downcast_ref::<Int32Array>().unwrap().value(0),
+            409
+        );
+        let time = batch.column_by_name("time").unwrap();
+        let time = time
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .unwrap();
+        assert_eq!(Some(time.value(0)), ev.time.map(|t| t.0));
+        assert_eq!(batch.num_columns(), schema().fields().len());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
