@@ -188,16 +188,10 @@ pub fn run(
                         .iter()
                         .map(|f| f.path.resolve(ev).to_key_string()),
                 );
-                let acc = match groups.get_mut(&(bucket, key.clone())) {
-                    Some(acc) => acc,
-                    None => groups.entry((bucket, key.clone())).or_default(),
-                };
+                let acc = groups.entry((bucket, key.clone())).or_default();
                 acc.count += 1;
                 if let Aggregate::Distinct(f) = &query.aggregate {
-                    let v = f.path.resolve(ev).to_key_string();
-                    if !acc.distinct.contains(&v) {
-                        acc.distinct.insert(v);
-                    }
+                    acc.distinct.insert(f.path.resolve(ev).to_key_string());
                 }
                 if let Some(t) = ev.time {
                     acc.first = Some(acc.first.map_or(t, |f| f.min(t)));
