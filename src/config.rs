@@ -53,6 +53,8 @@ pub struct Config {
     /// The routing tree's root.
     pub route: crate::notify::config::RouteConfig,
     pub delivery: crate::notify::config::DeliveryConfig,
+    /// The event archive (docs/evidence.md).
+    pub archive: crate::archive::ArchiveConfig,
     /// Bounds on silences made through the API.
     pub silences: crate::notify::silence::SilenceLimits,
     pub log: LogConfig,
@@ -74,6 +76,7 @@ impl Default for Config {
             notifiers: Default::default(),
             route: Default::default(),
             delivery: Default::default(),
+            archive: Default::default(),
             silences: Default::default(),
             log: LogConfig::default(),
         }

@@ -40,6 +40,12 @@ pub struct Metrics {
     journal_bytes: IntGauge,
     journal_max_bytes: IntGauge,
     snapshots: IntCounterVec,
+    archive_events: IntCounter,
+    archive_segments: IntCounterVec,
+    archive_bytes: IntGauge,
+    archive_up: IntGauge,
+    archive_head: IntGaugeVec,
+    archive_retired: IntCounter,
     processing_latency: HistogramVec,
     snapshot_seconds: Histogram,
     snapshot_capture_seconds: Histogram,
@@ -238,6 +244,32 @@ impl Metrics {
             journal_max_bytes: r.gauge(
                 "auditwatch_journal_max_bytes",
                 "journal.max_size: at this many journal bytes the webhook answers 503.",
+            ),
+            archive_events: r.counter(
+                "auditwatch_archive_events_total",
+                "Events written to the archive (in sealed segments or the one in progress).",
+            ),
+            archive_segments: r.counters(
+                "auditwatch_archive_segments_total",
+                "Archive segments sealed, by result (ok, error).",
+                &["result"],
+            ),
+            archive_bytes: r.gauge(
+                "auditwatch_archive_bytes",
+                "Bytes of sealed segments the archive keeps.",
+            ),
+            archive_up: r.gauge(
+                "auditwatch_archive_up",
+                "1 while the archive writes; 0 after a write failed (the ingest journal then keeps every batch since the last sealed segment, and the webhook answers 503 once it is full). Fix the cause and restart.",
+            ),
+            archive_head: r.gauges(
+                "auditwatch_archive_chain_head",
+                "The archive manifest's newest hash, as a label (value: segments in the chain). Prometheus keeps its history: an anchor for `auditwatch verify --expect-head`.",
+                &["head"],
+            ),
+            archive_retired: r.counter(
+                "auditwatch_archive_segments_retired_total",
+                "Sealed segments removed by retention (age or size).",
             ),
             snapshots: r.counters(
                 "auditwatch_snapshots_total",
@@ -512,6 +544,37 @@ impl Metrics {
             .with_label_values(&[if ok { "ok" } else { "error" }])
             .inc();
         self.snapshot_seconds.observe(seconds);
+    }
+
+    // The archive.
+
+    pub fn archived(&self, events: u64) {
+        self.archive_events.inc_by(events);
+    }
+
+    /// A segment sealed: the new chain head, and the segments it covers.
+    pub fn archive_sealed(&self, head: &str, segments: u64, bytes_kept: u64) {
+        self.archive_segments.with_label_values(&["ok"]).inc();
+        self.archive_head.reset();
+        self.archive_head
+            .with_label_values(&[head])
+            .set(segments as i64);
+        self.archive_bytes.set(bytes_kept as i64);
+        self.archive_up.set(1);
+    }
+
+    pub fn archive_failed(&self) {
+        self.archive_segments.with_label_values(&["error"]).inc();
+        self.archive_up.set(0);
+    }
+
+    pub fn archive_ready(&self, up: bool) {
+        self.archive_up.set(i64::from(up));
+    }
+
+    pub fn archive_retired(&self, n: u64, bytes_kept: u64) {
+        self.archive_retired.inc_by(n);
+        self.archive_bytes.set(bytes_kept as i64);
     }
 
     pub fn snapshot_captured(&self, seconds: f64) {

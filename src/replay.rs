@@ -154,13 +154,20 @@ pub fn replay(
             if let Some(a) = archive.as_deref_mut()
                 && archive_error.is_none()
             {
-                match a.append(ev, &position.source, text.len()) {
-                    Ok(sealed) => archived.extend(sealed),
-                    Err(e) => archive_error = Some(e.to_string()),
+                if let Err(e) = a.append(ev, &position.source, text.len()) {
+                    archive_error = Some(e.to_string());
                 }
             }
             engine.process(ev, &mut alerts);
         });
+        if let Some(a) = archive.as_deref_mut()
+            && archive_error.is_none()
+        {
+            match a.seal_if_due() {
+                Ok(sealed) => archived.extend(sealed),
+                Err(e) => archive_error = Some(e.to_string()),
+            }
+        }
         report.first_event = first;
         report.last_event = last;
         report.archived.extend(archived);

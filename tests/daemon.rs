@@ -347,6 +347,7 @@ http: {{ listen: "127.0.0.1:{metrics}" }}
 engine: {{ lateness: 1s, idle_after: 1s }}
 snapshot: {{ interval: 1s }}
 pipeline: {{ queue: 4 }}
+archive: {{ segment_max_age: 1s }}
 sources:
   - webhook:
       name: apiserver
@@ -412,6 +413,12 @@ sources:
         });
     }
 
+    let mut every_id: BTreeSet<String> = lines
+        .iter()
+        .chain(&batches)
+        .flat_map(|text| audit_ids(text))
+        .collect();
+    assert_eq!(every_id.len(), 30 * 20 + 600 + 60);
     let daemon = Daemon::start(&dir.0, &config, metrics, 0);
     let sent = Arc::new(AtomicUsize::new(0));
     let written = Arc::new(AtomicUsize::new(0));
@@ -476,6 +483,85 @@ sources:
     // And it really was a restart that replayed something.
     let log = std::fs::read_to_string(dir.0.join("stderr-1.log")).unwrap();
     assert!(log.contains("state restored from snapshot"), "{log}");
+
+    // The archive holds every accepted event exactly once, across the kill, and its chain
+    // verifies.
+    let archived = archived_ids(&dir.0.join("state/archive"));
+    let mut repeated: Vec<&String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for id in &archived {
+        if !seen.insert(id.clone()) {
+            repeated.push(id);
+        }
+    }
+    assert!(
+        repeated.is_empty(),
+        "archived twice: {:?}",
+        &repeated[..repeated.len().min(5)]
+    );
+    let missing: Vec<_> = every_id.difference(&seen).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "not archived: {missing:?} ({} of {})",
+        seen.len(),
+        every_id.len()
+    );
+    every_id.clear();
+    let verify = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .arg("verify")
+        .arg(dir.0.join("state/archive"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// The auditIDs in a JSON line or an EventList body.
+fn audit_ids(text: &str) -> Vec<String> {
+    text.lines()
+        .flat_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            match v["items"].as_array() {
+                Some(items) => items
+                    .iter()
+                    .map(|i| i["auditID"].as_str().unwrap().to_owned())
+                    .collect(),
+                None => vec![v["auditID"].as_str().unwrap().to_owned()],
+            }
+        })
+        .collect()
+}
+
+/// Every auditID in the archive's sealed segments, in order.
+fn archived_ids(dir: &Path) -> Vec<String> {
+    use arrow_array::Array as _;
+    use arrow_array::cast::AsArray as _;
+    let mut ids = Vec::new();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    names.sort();
+    for path in names {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("auditID").unwrap().as_string::<i32>();
+            for i in 0..column.len() {
+                ids.push(column.value(i).to_owned());
+            }
+        }
+    }
+    ids
 }
 
 #[test]

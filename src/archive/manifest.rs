@@ -39,6 +39,11 @@ pub struct Entry {
     /// Ed25519 signature of `hash` (its hex text), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sig: Option<String>,
+    /// A retention record rather than a segment: segments up to this sequence number were
+    /// removed on purpose (by age or size). Chained and signed like a segment's entry, so a
+    /// deletion cannot pass for retention without the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_through: Option<u64>,
 }
 
 /// An Ed25519 key that signs manifest entries. Its id is the first 16 hex digits of the
@@ -173,6 +178,14 @@ impl Entry {
             ctx.update(&(part.len() as u64).to_le_bytes());
             ctx.update(part);
         }
+        // Absent from segment entries, so their hashes are what they always were.
+        if let Some(through) = self.retired_through {
+            let through = through.to_le_bytes();
+            for part in [b"retired-through".as_slice(), &through] {
+                ctx.update(&(part.len() as u64).to_le_bytes());
+                ctx.update(part);
+            }
+        }
         hex(ctx.finish().as_ref())
     }
 
@@ -195,7 +208,16 @@ impl Entry {
             hash: String::new(),
             key_id: None,
             sig: None,
+            retired_through: None,
         };
+        e.hash = e.expected_hash();
+        e
+    }
+
+    /// A retention record chained after `prev`: segments up to `through` are removed.
+    pub fn retirement(through: u64, prev: &str) -> Entry {
+        let mut e = Entry::new(through, String::new(), 0, 0, String::new(), prev);
+        e.retired_through = Some(through);
         e.hash = e.expected_hash();
         e
     }
@@ -270,18 +292,34 @@ pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKey
     };
     let mut prev = GENESIS.to_owned();
     let mut seen_head = expect_head.is_none();
+    // The next segment's sequence number, and the newest retention record's.
+    let mut next = 0u64;
+    let mut retired: Option<u64> = None;
+    let mut segments = 0usize;
     for (i, e) in entries.iter().enumerate() {
-        let at = format!("{MANIFEST} line {} ({})", i + 1, e.file);
-        if e.seq != i as u64 {
+        let at = match e.retired_through {
+            Some(r) => format!("{MANIFEST} line {} (retention through segment {r})", i + 1),
+            None => format!("{MANIFEST} line {} ({})", i + 1, e.file),
+        };
+        if let Some(through) = e.retired_through {
+            if through >= next || retired.is_some_and(|r| through <= r) {
+                return tampered(
+                    &at,
+                    format!(
+                        "retires through segment {through}, which it cannot: the record was forged"
+                    ),
+                );
+            }
+        } else if e.seq != next {
             return tampered(
                 &at,
                 format!(
-                    "segment {} where segment {i} belongs: removed or reordered",
+                    "segment {} where segment {next} belongs: removed or reordered",
                     e.seq
                 ),
             );
         }
-        if e.file != format!("segment-{:08}.parquet", e.seq) {
+        if e.retired_through.is_none() && e.file != format!("segment-{:08}.parquet", e.seq) {
             return tampered(&at, format!("names {:?}, not its sequence's file", e.file));
         }
         if e.prev != prev {
@@ -317,9 +355,25 @@ pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKey
                 return tampered(&at, format!("its signature by key {id} does not verify"));
             }
         }
+        if let Some(through) = e.retired_through {
+            retired = Some(through);
+            if expect_head == Some(e.hash.as_str()) {
+                seen_head = true;
+            }
+            prev = e.hash.clone();
+            continue;
+        }
+        next += 1;
+        segments += 1;
         let path: PathBuf = dir.join(&e.file);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
+            Err(_) if retired.is_some_and(|r| e.seq <= r) => {
+                // Segments listed before their retention record are checked when they are
+                // still there (a crash between the record and the removal), skipped here.
+                segments -= 1;
+                continue;
+            }
             Err(_) => {
                 return tampered(
                     &e.file,
@@ -361,25 +415,32 @@ pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKey
             ),
         );
     }
-    // A sealed segment the manifest does not list was inserted (or the manifest cut back).
+    // A sealed segment the manifest does not list was inserted (or the manifest cut back);
+    // any other file is not the archive's (only the segment in progress may be there).
     let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.file.as_str()).collect();
     let mut unlisted: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".parquet") && !listed.contains(n.as_str()))
+                .filter(|n| {
+                    n != MANIFEST
+                        && !listed.contains(n.as_str())
+                        && !(n.starts_with("segment-") && n.ends_with(".parquet.partial"))
+                })
                 .collect()
         })
         .unwrap_or_default();
     unlisted.sort();
     if let Some(first) = unlisted.first() {
-        return tampered(
-            first,
-            "a segment the manifest does not list: inserted".into(),
-        );
+        let reason = if first.ends_with(".parquet") {
+            "a segment the manifest does not list: inserted"
+        } else {
+            "a file the archive never writes: foreign"
+        };
+        return tampered(first, reason.into());
     }
     Verdict::Intact {
         head: prev,
-        segments: entries.len(),
+        segments,
     }
 }

@@ -27,7 +27,10 @@ use parquet::file::properties::WriterProperties;
 
 use crate::event::AuditEvent;
 
+pub mod config;
 pub mod manifest;
+
+pub use config::ArchiveConfig;
 
 /// Why the archive could not write.
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +279,26 @@ impl Rows {
     }
 }
 
+/// A sealed segment still on disk.
+#[derive(Debug, Clone)]
+struct Kept {
+    seq: u64,
+    bytes: u64,
+    sealed_at: std::time::SystemTime,
+}
+
+/// How long sealed segments are kept: by age and by the archive's total size. The oldest
+/// go first; each removal is recorded (chained, signed) in the manifest, so `verify` can
+/// tell retention from deletion.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Retention {
+    pub max_age: Option<std::time::Duration>,
+    pub max_bytes: Option<u64>,
+}
+
+/// The key of the Parquet footer entry that holds the source position.
+pub const POSITION_KEY: &str = "auditwatch.position";
+
 /// A segment being written.
 struct Segment {
     writer: ArrowWriter<File>,
@@ -305,6 +328,13 @@ pub struct Archive {
     next_seq: u64,
     /// The manifest's newest hash.
     head: String,
+    /// Where the source stood after the newest event handed in (opaque to the archive;
+    /// see [`Archive::set_position`]).
+    position: Option<String>,
+    /// The position stored in the newest sealed segment.
+    sealed_position: Option<String>,
+    /// Sealed segments still on disk, oldest first, for retention.
+    kept: std::collections::VecDeque<Kept>,
     /// Signs each new manifest entry, when set.
     signer: Option<manifest::Signer>,
 }
@@ -348,9 +378,16 @@ impl Archive {
         let mut head = entries
             .last()
             .map_or(manifest::GENESIS.to_owned(), |e| e.hash.clone());
+        let listed = entries
+            .iter()
+            .filter(|e| e.retired_through.is_none())
+            .count() as u64;
+        let retired = entries.iter().filter_map(|e| e.retired_through).max();
+        // Retention may have removed every file: the sequence goes on from the manifest.
+        next_seq = next_seq.max(listed).max(retired.map_or(0, |r| r + 1));
         // Segments sealed but not yet listed (a crash between the rename and the manifest
         // line): listed now, in order.
-        for seq in entries.len() as u64..next_seq {
+        for seq in listed..next_seq {
             let path = dir.join(format!("segment-{seq:08}.parquet"));
             let bytes = std::fs::metadata(&path).map_err(io(&path))?.len();
             let sha = manifest::file_sha256(&path).map_err(io(&path))?;
@@ -376,6 +413,21 @@ impl Archive {
             manifest::append(dir, &entry).map_err(io(&dir.join(manifest::MANIFEST)))?;
             head = entry.hash;
         }
+        let mut kept = std::collections::VecDeque::new();
+        for seq in retired.map_or(0, |r| r + 1)..next_seq {
+            let path = dir.join(format!("segment-{seq:08}.parquet"));
+            if let Ok(meta) = std::fs::metadata(&path) {
+                kept.push_back(Kept {
+                    seq,
+                    bytes: meta.len(),
+                    sealed_at: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                });
+            }
+        }
+        let sealed_position = match kept.back() {
+            Some(k) => read_position(&dir.join(format!("segment-{:08}.parquet", k.seq)))?,
+            None => None,
+        };
         Ok((
             Archive {
                 dir: dir.to_owned(),
@@ -385,6 +437,9 @@ impl Archive {
                 current: None,
                 next_seq,
                 head,
+                position: None,
+                sealed_position,
+                kept,
                 signer: None,
             },
             removed,
@@ -392,29 +447,121 @@ impl Archive {
     }
 
     /// Adds one event, read from `source` (its `raw_len` bytes of JSON count toward the
-    /// segment's size). Returns the segment it sealed, if this event filled one.
+    /// segment's size). It never seals: call [`Archive::seal_if_due`] where the source's
+    /// position is whole (after a batch), so a segment never ends inside one.
     pub fn append(
         &mut self,
         ev: &AuditEvent<'_>,
         source: &str,
         raw_len: usize,
-    ) -> Result<Option<Sealed>, ArchiveError> {
+    ) -> Result<(), ArchiveError> {
         if self.current.is_none() {
             self.start_segment()?;
         }
         self.rows.push(ev, source);
-        let full = match self.current.as_mut() {
-            Some(seg) => {
-                seg.events += 1;
-                seg.raw_bytes += raw_len as u64;
-                seg.events >= self.limits.max_events || seg.raw_bytes >= self.limits.max_raw_bytes
-            }
-            None => false,
-        };
+        if let Some(seg) = self.current.as_mut() {
+            seg.events += 1;
+            seg.raw_bytes += raw_len as u64;
+        }
         if self.rows.len >= BATCH_ROWS {
             self.write_rows()?;
         }
-        if full { self.seal() } else { Ok(None) }
+        Ok(())
+    }
+
+    /// Records where the source stands after the events handed in so far (a journal sequence
+    /// number, file offsets: the caller's format). It is stored in the footer of the segment
+    /// sealed next, atomically with its events, and read back by [`Archive::sealed_position`]
+    /// on open: a restart re-reads the source from there, so no event is lost between the
+    /// last sealed segment and a crash.
+    pub fn set_position(&mut self, position: String) {
+        self.position = Some(position);
+    }
+
+    /// The position stored with the newest sealed segment (see [`Archive::set_position`]).
+    pub fn sealed_position(&self) -> Option<&str> {
+        self.sealed_position.as_deref()
+    }
+
+    /// Sealed segments in the chain (including retired ones), and the bytes of those kept.
+    pub fn sealed(&self) -> (u64, u64) {
+        let bytes = self.kept.iter().map(|k| k.bytes).sum();
+        let in_progress = u64::from(self.current.is_some());
+        (self.next_seq - in_progress, bytes)
+    }
+
+    /// Whether the segment in progress reached its event count, size or age.
+    pub fn is_due(&self) -> bool {
+        self.current.as_ref().is_some_and(|seg| {
+            seg.events >= self.limits.max_events
+                || seg.raw_bytes >= self.limits.max_raw_bytes
+                || seg.opened.elapsed() >= self.limits.max_age
+        })
+    }
+
+    /// Events in the segment in progress.
+    pub fn in_progress(&self) -> u64 {
+        self.current.as_ref().map_or(0, |seg| seg.events)
+    }
+
+    /// The archive's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Seals the segment in progress if it reached its event count, size or age.
+    pub fn seal_if_due(&mut self) -> Result<Option<Sealed>, ArchiveError> {
+        match &self.current {
+            Some(seg)
+                if seg.events >= self.limits.max_events
+                    || seg.raw_bytes >= self.limits.max_raw_bytes
+                    || seg.opened.elapsed() >= self.limits.max_age =>
+            {
+                self.seal()
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Removes the oldest sealed segments past the retention, recording it in the manifest
+    /// first. Returns the files removed.
+    pub fn retire(&mut self, retention: Retention) -> Result<Vec<PathBuf>, ArchiveError> {
+        let now = std::time::SystemTime::now();
+        let mut total: u64 = self.kept.iter().map(|k| k.bytes).sum();
+        let mut through = None;
+        for k in &self.kept {
+            let too_old = retention
+                .max_age
+                .is_some_and(|age| now.duration_since(k.sealed_at).unwrap_or_default() > age);
+            let too_big = retention.max_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= k.bytes;
+            through = Some(k.seq);
+        }
+        let Some(through) = through else {
+            return Ok(Vec::new());
+        };
+        let mut entry = manifest::Entry::retirement(through, &self.head);
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut entry);
+        }
+        manifest::append(&self.dir, &entry).map_err(io(&self.dir.join(manifest::MANIFEST)))?;
+        self.head = entry.hash;
+        let mut removed = Vec::new();
+        while self.kept.front().is_some_and(|k| k.seq <= through) {
+            let Some(k) = self.kept.pop_front() else {
+                break;
+            };
+            let path = self.dir.join(format!("segment-{:08}.parquet", k.seq));
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(ArchiveError::Io { path, source: e }),
+            }
+        }
+        Ok(removed)
     }
 
     /// Signs the manifest entries of the segments sealed from now on.
@@ -490,7 +637,14 @@ impl Archive {
             let path = path.to_owned();
             move |source| ArchiveError::Parquet { path, source }
         };
-        let file = seg.writer.into_inner().map_err(parquet_err(&seg.partial))?;
+        let mut writer = seg.writer;
+        if let Some(position) = &self.position {
+            writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
+                POSITION_KEY.to_owned(),
+                position.clone(),
+            ));
+        }
+        let file = writer.into_inner().map_err(parquet_err(&seg.partial))?;
         file.sync_all().map_err(io(&seg.partial))?;
         let bytes = file.metadata().map_err(io(&seg.partial))?.len();
         drop(file);
@@ -513,6 +667,12 @@ impl Archive {
         }
         manifest::append(&self.dir, &entry).map_err(io(&self.dir.join(manifest::MANIFEST)))?;
         self.head = entry.hash;
+        self.sealed_position.clone_from(&self.position);
+        self.kept.push_back(Kept {
+            seq: seg.seq,
+            bytes,
+            sealed_at: std::time::SystemTime::now(),
+        });
         Ok(Some(Sealed {
             path,
             seq: seg.seq,
@@ -520,6 +680,24 @@ impl Archive {
             bytes,
         }))
     }
+}
+
+/// The source position stored in a sealed segment's footer.
+pub fn read_position(path: &Path) -> Result<Option<String>, ArchiveError> {
+    let file = File::open(path).map_err(io(path))?;
+    let reader =
+        parquet::file::serialized_reader::SerializedFileReader::new(file).map_err(|source| {
+            ArchiveError::Parquet {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+    let meta = parquet::file::reader::FileReader::metadata(&reader).file_metadata();
+    Ok(meta.key_value_metadata().and_then(|kv| {
+        kv.iter()
+            .find(|k| k.key == POSITION_KEY)
+            .and_then(|k| k.value.clone())
+    }))
 }
 
 #[cfg(test)]
@@ -539,7 +717,7 @@ mod tests {
         let (mut archive, removed) = Archive::open(&dir, SegmentLimits::default()).unwrap();
         assert!(removed.is_empty());
         let ev = crate::event::decode_event(line).unwrap();
-        assert_eq!(archive.append(&ev, "src-1", line.len()).unwrap(), None);
+        archive.append(&ev, "src-1", line.len()).unwrap();
         let sealed = archive.seal().unwrap().unwrap();
         assert_eq!((sealed.seq, sealed.events), (0, 1));
         let file = File::open(&sealed.path).unwrap();

@@ -8,6 +8,7 @@
 //! followed file, and a small tokio runtime for everything that waits on the network or the
 //! clock.
 
+pub mod archiver;
 pub mod pipeline;
 pub mod recover;
 pub mod reload;
@@ -166,6 +167,10 @@ struct Recovered {
     notify: Notify,
     backlog: Backlog,
     feedback: mpsc::UnboundedReceiver<Feedback>,
+    /// Where each file source resumes.
+    resume: std::collections::BTreeMap<String, crate::state::FileCheckpoint>,
+    /// The journal position the archive holds (`u64::MAX` when archiving is off).
+    archived_seq: u64,
 }
 
 /// Step 1: the state directory. Restores the engine from the snapshot, starts delivery of what
@@ -183,6 +188,14 @@ fn recover_state(
         .with_context(|| format!("alert journal {}", state.alerts_path().display()))?;
     let alerts_len = alerts.len();
     let alerts = Arc::new(std::sync::Mutex::new(alerts));
+    let archive = if config.archive.enabled {
+        let archive = archiver::open(&config.archive, &config.state_dir)?;
+        let position = archiver::ArchivePosition::of(&archive);
+        Some((archive, position))
+    } else {
+        metrics.archive_ready(false);
+        None
+    };
     let recover::Recovered {
         snapshot,
         journal,
@@ -192,8 +205,12 @@ fn recover_state(
         &config.journal,
         alerts_len,
         options.skip_corrupt,
+        archive
+            .as_ref()
+            .map(|(_, p)| p.as_ref().map_or(0, |p| p.journal_seq)),
         metrics,
     )?;
+    let snapshot_seq = snapshot.as_ref().map_or(0, |s| s.journal_seq);
     if let Some(snap) = &snapshot {
         let restored = engine.restore(snap.engine.clone());
         tracing::info!(
@@ -226,6 +243,30 @@ fn recover_state(
         crate::state::writer::start(journal, config.journal.max_size.0, Arc::clone(metrics))?;
     let (feedback_tx, feedback) = mpsc::unbounded_channel();
     let backlog = Backlog::default();
+    let mut archived_seq = u64::MAX;
+    let mut archived_files = None;
+    let archiver = match archive {
+        Some((archive, position)) => {
+            // Nothing sealed yet (a new archive, or killed before its first seal): what the
+            // journal still holds, and the files from their start.
+            let position = position.unwrap_or_default();
+            archived_seq = position.journal_seq;
+            archived_files = Some(position.files.clone());
+            tracing::info!(archive = %archive.dir().display(), head = archive.head(), journal_seq = position.journal_seq, "archiving every accepted event");
+            let sealed = feedback_tx.clone();
+            Some(archiver::Archiver::start(
+                archive,
+                position,
+                config.archive.retention(),
+                Arc::clone(metrics),
+                (journal.size_gauge(), config.journal.max_size.0),
+                Box::new(move |journal_seq| {
+                    let _ = sealed.send(Feedback::Archived { journal_seq });
+                }),
+            )?)
+        }
+        None => None,
+    };
     let mut pipeline = Pipeline::new(
         engine,
         state,
@@ -241,6 +282,7 @@ fn recover_state(
             // Without notifiers there is nothing to hand over (no copies of every alert).
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
             backlog: backlog.clone(),
+            archiver,
             sources: config
                 .sources
                 .iter()
@@ -262,17 +304,24 @@ fn recover_state(
         tracing::info!(batches = pending.len(), "replaying the ingest journal");
         for (seq, payload) in pending {
             let record = crate::state::journal::decode_batch(&payload);
-            pipeline.process(Batch {
+            let batch = Batch {
                 source: Arc::from(record.source),
                 origin: record.origin.map(Arc::from),
                 data: record.body.to_vec(),
                 shape: Shape::Document,
                 progress: Progress::Journal(seq),
                 received: Instant::now(),
-            });
+            };
+            // Evaluated before the restart, not yet in a sealed segment: archived only.
+            if seq <= snapshot_seq {
+                pipeline.archive_only(batch);
+            } else {
+                pipeline.process(batch);
+            }
         }
         pipeline.snapshot();
     }
+    let resume = pipeline.resume_from(archived_files.as_ref());
     Ok(Recovered {
         pipeline,
         journal,
@@ -281,6 +330,8 @@ fn recover_state(
         notify,
         backlog,
         feedback,
+        resume,
+        archived_seq,
     })
 }
 
@@ -316,8 +367,9 @@ impl Daemon {
             notify,
             backlog,
             feedback,
+            resume: checkpoints,
+            archived_seq,
         } = recovered;
-        let checkpoints = pipeline.file_checkpoints().clone();
         let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
         let engine_thread = std::thread::Builder::new()
             .name("engine".into())
@@ -391,7 +443,7 @@ impl Daemon {
             daemon.tasks.spawn(serve.serve(shutdown.token()));
         }
         daemon.spawn_clock(&engine_tx);
-        daemon.spawn_compaction(feedback);
+        daemon.spawn_compaction(feedback, 0, archived_seq);
         if !reloadables.is_empty() {
             for r in &reloadables {
                 metrics.credential_reloaded_primed(r.name());
@@ -434,17 +486,26 @@ impl Daemon {
         });
     }
 
-    /// Snapshots let the journal shed the segments they cover.
-    fn spawn_compaction(&mut self, mut feedback: mpsc::UnboundedReceiver<Feedback>) {
+    /// The journal sheds the segments both a snapshot and the archive cover.
+    fn spawn_compaction(
+        &mut self,
+        mut feedback: mpsc::UnboundedReceiver<Feedback>,
+        mut snapshotted: u64,
+        mut archived: u64,
+    ) {
         let (journal, stop) = (self.journal.clone(), self.shutdown.token());
         self.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    f = feedback.recv() => match f {
-                        Some(Feedback::Snapshotted { journal_seq }) => journal.compact(journal_seq).await,
-                        None => break,
-                    },
+                    f = feedback.recv() => {
+                        match f {
+                            Some(Feedback::Snapshotted { journal_seq }) => snapshotted = journal_seq,
+                            Some(Feedback::Archived { journal_seq }) => archived = journal_seq,
+                            None => break,
+                        }
+                        journal.compact(snapshotted.min(archived)).await;
+                    }
                 }
             }
         });

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::alert::Alert;
 use crate::alert::storm::StormGuard;
 use crate::config::StdoutFormat;
+use crate::daemon::archiver::{ArchiveJob, Archiver};
 use crate::engine::Engine;
 use crate::event::{EventTime, Position, decode_each};
 use crate::log_gate::LogGate;
@@ -29,6 +30,8 @@ pub enum Feedback {
     /// Both snapshots kept on disk cover journal records up to this sequence number: the
     /// journal may compact up to it.
     Snapshotted { journal_seq: u64 },
+    /// The archive sealed every journal record up to this sequence number.
+    Archived { journal_seq: u64 },
 }
 
 pub struct PipelineOptions {
@@ -49,6 +52,8 @@ pub struct PipelineOptions {
     pub sources: std::collections::HashMap<String, SourceTiming>,
     /// Stamped with the work in hand, for `/metrics` and `/readyz`.
     pub backlog: Backlog,
+    /// Where every evaluated batch goes to be kept (none: archiving is off).
+    pub archiver: Option<Archiver>,
 }
 
 /// How a source's events are read, and how late they may arrive.
@@ -90,6 +95,10 @@ pub struct Pipeline {
     /// Each sender's event-time clock (a source, or a source and the sender's address): when
     /// its last batch came, and whether the engine was told it is idle.
     senders: std::collections::HashMap<Arc<str>, (Instant, bool)>,
+    /// Per file source, after a restart that resumed the file at the archive's (earlier)
+    /// position: lines before this checkpoint were evaluated already and go to the archive
+    /// only.
+    archive_only: BTreeMap<String, FileCheckpoint>,
 }
 
 /// How far ahead of this host's clock an event's time may move event time (clock skew
@@ -214,12 +223,57 @@ impl Pipeline {
             script_error_log: LogGate::per_minute(),
             late_log: LogGate::per_minute(),
             senders: Default::default(),
+            archive_only: BTreeMap::new(),
         })
     }
 
-    /// Where each source had got to (for sources to resume from).
-    pub fn file_checkpoints(&self) -> &BTreeMap<String, FileCheckpoint> {
-        &self.files
+    /// Where each file source resumes: the snapshot's checkpoint, or the archive's when the
+    /// archive is behind (lines in between go to the archive only). A file the archive has
+    /// no position in is archived from its start. `None`: archiving is off.
+    pub fn resume_from(
+        &mut self,
+        archived: Option<&BTreeMap<String, FileCheckpoint>>,
+    ) -> BTreeMap<String, FileCheckpoint> {
+        let mut resume = self.files.clone();
+        let Some(archived) = archived else {
+            return resume;
+        };
+        for (name, evaluated) in &self.files {
+            let from_start = FileCheckpoint {
+                dev: evaluated.dev,
+                ino: evaluated.ino,
+                ..FileCheckpoint::default()
+            };
+            let kept = archived.get(name).unwrap_or(&from_start);
+            // Behind in the same file, or still in a file rotated away since (the follower
+            // finds it by its inode; everything in it was evaluated).
+            let same_file = (kept.dev, kept.ino) == (evaluated.dev, evaluated.ino);
+            if !same_file || kept.offset < evaluated.offset {
+                resume.insert(name.clone(), *kept);
+                self.archive_only.insert(name.clone(), *evaluated);
+            }
+        }
+        resume
+    }
+
+    /// A journal batch the engine already evaluated (the snapshot covers it) that the archive
+    /// does not hold yet: archived only.
+    pub fn archive_only(&mut self, batch: Batch) {
+        if let Some(archiver) = &self.opts.archiver {
+            let format = self
+                .opts
+                .sources
+                .get(&*batch.source)
+                .map(|t| t.format)
+                .unwrap_or_default();
+            archiver.submit(ArchiveJob {
+                source: batch.source,
+                data: batch.data,
+                shape: batch.shape,
+                format,
+                progress: batch.progress,
+            });
+        }
     }
 
     pub fn journal_seq(&self) -> u64 {
@@ -294,6 +348,15 @@ impl Pipeline {
         let tally = &mut self.tally;
         // A document (a webhook batch) counts its items as records, a file its lines.
         let per_item = matches!(batch.shape, Shape::Document);
+        // Lines before this offset were evaluated before a restart (see `resume_from`); a
+        // file before the one the snapshot stopped in was evaluated whole.
+        let evaluated_below = match (&batch.progress, self.archive_only.get(&*source)) {
+            (Progress::File(cp), Some(done)) if (cp.dev, cp.ino) == (done.dev, done.ino) => {
+                done.offset
+            }
+            (Progress::File(_), Some(_)) => u64::MAX,
+            _ => 0,
+        };
         let mut on_event = |ev: &crate::event::AuditEvent<'_>| {
             decoded.inc();
             if per_item {
@@ -329,6 +392,10 @@ impl Pipeline {
                 let mut at = offset;
                 for (line_no, line) in (first_line..).zip(text.split_inclusive('\n')) {
                     let record = line.trim_end_matches(['\n', '\r']);
+                    if at < evaluated_below {
+                        at += line.len() as u64;
+                        continue;
+                    }
                     if !record.trim().is_empty() {
                         received.inc();
                         let position = Position {
@@ -358,9 +425,14 @@ impl Pipeline {
                 self.metrics.set_event_lag(lag);
             }
         }
-        match batch.progress {
-            Progress::Journal(seq) => self.journal_seq = self.journal_seq.max(seq),
+        match &batch.progress {
+            Progress::Journal(seq) => self.journal_seq = self.journal_seq.max(*seq),
+            Progress::File(cp) if cp.offset < evaluated_below => {}
             Progress::File(cp) => {
+                let cp = *cp;
+                if evaluated_below > 0 && evaluated_below < u64::MAX {
+                    self.archive_only.remove(&*source);
+                }
                 let previous = self.files.insert(source.to_string(), cp);
                 // A file seen for the first time, or a new file after a rotation: persist its
                 // identity at once, so that a crash before the next periodic snapshot still
@@ -377,6 +449,15 @@ impl Pipeline {
         }
         self.metrics
             .batch_processed(&source, batch.received.elapsed().as_secs_f64());
+        if let Some(archiver) = &self.opts.archiver {
+            archiver.submit(ArchiveJob {
+                source: Arc::clone(&source),
+                data: batch.data,
+                shape: batch.shape,
+                format,
+                progress: batch.progress,
+            });
+        }
         for e in self.engine.take_script_errors() {
             self.metrics.script_error(&e.rule);
             if let Some(held_back) = self.script_error_log.admit() {
@@ -572,8 +653,11 @@ impl Pipeline {
         self.last_snapshot = Instant::now();
     }
 
-    /// The snapshot at shutdown: waits for it to be on disk.
+    /// The snapshot at shutdown: waits for it to be on disk, and for the archive to seal.
     fn final_snapshot(&mut self) {
+        if let Some(archiver) = self.opts.archiver.take() {
+            archiver.stop();
+        }
         let snap = self.capture();
         if let Some(writer) = self.writer.take() {
             let SnapshotWriter { tx, thread, .. } = writer;

@@ -30,7 +30,7 @@ pub const PROBLEMS: [(&str, &str); 6] = [
 pub struct Recovered {
     pub snapshot: Option<StateSnapshot>,
     pub journal: Journal,
-    /// Journal records the snapshot does not cover yet, in order.
+    /// Journal records the snapshot or the archive does not cover yet, in order.
     pub pending: Vec<(u64, Vec<u8>)>,
 }
 
@@ -44,6 +44,7 @@ pub fn recover(
     journal_cfg: &JournalConfig,
     alert_journal_len: u64,
     skip_corrupt: bool,
+    archived: Option<u64>,
     metrics: &Metrics,
 ) -> anyhow::Result<Recovered> {
     let snapshot = load_snapshot(state, metrics);
@@ -86,7 +87,12 @@ pub fn recover(
             }
         }
     }
-    let after = snapshot.as_ref().map_or(0, |s| s.journal_seq);
+    // From the older of the snapshot's and the archive's position: records the engine
+    // evaluated but the archive did not seal are archived again.
+    let after = snapshot
+        .as_ref()
+        .map_or(0, |s| s.journal_seq)
+        .min(archived.unwrap_or(u64::MAX));
     let pending = loop {
         match journal.read_after(after) {
             Ok(p) => break p,
