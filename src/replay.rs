@@ -153,10 +153,9 @@ pub fn replay(
             }
             if let Some(a) = archive.as_deref_mut()
                 && archive_error.is_none()
+                && let Err(e) = a.append(ev, &position.source, text.len())
             {
-                if let Err(e) = a.append(ev, &position.source, text.len()) {
-                    archive_error = Some(e.to_string());
-                }
+                archive_error = Some(e.to_string());
             }
             engine.process(ev, &mut alerts);
         });
