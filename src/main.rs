@@ -108,9 +108,14 @@ enum Command {
     Query {
         /// The filter ('' for every event).
         query: String,
-        /// Audit log files: JSON lines, an EventList, or a managed export; `-` is stdin.
-        #[arg(required = true)]
+        /// What to read: archive directories or segments (`*.parquet`), or audit log files
+        /// (JSON lines, an EventList, or a managed export; `-` is stdin). Default: the archive
+        /// (--archive).
         files: Vec<PathBuf>,
+        /// The archive read when no PATH is given: the daemon's default (`archive/` under
+        /// its state directory).
+        #[arg(long, default_value = "auditwatch-state/archive")]
+        archive: PathBuf,
         /// Fields to group by, comma-separated (`--groupby username,verb`).
         #[arg(long, value_delimiter = ',')]
         groupby: Vec<String>,
@@ -358,6 +363,7 @@ fn main() -> ExitCode {
         Command::Query {
             query,
             files,
+            archive,
             groupby,
             agg,
             since,
@@ -369,7 +375,11 @@ fn main() -> ExitCode {
             input_format,
         } => run_query(
             &query,
-            &files,
+            &if files.is_empty() {
+                vec![archive]
+            } else {
+                files
+            },
             &groupby,
             &agg,
             (since.or(from), to),
@@ -851,6 +861,14 @@ fn run_query(
         every,
         top,
     };
+    if files
+        .iter()
+        .any(|f| f.as_os_str() != "-" && query::columnar::is_archive(f))
+        && let Err(e) = query::columnar::check(&q)
+    {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     let mut shown = 0;
     let report = query::run(&q, files, input_format, &mut |e| {
         if shown < 5 {
@@ -861,7 +879,7 @@ fn run_query(
     for (name, why) in &report.unreadable {
         eprintln!("error: {name}: {why}");
     }
-    if report.unreadable.len() == files.len() {
+    if report.events == 0 && !report.unreadable.is_empty() {
         return Ok(ExitCode::from(2));
     }
     let mut header: Vec<String> = Vec::new();

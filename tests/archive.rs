@@ -424,3 +424,234 @@ fn signatures_catch_a_chain_re_signed_under_another_key() {
     assert!(out.contains("line 3"), "{out}");
     std::fs::remove_dir_all(&base).ok();
 }
+
+/// `auditwatch query` with the same arguments over the log and over its archive.
+fn query_both(log: &Path, archive: &Path, args: &[&str]) -> (String, String) {
+    let run = |input: &Path| {
+        let mut all: Vec<&str> = vec!["query"];
+        all.extend(args);
+        all.extend(["--format", "json"]);
+        all.push(input.to_str().unwrap());
+        let (code, out, err) = auditwatch(&all);
+        assert_eq!(code, 0, "{args:?} over {}: {err}", input.display());
+        out
+    };
+    (run(log), run(archive))
+}
+
+#[test]
+fn query_means_the_same_over_the_archive_as_over_the_log() {
+    let dir = std::env::temp_dir().join(format!("aw-archive-query-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = repo().join("tests/fixtures/audit2rbac-demo.log");
+    let (code, _, err) = auditwatch(&[
+        "replay",
+        "--archive",
+        dir.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cases: &[&[&str]] = &[
+        &[
+            "responsestatus_code=403 and verb=list",
+            "--groupby",
+            "username",
+        ],
+        &["", "--groupby", "verb,resource"],
+        &[
+            "verb in (get, list) and not namespace = kube-system",
+            "--groupby",
+            "username",
+            "--agg",
+            "distinct(resource)",
+        ],
+        &["username = 'system:*' or code >= 400", "--groupby", "code"],
+        &["resource != ''", "--groupby", "user.groups", "--top", "3"],
+        &["", "--groupby", "username", "--agg", "first"],
+        &["", "--groupby", "username", "--agg", "last"],
+        &["", "--every", "1m"],
+        &[
+            "",
+            "--from",
+            "2017-09-11T19:55:10Z",
+            "--to",
+            "2017-09-11T19:56:00Z",
+            "--groupby",
+            "verb",
+        ],
+        &[
+            "sourceIPs = '::1' and namespace != ''",
+            "--groupby",
+            "objectRef.namespace",
+        ],
+    ];
+    for args in cases {
+        let (from_log, from_archive) = query_both(&log, &dir, args);
+        assert!(!from_log.is_empty(), "{args:?} found nothing");
+        assert_eq!(from_log, from_archive, "{args:?}");
+    }
+
+    // A field the archive keeps only inside raw JSON: a clear error, exit 2.
+    let (code, _, err) = auditwatch(&[
+        "query",
+        "requestObject.spec.replicas > 3",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("requestObject.spec.replicas: not an archive column"),
+        "{err}"
+    );
+
+    // A corrupt segment and a foreign file: named, skipped; the rest is still counted.
+    let good = duckdb(&dir, "SELECT count(*) AS n FROM archive")[0]["n"]
+        .as_u64()
+        .unwrap();
+    std::fs::write(dir.join("segment-00000007.parquet"), b"PAR1 not really").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"hello").unwrap();
+    let (code, out, err) = auditwatch(&["query", "", "--format", "json", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("segment-00000007.parquet: not a readable Parquet segment"),
+        "{err}"
+    );
+    assert!(err.contains("notes.txt: not an archive segment"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["count"].as_u64(), Some(good));
+    // verify calls both tampering.
+    let (code, out) = verify(&dir, None);
+    assert_eq!(code, 1, "{out}");
+    std::fs::remove_file(dir.join("segment-00000007.parquet")).unwrap();
+    let (code, out) = verify(&dir, None);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("notes.txt") && out.contains("foreign"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+
+/// The issue's "done when": a daemon fed the example events leaves an archive that `verify`
+/// accepts and that `query` and DuckDB read with the same counts as the events sent.
+#[test]
+fn a_daemon_leaves_an_archive_that_verify_query_and_duckdb_agree_on() {
+    let dir = common::Scratch::new("archive");
+    let (hook, metrics) = (common::free_port(), common::free_port());
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let daemon = common::Daemon::start(&dir.0, &config, metrics, 0);
+    // Every Falco trace event and the audit2rbac demo log, in batches as an apiserver sends.
+    let mut events: Vec<String> = Vec::new();
+    let traces = repo().join("../shared/corpus/falco/trace_files/k8s_audit");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&traces)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for path in names {
+        for line in std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
+            events.push(line.to_owned());
+        }
+    }
+    let demo = std::fs::read_to_string(repo().join("tests/fixtures/audit2rbac-demo.log")).unwrap();
+    events.extend(demo.lines().map(str::to_owned));
+    for chunk in events.chunks(10) {
+        common::post(hook, chunk);
+    }
+    // What counts as an event (a Falco trace holds a record that is not one): the same
+    // events, read from a file by `auditwatch query`.
+    let sent_log = dir.0.join("sent.log");
+    std::fs::write(&sent_log, events.join("\n")).unwrap();
+    let (_, out, _) = auditwatch(&["query", "", "--format", "json", sent_log.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let sent = v["count"].as_u64().unwrap();
+    assert!(sent > 70, "{sent}");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    while common::sample(&daemon.metrics(), "auditwatch_archive_events_total") < sent as f64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive never got every event"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        common::sample(&daemon.metrics(), "auditwatch_archive_up"),
+        1.0
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let archive = dir.0.join("state/archive");
+    let (code, out) = verify(&archive, None);
+    assert_eq!(code, 0, "{out}");
+    // The head the daemon logged (the anchor) is the chain's.
+    let log = std::fs::read_to_string(dir.0.join("stderr-0.log")).unwrap();
+    let head = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split("head=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("a logged head");
+    let (code, out) = verify(&archive, Some(head));
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out, err) =
+        auditwatch(&["query", "", "--format", "json", archive.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["count"].as_u64(), Some(sent));
+    assert_eq!(
+        duckdb(&archive, "SELECT count(*) AS n FROM archive")[0]["n"].as_u64(),
+        Some(sent)
+    );
+    let (code, out, err) = auditwatch(&[
+        "query",
+        "",
+        "--groupby",
+        "verb",
+        "--format",
+        "json",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let ours: Vec<(String, u64)> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["verb"].as_str().unwrap().to_owned(),
+                v["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let theirs: Vec<(String, u64)> = duckdb(
+        &archive,
+        "SELECT coalesce(verb, '') AS v, count(*) AS n FROM archive GROUP BY 1 ORDER BY 2 DESC, 1",
+    )
+    .iter()
+    .map(|v| {
+        (
+            v["v"].as_str().unwrap().to_owned(),
+            v["n"].as_u64().unwrap(),
+        )
+    })
+    .collect();
+    assert_eq!(ours, theirs);
+}

@@ -203,14 +203,16 @@ impl Expr {
 
 /// One value the field resolved to against `v`. Lists (groups, source IPs) match when any
 /// element does (`!=`: when none does).
-fn compare(got: &FieldValue<'_>, op: Op, v: &Value) -> bool {
+pub(super) fn compare(got: &FieldValue<'_>, op: Op, v: &Value) -> bool {
     if let FieldValue::List(items) = got {
         return match op {
             Op::Ne => !items.iter().any(|i| compare_one(i, Op::Eq, v)),
             _ => items.iter().any(|i| compare_one(i, op, v)),
         };
     }
-    let text = match got {
+    let owned;
+    let text: &str = match got {
+        FieldValue::Str(s) => s,
         FieldValue::Missing => {
             return match op {
                 Op::Eq => v.text.is_empty(),
@@ -230,11 +232,15 @@ fn compare(got: &FieldValue<'_>, op: Op, v: &Value) -> bool {
                     Op::Ge => x >= n,
                 };
             }
-            i.to_string()
+            owned = i.to_string();
+            &owned
         }
-        other => other.to_key_string(),
+        other => {
+            owned = other.to_key_string();
+            &owned
+        }
     };
-    compare_one(&text, op, v)
+    compare_one(text, op, v)
 }
 
 fn compare_one(text: &str, op: Op, v: &Value) -> bool {

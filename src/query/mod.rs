@@ -6,6 +6,7 @@
 //! aggregate (a count by default, distinct values of a field, or the first or last time), and
 //! optionally a time series (`--every`). The result is a table of rows, largest first.
 
+pub mod columnar;
 pub mod lang;
 
 use std::collections::{HashMap, HashSet};
@@ -114,7 +115,7 @@ pub struct QueryReport {
 }
 
 #[derive(Default)]
-struct Acc {
+pub(crate) struct Acc {
     count: u64,
     distinct: HashSet<String>,
     first: Option<EventTime>,
@@ -131,7 +132,30 @@ pub fn run(
     let mut report = QueryReport::default();
     let mut groups: HashMap<(Option<EventTime>, Vec<String>), Acc> = HashMap::new();
     let mut key = Vec::with_capacity(query.group_by.len());
+    let mut columnar = columnar::Groups::default();
     for path in paths {
+        if path.as_os_str() != "-" && columnar::is_archive(path) {
+            let segments = if path.is_dir() {
+                match columnar::segments(path, &mut report.unreadable) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        report
+                            .unreadable
+                            .push((path.display().to_string(), e.to_string()));
+                        continue;
+                    }
+                }
+            } else {
+                vec![path.clone()]
+            };
+            for segment in segments {
+                if let Err(why) = columnar::run_segment(query, &segment, &mut columnar, &mut report)
+                {
+                    report.unreadable.push((segment.display().to_string(), why));
+                }
+            }
+            continue;
+        }
         let mut reader = match RecordReader::open(path) {
             Ok(r) => r,
             Err(e) => {
@@ -200,6 +224,16 @@ pub fn run(
             });
             report.decode_errors += errors;
         }
+    }
+    for (key, acc) in columnar.into_rows(query.group_by.len()) {
+        let into = groups.entry(key).or_default();
+        into.count += acc.count;
+        into.distinct.extend(acc.distinct);
+        into.first = match (into.first, acc.first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        into.last = into.last.max(acc.last);
     }
     // `--top`: the N groups with the most events over the whole range.
     let keep: Option<HashSet<Vec<String>>> = query.top.map(|n| {

@@ -1,0 +1,382 @@
+//! The query over archive segments (Parquet), column by column: only the columns the query
+//! reads are decoded, and row groups whose time range lies outside `--from`/`--to` are skipped
+//! on their statistics without being read. Each row is compared through the same
+//! [`super::lang`] code as a decoded event, so a query means the same over the archive and
+//! over log files.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::Path;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, TimestampNanosecondType};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::statistics::Statistics;
+
+use super::lang::{Expr, Field};
+use super::{Acc, Aggregate, Query, QueryReport};
+use crate::event::EventTime;
+use crate::event::field::FieldValue;
+
+/// Why a query cannot run over the archive.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{field}: not an archive column (the archive keeps {columns}; requestObject, responseObject and annotations as raw JSON: query them with DuckDB's json functions, or query the log files)"
+)]
+pub struct NotAColumn {
+    pub field: String,
+    pub columns: String,
+}
+
+/// The archive column a query field reads, by its rule path.
+fn column_of(field: &Field) -> Result<String, NotAColumn> {
+    let path = field.path.as_str();
+    let schema = crate::archive::schema();
+    if path != "time" && schema.field_with_name(path).is_ok() {
+        return Ok(path.to_owned());
+    }
+    Err(NotAColumn {
+        field: field.written.clone(),
+        columns: schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .filter(|n| {
+                !matches!(
+                    *n,
+                    "time" | "annotations" | "requestObject" | "responseObject" | "source"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+/// Checks that every field of `query` is an archive column.
+pub fn check(query: &Query) -> Result<(), NotAColumn> {
+    for f in query.filter.fields().into_iter().chain(&query.group_by) {
+        column_of(f)?;
+    }
+    if let Aggregate::Distinct(f) = &query.aggregate {
+        column_of(f)?;
+    }
+    Ok(())
+}
+
+/// A column of one batch, typed.
+enum Col<'a> {
+    Str(&'a arrow_array::StringArray),
+    Int(&'a arrow_array::Int32Array),
+    List(&'a arrow_array::ListArray),
+}
+
+impl<'a> Col<'a> {
+    fn of(array: &'a ArrayRef) -> Option<Col<'a>> {
+        match array.data_type() {
+            arrow_schema::DataType::Utf8 => Some(Col::Str(array.as_string::<i32>())),
+            arrow_schema::DataType::Int32 => Some(Col::Int(array.as_primitive::<Int32Type>())),
+            arrow_schema::DataType::List(_) => Some(Col::List(array.as_list::<i32>())),
+            _ => None,
+        }
+    }
+
+    /// Row `i` as the value a decoded event's field resolves to.
+    fn value(&self, i: usize) -> FieldValue<'a> {
+        match self {
+            Col::Str(a) if a.is_valid(i) => FieldValue::Str(a.value(i).into()),
+            Col::Int(a) if a.is_valid(i) => FieldValue::Int(i64::from(a.value(i))),
+            Col::List(a) if a.is_valid(i) => {
+                let items = a.value(i);
+                let items = items.as_string::<i32>();
+                FieldValue::List(
+                    (0..items.len())
+                        .filter(|&j| items.is_valid(j))
+                        .map(|j| items.value(j).to_owned().into())
+                        .collect(),
+                )
+            }
+            _ => FieldValue::Missing,
+        }
+    }
+
+    /// Row `i` appended to a group key, as [`FieldValue::to_key_string`] writes it.
+    fn write_key(&self, i: usize, out: &mut String) {
+        match self {
+            Col::Str(a) if a.is_valid(i) => out.push_str(a.value(i)),
+            Col::Int(a) if a.is_valid(i) => {
+                let _ = write!(out, "{}", a.value(i));
+            }
+            Col::List(_) => out.push_str(&self.value(i).to_key_string()),
+            _ => {}
+        }
+    }
+}
+
+/// The filter with its fields bound to the batch's columns.
+enum Bound<'a> {
+    All,
+    Compare(Col<'a>, super::lang::Op, &'a super::lang::Value),
+    In(Col<'a>, &'a [super::lang::Value]),
+    Not(Box<Bound<'a>>),
+    And(Box<Bound<'a>>, Box<Bound<'a>>),
+    Or(Box<Bound<'a>>, Box<Bound<'a>>),
+}
+
+fn bind<'a>(expr: &'a Expr, batch: &'a RecordBatch) -> Option<Bound<'a>> {
+    let col = |f: &Field| -> Option<Col<'a>> {
+        let name = column_of(f).ok()?;
+        Col::of(batch.column_by_name(&name)?)
+    };
+    Some(match expr {
+        Expr::All => Bound::All,
+        Expr::Compare(f, op, v) => Bound::Compare(col(f)?, *op, v),
+        Expr::In(f, values) => Bound::In(col(f)?, values),
+        Expr::Not(e) => Bound::Not(Box::new(bind(e, batch)?)),
+        Expr::And(a, b) => Bound::And(Box::new(bind(a, batch)?), Box::new(bind(b, batch)?)),
+        Expr::Or(a, b) => Bound::Or(Box::new(bind(a, batch)?), Box::new(bind(b, batch)?)),
+    })
+}
+
+impl Bound<'_> {
+    fn matches(&self, i: usize) -> bool {
+        match self {
+            Bound::All => true,
+            Bound::Compare(c, op, v) => super::lang::compare(&c.value(i), *op, v),
+            Bound::In(c, values) => {
+                let got = c.value(i);
+                values
+                    .iter()
+                    .any(|v| super::lang::compare(&got, super::lang::Op::Eq, v))
+            }
+            Bound::Not(e) => !e.matches(i),
+            Bound::And(a, b) => a.matches(i) && b.matches(i),
+            Bound::Or(a, b) => a.matches(i) || b.matches(i),
+        }
+    }
+}
+
+/// Groups keyed by one string (the bucket and the group's values, separated), so that a
+/// matched row is looked up without allocating.
+#[derive(Default)]
+pub(super) struct Groups {
+    map: HashMap<String, (Option<EventTime>, Acc)>,
+    key: String,
+}
+
+const SEP: char = '\u{1f}';
+
+impl Groups {
+    pub(super) fn into_rows(self, width: usize) -> HashMap<(Option<EventTime>, Vec<String>), Acc> {
+        self.map
+            .into_iter()
+            .map(|(key, (bucket, acc))| {
+                let values = key.split_once(SEP).map_or("", |(_, v)| v);
+                let group: Vec<String> = if width == 0 {
+                    Vec::new()
+                } else {
+                    values.split(SEP).map(str::to_owned).collect()
+                };
+                ((bucket, group), acc)
+            })
+            .collect()
+    }
+}
+
+/// A segment's time range from its row groups' statistics: which row groups to read.
+fn row_groups_in_range(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    time_column: usize,
+    query: &Query,
+) -> Vec<usize> {
+    (0..meta.num_row_groups())
+        .filter(|&rg| {
+            let Some(Statistics::Int64(stats)) =
+                meta.row_group(rg).column(time_column).statistics()
+            else {
+                return true;
+            };
+            let (Some(&min), Some(&max)) = (stats.min_opt(), stats.max_opt()) else {
+                return true;
+            };
+            query.from.is_none_or(|from| max >= from.0) && query.to.is_none_or(|to| min < to.0)
+        })
+        .collect()
+}
+
+/// Runs `query` over one Parquet segment, adding to `groups` and `report`.
+pub(super) fn run_segment(
+    query: &Query,
+    path: &Path,
+    groups: &mut Groups,
+    report: &mut QueryReport,
+) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
+    let schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
+    let mut names: Vec<String> = vec!["time".into()];
+    for f in query.filter.fields().into_iter().chain(&query.group_by) {
+        names.push(column_of(f).map_err(|e| e.to_string())?);
+    }
+    if let Aggregate::Distinct(f) = &query.aggregate {
+        names.push(column_of(f).map_err(|e| e.to_string())?);
+    }
+    let mut roots = Vec::new();
+    for name in &names {
+        let index = schema
+            .index_of(name)
+            .map_err(|_| format!("no column {name:?}: not an auditwatch archive segment"))?;
+        roots.push(index);
+    }
+    let time_leaf = (0..parquet_schema.num_columns())
+        .find(|&i| parquet_schema.column(i).path().string() == "time")
+        .ok_or("no time column: not an auditwatch archive segment")?;
+    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
+    let skipped: u64 = (0..builder.metadata().num_row_groups())
+        .filter(|rg| !row_groups.contains(rg))
+        .map(|rg| builder.metadata().row_group(rg).num_rows() as u64)
+        .sum();
+    report.events += skipped;
+    let mask = ProjectionMask::roots(parquet_schema, roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(row_groups)
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("damaged: {e}"))?;
+        scan(query, &batch, groups, report)?;
+    }
+    Ok(())
+}
+
+fn scan(
+    query: &Query,
+    batch: &RecordBatch,
+    groups: &mut Groups,
+    report: &mut QueryReport,
+) -> Result<(), String> {
+    let bad = || "a column of an unexpected type: not an auditwatch archive segment".to_owned();
+    let time = batch
+        .column_by_name("time")
+        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+        .ok_or_else(bad)?;
+    let filter = bind(&query.filter, batch).ok_or_else(bad)?;
+    let keys: Vec<Col<'_>> = query
+        .group_by
+        .iter()
+        .map(|f| {
+            let name = column_of(f).map_err(|e| e.to_string())?;
+            batch
+                .column_by_name(&name)
+                .and_then(Col::of)
+                .ok_or_else(bad)
+        })
+        .collect::<Result<_, _>>()?;
+    let distinct = match &query.aggregate {
+        Aggregate::Distinct(f) => {
+            let name = column_of(f).map_err(|e| e.to_string())?;
+            Some(
+                batch
+                    .column_by_name(&name)
+                    .and_then(Col::of)
+                    .ok_or_else(bad)?,
+            )
+        }
+        _ => None,
+    };
+    report.events += batch.num_rows() as u64;
+    for i in 0..batch.num_rows() {
+        let t = time.is_valid(i).then(|| EventTime(time.value(i)));
+        if let Some(from) = query.from
+            && t.is_none_or(|t| t < from)
+        {
+            continue;
+        }
+        if let Some(to) = query.to
+            && t.is_none_or(|t| t >= to)
+        {
+            continue;
+        }
+        if !filter.matches(i) {
+            continue;
+        }
+        report.matched += 1;
+        let bucket = query.every.map(|every| {
+            let n = every.0.max(1);
+            EventTime(t.unwrap_or_default().0.div_euclid(n) * n)
+        });
+        let key = &mut groups.key;
+        key.clear();
+        if let Some(b) = bucket {
+            let _ = write!(key, "{}", b.0);
+        }
+        key.push(SEP);
+        for (n, col) in keys.iter().enumerate() {
+            if n > 0 {
+                key.push(SEP);
+            }
+            col.write_key(i, key);
+        }
+        let acc = match groups.map.get_mut(key.as_str()) {
+            Some((_, acc)) => acc,
+            None => {
+                &mut groups
+                    .map
+                    .entry(key.clone())
+                    .or_insert((bucket, Acc::default()))
+                    .1
+            }
+        };
+        acc.count += 1;
+        if let Some(col) = &distinct {
+            let mut value = String::new();
+            col.write_key(i, &mut value);
+            acc.distinct.insert(value);
+        }
+        if let Some(t) = t {
+            acc.first = Some(acc.first.map_or(t, |f| f.min(t)));
+            acc.last = Some(acc.last.map_or(t, |l| l.max(t)));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is an archive segment (or a directory of them).
+pub fn is_archive(path: &Path) -> bool {
+    if path.is_dir() {
+        return true;
+    }
+    path.extension().is_some_and(|e| e == "parquet")
+}
+
+/// The segments of an archive directory, in order; other files are named in `foreign`.
+pub fn segments(
+    dir: &Path,
+    foreign: &mut Vec<(String, String)>,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if crate::archive::segment_seq(&name).is_some() {
+            out.push(path);
+        } else if name != crate::archive::manifest::MANIFEST && !name.ends_with(".parquet.partial")
+        {
+            foreign.push((
+                path.display().to_string(),
+                "not an archive segment: skipped".into(),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
