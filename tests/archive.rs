@@ -532,7 +532,6 @@ fn query_means_the_same_over_the_archive_as_over_the_log() {
 }
 
 #[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 /// The "done when": a daemon fed the example events leaves an archive that `verify`
