@@ -11,9 +11,10 @@ use std::path::Path;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampNanosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_buffer::BooleanBuffer;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
 use parquet::file::statistics::Statistics;
 
 use super::lang::{Expr, Field};
@@ -118,6 +119,10 @@ impl<'a> Col<'a> {
 /// The filter with its fields bound to the batch's columns.
 enum Bound<'a> {
     All,
+    /// An integer column against a number: no per-row value built.
+    IntCompare(&'a arrow_array::Int32Array, super::lang::Op, f64, bool),
+    /// `=`/`!=` on a string column (`true`: `!=`).
+    StrMatch(&'a arrow_array::StringArray, bool, &'a super::lang::Value),
     Compare(Col<'a>, super::lang::Op, &'a super::lang::Value),
     In(Col<'a>, &'a [super::lang::Value]),
     Not(Box<Bound<'a>>),
@@ -130,9 +135,15 @@ fn bind<'a>(expr: &'a Expr, batch: &'a RecordBatch) -> Option<Bound<'a>> {
         let name = column_of(f).ok()?;
         Col::of(batch.column_by_name(&name)?)
     };
+    use super::lang::Op;
     Some(match expr {
         Expr::All => Bound::All,
-        Expr::Compare(f, op, v) => Bound::Compare(col(f)?, *op, v),
+        Expr::Compare(f, op, v) => match (col(f)?, op, v.number()) {
+            // A missing value is "" to `=` and `!=`, and compares false otherwise.
+            (Col::Int(a), op, Some(n)) => Bound::IntCompare(a, *op, n, *op == Op::Ne),
+            (Col::Str(a), Op::Eq | Op::Ne, _) => Bound::StrMatch(a, *op == Op::Ne, v),
+            (c, op, _) => Bound::Compare(c, *op, v),
+        },
         Expr::In(f, values) => Bound::In(col(f)?, values),
         Expr::Not(e) => Bound::Not(Box::new(bind(e, batch)?)),
         Expr::And(a, b) => Bound::And(Box::new(bind(a, batch)?), Box::new(bind(b, batch)?)),
@@ -144,6 +155,28 @@ impl Bound<'_> {
     fn matches(&self, i: usize) -> bool {
         match self {
             Bound::All => true,
+            Bound::IntCompare(a, op, n, missing) => {
+                if a.is_null(i) {
+                    return *missing;
+                }
+                let x = f64::from(a.value(i));
+                match op {
+                    super::lang::Op::Eq => x == *n,
+                    super::lang::Op::Ne => x != *n,
+                    super::lang::Op::Lt => x < *n,
+                    super::lang::Op::Le => x <= *n,
+                    super::lang::Op::Gt => x > *n,
+                    super::lang::Op::Ge => x >= *n,
+                }
+            }
+            Bound::StrMatch(a, negate, v) => {
+                let hit = if a.is_null(i) {
+                    v.text.is_empty()
+                } else {
+                    v.matches_text(a.value(i))
+                };
+                hit != *negate
+            }
             Bound::Compare(c, op, v) => super::lang::compare(&c.value(i), *op, v),
             Bound::In(c, values) => {
                 let got = c.value(i);
@@ -206,6 +239,56 @@ fn row_groups_in_range(
         .collect()
 }
 
+/// The filter's top-level `and` terms, each a predicate of its own: the reader evaluates
+/// them in turn and decodes a term's columns only for the rows the terms before it kept.
+fn conjuncts(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::And(a, b) => {
+            let mut all = conjuncts(a);
+            all.extend(conjuncts(b));
+            all
+        }
+        Expr::All => Vec::new(),
+        other => vec![other],
+    }
+}
+
+/// How costly a term is to decode and compare: numbers first, then strings, lists last.
+fn cost(expr: &Expr, schema: &arrow_schema::Schema) -> u32 {
+    expr.fields()
+        .iter()
+        .map(|f| {
+            let ty = column_of(f).ok().and_then(|n| {
+                schema
+                    .field_with_name(&n)
+                    .ok()
+                    .map(|f| f.data_type().clone())
+            });
+            match ty {
+                Some(arrow_schema::DataType::Int32) => 1,
+                Some(arrow_schema::DataType::Utf8) => 4,
+                _ => 16,
+            }
+        })
+        .sum()
+}
+
+/// The leaf columns (Parquet's numbering) of the named top-level columns.
+fn mask_of(
+    parquet_schema: &parquet::schema::types::SchemaDescriptor,
+    schema: &arrow_schema::Schema,
+    names: &[String],
+) -> Result<ProjectionMask, String> {
+    let mut roots = Vec::new();
+    for name in names {
+        let index = schema
+            .index_of(name)
+            .map_err(|_| format!("no column {name:?}: not an auditwatch archive segment"))?;
+        roots.push(index);
+    }
+    Ok(ProjectionMask::roots(parquet_schema, roots))
+}
+
 /// Runs `query` over one Parquet segment, adding to `groups` and `report`.
 pub(super) fn run_segment(
     query: &Query,
@@ -218,33 +301,74 @@ pub(super) fn run_segment(
         .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
     let schema = builder.schema().clone();
     let parquet_schema = builder.parquet_schema();
+    let time_leaf = (0..parquet_schema.num_columns())
+        .find(|&i| parquet_schema.column(i).path().string() == "time")
+        .ok_or("no time column: not an auditwatch archive segment")?;
+    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
+    // Every event of the segment was considered: read, or ruled out by its row group's
+    // time range.
+    report.events += builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let mut predicates: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
+    if query.from.is_some() || query.to.is_some() {
+        let (from, to) = (query.from, query.to);
+        let mask = mask_of(parquet_schema, &schema, &["time".to_owned()])?;
+        predicates.push(Box::new(ArrowPredicateFn::new(
+            mask,
+            move |batch: RecordBatch| {
+                let time = batch
+                    .column(0)
+                    .as_primitive_opt::<TimestampNanosecondType>()
+                    .ok_or_else(|| {
+                        arrow_schema::ArrowError::SchemaError("time is not a timestamp".into())
+                    })?;
+                Ok(BooleanArray::new(
+                    BooleanBuffer::collect_bool(batch.num_rows(), |i| {
+                        let t = time.is_valid(i).then(|| time.value(i));
+                        from.is_none_or(|f| t.is_some_and(|t| t >= f.0))
+                            && to.is_none_or(|to| t.is_some_and(|t| t < to.0))
+                    }),
+                    None,
+                ))
+            },
+        )));
+    }
+    let mut terms = conjuncts(&query.filter);
+    terms.sort_by_key(|t| cost(t, &schema));
+    for term in terms {
+        let mut names = Vec::new();
+        for f in term.fields() {
+            let name = column_of(f).map_err(|e| e.to_string())?;
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let mask = mask_of(parquet_schema, &schema, &names)?;
+        let term = term.clone();
+        predicates.push(Box::new(ArrowPredicateFn::new(
+            mask,
+            move |batch: RecordBatch| {
+                let bound = bind(&term, &batch).ok_or_else(|| {
+                    arrow_schema::ArrowError::SchemaError("a column of an unexpected type".into())
+                })?;
+                Ok(BooleanArray::new(
+                    BooleanBuffer::collect_bool(batch.num_rows(), |i| bound.matches(i)),
+                    None,
+                ))
+            },
+        )));
+    }
     let mut names: Vec<String> = vec!["time".into()];
-    for f in query.filter.fields().into_iter().chain(&query.group_by) {
+    for f in &query.group_by {
         names.push(column_of(f).map_err(|e| e.to_string())?);
     }
     if let Aggregate::Distinct(f) = &query.aggregate {
         names.push(column_of(f).map_err(|e| e.to_string())?);
     }
-    let mut roots = Vec::new();
-    for name in &names {
-        let index = schema
-            .index_of(name)
-            .map_err(|_| format!("no column {name:?}: not an auditwatch archive segment"))?;
-        roots.push(index);
-    }
-    let time_leaf = (0..parquet_schema.num_columns())
-        .find(|&i| parquet_schema.column(i).path().string() == "time")
-        .ok_or("no time column: not an auditwatch archive segment")?;
-    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
-    let skipped: u64 = (0..builder.metadata().num_row_groups())
-        .filter(|rg| !row_groups.contains(rg))
-        .map(|rg| builder.metadata().row_group(rg).num_rows() as u64)
-        .sum();
-    report.events += skipped;
-    let mask = ProjectionMask::roots(parquet_schema, roots);
+    let mask = mask_of(parquet_schema, &schema, &names)?;
     let reader = builder
         .with_projection(mask)
         .with_row_groups(row_groups)
+        .with_row_filter(RowFilter::new(predicates))
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| e.to_string())?;
@@ -255,6 +379,7 @@ pub(super) fn run_segment(
     Ok(())
 }
 
+/// Adds the rows of a batch the filter kept to their groups.
 fn scan(
     query: &Query,
     batch: &RecordBatch,
@@ -266,7 +391,6 @@ fn scan(
         .column_by_name("time")
         .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
         .ok_or_else(bad)?;
-    let filter = bind(&query.filter, batch).ok_or_else(bad)?;
     let keys: Vec<Col<'_>> = query
         .group_by
         .iter()
@@ -290,23 +414,9 @@ fn scan(
         }
         _ => None,
     };
-    report.events += batch.num_rows() as u64;
+    report.matched += batch.num_rows() as u64;
     for i in 0..batch.num_rows() {
         let t = time.is_valid(i).then(|| EventTime(time.value(i)));
-        if let Some(from) = query.from
-            && t.is_none_or(|t| t < from)
-        {
-            continue;
-        }
-        if let Some(to) = query.to
-            && t.is_none_or(|t| t >= to)
-        {
-            continue;
-        }
-        if !filter.matches(i) {
-            continue;
-        }
-        report.matched += 1;
         let bucket = query.every.map(|every| {
             let n = every.0.max(1);
             EventTime(t.unwrap_or_default().0.div_euclid(n) * n)

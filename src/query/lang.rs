@@ -146,6 +146,16 @@ pub struct Value {
 }
 
 impl Value {
+    /// The value as a number, when it reads as one.
+    pub fn number(&self) -> Option<f64> {
+        self.number
+    }
+
+    /// Whether `text` matches the value as a pattern (what `=` does with a string).
+    pub fn matches_text(&self, text: &str) -> bool {
+        self.pattern.matches(text)
+    }
+
     fn new(text: String, column: usize) -> Result<Value, QueryError> {
         let pattern = Patterns::compile(std::slice::from_ref(&text))
             .map_err(|e| QueryError { column, message: e })?;
