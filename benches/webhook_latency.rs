@@ -6,7 +6,11 @@
 //! cargo bench --bench webhook_latency -- --rate 20000 --seconds 5 --refused-percent 10
 //! cargo bench --bench webhook_latency -- --refused-percent 10 --overload-seconds 90
 //! cargo bench --bench webhook_latency -- --log-level debug     # daemon's snapshot/journal timings on stderr
+//! cargo bench --bench webhook_latency -- --archive on          # only with the archive (default: off, then on)
 //! ```
+//!
+//! The daemon runs twice, with the event archive off and on, and the daemon's CPU per
+//! accepted event and p99 are compared (the archive's budget: +25% CPU, p99 ≤ 50 ms).
 //!
 //! The phase lasts long enough to include periodic state snapshots (every 30 s) and journal
 //! compaction. Background traffic: controller reads and lists, lease updates, event writes,
@@ -144,12 +148,43 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the state).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Options {
+    rate: u64,
+    seconds: u64,
+    refused_percent: usize,
+    log_level: String,
+    overload_seconds: Option<u64>,
+}
+
+/// The target phase of one run: the daemon's CPU per accepted event and the marker p99.
+struct Measured {
+    cpu_us_per_event: f64,
+    p99_ms: f64,
+}
+
 fn main() {
     let mut rate = 50_000u64;
     let mut seconds = 40u64;
     let mut refused_percent = 1usize;
     let mut log_level = String::from("warn");
     let mut overload_seconds = None;
+    let mut archive = String::from("both");
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < args.len() {
@@ -167,6 +202,9 @@ fn main() {
             "--log-level" => {
                 log_level = args.get(i + 1).cloned().unwrap_or(log_level);
             }
+            "--archive" => {
+                archive = args.get(i + 1).cloned().unwrap_or(archive);
+            }
             "--seconds" => {
                 seconds = args
                     .get(i + 1)
@@ -177,7 +215,50 @@ fn main() {
         }
         i += 1;
     }
+    let options = Options {
+        rate,
+        seconds,
+        refused_percent,
+        log_level,
+        overload_seconds,
+    };
+    let runs: &[bool] = match archive.as_str() {
+        "on" => &[true],
+        "off" => &[false],
+        _ => &[false, true],
+    };
+    let mut measured = Vec::new();
+    for &on in runs {
+        println!();
+        println!("archive {}:", if on { "on" } else { "off" });
+        measured.push((on, run(&options, on)));
+    }
+    if let [(false, Some(off)), (true, Some(on))] = &measured[..] {
+        let extra = on.cpu_us_per_event / off.cpu_us_per_event - 1.0;
+        println!();
+        println!(
+            "archive cost at the target rate: daemon CPU {:.2} -> {:.2} µs per accepted event ({:+.0}%; target ≤ +25%: {}); marker p99 {:.1} -> {:.1} ms (target ≤ 50 ms: {})",
+            off.cpu_us_per_event,
+            on.cpu_us_per_event,
+            extra * 100.0,
+            if extra <= 0.25 { "met" } else { "NOT met" },
+            off.p99_ms,
+            on.p99_ms,
+            if on.p99_ms <= 50.0 { "met" } else { "NOT met" },
+        );
+    }
+}
 
+/// Starts a daemon (archive on or off), runs the phases against it, stops it.
+fn run(options: &Options, archive: bool) -> Option<Measured> {
+    let Options {
+        rate,
+        seconds,
+        refused_percent,
+        ref log_level,
+        overload_seconds,
+    } = *options;
+    let mut result = None;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("target/tmp/webhook-latency");
     let _ = std::fs::remove_dir_all(&dir);
@@ -217,6 +298,7 @@ rules: ["{rules}", marker.yaml]
 alerts: {{ stdout: json, storm: {{ max_per_rule: 1000000, per: 1m }} }}
 http: {{ listen: "127.0.0.1:{metrics}" }}
 log: {{ level: {log_level} }}
+archive: {{ enabled: {archive} }}
 sources:
   - webhook:
       listen: "127.0.0.1:{port}"
@@ -305,6 +387,7 @@ sources:
         );
         let next = Arc::new(AtomicU64::new(0));
         let start = Instant::now() + Duration::from_millis(200);
+        let cpu_before = process_cpu(pid);
         let rss_samples = Arc::new(Mutex::new(Vec::new()));
         let mut workers = Vec::new();
         for _ in 0..CONNECTIONS {
@@ -365,8 +448,9 @@ sources:
             let _ = w.join();
         }
         let elapsed = start.elapsed().as_secs_f64();
-        // Let the last alerts arrive.
+        // Let the last alerts arrive (and the last batches be evaluated and archived).
         std::thread::sleep(Duration::from_secs(2));
+        let cpu = process_cpu(pid) - cpu_before;
         let sent = sent_at.lock().expect("lock");
         let seen = seen.lock().expect("lock");
         let windowed = windowed.lock().expect("lock");
@@ -417,6 +501,17 @@ sources:
             refused.load(Ordering::Relaxed),
             failed.load(Ordering::Relaxed)
         );
+        println!(
+            "  daemon CPU {cpu:.1} s: {:.2} µs per accepted event, {:.0}% of a core",
+            cpu / accepted_events.max(1) as f64 * 1e6,
+            cpu / elapsed * 100.0
+        );
+        if phase.name == "target" {
+            result = Some(Measured {
+                cpu_us_per_event: cpu / accepted_events.max(1) as f64 * 1e6,
+                p99_ms: percentile(&lat, 0.99),
+            });
+        }
         println!(
             "  latency POST -> alert: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms ({} batches; {} accepted without an alert)",
             percentile(&lat, 0.5),
@@ -496,4 +591,16 @@ sources:
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
+    if archive {
+        let bytes: u64 = std::fs::read_dir(dir.join("state/archive"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        println!("  archive on disk: {:.1} MiB", bytes as f64 / 1048576.0);
+    }
+    result
 }

@@ -129,8 +129,11 @@ fn opt(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Column builders for one batch.
-struct Rows {
+/// Column builders: events in, an Arrow batch of the archive's schema out. The daemon fills
+/// one on its engine thread, from the events it has decoded anyway, and hands the batches to
+/// the archive writer's thread ([`Archive::append_batch`]).
+pub struct Rows {
+    schema: SchemaRef,
     time: TimestampNanosecondBuilder,
     audit_id: StringBuilder,
     dicts: Vec<StringBuilder>,
@@ -146,9 +149,16 @@ const DICTS: usize = 13;
 /// Plain text columns after `auditID`, in schema order.
 const TEXTS: usize = 9;
 
+impl Default for Rows {
+    fn default() -> Self {
+        Rows::new()
+    }
+}
+
 impl Rows {
-    fn new() -> Rows {
+    pub fn new() -> Rows {
         Rows {
+            schema: schema(),
             time: TimestampNanosecondBuilder::new().with_timezone("UTC"),
             audit_id: StringBuilder::new(),
             dicts: (0..DICTS).map(|_| StringBuilder::new()).collect(),
@@ -162,7 +172,26 @@ impl Rows {
         }
     }
 
-    fn push(&mut self, ev: &AuditEvent<'_>, source: &str) {
+    /// Events pushed since the last batch was taken.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The events pushed so far as one batch (`None` when there are none); the builders
+    /// start again empty.
+    pub fn take_batch(&mut self) -> Result<Option<RecordBatch>, ArchiveError> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        let schema = Arc::clone(&self.schema);
+        self.finish(&schema).map(Some)
+    }
+
+    pub fn push(&mut self, ev: &AuditEvent<'_>, source: &str) {
         self.time.append_option(ev.time.map(|t| t.0));
         self.audit_id.append_value(&*ev.audit_id);
         let r = ev.object_ref();
@@ -354,6 +383,40 @@ pub fn segment_seq(name: &str) -> Option<u64> {
         .ok()
 }
 
+/// Columns whose values are mostly unique (ids, URIs, names, timestamps, raw JSON). A
+/// dictionary would only be hashed into and abandoned, and min/max statistics of long strings
+/// are comparisons nobody prunes on: both are off for them (zstd still compresses them).
+const UNIQUE_COLUMNS: [&str; 10] = [
+    "auditID",
+    "requestURI",
+    "user.uid",
+    "objectRef.name",
+    "responseStatus.message",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "annotations",
+    "requestObject",
+    "responseObject",
+];
+
+/// How segments are written: zstd, row groups of 128 Ki rows (each with the time range
+/// `query` prunes on), dictionaries for repetitive columns only.
+fn writer_properties() -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(128 * 1024));
+    for name in UNIQUE_COLUMNS {
+        let column = parquet::schema::types::ColumnPath::from(name);
+        props = props
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_statistics_enabled(
+                column,
+                parquet::file::properties::EnabledStatistics::None,
+            );
+    }
+    props.build()
+}
+
 impl Archive {
     /// Opens (creating) an archive directory. Partial segments a crash left are removed and
     /// returned, so the caller can say so; their events come again from the source.
@@ -465,6 +528,33 @@ impl Archive {
         }
         if self.rows.len >= BATCH_ROWS {
             self.write_rows()?;
+        }
+        Ok(())
+    }
+
+    /// Adds a batch of rows built elsewhere ([`Rows`]), whose events came from `raw_bytes`
+    /// of JSON. Like [`Archive::append`], it never seals.
+    pub fn append_batch(
+        &mut self,
+        batch: &RecordBatch,
+        raw_bytes: u64,
+    ) -> Result<(), ArchiveError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.current.is_none() {
+            self.start_segment()?;
+        }
+        self.write_rows()?;
+        if let Some(seg) = self.current.as_mut() {
+            seg.events += batch.num_rows() as u64;
+            seg.raw_bytes += raw_bytes;
+            seg.writer
+                .write(batch)
+                .map_err(|source| ArchiveError::Parquet {
+                    path: seg.partial.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -589,10 +679,7 @@ impl Archive {
         self.next_seq += 1;
         let partial = self.dir.join(format!("segment-{seq:08}.parquet.partial"));
         let file = File::create(&partial).map_err(io(&partial))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::default()))
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .build();
+        let props = writer_properties();
         let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(props)).map_err(
             |source| ArchiveError::Parquet {
                 path: partial.clone(),

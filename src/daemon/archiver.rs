@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{Archive, ArchiveConfig, Retention};
-use crate::event::{InputFormat, Position, decode_each};
 use crate::metrics::Metrics;
-use crate::source::{Progress, Shape};
+use crate::source::Progress;
 use crate::state::FileCheckpoint;
 
 /// Where the sources stood after the newest archived batch.
@@ -51,12 +50,14 @@ impl ArchivePosition {
     }
 }
 
-/// One evaluated batch, handed over to be archived.
+/// One evaluated batch, handed over to be archived: its events as rows, and where the
+/// source stands after it.
 pub struct ArchiveJob {
     pub source: Arc<str>,
-    pub data: Vec<u8>,
-    pub shape: Shape,
-    pub format: InputFormat,
+    /// `None`: no event in the batch (it still moves the position on).
+    pub rows: Option<arrow_array::RecordBatch>,
+    /// The JSON the events came from.
+    pub raw_bytes: u64,
     pub progress: Progress,
 }
 
@@ -201,47 +202,10 @@ impl Writer {
         if self.failed {
             return;
         }
-        let text = match std::str::from_utf8(&job.data) {
-            Ok(t) => t,
-            // The engine thread reported it already; archive the valid prefix as it did.
-            Err(e) => std::str::from_utf8(&job.data[..e.valid_up_to()]).unwrap_or_default(),
-        };
-        let mut result = Ok(());
-        let mut events = 0u64;
+        let events = job.rows.as_ref().map_or(0, |r| r.num_rows() as u64);
+        if let Some(rows) = &job.rows
+            && let Err(e) = self.archive.append_batch(rows, job.raw_bytes)
         {
-            let archive = &mut self.archive;
-            let source = &*job.source;
-            let mut each = |record: &str, position: &Position| {
-                decode_each(job.format, position, record, &mut |_| {}, &mut |ev| {
-                    if result.is_ok() {
-                        result = archive.append(ev, source, record.len());
-                        events += 1;
-                    }
-                });
-            };
-            let mut position = Position {
-                source: Arc::clone(&job.source),
-                line: 1,
-                offset: 0,
-                item: None,
-            };
-            match job.shape {
-                Shape::Document => each(text, &position),
-                Shape::Lines { first_line, offset } => {
-                    let mut at = offset;
-                    for (line_no, line) in (first_line..).zip(text.split_inclusive('\n')) {
-                        let record = line.trim_end_matches(['\n', '\r']);
-                        if !record.trim().is_empty() {
-                            position.line = line_no;
-                            position.offset = at;
-                            each(record, &position);
-                        }
-                        at += line.len() as u64;
-                    }
-                }
-            }
-        }
-        if let Err(e) = result {
             self.fail("cannot write the archive segment", &e);
             return;
         }

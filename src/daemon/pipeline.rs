@@ -99,6 +99,9 @@ pub struct Pipeline {
     /// position: lines before this checkpoint were evaluated already and go to the archive
     /// only.
     archive_only: BTreeMap<String, FileCheckpoint>,
+    /// The archive's rows of the batch in hand (archiving on), built from the events the
+    /// engine decodes anyway: the archive writer only encodes and compresses them.
+    rows: Option<crate::archive::Rows>,
 }
 
 /// How far ahead of this host's clock an event's time may move event time (clock skew
@@ -201,7 +204,6 @@ impl Pipeline {
             engine,
             alerts,
             metrics,
-            opts,
             journal_seq,
             files,
             already_sent,
@@ -224,6 +226,8 @@ impl Pipeline {
             late_log: LogGate::per_minute(),
             senders: Default::default(),
             archive_only: BTreeMap::new(),
+            rows: opts.archiver.is_some().then(crate::archive::Rows::new),
+            opts,
         })
     }
 
@@ -257,22 +261,48 @@ impl Pipeline {
     }
 
     /// A journal batch the engine already evaluated (the snapshot covers it) that the archive
-    /// does not hold yet: archived only.
+    /// does not hold yet: decoded for the archive only.
     pub fn archive_only(&mut self, batch: Batch) {
-        if let Some(archiver) = &self.opts.archiver {
-            let format = self
-                .opts
-                .sources
-                .get(&*batch.source)
-                .map(|t| t.format)
-                .unwrap_or_default();
-            archiver.submit(ArchiveJob {
-                source: batch.source,
-                data: batch.data,
-                shape: batch.shape,
-                format,
-                progress: batch.progress,
-            });
+        let Some(rows) = self.rows.as_mut() else {
+            return;
+        };
+        let format = self
+            .opts
+            .sources
+            .get(&*batch.source)
+            .map(|t| t.format)
+            .unwrap_or_default();
+        let text = match std::str::from_utf8(&batch.data) {
+            Ok(t) => t,
+            Err(e) => std::str::from_utf8(&batch.data[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let position = Position {
+            source: batch.source.clone(),
+            line: 1,
+            offset: 0,
+            item: None,
+        };
+        let source = &*batch.source;
+        decode_each(format, &position, text, &mut |_| {}, &mut |ev| {
+            rows.push(ev, source)
+        });
+        self.hand_to_archive(batch.source, batch.data.len(), batch.progress);
+    }
+
+    /// Hands the rows of the batch just decoded to the archive writer, with where the source
+    /// stands after it.
+    fn hand_to_archive(&mut self, source: Arc<str>, raw_bytes: usize, progress: Progress) {
+        let (Some(archiver), Some(rows)) = (&self.opts.archiver, self.rows.as_mut()) else {
+            return;
+        };
+        match rows.take_batch() {
+            Ok(rows) => archiver.submit(ArchiveJob {
+                source,
+                rows,
+                raw_bytes: raw_bytes as u64,
+                progress,
+            }),
+            Err(e) => tracing::error!(error = %e, "cannot build the archive's rows for this batch"),
         }
     }
 
@@ -357,7 +387,16 @@ impl Pipeline {
             (Progress::File(_), Some(_)) => u64::MAX,
             _ => 0,
         };
+        // Off for lines evaluated before a restart: they are decoded for the archive only.
+        let evaluate = std::cell::Cell::new(true);
+        let rows = &mut self.rows;
         let mut on_event = |ev: &crate::event::AuditEvent<'_>| {
+            if let Some(rows) = rows.as_mut() {
+                rows.push(ev, &source);
+            }
+            if !evaluate.get() {
+                return;
+            }
             decoded.inc();
             if per_item {
                 received.inc();
@@ -370,6 +409,9 @@ impl Pipeline {
         };
         let rejected_log = &self.rejected_log;
         let mut on_error = |e: crate::event::DecodeError| {
+            if !evaluate.get() {
+                return;
+            }
             rejected.inc();
             if per_item {
                 received.inc();
@@ -392,12 +434,11 @@ impl Pipeline {
                 let mut at = offset;
                 for (line_no, line) in (first_line..).zip(text.split_inclusive('\n')) {
                     let record = line.trim_end_matches(['\n', '\r']);
-                    if at < evaluated_below {
-                        at += line.len() as u64;
-                        continue;
-                    }
+                    evaluate.set(at >= evaluated_below);
                     if !record.trim().is_empty() {
-                        received.inc();
+                        if evaluate.get() {
+                            received.inc();
+                        }
                         let position = Position {
                             source: source.clone(),
                             line: line_no,
@@ -449,15 +490,7 @@ impl Pipeline {
         }
         self.metrics
             .batch_processed(&source, batch.received.elapsed().as_secs_f64());
-        if let Some(archiver) = &self.opts.archiver {
-            archiver.submit(ArchiveJob {
-                source: Arc::clone(&source),
-                data: batch.data,
-                shape: batch.shape,
-                format,
-                progress: batch.progress,
-            });
-        }
+        self.hand_to_archive(source, batch.data.len(), batch.progress);
         for e in self.engine.take_script_errors() {
             self.metrics.script_error(&e.rule);
             if let Some(held_back) = self.script_error_log.admit() {
