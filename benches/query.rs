@@ -194,13 +194,20 @@ fn main() {
         Err(_) => corpus::generate(&log, events, true).expect("generate corpus"),
     };
     let dir = tmp.join(format!("bench-archive-{events}"));
-    let (cpu, archived, bytes) = build_archive(&log, &dir);
+    let mut best: Option<(f64, u64, u64)> = None;
+    for _ in 0..RUNS {
+        let run = build_archive(&log, &dir);
+        if best.is_none_or(|b| run.0 < b.0) {
+            best = Some(run);
+        }
+    }
+    let (cpu, archived, bytes) = best.expect("RUNS > 0");
     println!(
         "corpus quiet: {events} events, {:.0} MiB of JSON lines",
         raw as f64 / 1048576.0
     );
     println!(
-        "archive: {archived} events in {:.1} MiB of Parquet: {:.1}x smaller than the JSON (target 10x: {}); {:.2} µs CPU per event to decode and archive",
+        "archive: {archived} events in {:.1} MiB of Parquet: {:.1}x smaller than the JSON (target 10x: {}); {:.2} µs CPU per event to decode and archive (best of {RUNS})",
         bytes as f64 / 1048576.0,
         raw as f64 / bytes as f64,
         met(raw >= 10 * bytes),
