@@ -26,11 +26,13 @@
 //! 15. `archive` — every event kept as Parquet segments, sealed write-once.
 //! 16. `replay` — rules over log files in event time.
 //! 17. `query` — `auditwatch query`: filter, group and count audit events without a rule.
-//! 18. `ruletest` — rule unit tests.
-//! 19. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
-//! 20. `ops` — the operations endpoint: metrics, health, the silences API.
-//! 21. `config` — the daemon's config file: assembles the components' settings.
-//! 22. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
+//! 18. `explain` — `auditwatch explain`: an alert, its requests from the archive, the
+//!     criteria each met, and what the same identity did around it.
+//! 19. `ruletest` — rule unit tests.
+//! 20. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
+//! 21. `ops` — the operations endpoint: metrics, health, the silences API.
+//! 22. `config` — the daemon's config file: assembles the components' settings.
+//! 23. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod alert;
@@ -40,6 +42,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod explain;
 pub mod log_gate;
 pub mod metrics;
 pub mod net;

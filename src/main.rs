@@ -159,6 +159,29 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         trusted_keys: Option<PathBuf>,
     },
+    /// Explain an alert: the alert, each contributing request in full from the archive, which
+    /// of the rule's criteria each met, and the same user's other requests within ±15 min.
+    /// Reads the daemon's state dir (or its --config); after a replay, give --alerts (the
+    /// replay's `--format json` output) and --archive. Exit codes: 0 done, 2 not found.
+    Explain {
+        /// The alert's ID, or a unique start of it.
+        id: String,
+        /// The daemon's config: its state_dir, archive dir and rules.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The daemon's state dir (alerts.jsonl and archive/ in it).
+        #[arg(long, default_value = "auditwatch-state")]
+        state_dir: PathBuf,
+        /// Alerts as JSON lines (default: STATE_DIR/alerts.jsonl).
+        #[arg(long)]
+        alerts: Option<PathBuf>,
+        /// Archive directories or segments (default: the config's, or STATE_DIR/archive).
+        #[arg(long)]
+        archive: Vec<PathBuf>,
+        /// Rule files or directories (default: the config's, or the built-in packs).
+        #[arg(long)]
+        rules: Vec<PathBuf>,
+    },
     /// Create an Ed25519 key for signing archive manifests (PKCS#8, mode 0600); prints its
     /// trusted-keys line (`ID PUBLIC_KEY_HEX`) for `verify --trusted-keys`.
     Keygen {
@@ -330,6 +353,14 @@ fn main() -> ExitCode {
         ),
         Command::Test { rules, tests } => run_tests(&rules, &tests),
         Command::Keygen { out } => keygen(&out),
+        Command::Explain {
+            id,
+            config,
+            state_dir,
+            alerts,
+            archive,
+            rules,
+        } => run_explain(&id, config.as_deref(), state_dir, alerts, archive, rules),
         Command::Verify {
             dir,
             expect_head,
@@ -808,6 +839,48 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
     let signer = Signer::from_file(out).map_err(anyhow::Error::msg)?;
     println!("{}", signer.trusted_line());
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_explain(
+    id: &str,
+    config: Option<&std::path::Path>,
+    mut state_dir: PathBuf,
+    alerts: Option<PathBuf>,
+    mut archive: Vec<PathBuf>,
+    mut rules: Vec<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = config {
+        let cfg = auditwatch::config::Config::load(path)?;
+        state_dir = cfg.state_dir.clone();
+        if archive.is_empty() {
+            archive.extend(cfg.archive.dir.clone());
+        }
+        if rules.is_empty() {
+            rules = cfg.rules.clone();
+        }
+    }
+    if archive.is_empty() {
+        archive.push(state_dir.join("archive"));
+    }
+    let sources = auditwatch::explain::Sources {
+        alerts: alerts.unwrap_or_else(|| state_dir.join("alerts.jsonl")),
+        archive,
+    };
+    let set = match load(&rules, ScriptLimits::default())? {
+        Ok(set) => set,
+        Err(code) => return Ok(code),
+    };
+    match auditwatch::explain::explain(id, &sources, &set) {
+        Ok(x) => {
+            let stdout = std::io::stdout();
+            auditwatch::explain::render(&x, &mut stdout.lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

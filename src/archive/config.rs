@@ -42,7 +42,7 @@ impl Default for ArchiveConfig {
             dir: None,
             segment_max_events: 2_000_000,
             segment_max_size: ByteSize(2 << 30),
-            segment_max_age: Duration(Span::from_secs(300)),
+            segment_max_age: Duration(Span::from_secs(60)),
             retention: RetentionConfig {
                 max_age: Some(Duration(Span::from_secs(90 * 86_400))),
                 max_size: None,

@@ -289,29 +289,17 @@ fn mask_of(
     Ok(ProjectionMask::roots(parquet_schema, roots))
 }
 
-/// Runs `query` over one Parquet segment, adding to `groups` and `report`.
-pub(super) fn run_segment(
+/// The time range and the filter's and-terms as Parquet row-filter predicates, cheapest
+/// first (see [`conjuncts`]).
+fn predicates(
     query: &Query,
-    path: &Path,
-    groups: &mut Groups,
-    report: &mut QueryReport,
-) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
-    let schema = builder.schema().clone();
-    let parquet_schema = builder.parquet_schema();
-    let time_leaf = (0..parquet_schema.num_columns())
-        .find(|&i| parquet_schema.column(i).path().string() == "time")
-        .ok_or("no time column: not an auditwatch archive segment")?;
-    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
-    // Every event of the segment was considered: read, or ruled out by its row group's
-    // time range.
-    report.events += builder.metadata().file_metadata().num_rows().max(0) as u64;
+    parquet_schema: &parquet::schema::types::SchemaDescriptor,
+    schema: &arrow_schema::Schema,
+) -> Result<Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>>, String> {
     let mut predicates: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
     if query.from.is_some() || query.to.is_some() {
         let (from, to) = (query.from, query.to);
-        let mask = mask_of(parquet_schema, &schema, &["time".to_owned()])?;
+        let mask = mask_of(parquet_schema, schema, &["time".to_owned()])?;
         predicates.push(Box::new(ArrowPredicateFn::new(
             mask,
             move |batch: RecordBatch| {
@@ -333,7 +321,7 @@ pub(super) fn run_segment(
         )));
     }
     let mut terms = conjuncts(&query.filter);
-    terms.sort_by_key(|t| cost(t, &schema));
+    terms.sort_by_key(|t| cost(t, schema));
     for term in terms {
         let mut names = Vec::new();
         for f in term.fields() {
@@ -342,7 +330,7 @@ pub(super) fn run_segment(
                 names.push(name);
             }
         }
-        let mask = mask_of(parquet_schema, &schema, &names)?;
+        let mask = mask_of(parquet_schema, schema, &names)?;
         let term = term.clone();
         predicates.push(Box::new(ArrowPredicateFn::new(
             mask,
@@ -357,6 +345,29 @@ pub(super) fn run_segment(
             },
         )));
     }
+    Ok(predicates)
+}
+
+/// Runs `query` over one Parquet segment, adding to `groups` and `report`.
+pub(super) fn run_segment(
+    query: &Query,
+    path: &Path,
+    groups: &mut Groups,
+    report: &mut QueryReport,
+) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
+    let schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
+    let time_leaf = (0..parquet_schema.num_columns())
+        .find(|&i| parquet_schema.column(i).path().string() == "time")
+        .ok_or("no time column: not an auditwatch archive segment")?;
+    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
+    // Every event of the segment was considered: read, or ruled out by its row group's
+    // time range.
+    report.events += builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let predicates = predicates(query, parquet_schema, &schema)?;
     let mut names: Vec<String> = vec!["time".into()];
     for f in &query.group_by {
         names.push(column_of(f).map_err(|e| e.to_string())?);
@@ -489,4 +500,132 @@ pub fn segments(
     }
     out.sort();
     Ok(out)
+}
+
+/// Events of the archive in `paths` (directories or segments) that pass `filter` within
+/// `[from, to)`, each rebuilt as its audit event's JSON (nested objects from the dotted
+/// column names, raw JSON columns parsed), oldest first; at most `limit`, and how many
+/// matched in all. Unreadable segments and foreign files are named in `unreadable`.
+pub fn select(
+    paths: &[std::path::PathBuf],
+    filter: &Expr,
+    (from, to): (Option<EventTime>, Option<EventTime>),
+    limit: usize,
+    unreadable: &mut Vec<(String, String)>,
+) -> (Vec<(Option<EventTime>, serde_json::Value)>, u64) {
+    let query = Query {
+        filter: filter.clone(),
+        group_by: Vec::new(),
+        aggregate: Aggregate::Count,
+        from,
+        to,
+        every: None,
+        top: None,
+    };
+    let mut out = Vec::new();
+    let mut matched = 0u64;
+    for path in paths {
+        let segments = if path.is_dir() {
+            match segments(path, unreadable) {
+                Ok(s) => s,
+                Err(e) => {
+                    unreadable.push((path.display().to_string(), e.to_string()));
+                    continue;
+                }
+            }
+        } else {
+            vec![path.clone()]
+        };
+        for segment in segments {
+            if let Err(why) = select_segment(&query, &segment, limit, &mut out, &mut matched) {
+                unreadable.push((segment.display().to_string(), why));
+            }
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    out.truncate(limit);
+    (out, matched)
+}
+
+fn select_segment(
+    query: &Query,
+    path: &Path,
+    limit: usize,
+    out: &mut Vec<(Option<EventTime>, serde_json::Value)>,
+    matched: &mut u64,
+) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
+    let schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
+    let time_leaf = (0..parquet_schema.num_columns())
+        .find(|&i| parquet_schema.column(i).path().string() == "time")
+        .ok_or("no time column: not an auditwatch archive segment")?;
+    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
+    let predicates = predicates(query, parquet_schema, &schema)?;
+    let reader = builder
+        .with_row_groups(row_groups)
+        .with_row_filter(RowFilter::new(predicates))
+        .build()
+        .map_err(|e| e.to_string())?;
+    for batch in reader {
+        let batch = batch.map_err(|e| format!("damaged: {e}"))?;
+        *matched += batch.num_rows() as u64;
+        let time = batch
+            .column_by_name("time")
+            .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>());
+        for i in 0..batch.num_rows() {
+            if out.len() >= limit.saturating_mul(4).max(limit) {
+                // Enough to pick the oldest `limit` from; the rest is only counted.
+                break;
+            }
+            let t = time.and_then(|a| a.is_valid(i).then(|| EventTime(a.value(i))));
+            out.push((t, row_json(&batch, i)));
+        }
+    }
+    Ok(())
+}
+
+/// Row `i` as its audit event's JSON: `user.username` becomes `{"user":{"username":…}}`,
+/// the raw JSON columns are parsed, nulls are left out (as the apiserver omits them).
+pub fn row_json(batch: &RecordBatch, i: usize) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    let mut event = Map::new();
+    event.insert("kind".into(), "Event".into());
+    event.insert("apiVersion".into(), "audit.k8s.io/v1".into());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let name = field.name().as_str();
+        if matches!(name, "time" | "source") || column.is_null(i) {
+            continue;
+        }
+        let value = match Col::of(column) {
+            Some(Col::Str(a))
+                if matches!(name, "annotations" | "requestObject" | "responseObject") =>
+            {
+                serde_json::from_str(a.value(i))
+                    .unwrap_or_else(|_| Value::String(a.value(i).to_owned()))
+            }
+            Some(c @ Col::Str(_)) | Some(c @ Col::Int(_)) | Some(c @ Col::List(_)) => {
+                c.value(i).to_json()
+            }
+            None => continue,
+        };
+        let mut parts = name.split('.').peekable();
+        let mut at = &mut event;
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                at.insert(part.to_owned(), value);
+                break;
+            }
+            let next = at
+                .entry(part.to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            match next {
+                Value::Object(map) => at = map,
+                _ => break,
+            }
+        }
+    }
+    Value::Object(event)
 }

@@ -68,6 +68,35 @@ impl ValuePath {
     }
 }
 
+impl fmt::Display for ValuePath {
+    /// The path as a rule writes it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.target {
+            Target::Event(path) => write!(f, "{path}")?,
+            Target::Object(root, steps) => {
+                f.write_str(match root {
+                    Root::Request => "requestObject",
+                    Root::Response => "responseObject",
+                    Root::Written => "object",
+                    Root::Pod => "pod",
+                })?;
+                for step in steps {
+                    match step {
+                        Step::Key(k) => write!(f, ".{k}")?,
+                        Step::Index(i) => write!(f, "[{i}]")?,
+                        Step::Each => f.write_str("[*]")?,
+                        Step::Keys => f.write_str(".@keys")?,
+                    }
+                }
+            }
+        }
+        if self.image_repository {
+            f.write_str(".@repository")?;
+        }
+        Ok(())
+    }
+}
+
 /// An image reference's repository: without the tag and the digest
 /// (`registry:5000/team/nginx:1.25@sha256:...` → `registry:5000/team/nginx`), which is what
 /// image allow-lists name.

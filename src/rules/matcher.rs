@@ -127,6 +127,17 @@ impl ResourcePattern {
     }
 }
 
+/// One criterion of a match block on one event (see [`Matcher::explain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explained {
+    /// Nesting under `any` and `except`.
+    pub depth: usize,
+    pub criterion: String,
+    pub held: bool,
+    /// The event's value the criterion looked at (empty for field criteria).
+    pub value: String,
+}
+
 /// A compiled match block.
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
@@ -175,6 +186,188 @@ impl Matcher {
             && self.absent.iter().all(|p| !p.present(ev, objects))
             && self.present.iter().all(|p| p.present(ev, objects))
             && (self.any.is_empty() || self.any.iter().any(|m| m.matches(ev, objects)))
+    }
+
+    /// Each criterion of this block on `ev`, in the rule file's words: its key, whether it
+    /// held, and the event's value it looked at. Nested `any` and `except` blocks follow,
+    /// indented. For `auditwatch explain`: evaluated one criterion at a time by the same code
+    /// as [`Matcher::matches`].
+    pub fn explain(&self, ev: &AuditEvent<'_>, objects: &ObjectCache<'_>) -> Vec<Explained> {
+        let mut out = Vec::new();
+        self.explain_into(ev, objects, 0, &mut out);
+        out
+    }
+
+    fn explain_into(
+        &self,
+        ev: &AuditEvent<'_>,
+        objects: &ObjectCache<'_>,
+        depth: usize,
+        out: &mut Vec<Explained>,
+    ) {
+        let oref = ev.object_ref();
+        let only = |set: &dyn Fn(&mut Matcher)| {
+            let mut m = Matcher::default();
+            set(&mut m);
+            m.matches_typed(ev)
+        };
+        let mut add = |criterion: &str, held: bool, value: String| {
+            out.push(Explained {
+                depth,
+                criterion: criterion.to_owned(),
+                held,
+                value,
+            });
+        };
+        if let Some(v) = &self.verbs {
+            add("verbs", v.matches(&ev.verb), ev.verb.to_string());
+        }
+        if self.stages.is_some() {
+            add(
+                "stages",
+                only(&|m| m.stages.clone_from(&self.stages)),
+                ev.stage.as_str().into(),
+            );
+        }
+        if self.response_codes.is_some() {
+            let code = ev
+                .response_status
+                .as_ref()
+                .map_or(String::new(), |s| s.code.to_string());
+            add(
+                "response_codes",
+                only(&|m| m.response_codes.clone_from(&self.response_codes)),
+                code,
+            );
+        }
+        if self.resources.is_some() {
+            let what = format!("{}/{}/{}", oref.api_group, oref.resource, oref.subresource);
+            add(
+                "resources",
+                only(&|m| m.resources.clone_from(&self.resources)),
+                what,
+            );
+        }
+        if self.namespaces.is_some() {
+            add(
+                "namespaces",
+                only(&|m| m.namespaces.clone_from(&self.namespaces)),
+                oref.namespace.to_string(),
+            );
+        }
+        if self.names.is_some() {
+            add(
+                "names",
+                only(&|m| m.names.clone_from(&self.names)),
+                oref.name.to_string(),
+            );
+        }
+        if self.levels.is_some() {
+            add(
+                "levels",
+                only(&|m| m.levels.clone_from(&self.levels)),
+                ev.level.as_str().into(),
+            );
+        }
+        if self.users.is_some() {
+            add(
+                "users",
+                only(&|m| m.users.clone_from(&self.users)),
+                ev.user.username.to_string(),
+            );
+        }
+        if self.effective_users.is_some() {
+            add(
+                "effective_users",
+                only(&|m| m.effective_users.clone_from(&self.effective_users)),
+                ev.effective_user().username.to_string(),
+            );
+        }
+        if self.groups.is_some() {
+            let groups: Vec<&str> = ev.user.groups.iter().map(|g| &**g).collect();
+            add(
+                "groups",
+                only(&|m| m.groups.clone_from(&self.groups)),
+                groups.join(","),
+            );
+        }
+        if self.user_agents.is_some() {
+            add(
+                "user_agents",
+                only(&|m| m.user_agents.clone_from(&self.user_agents)),
+                ev.user_agent.to_string(),
+            );
+        }
+        if self.request_uris.is_some() {
+            add(
+                "request_uris",
+                only(&|m| m.request_uris.clone_from(&self.request_uris)),
+                ev.request_uri.to_string(),
+            );
+        }
+        let ips: Vec<&str> = ev.source_ips.iter().map(|i| &**i).collect();
+        if self.source_ips.is_some() {
+            add(
+                "source_ips",
+                only(&|m| m.source_ips.clone_from(&self.source_ips)),
+                ips.join(","),
+            );
+        }
+        if self.public_source_ip.is_some() {
+            add(
+                "public_source_ip",
+                only(&|m| m.public_source_ip = self.public_source_ip),
+                ips.first().copied().unwrap_or_default().to_owned(),
+            );
+        }
+        for c in &self.fields {
+            add(
+                &format!("fields: {}", c.path),
+                c.matches(ev, objects),
+                String::new(),
+            );
+        }
+        for p in &self.absent {
+            add(
+                &format!("absent: {p}"),
+                !p.present(ev, objects),
+                String::new(),
+            );
+        }
+        for p in &self.present {
+            add(
+                &format!("present: {p}"),
+                p.present(ev, objects),
+                String::new(),
+            );
+        }
+        if !self.any.is_empty() {
+            let held = self.any.iter().any(|m| m.matches(ev, objects));
+            add(
+                &format!("any (one of {} blocks)", self.any.len()),
+                held,
+                String::new(),
+            );
+            for (i, m) in self.any.iter().enumerate() {
+                out.push(Explained {
+                    depth: depth + 1,
+                    criterion: format!("any[{i}]"),
+                    held: m.matches(ev, objects),
+                    value: String::new(),
+                });
+                m.explain_into(ev, objects, depth + 2, out);
+            }
+        }
+        for (i, m) in self.except.iter().enumerate() {
+            // An exception "holds" for the rule when it does not match.
+            out.push(Explained {
+                depth,
+                criterion: format!("except[{i}] (must not match)"),
+                held: !m.matches(ev, objects),
+                value: String::new(),
+            });
+            m.explain_into(ev, objects, depth + 1, out);
+        }
     }
 
     /// Adds the object paths this block (and its nested blocks) reads.

@@ -27,7 +27,9 @@ pub use load::{
     LoadError, LoadOptions, RuleError, collect_rule_files, is_test_file, load_paths, load_sources,
     load_str,
 };
-pub use matcher::{ExactResource, Matcher, Patterns, ResourcePattern, SigmaMatch, Subresource};
+pub use matcher::{
+    ExactResource, Explained, Matcher, Patterns, ResourcePattern, SigmaMatch, Subresource,
+};
 pub use script::{Condition, ScriptLimits};
 pub use template::{Captured, Summary, default_summary};
 
