@@ -148,8 +148,14 @@ enum Command {
     ///
     /// Exit codes: 0 intact, 1 tampered (the first broken link is printed), 2 unreadable.
     Verify {
-        /// The archive directory (holding manifest.jsonl and segment-*.parquet).
+        /// The archive directory (holding manifest.jsonl and segment-*.parquet), or the
+        /// daemon's state dir: its archive/ and its alert journal (alerts.jsonl and the hash
+        /// chain beside it, alerts.jsonl.chain).
         dir: PathBuf,
+        /// The alert chain's head published elsewhere (the daemon logs it and exports it as
+        /// auditwatch_alert_chain_head).
+        #[arg(long, value_name = "HASH")]
+        expect_alerts_head: Option<String>,
         /// The chain head published elsewhere (the `head` a replay or the daemon printed): the
         /// chain must reach it, which catches a manifest rolled back or rewritten.
         #[arg(long, value_name = "HASH")]
@@ -363,34 +369,15 @@ fn main() -> ExitCode {
         } => run_explain(&id, config.as_deref(), state_dir, alerts, archive, rules),
         Command::Verify {
             dir,
+            expect_alerts_head,
             expect_head,
             trusted_keys,
-        } => {
-            use auditwatch::archive::manifest::{Verdict, read_trusted, verify};
-            let trusted = match trusted_keys.as_deref().map(read_trusted).transpose() {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            Ok(
-                match verify(&dir, expect_head.as_deref(), trusted.as_ref()) {
-                    Verdict::Intact { head, segments } => {
-                        println!("intact: {segments} segments, head {head}");
-                        ExitCode::SUCCESS
-                    }
-                    Verdict::Tampered { at, reason } => {
-                        println!("tampered: {at}: {reason}");
-                        ExitCode::from(1)
-                    }
-                    Verdict::Unreadable(why) => {
-                        eprintln!("error: {why}");
-                        ExitCode::from(2)
-                    }
-                },
-            )
-        }
+        } => run_verify(
+            &dir,
+            expect_head.as_deref(),
+            expect_alerts_head.as_deref(),
+            trusted_keys.as_deref(),
+        ),
         Command::Query {
             query,
             files,
@@ -839,6 +826,70 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
     let signer = Signer::from_file(out).map_err(anyhow::Error::msg)?;
     println!("{}", signer.trusted_line());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `verify`: an archive directory, or a state dir's archive and alert journal. Exit 1 when
+/// anything was tampered with, else 2 when something could not be read, else 0.
+fn run_verify(
+    dir: &std::path::Path,
+    expect_head: Option<&str>,
+    expect_alerts_head: Option<&str>,
+    trusted_keys: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use auditwatch::archive::manifest::{MANIFEST, Verdict, read_trusted, verify};
+    use auditwatch::state::chain::{self, ChainVerdict};
+    let trusted = match trusted_keys.map(read_trusted).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (mut tampered, mut unreadable) = (false, false);
+    let state_dir = !dir.join(MANIFEST).exists() && dir.join("alerts.jsonl").exists();
+    let archive = if state_dir {
+        dir.join("archive")
+    } else {
+        dir.to_owned()
+    };
+    if !state_dir || archive.exists() {
+        let label = if state_dir { "archive: " } else { "" };
+        match verify(&archive, expect_head, trusted.as_ref()) {
+            Verdict::Intact { head, segments } => {
+                println!("{label}intact: {segments} segments, head {head}")
+            }
+            Verdict::Tampered { at, reason } => {
+                tampered = true;
+                println!("{label}tampered: {at}: {reason}");
+            }
+            Verdict::Unreadable(why) => {
+                unreadable = true;
+                eprintln!("error: {why}");
+            }
+        }
+    }
+    if state_dir {
+        match chain::verify(&dir.join("alerts.jsonl"), expect_alerts_head) {
+            ChainVerdict::Intact { head, records } => {
+                println!("alert journal: intact: {records} records, head {head}")
+            }
+            ChainVerdict::Tampered { at, reason } => {
+                tampered = true;
+                println!("alert journal: tampered: {at}: {reason}");
+            }
+            ChainVerdict::Unreadable(why) => {
+                unreadable = true;
+                eprintln!("error: {why}");
+            }
+        }
+    }
+    Ok(if tampered {
+        ExitCode::from(1)
+    } else if unreadable {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_explain(

@@ -46,6 +46,7 @@ pub struct Metrics {
     archive_up: IntGauge,
     archive_head: IntGaugeVec,
     archive_retired: IntCounter,
+    alert_chain_head: IntGaugeVec,
     processing_latency: HistogramVec,
     snapshot_seconds: Histogram,
     snapshot_capture_seconds: Histogram,
@@ -270,6 +271,11 @@ impl Metrics {
             archive_retired: r.counter(
                 "auditwatch_archive_segments_retired_total",
                 "Sealed segments removed by retention (age or size).",
+            ),
+            alert_chain_head: r.gauges(
+                "auditwatch_alert_chain_head",
+                "The alert journal's hash chain head, as a label (updated at most once a minute). Prometheus keeps its history: an anchor for `auditwatch verify --expect-alerts-head`.",
+                &["head"],
             ),
             snapshots: r.counters(
                 "auditwatch_snapshots_total",
@@ -561,6 +567,11 @@ impl Metrics {
             .set(segments as i64);
         self.archive_bytes.set(bytes_kept as i64);
         self.archive_up.set(1);
+    }
+
+    pub fn alert_chain_head(&self, head: &str) {
+        self.alert_chain_head.reset();
+        self.alert_chain_head.with_label_values(&[head]).set(1);
     }
 
     pub fn archive_failed(&self) {

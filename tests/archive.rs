@@ -653,4 +653,46 @@ sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
     })
     .collect();
     assert_eq!(ours, theirs);
+
+    // The state dir as a whole: the archive and the alert journal's chain; the alert chain's
+    // head the daemon logged at shutdown is the chain's.
+    let state = dir.0.join("state");
+    let alerts_head = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("alert journal chain head"))
+        .and_then(|l| l.split("head=").nth(1))
+        .map(|h| h.trim().trim_matches('"').to_owned())
+        .expect("a logged alert chain head");
+    let (code, out, err) = auditwatch(&[
+        "verify",
+        state.to_str().unwrap(),
+        "--expect-alerts-head",
+        &alerts_head,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("archive: intact"), "{out}");
+    assert!(out.contains("alert journal: intact"), "{out}");
+    let journal = state.join("alerts.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.lines().count() >= 2, "{text}");
+    // An alert's severity lowered after the fact: named by record.
+    let edited = text.replacen("\"severity\":\"", "\"severity\":\"x", 2);
+    let second = edited.lines().nth(1).unwrap().to_owned();
+    let fixed = text.lines().next().unwrap().to_owned()
+        + "\n"
+        + &second
+        + "\n"
+        + &text
+            .lines()
+            .skip(2)
+            .map(|l| format!("{l}\n"))
+            .collect::<String>();
+    std::fs::write(&journal, fixed).unwrap();
+    let (code, out, _) = auditwatch(&["verify", state.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("alert journal: tampered: alerts.jsonl record 2 (line 2)"),
+        "{out}"
+    );
 }

@@ -102,6 +102,8 @@ pub struct Pipeline {
     /// The archive's rows of the batch in hand (archiving on), built from the events the
     /// engine decodes anyway: the archive writer only encodes and compresses them.
     rows: Option<crate::archive::Rows>,
+    /// The alert chain head last published (metric and log), and when.
+    published_head: (String, Option<Instant>),
 }
 
 /// How far ahead of this host's clock an event's time may move event time (clock skew
@@ -227,6 +229,7 @@ impl Pipeline {
             senders: Default::default(),
             archive_only: BTreeMap::new(),
             rows: opts.archiver.is_some().then(crate::archive::Rows::new),
+            published_head: (String::new(), None),
             opts,
         })
     }
@@ -540,6 +543,7 @@ impl Pipeline {
         self.metrics.set_window_keys(self.engine.window_keys());
         self.metrics.set_window_held(self.engine.held());
         self.publish_rule_stats();
+        self.publish_alert_head(false);
         // Under journal pressure snapshot every second (not every batch: compaction follows
         // each write asynchronously).
         let journal_pressure = self.opts.journal_size.load(Ordering::Relaxed)
@@ -547,6 +551,28 @@ impl Pipeline {
             && self.last_snapshot.elapsed() >= Duration::from_secs(1);
         if self.last_snapshot.elapsed() >= self.opts.snapshot_every || journal_pressure {
             self.snapshot();
+        }
+    }
+
+    /// Publishes the alert chain's head (the anchor for `verify --expect-alerts-head`) when it
+    /// moved, at most once a minute (or `now`): in the metrics and in the log.
+    fn publish_alert_head(&mut self, now: bool) {
+        let due = now
+            || self
+                .published_head
+                .1
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if !due {
+            return;
+        }
+        let Ok(journal) = self.alerts.lock() else {
+            return;
+        };
+        let head = journal.chain_head();
+        if head != self.published_head.0 {
+            self.metrics.alert_chain_head(head);
+            tracing::info!(head, "alert journal chain head");
+            self.published_head = (head.to_owned(), Some(Instant::now()));
         }
     }
 
@@ -688,6 +714,7 @@ impl Pipeline {
 
     /// The snapshot at shutdown: waits for it to be on disk, and for the archive to seal.
     fn final_snapshot(&mut self) {
+        self.publish_alert_head(true);
         if let Some(archiver) = self.opts.archiver.take() {
             archiver.stop();
         }

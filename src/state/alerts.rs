@@ -43,6 +43,8 @@ pub struct AlertJournal {
     len: u64,
     fsync: FsyncPolicy,
     buf: Vec<u8>,
+    /// The hash chain beside it (`alerts.jsonl.chain`).
+    chain: super::chain::ChainWriter,
 }
 
 impl AlertJournal {
@@ -78,12 +80,14 @@ impl AlertJournal {
                 file.sync_all()?;
             }
         }
+        let chain = super::chain::ChainWriter::open(path, good)?;
         Ok(AlertJournal {
             path: path.to_owned(),
             file,
             len: good,
             fsync,
             buf: Vec::new(),
+            chain,
         })
     }
 
@@ -112,11 +116,7 @@ impl AlertJournal {
             serde_json::to_writer(&mut self.buf, a).map_err(io::Error::other)?;
             self.buf.push(b'\n');
         }
-        self.file.write_all(&self.buf)?;
-        self.len += self.buf.len() as u64;
-        if self.fsync == FsyncPolicy::Always {
-            self.file.sync_data()?;
-        }
+        self.write_buf()?;
         Ok(offsets)
     }
 
@@ -125,12 +125,25 @@ impl AlertJournal {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, change).map_err(io::Error::other)?;
         self.buf.push(b'\n');
+        self.write_buf()
+    }
+
+    /// Writes the buffered records, then their links, fsyncing both by policy.
+    fn write_buf(&mut self) -> io::Result<()> {
         self.file.write_all(&self.buf)?;
+        let at = self.len;
         self.len += self.buf.len() as u64;
+        self.chain.push_all(at, &self.buf)?;
         if self.fsync == FsyncPolicy::Always {
             self.file.sync_data()?;
+            self.chain.sync()?;
         }
         Ok(())
+    }
+
+    /// The alert chain's newest hash (publish it to catch a rewrite of journal and chain).
+    pub fn chain_head(&self) -> &str {
+        self.chain.head()
     }
 
     /// IDs of the alerts written at or after byte `from`.

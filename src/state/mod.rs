@@ -14,6 +14,7 @@
 //! window state and no event is lost.
 
 pub mod alerts;
+pub mod chain;
 pub mod config;
 pub mod journal;
 pub mod writer;
