@@ -760,3 +760,139 @@ fn a_snapshot_from_before_rule_ids_restores_its_windows() {
     assert_eq!(fired[0]["rule"], "brute-force");
     assert_eq!(fired[0]["count"], 5, "the 3 hits of the old snapshot count");
 }
+
+/// A full disk under the archive: archiving stops with an error and
+/// `auditwatch_archive_up 0`, detection goes on, the ingest journal keeps every batch since
+/// the last sealed segment (so the webhook answers 503 once it is full), and a restart with
+/// space archives every accepted event, once.
+#[test]
+fn a_full_archive_disk_loses_nothing() {
+    let dir = Scratch::new("archive-full");
+    let (hook, metrics) = (free_port(), free_port());
+    std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json, storm: {{ max_per_rule: 0 }} }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+journal: {{ max_size: 4MiB, segment_size: 256KiB }}
+snapshot: {{ interval: 1s }}
+archive: {{ segment_max_age: 1s }}
+sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.0.join("state/archive")).unwrap();
+    // The archive on a 16 KiB file system of its own, in a mount namespace of the daemon's.
+    let daemon = Daemon::start_under(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs -o size=16k tmpfs state/archive && exec \"$0\" \"$@\"",
+        ],
+        &[],
+        &dir.0,
+        &config,
+        metrics,
+        0,
+    );
+    let client = reqwest::blocking::Client::new();
+    let mut accepted: BTreeSet<String> = BTreeSet::new();
+    let mut refused_full = false;
+    let mut archive_down = false;
+    for b in 0..2000 {
+        let events: Vec<String> = (0..100)
+            .map(|i| {
+                let id = format!("{b:08x}-0000-4000-8000-{i:012x}");
+                event(&id, "get", "ci-bot", "secrets", &format!("s{b}-{i}"), 200)
+            })
+            .collect();
+        let resp = client
+            .post(format!("http://127.0.0.1:{hook}/"))
+            .header("Content-Type", "application/json")
+            .body(event_list(&events))
+            .send()
+            .unwrap();
+        match resp.status().as_u16() {
+            200 => accepted.extend(events.iter().flat_map(|e| audit_ids(e))),
+            503 => {
+                let body = resp.text().unwrap();
+                assert!(body.contains("journal full"), "{body}");
+                refused_full = true;
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        // Slowly until the archive's disk is full (segments seal every second), then as
+        // fast as the journal takes it.
+        if !archive_down {
+            archive_down = sample(&daemon.metrics(), "auditwatch_archive_up") == 0.0;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(archive_down, "the archive's disk never filled");
+    assert!(
+        refused_full,
+        "the journal never filled: the archive kept up"
+    );
+    assert_eq!(sample(&daemon.metrics(), "auditwatch_archive_up"), 0.0);
+    assert!(
+        sample(
+            &daemon.metrics(),
+            "auditwatch_archive_segments_total{result=\"error\"}"
+        ) >= 1.0
+    );
+    // Detection went on meanwhile.
+    common::wait_until("an alert per accepted secret read", || {
+        alert_journal(&dir.0).len() >= accepted.len()
+    });
+    // What the full disk holds (the segments sealed before it filled) is kept, as a real
+    // disk keeps it: copied out through the daemon's view of its mount namespace.
+    let inside = PathBuf::from(format!("/proc/{}/root", daemon.child.id()))
+        .join(dir.0.strip_prefix("/").unwrap())
+        .join("state/archive");
+    let saved: Vec<(std::ffi::OsString, Vec<u8>)> = std::fs::read_dir(&inside)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), std::fs::read(e.path()).unwrap())
+        })
+        .collect();
+    assert!(
+        saved
+            .iter()
+            .any(|(n, _)| n.to_string_lossy().ends_with(".parquet")),
+        "no segment sealed before the disk filled"
+    );
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let log = std::fs::read_to_string(dir.0.join("stderr-0.log")).unwrap();
+    assert!(
+        log.contains("archiving stopped (auditwatch_archive_up 0)"),
+        "{log}"
+    );
+
+    for (name, bytes) in saved {
+        std::fs::write(dir.0.join("state/archive").join(name), bytes).unwrap();
+    }
+
+    // Space again: a restart archives what the journal kept since the last sealed segment.
+    let daemon = Daemon::start(&dir.0, &config, metrics, 1);
+    // Recovery hands the journal's batches to the archive before the daemon is ready; the
+    // shutdown seals them.
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let archived = archived_ids(&dir.0.join("state/archive"));
+    let unique: BTreeSet<String> = archived.iter().cloned().collect();
+    assert_eq!(unique.len(), archived.len(), "archived twice");
+    assert_eq!(unique, accepted);
+    // And nothing was evaluated twice.
+    assert_eq!(alert_journal(&dir.0).len(), accepted.len());
+}
