@@ -189,6 +189,8 @@ impl Config {
             }
         }
         paths.extend(self.http.paths_mut());
+        paths.extend(self.archive.dir.as_mut());
+        paths.extend(self.archive.sign_key.as_mut());
         for notifier in self.notifiers.values_mut() {
             paths.extend(notifier.paths_mut());
         }
