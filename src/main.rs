@@ -646,6 +646,15 @@ fn run_replay(
     let mut write_error: Option<std::io::Error> = None;
     let mut reported = 0usize;
     let mut suppressed = 0usize;
+    if let Some((dir, _)) = archive_dir
+        && files.iter().any(|f| f == dir)
+    {
+        eprintln!(
+            "error: --archive {} is also an input: archive into another directory",
+            dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let mut archive = match archive_dir {
         Some((dir, sign_key)) => {
             let (mut archive, removed) =

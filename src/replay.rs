@@ -116,7 +116,26 @@ pub fn replay(
     let mut alerts: Vec<Alert> = Vec::new();
     let mut opened = Vec::new();
     for path in inputs {
-        match RecordReader::open(path) {
+        // An archive directory or segment reads as the JSON lines of its events.
+        let reader = if path.as_os_str() != "-" && crate::archive::read::is_archive(path) {
+            let mut foreign = Vec::new();
+            let lines = crate::archive::read::EventLines::open(path, &mut foreign);
+            for (name, why) in foreign {
+                on_diagnostic(Diagnostic::Io {
+                    source: name,
+                    message: why,
+                });
+            }
+            lines.map(|lines| {
+                RecordReader::new(
+                    &path.display().to_string(),
+                    Box::new(std::io::BufReader::with_capacity(256 * 1024, lines)),
+                )
+            })
+        } else {
+            RecordReader::open(path)
+        };
+        match reader {
             Ok(reader) => opened.push(Input {
                 reader,
                 head: None,

@@ -696,3 +696,69 @@ sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
         "{out}"
     );
 }
+
+/// `replay` reads an archive directory as it reads the log it came from: the same alerts.
+#[test]
+fn replay_over_the_archive_gives_the_alerts_of_the_log() {
+    let dir = common::Scratch::new("archive-replay");
+    let archive = dir.0.join("archive");
+    let mut log = String::new();
+    let traces = repo().join("../shared/corpus/falco/trace_files/k8s_audit");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&traces)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    for path in names {
+        log.push_str(&std::fs::read_to_string(&path).unwrap());
+        if !log.ends_with('\n') {
+            log.push('\n');
+        }
+    }
+    log.push_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/audit2rbac-demo.log")).unwrap(),
+    );
+    let log_path = dir.0.join("all.log");
+    std::fs::write(&log_path, &log).unwrap();
+    let alert_ids = |out: &str| {
+        let mut ids: Vec<(String, String)> = out
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["rule"].as_str().unwrap().to_owned(),
+                    v["id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let (code, from_log, err) = auditwatch(&[
+        "replay",
+        "--format",
+        "json",
+        "--archive",
+        archive.to_str().unwrap(),
+        log_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, from_archive, err) =
+        auditwatch(&["replay", "--format", "json", archive.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (ours, theirs) = (alert_ids(&from_log), alert_ids(&from_archive));
+    assert!(ours.len() >= 10, "{ours:?}");
+    assert_eq!(ours, theirs);
+    // A segment too.
+    let first = archive.join("segment-00000000.parquet");
+    let (code, _, err) = auditwatch(&["replay", "--format", "json", first.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    // Archiving into the directory being replayed is refused.
+    let (code, _, err) = auditwatch(&[
+        "replay",
+        "--archive",
+        archive.to_str().unwrap(),
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+}

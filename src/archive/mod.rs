@@ -29,6 +29,7 @@ use crate::event::AuditEvent;
 
 pub mod config;
 pub mod manifest;
+pub mod read;
 
 pub use config::ArchiveConfig;
 

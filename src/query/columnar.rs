@@ -468,39 +468,7 @@ fn scan(
     Ok(())
 }
 
-/// Whether `path` is an archive segment (or a directory of them).
-pub fn is_archive(path: &Path) -> bool {
-    if path.is_dir() {
-        return true;
-    }
-    path.extension().is_some_and(|e| e == "parquet")
-}
-
-/// The segments of an archive directory, in order; other files are named in `foreign`.
-pub fn segments(
-    dir: &Path,
-    foreign: &mut Vec<(String, String)>,
-) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if crate::archive::segment_seq(&name).is_some() {
-            out.push(path);
-        } else if name != crate::archive::manifest::MANIFEST && !name.ends_with(".parquet.partial")
-        {
-            foreign.push((
-                path.display().to_string(),
-                "not an archive segment: skipped".into(),
-            ));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
+pub use crate::archive::read::{is_archive, row_json, segments};
 
 /// Events of the archive in `paths` (directories or segments) that pass `filter` within
 /// `[from, to)`, each rebuilt as its audit event's JSON (nested objects from the dotted
@@ -585,47 +553,4 @@ fn select_segment(
         }
     }
     Ok(())
-}
-
-/// Row `i` as its audit event's JSON: `user.username` becomes `{"user":{"username":…}}`,
-/// the raw JSON columns are parsed, nulls are left out (as the apiserver omits them).
-pub fn row_json(batch: &RecordBatch, i: usize) -> serde_json::Value {
-    use serde_json::{Map, Value};
-    let mut event = Map::new();
-    event.insert("kind".into(), "Event".into());
-    event.insert("apiVersion".into(), "audit.k8s.io/v1".into());
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        let name = field.name().as_str();
-        if matches!(name, "time" | "source") || column.is_null(i) {
-            continue;
-        }
-        let value = match Col::of(column) {
-            Some(Col::Str(a))
-                if matches!(name, "annotations" | "requestObject" | "responseObject") =>
-            {
-                serde_json::from_str(a.value(i))
-                    .unwrap_or_else(|_| Value::String(a.value(i).to_owned()))
-            }
-            Some(c @ Col::Str(_)) | Some(c @ Col::Int(_)) | Some(c @ Col::List(_)) => {
-                c.value(i).to_json()
-            }
-            None => continue,
-        };
-        let mut parts = name.split('.').peekable();
-        let mut at = &mut event;
-        while let Some(part) = parts.next() {
-            if parts.peek().is_none() {
-                at.insert(part.to_owned(), value);
-                break;
-            }
-            let next = at
-                .entry(part.to_owned())
-                .or_insert_with(|| Value::Object(Map::new()));
-            match next {
-                Value::Object(map) => at = map,
-                _ => break,
-            }
-        }
-    }
-    Value::Object(event)
 }
