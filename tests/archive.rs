@@ -762,3 +762,104 @@ fn replay_over_the_archive_gives_the_alerts_of_the_log() {
     ]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// A file source pointed at an archive directory reads each sealed segment as the events it
+/// holds, then the segments sealed later, and resumes after a restart without reading any
+/// event twice.
+#[test]
+fn a_file_source_follows_an_archive_directory() {
+    let dir = common::Scratch::new("archive-follow");
+    let upstream = dir.0.join("upstream");
+    let demo = repo().join("tests/fixtures/audit2rbac-demo.log");
+    let (code, _, err) = auditwatch(&[
+        "replay",
+        "--archive",
+        upstream.to_str().unwrap(),
+        demo.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        dir.0.join("rules.yaml"),
+        "rules:\n  - name: pods-forbidden\n    severity: high\n    match: { verbs: [list], resources: [pods], response_codes: [403] }\n    window: { over: 10m, threshold: 3, group_by: [user.username] }\n",
+    )
+    .unwrap();
+    let metrics = common::free_port();
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+alerts: {{ stdout: json }}
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources:
+  - file: {{ name: upstream, path: upstream, start_at: beginning, poll_interval: 50ms }}
+"#
+        ),
+    )
+    .unwrap();
+    let decoded = |d: &common::Daemon| {
+        common::sample(
+            &d.metrics(),
+            "auditwatch_events_decoded_total{source=\"upstream\"}",
+        )
+    };
+    let daemon = common::Daemon::start(&dir.0, &config, metrics, 0);
+    common::wait_until("the first segment's 37 events", || decoded(&daemon) >= 37.0);
+    common::wait_until("the alert", || {
+        std::fs::read_to_string(dir.0.join("state/alerts.jsonl"))
+            .is_ok_and(|t| t.contains("pods-forbidden"))
+    });
+    // A segment sealed later is read too.
+    let (code, _, err) = auditwatch(&[
+        "replay",
+        "--archive",
+        upstream.to_str().unwrap(),
+        demo.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    common::wait_until("the second segment", || decoded(&daemon) >= 74.0);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(decoded(&daemon), 74.0);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // A restart resumes after what was read.
+    let daemon = common::Daemon::start(&dir.0, &config, metrics, 1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(decoded(&daemon), 0.0);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    // Everything it read, it archived in its own archive.
+    let (code, out, err) = auditwatch(&[
+        "query",
+        "",
+        "--format",
+        "json",
+        dir.0.join("state/archive").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["count"].as_u64(), Some(74));
+
+    // Its own archive as a source is refused at start.
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir: state
+rules: [rules.yaml]
+http: {{ listen: "127.0.0.1:{metrics}" }}
+sources: [ {{ file: {{ name: self, path: state/archive }} }} ]
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is this daemon's own archive"), "{err}");
+}

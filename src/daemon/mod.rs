@@ -12,6 +12,7 @@ pub mod archiver;
 pub mod pipeline;
 pub mod recover;
 pub mod reload;
+pub mod segments;
 pub mod shutdown;
 
 use std::path::PathBuf;
@@ -405,6 +406,37 @@ impl Daemon {
                     announce_webhook(cfg, &hook, &metrics, listeners.cap(cfg.connections.max))?;
                     reloadables.extend(hook.reloadables());
                     daemon.tasks.spawn(hook.serve(shutdown.token()));
+                }
+                SourceConfig::File(cfg) if cfg.path.is_dir() => {
+                    let archive = config
+                        .archive
+                        .dir
+                        .clone()
+                        .unwrap_or_else(|| config.state_dir.join("archive"));
+                    if config.archive.enabled
+                        && std::fs::canonicalize(&cfg.path).ok()
+                            == std::fs::canonicalize(&archive).ok()
+                    {
+                        anyhow::bail!(
+                            "source {}: {} is this daemon's own archive; it would read what it writes",
+                            cfg.name,
+                            cfg.path.display()
+                        );
+                    }
+                    let follower = segments::SegmentFollower::new(
+                        &cfg.name,
+                        &cfg.path,
+                        cfg.poll_interval.std(),
+                    );
+                    let checkpoint = checkpoints.get(&cfg.name).copied();
+                    let (start, mut sink, stop) =
+                        (cfg.start_at, engine_tx.clone(), shutdown.flag());
+                    tracing::info!(source = %cfg.name, dir = %cfg.path.display(), resume = ?checkpoint, "following archive segments");
+                    daemon.file_threads.push(
+                        std::thread::Builder::new()
+                            .name(format!("segments:{}", cfg.name))
+                            .spawn(move || follower.run(checkpoint, start, &mut sink, &stop))?,
+                    );
                 }
                 SourceConfig::File(cfg) => {
                     let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std())
