@@ -16,10 +16,11 @@
 
 #[path = "common/corpus.rs"]
 mod corpus;
+#[path = "common/python.rs"]
+mod python;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use auditwatch::archive::{Archive, SegmentLimits};
@@ -118,12 +119,6 @@ fn duckdb(
     root: &Path,
     range: Option<(&str, &str)>,
 ) -> Result<(f64, Vec<(String, u64)>), String> {
-    let venv = root.join(".ci/venv/bin/python");
-    let python = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    };
     let script = r#"
 import duckdb, sys, time
 con = duckdb.connect()
@@ -143,22 +138,13 @@ print(best)
 for u, n in rows:
     print(f"{u or ''}\t{n}")
 "#;
-    let mut cmd = Command::new(&python);
-    cmd.args(["-c", script]).arg(dir);
+    let dir_arg = dir.as_os_str();
+    let mut args: Vec<&std::ffi::OsStr> = vec![dir_arg];
     if let Some((from, to)) = range {
-        cmd.args([from, to]);
+        args.push(std::ffi::OsStr::new(from));
+        args.push(std::ffi::OsStr::new(to));
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "not run ({}; `pip install duckdb` into .ci/venv, as .ci/run does)",
-            err.lines().last().unwrap_or("failed")
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = python::run_duckdb_script(root, script, &args)?;
     let mut lines = text.lines();
     let cpu: f64 = lines
         .next()

@@ -25,6 +25,8 @@ use std::time::Instant;
 
 #[path = "common/corpus.rs"]
 mod corpus;
+#[path = "common/python.rs"]
+mod python;
 use corpus::{READ_RESOURCES, generate};
 
 /// The rule sets measured: name, `--rules` arguments (none: the bundled packs).
@@ -125,12 +127,6 @@ fn value_parse(path: &Path, events: u64) -> f64 {
 /// exact sliding-window count (403s per user, 5 within 1m), one SQL query. Its CPU seconds,
 /// or why it did not run.
 fn duckdb(path: &Path, root: &Path) -> Result<(f64, u64), String> {
-    let venv = root.join(".ci/venv/bin/python");
-    let python = if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    };
     let script = r#"
 import duckdb, sys, time
 con = duckdb.connect()
@@ -155,19 +151,7 @@ for _ in range(3):
     best = c if best is None else min(best, c)
 print(best, found)
 "#;
-    let out = Command::new(&python)
-        .args(["-c", script])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "not run ({}; `pip install duckdb` into .ci/venv, as .ci/run does)",
-            err.lines().last().unwrap_or("failed")
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = python::run_duckdb_script(root, script, &[path.as_os_str()])?;
     let mut parts = text.split_whitespace();
     let cpu = parts.next().and_then(|s| s.parse().ok());
     let found = parts.next().and_then(|s| s.parse().ok());

@@ -348,13 +348,12 @@ fn predicates(
     Ok(predicates)
 }
 
-/// Runs `query` over one Parquet segment, adding to `groups` and `report`.
-pub(super) fn run_segment(
+/// Opens a segment for `query`: the row groups its time range needs, its filter as row
+/// filters. Also the segment's number of rows.
+fn open_segment(
     query: &Query,
     path: &Path,
-    groups: &mut Groups,
-    report: &mut QueryReport,
-) -> Result<(), String> {
+) -> Result<(ParquetRecordBatchReaderBuilder<File>, u64), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
@@ -364,10 +363,29 @@ pub(super) fn run_segment(
         .find(|&i| parquet_schema.column(i).path().string() == "time")
         .ok_or("no time column: not an auditwatch archive segment")?;
     let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
+    let predicates = predicates(query, parquet_schema, &schema)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    Ok((
+        builder
+            .with_row_groups(row_groups)
+            .with_row_filter(RowFilter::new(predicates)),
+        rows,
+    ))
+}
+
+/// Runs `query` over one Parquet segment, adding to `groups` and `report`.
+pub(super) fn run_segment(
+    query: &Query,
+    path: &Path,
+    groups: &mut Groups,
+    report: &mut QueryReport,
+) -> Result<(), String> {
+    let (builder, rows) = open_segment(query, path)?;
     // Every event of the segment was considered: read, or ruled out by its row group's
     // time range.
-    report.events += builder.metadata().file_metadata().num_rows().max(0) as u64;
-    let predicates = predicates(query, parquet_schema, &schema)?;
+    report.events += rows;
+    let schema = builder.schema().clone();
+    let parquet_schema = builder.parquet_schema();
     let mut names: Vec<String> = vec!["time".into()];
     for f in &query.group_by {
         names.push(column_of(f).map_err(|e| e.to_string())?);
@@ -378,8 +396,6 @@ pub(super) fn run_segment(
     let mask = mask_of(parquet_schema, &schema, &names)?;
     let reader = builder
         .with_projection(mask)
-        .with_row_groups(row_groups)
-        .with_row_filter(RowFilter::new(predicates))
         .with_batch_size(64 * 1024)
         .build()
         .map_err(|e| e.to_string())?;
@@ -522,21 +538,8 @@ fn select_segment(
     out: &mut Vec<(Option<EventTime>, serde_json::Value)>,
     matched: &mut u64,
 ) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
-    let schema = builder.schema().clone();
-    let parquet_schema = builder.parquet_schema();
-    let time_leaf = (0..parquet_schema.num_columns())
-        .find(|&i| parquet_schema.column(i).path().string() == "time")
-        .ok_or("no time column: not an auditwatch archive segment")?;
-    let row_groups = row_groups_in_range(builder.metadata(), time_leaf, query);
-    let predicates = predicates(query, parquet_schema, &schema)?;
-    let reader = builder
-        .with_row_groups(row_groups)
-        .with_row_filter(RowFilter::new(predicates))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let (builder, _) = open_segment(query, path)?;
+    let reader = builder.build().map_err(|e| e.to_string())?;
     for batch in reader {
         let batch = batch.map_err(|e| format!("damaged: {e}"))?;
         *matched += batch.num_rows() as u64;
