@@ -409,12 +409,20 @@ pub(super) fn run_segment(
     report.events += rows;
     let schema = builder.schema().clone();
     let parquet_schema = builder.parquet_schema();
-    let mut names: Vec<String> = vec!["time".into()];
+    // The time only when the result needs it (a series, first or last).
+    let mut names: Vec<String> = Vec::new();
+    if needs_time(query) {
+        names.push("time".into());
+    }
     for f in &query.group_by {
         names.push(column_of(f).map_err(|e| e.to_string())?);
     }
     if let Aggregate::Distinct(f) = &query.aggregate {
         names.push(column_of(f).map_err(|e| e.to_string())?);
+    }
+    if names.is_empty() {
+        // A bare count: one small column carries the row count.
+        names.push("time".into());
     }
     let mask = mask_of(parquet_schema, &schema, &names)?;
     let reader = builder
@@ -429,6 +437,11 @@ pub(super) fn run_segment(
     Ok(())
 }
 
+/// Whether the result reads event times: a series, or the first or last time.
+fn needs_time(query: &Query) -> bool {
+    query.every.is_some() || matches!(query.aggregate, Aggregate::First | Aggregate::Last)
+}
+
 /// Adds the rows of a batch the filter kept to their groups.
 fn scan(
     query: &Query,
@@ -437,10 +450,16 @@ fn scan(
     report: &mut QueryReport,
 ) -> Result<(), String> {
     let bad = || "a column of an unexpected type: not an auditwatch archive segment".to_owned();
-    let time = batch
-        .column_by_name("time")
-        .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-        .ok_or_else(bad)?;
+    let time = if needs_time(query) {
+        Some(
+            batch
+                .column_by_name("time")
+                .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
+                .ok_or_else(bad)?,
+        )
+    } else {
+        None
+    };
     let keys: Vec<Col<'_>> = query
         .group_by
         .iter()
@@ -466,7 +485,7 @@ fn scan(
     };
     report.matched += batch.num_rows() as u64;
     for i in 0..batch.num_rows() {
-        let t = time.is_valid(i).then(|| EventTime(time.value(i)));
+        let t = time.and_then(|time| time.is_valid(i).then(|| EventTime(time.value(i))));
         let bucket = query.every.map(|every| {
             let n = every.0.max(1);
             EventTime(t.unwrap_or_default().0.div_euclid(n) * n)
