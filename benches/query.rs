@@ -5,8 +5,9 @@
 //! uses) and prints:
 //! 1. the archive's size on disk against the raw JSON lines (target: 10× smaller), and the
 //!    CPU the archive costs per event;
-//! 2. a filter and group-by over three columns (`responseStatus.code >= 400 and verb = list`,
-//!    by `user.username`), run by `auditwatch query`'s engine in this process, and by DuckDB
+//! 2. filters and group-bys over three columns (`responseStatus.code >= 400 and verb = list`
+//!    by `user.username`; two over strings only, one with a wildcard and `in`), run by
+//!    `auditwatch query`'s engine in this process, and by DuckDB
 //!    (Python package, `SET threads=1`) with the same SQL over the same files: events per
 //!    second per core for both (targets: ≥ 5M events/s/core, within 1.5× of DuckDB's CPU),
 //!    and that both found the same groups;
@@ -85,10 +86,46 @@ fn build_archive(log: &Path, dir: &Path) -> (f64, u64, u64) {
     (cpu, events, bytes)
 }
 
-fn our_query(dir: &Path, from_to: Option<(EventTime, EventTime)>) -> (f64, Vec<(String, u64)>) {
+/// A query both ways: auditwatch's filter and group field, DuckDB's WHERE and column.
+struct Shape {
+    filter: &'static str,
+    group: &'static str,
+    sql_where: &'static str,
+    sql_group: &'static str,
+}
+
+const SHAPES: [Shape; 3] = [
+    // A number first, then a string on the few rows left.
+    Shape {
+        filter: "responseStatus.code >= 400 and verb = list",
+        group: "user.username",
+        sql_where: "\"responseStatus.code\" >= 400 AND verb = 'list'",
+        sql_group: "\"user.username\"",
+    },
+    // Strings only, a common verb: most rows pass the first term.
+    Shape {
+        filter: "verb = get and objectRef.resource = secrets",
+        group: "user.username",
+        sql_where: "verb = 'get' AND \"objectRef.resource\" = 'secrets'",
+        sql_group: "\"user.username\"",
+    },
+    // A wildcard on users, grouped by namespace.
+    Shape {
+        filter: "user.username = 'system:serviceaccount:*' and verb in (create, update, patch)",
+        group: "objectRef.namespace",
+        sql_where: "\"user.username\" LIKE 'system:serviceaccount:%' AND verb IN ('create', 'update', 'patch')",
+        sql_group: "\"objectRef.namespace\"",
+    },
+];
+
+fn our_query(
+    dir: &Path,
+    shape: &Shape,
+    from_to: Option<(EventTime, EventTime)>,
+) -> (f64, Vec<(String, u64)>) {
     let q = Query {
-        filter: lang::parse("responseStatus.code >= 400 and verb = list").expect("filter"),
-        group_by: vec![lang::Field::parse("user.username").expect("field")],
+        filter: lang::parse(shape.filter).expect("filter"),
+        group_by: vec![lang::Field::parse(shape.group).expect("field")],
         aggregate: Aggregate::Count,
         from: from_to.map(|r| r.0),
         to: from_to.map(|r| r.1),
@@ -117,6 +154,7 @@ fn our_query(dir: &Path, from_to: Option<(EventTime, EventTime)>) -> (f64, Vec<(
 fn duckdb(
     dir: &Path,
     root: &Path,
+    shape: &Shape,
     range: Option<(&str, &str)>,
 ) -> Result<(f64, Vec<(String, u64)>), String> {
     let script = r#"
@@ -124,10 +162,10 @@ import duckdb, sys, time
 con = duckdb.connect()
 con.execute("SET threads=1")
 where = ""
-if len(sys.argv) > 3:
-    where = f" AND time >= TIMESTAMPTZ '{sys.argv[2]}' AND time < TIMESTAMPTZ '{sys.argv[3]}'"
-q = f"""SELECT "user.username", count(*) FROM read_parquet('{sys.argv[1]}/*.parquet')
-        WHERE "responseStatus.code" >= 400 AND verb = 'list'{where} GROUP BY 1"""
+if len(sys.argv) > 5:
+    where = f" AND time >= TIMESTAMPTZ '{sys.argv[4]}' AND time < TIMESTAMPTZ '{sys.argv[5]}'"
+q = f"""SELECT {sys.argv[3]}, count(*) FROM read_parquet('{sys.argv[1]}/*.parquet')
+        WHERE {sys.argv[2]}{where} GROUP BY 1"""
 best = None
 for _ in range(3):
     c0 = time.process_time()
@@ -139,7 +177,11 @@ for u, n in rows:
     print(f"{u or ''}\t{n}")
 "#;
     let dir_arg = dir.as_os_str();
-    let mut args: Vec<&std::ffi::OsStr> = vec![dir_arg];
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        dir_arg,
+        std::ffi::OsStr::new(shape.sql_where),
+        std::ffi::OsStr::new(shape.sql_group),
+    ];
     if let Some((from, to)) = range {
         args.push(std::ffi::OsStr::new(from));
         args.push(std::ffi::OsStr::new(to));
@@ -227,23 +269,27 @@ fn main() {
     let (first, last) = (span(Aggregate::First), span(Aggregate::Last));
     let tenth = EventTime(first.0 + (last.0 - first.0) / 10);
     let (first_text, tenth_text) = (first.to_string(), tenth.to_string());
-    for (name, range) in [
-        ("whole archive", None),
-        (
-            "first tenth of its time (row groups pruned)",
-            Some((first_text.as_str(), tenth_text.as_str())),
-        ),
-    ] {
+    let cases = SHAPES.iter().flat_map(|shape| {
+        [
+            (shape, "whole archive", None),
+            (
+                shape,
+                "first tenth of its time (row groups pruned)",
+                Some((first_text.as_str(), tenth_text.as_str())),
+            ),
+        ]
+    });
+    for (shape, name, range) in cases {
         let from_to = range.map(|_| (first, tenth));
-        let (ours, our_rows) = our_query(&dir, from_to);
+        let (ours, our_rows) = our_query(&dir, shape, from_to);
         println!();
-        println!("filter code >= 400 and verb = list, group by user.username, {name}:");
+        println!("filter {}, group by {}, {name}:", shape.filter, shape.group);
         println!(
             "  auditwatch query  {ours:>7.3} s  {:>6.1}M events/s/core  {} groups",
             archived as f64 / ours / 1e6,
             our_rows.len()
         );
-        match duckdb(&dir, &root, range) {
+        match duckdb(&dir, &root, shape, range) {
             Ok((theirs, their_rows)) => {
                 println!(
                     "  DuckDB (1 thread) {theirs:>7.3} s  {:>6.1}M events/s/core  {} groups",

@@ -387,7 +387,7 @@ pub fn segment_seq(name: &str) -> Option<u64> {
 /// Columns whose values are mostly unique (ids, URIs, names, timestamps, raw JSON). A
 /// dictionary would only be hashed into and abandoned, and min/max statistics of long strings
 /// are comparisons nobody prunes on: both are off for them (zstd still compresses them).
-const UNIQUE_COLUMNS: [&str; 10] = [
+pub const UNIQUE_COLUMNS: [&str; 10] = [
     "auditID",
     "requestURI",
     "user.uid",

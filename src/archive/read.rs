@@ -63,6 +63,11 @@ pub fn row_json(batch: &RecordBatch, i: usize) -> serde_json::Value {
                     Value::String(text.to_owned())
                 }
             }
+            arrow_schema::DataType::Dictionary(..) => {
+                let dict = column.as_dictionary::<Int32Type>();
+                let values = dict.values().as_string::<i32>();
+                Value::String(values.value(dict.keys().value(i) as usize).to_owned())
+            }
             arrow_schema::DataType::Int32 => column.as_primitive::<Int32Type>().value(i).into(),
             arrow_schema::DataType::List(_) => {
                 let items = column.as_list::<i32>().value(i);

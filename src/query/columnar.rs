@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampNanosecondType};
@@ -70,6 +71,11 @@ pub fn check(query: &Query) -> Result<(), NotAColumn> {
 /// A column of one batch, typed.
 enum Col<'a> {
     Str(&'a arrow_array::StringArray),
+    /// A dictionary-encoded string column, read as its keys and its dictionary.
+    Dict(
+        &'a arrow_array::DictionaryArray<Int32Type>,
+        &'a arrow_array::StringArray,
+    ),
     Int(&'a arrow_array::Int32Array),
     List(&'a arrow_array::ListArray),
 }
@@ -78,6 +84,13 @@ impl<'a> Col<'a> {
     fn of(array: &'a ArrayRef) -> Option<Col<'a>> {
         match array.data_type() {
             arrow_schema::DataType::Utf8 => Some(Col::Str(array.as_string::<i32>())),
+            arrow_schema::DataType::Dictionary(key, value)
+                if **key == arrow_schema::DataType::Int32
+                    && **value == arrow_schema::DataType::Utf8 =>
+            {
+                let dict = array.as_dictionary::<Int32Type>();
+                Some(Col::Dict(dict, dict.values().as_string::<i32>()))
+            }
             arrow_schema::DataType::Int32 => Some(Col::Int(array.as_primitive::<Int32Type>())),
             arrow_schema::DataType::List(_) => Some(Col::List(array.as_list::<i32>())),
             _ => None,
@@ -88,6 +101,9 @@ impl<'a> Col<'a> {
     fn value(&self, i: usize) -> FieldValue<'a> {
         match self {
             Col::Str(a) if a.is_valid(i) => FieldValue::Str(a.value(i).into()),
+            Col::Dict(d, values) if d.is_valid(i) => {
+                FieldValue::Str(values.value(d.keys().value(i) as usize).into())
+            }
             Col::Int(a) if a.is_valid(i) => FieldValue::Int(i64::from(a.value(i))),
             Col::List(a) if a.is_valid(i) => {
                 let items = a.value(i);
@@ -107,6 +123,9 @@ impl<'a> Col<'a> {
     fn write_key(&self, i: usize, out: &mut String) {
         match self {
             Col::Str(a) if a.is_valid(i) => out.push_str(a.value(i)),
+            Col::Dict(d, values) if d.is_valid(i) => {
+                out.push_str(values.value(d.keys().value(i) as usize))
+            }
             Col::Int(a) if a.is_valid(i) => {
                 let _ = write!(out, "{}", a.value(i));
             }
@@ -123,6 +142,9 @@ enum Bound<'a> {
     IntCompare(&'a arrow_array::Int32Array, super::lang::Op, f64, bool),
     /// `=`/`!=` on a string column (`true`: `!=`).
     StrMatch(&'a arrow_array::StringArray, bool, &'a super::lang::Value),
+    /// A comparison or `in` on a dictionary column, answered once per dictionary value: the
+    /// keys, the answer per value, and the answer for a missing (null) value.
+    DictTable(&'a arrow_array::Int32Array, Vec<bool>, bool),
     Compare(Col<'a>, super::lang::Op, &'a super::lang::Value),
     In(Col<'a>, &'a [super::lang::Value]),
     Not(Box<Bound<'a>>),
@@ -142,9 +164,39 @@ fn bind<'a>(expr: &'a Expr, batch: &'a RecordBatch) -> Option<Bound<'a>> {
             // A missing value is "" to `=` and `!=`, and compares false otherwise.
             (Col::Int(a), op, Some(n)) => Bound::IntCompare(a, *op, n, *op == Op::Ne),
             (Col::Str(a), Op::Eq | Op::Ne, _) => Bound::StrMatch(a, *op == Op::Ne, v),
+            (Col::Dict(d, values), op, _) => {
+                let table = (0..values.len())
+                    .map(|k| {
+                        values.is_valid(k)
+                            && super::lang::compare(
+                                &FieldValue::Str(values.value(k).into()),
+                                *op,
+                                v,
+                            )
+                    })
+                    .collect();
+                let missing = super::lang::compare(&FieldValue::Missing, *op, v);
+                Bound::DictTable(d.keys(), table, missing)
+            }
             (c, op, _) => Bound::Compare(c, *op, v),
         },
-        Expr::In(f, values) => Bound::In(col(f)?, values),
+        Expr::In(f, values) => match col(f)? {
+            Col::Dict(d, dict) => {
+                let table = (0..dict.len())
+                    .map(|k| {
+                        dict.is_valid(k) && {
+                            let got = FieldValue::Str(dict.value(k).into());
+                            values.iter().any(|v| super::lang::compare(&got, Op::Eq, v))
+                        }
+                    })
+                    .collect();
+                let missing = values
+                    .iter()
+                    .any(|v| super::lang::compare(&FieldValue::Missing, Op::Eq, v));
+                Bound::DictTable(d.keys(), table, missing)
+            }
+            c => Bound::In(c, values),
+        },
         Expr::Not(e) => Bound::Not(Box::new(bind(e, batch)?)),
         Expr::And(a, b) => Bound::And(Box::new(bind(a, batch)?), Box::new(bind(b, batch)?)),
         Expr::Or(a, b) => Bound::Or(Box::new(bind(a, batch)?), Box::new(bind(b, batch)?)),
@@ -157,6 +209,18 @@ impl Bound<'_> {
     /// by row.
     fn select(&self, n: usize) -> BooleanBuffer {
         use super::lang::Op;
+        if let Bound::DictTable(keys, table, missing) = self {
+            let k = keys.values();
+            // A null row's key slot may hold anything: `get`, and nulls patched in below.
+            let picked = BooleanBuffer::collect_bool(n, |i| {
+                table.get(k[i] as usize).copied().unwrap_or(false)
+            });
+            return match keys.nulls() {
+                None => picked,
+                Some(valid) if *missing => &(&picked & valid.inner()) | &!valid.inner(),
+                Some(valid) => &picked & valid.inner(),
+            };
+        }
         let Bound::IntCompare(a, op, x, missing) = self else {
             return BooleanBuffer::collect_bool(n, |i| self.matches(i));
         };
@@ -193,6 +257,13 @@ impl Bound<'_> {
                     super::lang::Op::Le => x <= *n,
                     super::lang::Op::Gt => x > *n,
                     super::lang::Op::Ge => x >= *n,
+                }
+            }
+            Bound::DictTable(keys, table, missing) => {
+                if keys.is_null(i) {
+                    *missing
+                } else {
+                    table.get(keys.value(i) as usize).copied().unwrap_or(false)
                 }
             }
             Bound::StrMatch(a, negate, v) => {
@@ -371,6 +442,31 @@ fn predicates(
     Ok(predicates)
 }
 
+/// The archive's schema with its dictionary-encoded string columns read as Arrow
+/// dictionaries: a string comparison is then answered once per distinct value, not per row.
+fn dictionary_schema() -> arrow_schema::SchemaRef {
+    let schema = crate::archive::schema();
+    let fields: Vec<arrow_schema::Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if *f.data_type() == arrow_schema::DataType::Utf8
+                && !crate::archive::UNIQUE_COLUMNS.contains(&f.name().as_str())
+            {
+                f.as_ref()
+                    .clone()
+                    .with_data_type(arrow_schema::DataType::Dictionary(
+                        Box::new(arrow_schema::DataType::Int32),
+                        Box::new(arrow_schema::DataType::Utf8),
+                    ))
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(arrow_schema::Schema::new(fields))
+}
+
 /// Opens a segment for `query`: the row groups its time range needs, its filter as row
 /// filters. Also the segment's number of rows.
 fn open_segment(
@@ -378,7 +474,9 @@ fn open_segment(
     path: &Path,
 ) -> Result<(ParquetRecordBatchReaderBuilder<File>, u64), String> {
     let file = File::open(path).map_err(|e| e.to_string())?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+    let options =
+        parquet::arrow::arrow_reader::ArrowReaderOptions::new().with_schema(dictionary_schema());
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options)
         .map_err(|e| format!("not a readable Parquet segment: {e}"))?;
     let schema = builder.schema().clone();
     let parquet_schema = builder.parquet_schema();
@@ -603,7 +701,6 @@ fn select_segment(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// The whole-column integer comparison agrees with the row-by-row one, nulls included.
     #[test]
