@@ -540,6 +540,12 @@ mod common;
 fn a_daemon_leaves_an_archive_that_verify_query_and_duckdb_agree_on() {
     let dir = common::Scratch::new("archive");
     let (hook, metrics) = (common::free_port(), common::free_port());
+    // The manifest signed with a key of its own (the path relative to the config file).
+    let key = dir.0.join("archive.key");
+    let (code, trusted_line, err) = auditwatch(&["keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let trusted = dir.0.join("trusted-keys");
+    std::fs::write(&trusted, &trusted_line).unwrap();
     let config = dir.0.join("auditwatch.yaml");
     std::fs::write(
         &config,
@@ -548,6 +554,7 @@ fn a_daemon_leaves_an_archive_that_verify_query_and_duckdb_agree_on() {
 state_dir: state
 alerts: {{ stdout: json }}
 http: {{ listen: "127.0.0.1:{metrics}" }}
+archive: {{ sign_key: archive.key }}
 sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
 "#
         ),
@@ -600,6 +607,13 @@ sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
     let archive = dir.0.join("state/archive");
     let (code, out) = verify(&archive, None);
     assert_eq!(code, 0, "{out}");
+    let (code, out, err) = auditwatch(&[
+        "verify",
+        archive.to_str().unwrap(),
+        "--trusted-keys",
+        trusted.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "signed by the daemon's key: {out}{err}");
     // The head the daemon logged (the anchor) is the chain's.
     let log = std::fs::read_to_string(dir.0.join("stderr-0.log")).unwrap();
     let head = log

@@ -295,6 +295,9 @@ pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKey
     // The next segment's sequence number, and the newest retention record's.
     let mut next = 0u64;
     let mut retired: Option<u64> = None;
+    // A segment may be gone when a retention record later in the chain covers it (each
+    // record is checked in its place below: it can only retire segments listed before it).
+    let retired_in_chain = entries.iter().filter_map(|e| e.retired_through).max();
     let mut segments = 0usize;
     for (i, e) in entries.iter().enumerate() {
         let at = match e.retired_through {
@@ -368,10 +371,14 @@ pub fn verify(dir: &Path, expect_head: Option<&str>, trusted: Option<&TrustedKey
         let path: PathBuf = dir.join(&e.file);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
-            Err(_) if retired.is_some_and(|r| e.seq <= r) => {
-                // Segments listed before their retention record are checked when they are
-                // still there (a crash between the record and the removal), skipped here.
+            Err(_) if retired_in_chain.is_some_and(|r| e.seq <= r) => {
+                // A retired segment: its entry still links the chain; the file is checked
+                // when it is still there (a crash between the record and the removal).
                 segments -= 1;
+                if expect_head == Some(e.hash.as_str()) {
+                    seen_head = true;
+                }
+                prev = e.hash.clone();
                 continue;
             }
             Err(_) => {

@@ -798,6 +798,83 @@ mod tests {
     use arrow_array::{Array, Int32Array, TimestampNanosecondArray};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    /// Retention removes the oldest segments, records it in the manifest (chained and
+    /// signed), keeps numbering after them, and `verify` tells it from a deletion; a
+    /// retention record forged without the key is tampering.
+    #[test]
+    fn retention_is_recorded_and_told_from_deletion() {
+        use manifest::{Verdict, verify};
+        let line = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"id-1","stage":"ResponseComplete","verb":"get","user":{"username":"u"},"stageTimestamp":"2025-01-01T00:00:02Z"}"#;
+        let dir = std::env::temp_dir().join(format!("aw-archive-retain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let key = dir.with_extension("key");
+        std::fs::write(&key, manifest::Signer::generate().unwrap()).unwrap();
+        let signer = || manifest::Signer::from_file(&key).unwrap();
+        let mut trusted = manifest::TrustedKeys::new();
+        let line_of = signer().trusted_line();
+        let (id, public) = line_of.split_once(' ').unwrap();
+        trusted.insert(
+            id.to_owned(),
+            (0..public.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&public[i..i + 2], 16).unwrap())
+                .collect(),
+        );
+        let (mut archive, _) = Archive::open(&dir, SegmentLimits::default()).unwrap();
+        archive.sign_with(signer());
+        let ev = crate::event::decode_event(line).unwrap();
+        let mut sizes = Vec::new();
+        for _ in 0..4 {
+            archive.append(&ev, "s", line.len()).unwrap();
+            sizes.push(archive.seal().unwrap().unwrap().bytes);
+        }
+        // Room for the newest two only.
+        let removed = archive
+            .retire(Retention {
+                max_age: None,
+                max_bytes: Some(sizes[2] + sizes[3]),
+            })
+            .unwrap();
+        let names: Vec<String> = removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["segment-00000000.parquet", "segment-00000001.parquet"]
+        );
+        assert_eq!(archive.sealed(), (4, sizes[2] + sizes[3]));
+        match verify(&dir, Some(archive.head()), Some(&trusted)) {
+            Verdict::Intact { segments, .. } => assert_eq!(segments, 2),
+            other => panic!("{other:?}"),
+        }
+        // Numbering goes on after a reopen, even with the oldest files gone.
+        drop(archive);
+        let (mut archive, _) = Archive::open(&dir, SegmentLimits::default()).unwrap();
+        archive.sign_with(signer());
+        archive.append(&ev, "s", line.len()).unwrap();
+        assert_eq!(archive.seal().unwrap().unwrap().seq, 4);
+        // A segment removed without a retention record is a deletion.
+        std::fs::remove_file(dir.join("segment-00000002.parquet")).unwrap();
+        match verify(&dir, None, Some(&trusted)) {
+            Verdict::Tampered { at, reason } => {
+                assert_eq!(at, "segment-00000002.parquet");
+                assert!(reason.contains("deleted"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Dressing it up as retention without the key: an unsigned record.
+        let prev = manifest::read(&dir).unwrap().last().unwrap().hash.clone();
+        manifest::append(&dir, &manifest::Entry::retirement(2, &prev)).unwrap();
+        assert!(matches!(verify(&dir, None, None), Verdict::Intact { .. }));
+        match verify(&dir, None, Some(&trusted)) {
+            Verdict::Tampered { reason, .. } => assert!(reason.contains("not signed"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        std::fs::remove_file(&key).ok();
+    }
+
     /// Every field lands in the column named for it (the builders are kept in different
     /// orders than the schema, and a swap of two string columns would still type-check).
     #[test]
