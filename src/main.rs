@@ -35,6 +35,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script: `auditwatch completions bash > /etc/bash_completion.d/auditwatch`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `auditwatch man | man -l -`.
+    Man,
     /// Validate rule files and directories; print every error as file:line:column.
     Check {
         /// Rule files or directories (searched recursively for *.yaml, *.yml).
@@ -87,7 +94,7 @@ enum Command {
     /// ./auditwatch-state, alerts on stdout.
     Run {
         /// The daemon's YAML configuration (see docs/daemon.md).
-        #[arg(long, short)]
+        #[arg(long, short, env = "AUDITWATCH_CONFIG")]
         config: Option<PathBuf>,
         /// Validate the configuration and the rules, then exit.
         #[arg(long)]
@@ -173,7 +180,7 @@ enum Command {
         /// The alert's ID, or a unique start of it.
         id: String,
         /// The daemon's config: its state_dir, archive dir and rules.
-        #[arg(long)]
+        #[arg(long, env = "AUDITWATCH_CONFIG")]
         config: Option<PathBuf>,
         /// The daemon's state dir (alerts.jsonl and archive/ in it).
         #[arg(long, default_value = "auditwatch-state")]
@@ -336,6 +343,24 @@ fn parse_span(s: &str) -> Result<Span, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "auditwatch",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         Command::Check { rules, policy } => check(&rules, policy.as_deref()),
         Command::Replay {
             rules,
@@ -512,7 +537,9 @@ fn run_daemon(
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder
+            .with_ansi(color(std::io::stderr().is_terminal()))
+            .init(),
     }
     let rules = RuleSource::from_config(&config);
     if check_only {
@@ -742,9 +769,19 @@ fn run_replay(
     })
 }
 
+/// Colour on a terminal, unless `NO_COLOR` is set to anything but the empty string
+/// (no-color.org).
+fn color(terminal: bool) -> bool {
+    color_with(terminal, std::env::var_os("NO_COLOR"))
+}
+
+fn color_with(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 fn print_summary(r: &ReplayReport) {
     let mut err = std::io::stderr().lock();
-    let color = std::io::stderr().is_terminal();
+    let color = color(std::io::stderr().is_terminal());
     let _ = writeln!(err);
     // Each rule's CPU share, estimated from the events the engine timed (one in
     // PROFILE_EVERY): match block, condition, window and alert building.
@@ -1381,4 +1418,17 @@ fn silence(url: &str, creds: ApiCredentials, action: SilenceAction) -> anyhow::R
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_color_set_to_anything_turns_colour_off() {
+        use super::color_with;
+        assert!(color_with(true, None));
+        assert!(color_with(true, Some("".into())));
+        assert!(!color_with(true, Some("1".into())));
+        assert!(!color_with(true, Some("false".into())));
+        assert!(!color_with(false, None));
+    }
 }

@@ -588,3 +588,42 @@ fn a_missing_path_is_reported_once() {
     let err = stderr(&out);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    let bash = run(bin().args(["completions", "bash"]));
+    assert!(bash.status.success());
+    let script = stdout(&bash);
+    for sub in ["replay", "query", "explain", "verify", "run"] {
+        assert!(
+            script.contains(sub),
+            "{sub} missing from the bash completions"
+        );
+    }
+    // bash itself accepts it.
+    let dir = tempdir("completions");
+    let path = dir.0.join("auditwatch.bash");
+    std::fs::write(&path, &script).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let zsh = run(bin().args(["completions", "zsh"]));
+    assert!(stdout(&zsh).starts_with("#compdef auditwatch"));
+    let man = run(bin().arg("man"));
+    assert!(man.status.success());
+    let page = stdout(&man);
+    assert!(page.contains(".TH auditwatch"), "{page}");
+    assert!(page.contains("explain"), "{page}");
+}
+
+#[test]
+fn auditwatch_config_names_the_config_file() {
+    let dir = tempdir("env-config");
+    let config = dir.0.join("from-env.yaml");
+    std::fs::write(&config, "state_dir: state\nbogus_key: 1\n").unwrap();
+    let out = run(bin()
+        .args(["run", "--check"])
+        .env("AUDITWATCH_CONFIG", &config));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("from-env.yaml:2:1"), "{err}");
+}
