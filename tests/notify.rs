@@ -271,7 +271,9 @@ route:
         .iter()
         .find(|x| x["labels"]["alertname"] == "pod-deleted")
         .unwrap();
-    assert_eq!(del["labels"]["severity"], "high");
+    // High maps to Alertmanager's `critical` by default; the rule's severity stays readable.
+    assert_eq!(del["labels"]["severity"], "critical");
+    assert_eq!(del["labels"]["auditwatch_severity"], "high");
     assert_eq!(del["labels"]["source"], "auditwatch");
     assert_eq!(del["annotations"]["auditwatch_id"], deleted_id.as_str());
 

@@ -209,6 +209,28 @@ pub struct AlertmanagerConfig {
     pub resolve_after: Duration,
     pub bearer_token: Option<Secret>,
     pub ca_file: Option<PathBuf>,
+    /// The `severity` label each auditwatch severity is sent as, so that routes written for
+    /// Alertmanager's usual `critical`/`warning`/`info` match. Severities not listed keep the
+    /// default mapping; the original is always in `auditwatch_severity`.
+    #[serde(default)]
+    pub severity_labels: std::collections::BTreeMap<crate::rules::Severity, String>,
+}
+
+impl AlertmanagerConfig {
+    /// The `severity` label of `severity`: the configured one, else critical and high as
+    /// `critical`, medium as `warning`, low and info as `info`.
+    pub fn severity_label(&self, severity: crate::rules::Severity) -> String {
+        use crate::rules::Severity;
+        if let Some(label) = self.severity_labels.get(&severity) {
+            return label.clone();
+        }
+        match severity {
+            Severity::Critical | Severity::High => "critical",
+            Severity::Medium => "warning",
+            Severity::Low | Severity::Info => "info",
+        }
+        .to_owned()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

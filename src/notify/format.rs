@@ -136,12 +136,15 @@ pub fn slack(n: &Notification) -> Value {
 }
 
 /// Alertmanager API v2 `POST /api/v2/alerts` body. Labels: `alertname` (the rule),
-/// `severity`, `source="auditwatch"`, the rule's labels, and each group field as
-/// `group_<field>` (sanitised to a label name). The alert is active for `active_for`.
+/// `severity` (as `severity_label` maps it), `auditwatch_severity` (as the rule says),
+/// `source="auditwatch"`, the rule's labels, and each group field as `group_<field>`
+/// (sanitised to a label name). It started at its first request's time (`first_seen`, at the
+/// latest now) and is active for `active_for` from now.
 pub fn alertmanager(
     n: &Notification,
     now: DateTime<Utc>,
     active_for: std::time::Duration,
+    severity_label: &dyn Fn(Severity) -> String,
 ) -> Value {
     let ends =
         now + chrono::TimeDelta::from_std(active_for).unwrap_or(chrono::TimeDelta::minutes(5));
@@ -157,7 +160,8 @@ pub fn alertmanager(
                 labels.insert(format!("group_{}", label_name(k)), v.clone());
             }
             labels.insert("alertname".into(), a.rule.to_string());
-            labels.insert("severity".into(), a.severity.as_str().into());
+            labels.insert("severity".into(), severity_label(a.severity));
+            labels.insert("auditwatch_severity".into(), a.severity.as_str().into());
             labels.insert("source".into(), "auditwatch".into());
             let mut annotations = BTreeMap::new();
             annotations.insert("summary".to_owned(), a.summary.clone());
@@ -174,7 +178,7 @@ pub fn alertmanager(
             json!({
                 "labels": labels,
                 "annotations": annotations,
-                "startsAt": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "startsAt": a.first_seen.to_datetime().min(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "endsAt": ends.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             })
         })
@@ -314,10 +318,18 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .unwrap()
             .to_utc();
+        a.first_seen = crate::event::EventTime::parse_rfc3339("2025-12-31T23:58:00Z").unwrap();
         let v = alertmanager(
             &note(vec![a.clone()]),
             now,
             std::time::Duration::from_secs(300),
+            &|s| {
+                if s == Severity::High {
+                    "critical".into()
+                } else {
+                    "x".into()
+                }
+            },
         );
         let labels = &v[0]["labels"];
         assert_eq!(labels["alertname"], "pod-exec");
@@ -325,6 +337,10 @@ mod tests {
         assert_eq!(labels["group_effectiveUser_username"], "bob");
         assert_eq!(v[0]["annotations"]["auditwatch_id"], a.id.as_str());
         assert_eq!(v[0]["endsAt"], "2026-01-01T00:05:00.000Z");
+        // It started when its first request came, not when it was sent.
+        assert_eq!(v[0]["startsAt"], "2025-12-31T23:58:00.000Z");
+        assert_eq!(labels["severity"], "critical");
+        assert_eq!(labels["auditwatch_severity"], "high");
     }
 
     #[test]

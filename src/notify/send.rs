@@ -53,6 +53,8 @@ pub struct Http {
     routing_key: Option<String>,
     body_template: Option<(Environment<'static>, String)>,
     active_for: Duration,
+    /// The Alertmanager notifier's settings (its severity labels).
+    alertmanager: Option<Box<crate::notify::config::AlertmanagerConfig>>,
 }
 
 pub const DEFAULT_SUBJECT: &str = "[auditwatch] {{ title }}";
@@ -199,6 +201,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 routing_key: None,
                 body_template,
                 active_for: Duration::ZERO,
+                alertmanager: None,
             }))))
         }
         NotifierConfig::Slack(c) => {
@@ -219,6 +222,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 routing_key: None,
                 body_template: None,
                 active_for: Duration::ZERO,
+                alertmanager: None,
             }))))
         }
         NotifierConfig::Alertmanager(c) => Ok(Some(Sender::Http(Box::new(Http {
@@ -236,6 +240,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
             routing_key: None,
             body_template: None,
             active_for: c.resolve_after.std(),
+            alertmanager: Some(Box::new(c.clone())),
         })))),
         NotifierConfig::Pagerduty(c) => Ok(Some(Sender::Http(Box::new(Http {
             client: client(c.ca_file.as_deref(), timeout)?,
@@ -251,6 +256,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
             ),
             body_template: None,
             active_for: Duration::ZERO,
+            alertmanager: None,
         })))),
     }
 }
@@ -345,7 +351,12 @@ impl Http {
                     .await
             }
             HttpKind::Alertmanager => {
-                let body = format::alertmanager(n, Utc::now(), self.active_for);
+                let severity = |sev: crate::rules::Severity| {
+                    self.alertmanager
+                        .as_ref()
+                        .map_or_else(|| sev.as_str().to_owned(), |c| c.severity_label(sev))
+                };
+                let body = format::alertmanager(n, Utc::now(), self.active_for, &severity);
                 self.post(&n.id, body.to_string(), "application/json").await
             }
         }
