@@ -34,6 +34,23 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum RoutesAction {
+    /// Print the routing tree.
+    Show {
+        #[arg(long, short, env = "AUDITWATCH_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The notifiers an alert with these fields reaches: `rule=NAME`, `severity=LEVEL`,
+    /// `kind=event|count|...`, `group.FIELD=VALUE`, any other `NAME=VALUE` is a rule label.
+    Test {
+        #[arg(long, short, env = "AUDITWATCH_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        fields: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Print a shell completion script: `auditwatch completions bash > /etc/bash_completion.d/auditwatch`.
     Completions {
@@ -42,6 +59,13 @@ enum Command {
     },
     /// Print the manual page (roff): `auditwatch man | man -l -`.
     Man,
+    /// The notification routing tree of a config: `routes show` prints it, `routes test
+    /// rule=pod-exec severity=high team=apps` prints the notifiers such an alert reaches (as
+    /// `amtool config routes test` does).
+    Routes {
+        #[command(subcommand)]
+        action: RoutesAction,
+    },
     /// Validate rule files and directories; print every error as file:line:column.
     Check {
         /// Rule files or directories (searched recursively for *.yaml, *.yml).
@@ -361,6 +385,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
+        Command::Routes { action } => run_routes(action),
         Command::Check { rules, policy } => check(&rules, policy.as_deref()),
         Command::Replay {
             rules,
@@ -872,6 +897,130 @@ fn keygen(out: &std::path::Path) -> anyhow::Result<ExitCode> {
     let signer = Signer::from_file(out).map_err(anyhow::Error::msg)?;
     println!("{}", signer.trusted_line());
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
+    use auditwatch::notify::config::RouteConfig;
+    let load = |path: Option<&std::path::Path>| -> anyhow::Result<auditwatch::config::Config> {
+        Ok(match path {
+            Some(p) => auditwatch::config::Config::load(p)?,
+            None => auditwatch::config::Config::default(),
+        })
+    };
+    match action {
+        RoutesAction::Show { config } => {
+            let cfg = load(config.as_deref())?;
+            fn show(r: &RouteConfig, depth: usize, index: &mut usize, out: &mut String) {
+                let pad = "  ".repeat(depth);
+                let m = &r.matcher;
+                let mut what = Vec::new();
+                if !m.rules.is_empty() {
+                    what.push(format!("rules={}", m.rules.join(",")));
+                }
+                if !m.severity.is_empty() {
+                    let s: Vec<&str> = m.severity.iter().map(|s| s.as_str()).collect();
+                    what.push(format!("severity={}", s.join(",")));
+                }
+                if let Some(min) = m.min_severity {
+                    what.push(format!("severity>={}", min.as_str()));
+                }
+                for (k, v) in &m.labels {
+                    what.push(format!("{k}={v}"));
+                }
+                let matcher = if what.is_empty() {
+                    "any alert".to_owned()
+                } else {
+                    what.join(" ")
+                };
+                let mut line = format!("{pad}[{index}] {matcher}");
+                if !r.notify.is_empty() {
+                    line.push_str(&format!(" -> {}", r.notify.join(", ")));
+                }
+                if r.continue_ {
+                    line.push_str(" (continue)");
+                }
+                if let Some(g) = &r.group_by {
+                    line.push_str(&format!(" group_by={}", g.join(",")));
+                }
+                out.push_str(&line);
+                out.push('\n');
+                *index += 1;
+                for child in &r.routes {
+                    show(child, depth + 1, index, out);
+                }
+            }
+            let mut out = String::new();
+            show(&cfg.route, 0, &mut 0, &mut out);
+            print!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        RoutesAction::Test { config, fields } => {
+            let cfg = load(config.as_deref())?;
+            let mut rule = String::from("test");
+            let mut severity = auditwatch::rules::Severity::Medium;
+            let mut kind = auditwatch::alert::AlertKind::Event;
+            let mut labels = std::collections::BTreeMap::new();
+            let mut group = Vec::new();
+            for f in &fields {
+                let Some((k, v)) = f.split_once('=') else {
+                    eprintln!("error: {f:?}: expected NAME=VALUE");
+                    return Ok(ExitCode::from(2));
+                };
+                match k {
+                    "rule" | "alertname" => rule = v.to_owned(),
+                    "severity" => match serde_json::from_value(serde_json::Value::from(v)) {
+                        Ok(s) => severity = s,
+                        Err(_) => {
+                            eprintln!("error: severity {v:?}: info, low, medium, high or critical");
+                            return Ok(ExitCode::from(2));
+                        }
+                    },
+                    "kind" => match serde_json::from_value(serde_json::Value::from(v)) {
+                        Ok(x) => kind = x,
+                        Err(_) => {
+                            eprintln!(
+                                "error: kind {v:?}: event, count, distinct, absence, sequence or storm"
+                            );
+                            return Ok(ExitCode::from(2));
+                        }
+                    },
+                    _ => match k.strip_prefix("group.") {
+                        Some(field) => group.push((std::sync::Arc::from(field), v.to_owned())),
+                        None => {
+                            labels.insert(k.to_owned(), v.to_owned());
+                        }
+                    },
+                }
+            }
+            let alert = auditwatch::alert::Alert {
+                id: String::new(),
+                rule: std::sync::Arc::from(rule.as_str()),
+                severity,
+                kind,
+                summary: String::new(),
+                description: None,
+                group: auditwatch::alert::Group(group),
+                count: 1,
+                first_seen: auditwatch::event::EventTime(0),
+                last_seen: auditwatch::event::EventTime(0),
+                audit_ids: Vec::new(),
+                events: Vec::new(),
+                labels: std::sync::Arc::new(labels),
+                notify: None,
+                suppressed: 0,
+                author: None,
+            };
+            let router = auditwatch::notify::route::Router::new(&cfg.route);
+            let reached = router.route(&alert, None);
+            if reached.is_empty() {
+                println!("(no notifier)");
+            }
+            for d in reached {
+                println!("{} (route {})", d.notifier, d.route);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// `verify`: an archive directory, or a state dir's archive and alert journal. Exit 1 when

@@ -627,3 +627,51 @@ fn auditwatch_config_names_the_config_file() {
     let err = stderr(&out);
     assert!(err.contains("from-env.yaml:2:1"), "{err}");
 }
+
+#[test]
+fn routes_show_the_tree_and_test_where_an_alert_goes() {
+    let dir = tempdir("routes");
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        r#"
+notifiers:
+  default: { webhook: { url: "http://127.0.0.1:9/default" } }
+  pager: { webhook: { url: "http://127.0.0.1:9/pager" } }
+  apps: { webhook: { url: "http://127.0.0.1:9/apps" } }
+route:
+  notify: [default]
+  routes:
+    - match: { labels: { team: apps } }
+      notify: [apps]
+      continue: true
+    - match: { min_severity: high }
+      notify: [pager]
+"#,
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let show = run(bin().args(["routes", "show", "--config", config]));
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert_eq!(
+        stdout(&show),
+        "[0] any alert -> default\n  [1] team=apps -> apps (continue)\n  [2] severity>=high -> pager\n"
+    );
+    let test = |fields: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["routes", "test", "--config", config])
+            .args(fields);
+        let out = run(&mut cmd);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(test(&["rule=x", "severity=low"]), "default (route 0)\n");
+    assert_eq!(test(&["severity=critical"]), "pager (route 2)\n");
+    assert_eq!(
+        test(&["severity=critical", "team=apps"]),
+        "apps (route 1)\npager (route 2)\n"
+    );
+    let bad = run(bin().args(["routes", "test", "--config", config, "severity=urgent"]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("info, low, medium, high or critical"));
+}
