@@ -727,12 +727,15 @@ fn run_replay(
         }
         None => None,
     };
+    let progress = std::sync::Arc::new(auditwatch::replay::Progress::default());
+    let bar = ProgressBar::start(files, &progress);
     let mut report = replay(
         set,
         files,
         input_format,
         opts,
         archive.as_mut(),
+        Some(&progress),
         &mut |alert| {
             if write_error.is_some() {
                 return;
@@ -757,6 +760,7 @@ fn run_replay(
             }
         },
     );
+    drop(bar);
     out.flush().ok();
     if let Some(e) = write_error
         && e.kind() != std::io::ErrorKind::BrokenPipe
@@ -792,6 +796,80 @@ fn run_replay(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A one-line progress display on stderr (bytes, records/s, ETA), only when stderr is a
+/// terminal: redrawn five times a second by a thread of its own, erased when the run ends.
+struct ProgressBar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressBar {
+    fn start(
+        files: &[PathBuf],
+        progress: &std::sync::Arc<auditwatch::replay::Progress>,
+    ) -> ProgressBar {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return ProgressBar { stop, thread: None };
+        }
+        // A total only when every input is a plain log file (stdin and archives have none).
+        let total: Option<u64> = files
+            .iter()
+            .map(|f| {
+                let m = std::fs::metadata(f).ok().filter(|m| m.is_file())?;
+                (f.extension().is_none_or(|e| e != "parquet")).then_some(m.len())
+            })
+            .sum();
+        let (progress, done) = (
+            std::sync::Arc::clone(progress),
+            std::sync::Arc::clone(&stop),
+        );
+        let thread = std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let started = std::time::Instant::now();
+            while !done.load(Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let (records, bytes) =
+                    (progress.records.load(Relaxed), progress.bytes.load(Relaxed));
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let mut line = format!(
+                    "{:.0} MiB, {:.0}k records/s",
+                    bytes as f64 / 1048576.0,
+                    records as f64 / secs / 1e3
+                );
+                if let Some(total) = total.filter(|t| *t > 0) {
+                    let share = (bytes as f64 / total as f64).min(1.0);
+                    let eta = if share > 0.0 {
+                        secs / share - secs
+                    } else {
+                        0.0
+                    };
+                    line = format!(
+                        "{:>3.0}% of {:.0} MiB: {line}, ETA {eta:.0}s",
+                        share * 100.0,
+                        total as f64 / 1048576.0
+                    );
+                }
+                eprint!("\r\x1b[2K{line}");
+            }
+            eprint!("\r\x1b[2K");
+        });
+        ProgressBar {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ProgressBar {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Colour on a terminal, unless `NO_COLOR` is set to anything but the empty string
@@ -1189,12 +1267,15 @@ fn run_query(
         return Ok(ExitCode::from(2));
     }
     let mut shown = 0;
-    let report = query::run(&q, files, input_format, &mut |e| {
+    let progress = std::sync::Arc::new(auditwatch::replay::Progress::default());
+    let bar = ProgressBar::start(files, &progress);
+    let report = query::run_with_progress(&q, files, input_format, Some(&progress), &mut |e| {
         if shown < 5 {
             eprintln!("warning: {e}");
         }
         shown += 1;
     });
+    drop(bar);
     for (name, why) in &report.unreadable {
         eprintln!("error: {name}: {why}");
     }

@@ -99,6 +99,21 @@ struct Input {
     has_record: bool,
 }
 
+/// How far a run got, for a progress display on another thread: records and their bytes.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub records: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn record(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.records.fetch_add(1, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+}
+
 /// Runs `rules` over `inputs` (`-` for stdin) and reports every alert to `on_alert`.
 #[allow(clippy::too_many_arguments)]
 pub fn replay(
@@ -107,6 +122,7 @@ pub fn replay(
     format: InputFormat,
     opts: EngineOptions,
     mut archive: Option<&mut Archive>,
+    progress: Option<&Progress>,
     on_alert: &mut dyn FnMut(&Alert),
     on_diagnostic: &mut dyn FnMut(Diagnostic),
 ) -> ReplayReport {
@@ -157,6 +173,9 @@ pub fn replay(
                     text: &str,
                     on_diagnostic: &mut dyn FnMut(Diagnostic)| {
         report.records += 1;
+        if let Some(p) = progress {
+            p.record(text.len() as u64 + 1);
+        }
         let mut on_error = |e: DecodeError| {
             report.decode_errors += 1;
             on_diagnostic(Diagnostic::Decode(e));

@@ -675,3 +675,38 @@ route:
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("info, low, medium, high or critical"));
 }
+
+/// A progress line (share, MiB, records/s, ETA) on a terminal, erased at the end; none when
+/// stderr is not a terminal.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let dir = tempdir("progress");
+    // Big enough to be read for longer than one redraw (200 ms) on any machine.
+    let line = std::fs::read_to_string(fixture("audit2rbac-demo.log")).unwrap();
+    let log = dir.0.join("big.log");
+    let mut f = std::fs::File::create(&log).unwrap();
+    for _ in 0..1500 {
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    drop(f);
+    let command = format!(
+        "{} query 'verb = list' --groupby username {} > /dev/null",
+        env!("CARGO_BIN_EXE_auditwatch"),
+        log.display()
+    );
+    // `script` gives the command a terminal; what it wrote there is in the typescript.
+    let typescript = dir.0.join("typescript");
+    let out = run(Command::new("script")
+        .args(["-qec", &command])
+        .arg(&typescript));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = std::fs::read_to_string(&typescript).unwrap();
+    assert!(seen.contains("% of ") && seen.contains("ETA"), "{seen:?}");
+    // Erased at the end: the line is cleared before the summary is written.
+    assert!(seen.contains("\r\x1b[2K55500 events read"), "{seen:?}");
+    let plain = run(bin()
+        .args(["query", "verb = list", "--groupby", "username"])
+        .arg(&log));
+    assert!(plain.status.success());
+    assert!(!stderr(&plain).contains("ETA"), "{}", stderr(&plain));
+}

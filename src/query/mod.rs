@@ -129,6 +129,18 @@ pub fn run(
     format: InputFormat,
     on_error: &mut dyn FnMut(DecodeError),
 ) -> QueryReport {
+    run_with_progress(query, paths, format, None, on_error)
+}
+
+/// [`run`], counting records and bytes read in `progress` (for a display on another thread;
+/// an archive segment counts as its rows and its file size once read).
+pub fn run_with_progress(
+    query: &Query,
+    paths: &[PathBuf],
+    format: InputFormat,
+    progress: Option<&crate::replay::Progress>,
+    on_error: &mut dyn FnMut(DecodeError),
+) -> QueryReport {
     let mut report = QueryReport::default();
     let mut groups: HashMap<(Option<EventTime>, Vec<String>), Acc> = HashMap::new();
     let mut key = Vec::with_capacity(query.group_by.len());
@@ -149,8 +161,15 @@ pub fn run(
                 vec![path.clone()]
             };
             for segment in segments {
-                if let Err(why) = columnar::run_segment(query, &segment, &mut columnar, &mut report)
-                {
+                let before = report.events;
+                let result = columnar::run_segment(query, &segment, &mut columnar, &mut report);
+                if let Some(p) = progress {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    p.records.fetch_add(report.events - before, Relaxed);
+                    let size = std::fs::metadata(&segment).map_or(0, |m| m.len());
+                    p.bytes.fetch_add(size, Relaxed);
+                }
+                if let Err(why) = result {
                     report.unreadable.push((segment.display().to_string(), why));
                 }
             }
@@ -181,6 +200,9 @@ pub fn run(
                 }
             };
             let position = rec.position.clone();
+            if let Some(p) = progress {
+                p.record(rec.text.len() as u64 + 1);
+            }
             let mut errors = 0;
             let mut on_bad = |e: DecodeError| {
                 errors += 1;
