@@ -48,7 +48,9 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub pipeline: PipelineConfig,
     pub alerts: AlertOutputConfig,
-    /// Named notifiers (email, webhook, slack, alertmanager, pagerduty, metrics).
+    /// Named notifiers (email, webhook, slack, alertmanager, pagerduty, metrics);
+    /// `receivers:` is Alertmanager's word for the same.
+    #[serde(alias = "receivers")]
     pub notifiers: std::collections::BTreeMap<String, crate::notify::config::NotifierConfig>,
     /// The routing tree's root.
     pub route: crate::notify::config::RouteConfig,

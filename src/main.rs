@@ -1005,14 +1005,16 @@ fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
                 for (k, v) in &m.labels {
                     what.push(format!("{k}={v}"));
                 }
+                what.extend(r.matchers.iter().map(|m| m.0.to_string()));
                 let matcher = if what.is_empty() {
                     "any alert".to_owned()
                 } else {
                     what.join(" ")
                 };
                 let mut line = format!("{pad}[{index}] {matcher}");
-                if !r.notify.is_empty() {
-                    line.push_str(&format!(" -> {}", r.notify.join(", ")));
+                let to: Vec<&str> = r.notifiers().map(String::as_str).collect();
+                if !to.is_empty() {
+                    line.push_str(&format!(" -> {}", to.join(", ")));
                 }
                 if r.continue_ {
                     line.push_str(" (continue)");

@@ -671,6 +671,59 @@ route:
         test(&["severity=critical", "team=apps"]),
         "apps (route 1)\npager (route 2)\n"
     );
+    // Alertmanager's words: receivers, receiver, matchers.
+    let am = dir.0.join("am.yaml");
+    std::fs::write(
+        &am,
+        r#"
+receivers:
+  default: { webhook: { url: "http://127.0.0.1:9/default" } }
+  pager: { webhook: { url: "http://127.0.0.1:9/pager" } }
+route:
+  receiver: default
+  routes:
+    - matchers: ['severity=~"high|critical"', 'rule!="noisy"']
+      receiver: pager
+"#,
+    )
+    .unwrap();
+    let am = am.to_str().unwrap();
+    let show = run(bin().args(["routes", "show", "--config", am]));
+    assert_eq!(
+        stdout(&show),
+        "[0] any alert -> default\n  [1] severity=~\"high|critical\" rule!=\"noisy\" -> pager\n"
+    );
+    let to = |fields: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["routes", "test", "--config", am]).args(fields);
+        stdout(&run(&mut cmd))
+    };
+    assert_eq!(to(&["rule=x", "severity=high"]), "pager (route 1)\n");
+    assert_eq!(to(&["rule=noisy", "severity=high"]), "default (route 0)\n");
+    assert_eq!(to(&["rule=x", "severity=low"]), "default (route 0)\n");
+    // A receiver that does not exist, and a matcher that does not parse: positioned errors.
+    std::fs::write(dir.0.join("bad.yaml"), "route:\n  receiver: nobody\n").unwrap();
+    let bad = run(bin()
+        .args(["routes", "show", "--config"])
+        .arg(dir.0.join("bad.yaml")));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("bad.yaml:2:"), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("unknown receiver \"nobody\""),
+        "{}",
+        stderr(&bad)
+    );
+    std::fs::write(
+        dir.0.join("bad2.yaml"),
+        "route:\n  routes:\n    - matchers: ['severity']\n",
+    )
+    .unwrap();
+    let bad = run(bin()
+        .args(["routes", "show", "--config"])
+        .arg(dir.0.join("bad2.yaml")));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("bad2.yaml:3:"), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("has no operator"), "{}", stderr(&bad));
     let bad = run(bin().args(["routes", "test", "--config", config, "severity=urgent"]));
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("info, low, medium, high or critical"));

@@ -288,7 +288,13 @@ pub struct RouteMatch {
 pub struct RouteConfig {
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
+    /// Alertmanager's form: `['severity=~"high|critical"', 'rule!="x"']`, the matcher syntax
+    /// of silences, on the alert's fields (`rule`/`alertname`, `severity`, `kind`, labels,
+    /// `group.<field>`). All must hold, with `match`.
+    pub matchers: Vec<TextMatcher>,
     pub notify: Vec<String>,
+    /// Alertmanager's word for a route's one notifier; the same as `notify: [NAME]`.
+    pub receiver: Option<String>,
     #[serde(rename = "continue")]
     pub continue_: bool,
     /// Alert fields grouped on: `rule`, `severity`, `kind`, a label name, `group.<field>`;
@@ -401,13 +407,42 @@ impl NotifierConfig {
     }
 }
 
+/// A matcher written as text (`severity=~"high|critical"`), as Alertmanager's `matchers`.
+#[derive(Debug, Clone)]
+pub struct TextMatcher(pub crate::notify::silence::Matcher);
+
+impl<'de> Deserialize<'de> for TextMatcher {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse()
+            .map(TextMatcher)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl RouteConfig {
+    /// Every notifier the route names, by `notify` or `receiver`.
+    pub fn notifiers(&self) -> impl Iterator<Item = &String> {
+        self.notify.iter().chain(self.receiver.iter())
+    }
+
     /// Checks notifier names and group_by fields; errors carry a dotted config path.
     pub fn validate(
         &self,
         path: &str,
         notifiers: &BTreeMap<String, NotifierConfig>,
     ) -> Result<(), (String, String)> {
+        if let Some(name) = &self.receiver
+            && !notifiers.contains_key(name)
+        {
+            return Err((
+                format!("{path}.receiver"),
+                format!(
+                    "unknown receiver {name:?} (defined: {})",
+                    notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
         for (i, name) in self.notify.iter().enumerate() {
             if !notifiers.contains_key(name) {
                 return Err((

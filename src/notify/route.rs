@@ -66,6 +66,7 @@ impl Grouping {
 #[derive(Debug, Clone)]
 struct Node {
     matcher: RouteMatch,
+    matchers: Vec<crate::notify::silence::Matcher>,
     notify: Vec<String>,
     continue_: bool,
     grouping: Grouping,
@@ -138,7 +139,7 @@ fn walk<'a>(
 ) -> bool {
     let me = *index;
     *index += 1;
-    if !matches(&node.matcher, alert) {
+    if !matches(&node.matcher, alert) || !node.matchers.iter().all(|m| m.matches(alert)) {
         *index += count(node) - 1;
         return false;
     }
@@ -195,7 +196,8 @@ fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
     };
     Node {
         matcher: config.matcher.clone(),
-        notify: config.notify.clone(),
+        matchers: config.matchers.iter().map(|m| m.0.clone()).collect(),
+        notify: config.notifiers().cloned().collect(),
         continue_: config.continue_,
         children: config
             .routes
