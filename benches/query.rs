@@ -17,8 +17,11 @@
 
 #[path = "common/corpus.rs"]
 mod corpus;
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/python.rs"]
 mod python;
+use measure::{cpu_time, met};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -29,17 +32,6 @@ use auditwatch::event::{EventTime, InputFormat, Position, decode_each};
 use auditwatch::query::{self, Aggregate, Query, lang};
 
 const RUNS: usize = 3;
-
-fn cpu_time() -> f64 {
-    std::fs::read_to_string("/proc/self/schedstat")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .map_or(0.0, |ns| ns as f64 / 1e9)
-}
 
 fn build_archive(log: &Path, dir: &Path) -> (f64, u64, u64) {
     let _ = std::fs::remove_dir_all(dir);
@@ -200,10 +192,6 @@ for u, n in rows:
         .collect();
     rows.sort();
     Ok((cpu, rows))
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
 }
 
 fn main() {

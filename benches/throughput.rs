@@ -25,9 +25,12 @@ use std::time::Instant;
 
 #[path = "common/corpus.rs"]
 mod corpus;
+#[path = "common/measure.rs"]
+mod measure;
 #[path = "common/python.rs"]
 mod python;
 use corpus::{READ_RESOURCES, generate};
+use measure::{cpu_time, met};
 
 /// The rule sets measured: name, `--rules` arguments (none: the bundled packs).
 fn rule_sets(root: &Path) -> Vec<(&'static str, Vec<PathBuf>)> {
@@ -380,20 +383,4 @@ fn bundled_ratio_line(ratio: f64, corpus: &str) {
         "",
         met(ratio <= 0.33)
     );
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
-}
-
-/// CPU time of this process so far (Linux `/proc/self/schedstat`, ns).
-fn cpu_time() -> f64 {
-    std::fs::read_to_string("/proc/self/schedstat")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
