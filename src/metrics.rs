@@ -8,10 +8,12 @@
 //! pass to [`Metrics::prime`]; never a username, IP or object name. Every metric is documented
 //! in `docs/metrics.md`.
 
+use std::collections::BTreeMap;
+
 use crate::event::RESOURCE_VERBS;
 use prometheus::{
-    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -67,6 +69,9 @@ pub struct Metrics {
     rule_condition_skipped: IntCounterVec,
     rule_objects_too_deep: IntCounterVec,
     rule_late: IntCounterVec,
+    rule_throttled: IntCounterVec,
+    source_newest: GaugeVec,
+    source_watermark: GaugeVec,
     window_held: IntGauge,
     audit_events: IntCounterVec,
     audit_resources: IntCounterVec,
@@ -95,6 +100,9 @@ impl Reg<'_> {
     }
     fn float_gauge(&self, name: &str, help: &str) -> Gauge {
         self.add(Gauge::new(name, help).expect("valid metric"))
+    }
+    fn float_gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
     }
     fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
         self.add(
@@ -131,6 +139,7 @@ pub struct RuleDeltas {
     pub condition_skipped: u64,
     pub objects_too_deep: u64,
     pub late: u64,
+    pub throttled: u64,
     pub condition_seconds: f64,
 }
 
@@ -385,6 +394,21 @@ impl Metrics {
                 "Requests a windowed rule matched that arrived older than the watermark and were left out of its window, by rule.",
                 &["rule"],
             ),
+            rule_throttled: r.counters(
+                "auditwatch_rule_throttled_total",
+                "Firings a rule's throttle swallowed (counted in the next alert's suppressed), by rule.",
+                &["rule"],
+            ),
+            source_newest: r.float_gauges(
+                "auditwatch_source_newest_event_timestamp_seconds",
+                "Event time of the newest event from each event clock (a log file, stdin, or one apiserver sending to a webhook: at most 256), as Unix seconds.",
+                &["source"],
+            ),
+            source_watermark: r.float_gauges(
+                "auditwatch_source_watermark_timestamp_seconds",
+                "Each event clock's watermark (its newest event time minus its lateness) as Unix seconds; 0 while the clock is idle.",
+                &["source"],
+            ),
             window_held: r.gauge(
                 "auditwatch_window_held_requests",
                 "Requests held for requests still to come within the lateness (sequence hits waiting for the watermark, and count and distinct windows' requests past it).",
@@ -604,6 +628,39 @@ impl Metrics {
             .inc();
     }
 
+    /// One event clock's newest event time and watermark (`None` while idle), in Unix seconds.
+    pub fn set_source_clock(&self, source: &str, newest: f64, watermark: Option<f64>) {
+        self.source_newest.with_label_values(&[source]).set(newest);
+        self.source_watermark
+            .with_label_values(&[source])
+            .set(watermark.unwrap_or(0.0));
+    }
+
+    /// Every sample of the metric family `name` as (labels, value), for the console, which
+    /// shows the same numbers `/metrics` serves.
+    pub fn samples(&self, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let mut out = Vec::new();
+        for family in self.registry.gather() {
+            if family.name() != name {
+                continue;
+            }
+            for m in family.get_metric() {
+                let labels = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                    .collect();
+                let value = match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+                    _ => continue,
+                };
+                out.push((labels, value));
+            }
+        }
+        out
+    }
+
     pub fn set_window_keys(&self, n: usize) {
         self.window_keys.set(n as i64);
     }
@@ -630,6 +687,7 @@ impl Metrics {
         add(&self.rule_condition_skipped, d.condition_skipped);
         add(&self.rule_objects_too_deep, d.objects_too_deep);
         add(&self.rule_late, d.late);
+        add(&self.rule_throttled, d.throttled);
         if d.condition_seconds > 0.0 {
             let c: Counter = self.rule_condition_seconds.with_label_values(&[rule]);
             c.inc_by(d.condition_seconds);

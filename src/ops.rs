@@ -11,13 +11,13 @@
 //! HTML form cannot send). A non-loopback listener without `auth` is refused at start unless
 //! `insecure: true`. Who changed which silence goes to the alert journal.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
@@ -26,11 +26,11 @@ use serde::Deserialize;
 
 use crate::metrics::Metrics;
 use crate::net::auth::{AuthConfig, AuthError, Authenticator, Principal};
+use crate::net::origin::{host_allowed, same_origin};
 use crate::net::serve::{ConnEvents, ConnectionLimits, PeerAddr};
 use crate::net::tls::TlsConfig;
-use crate::notify::silence::{NewSilence, SilenceError, Silences};
+use crate::notify::silence::{NewSilence, SilenceDesk, SilenceError};
 use crate::source::Backlog;
-use crate::state::{ChangeRecord, SharedAlertJournal};
 
 /// `http:` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -110,9 +110,8 @@ pub struct Ops {
     pub metrics: Arc<Metrics>,
     /// Set once state is restored and the sources run; cleared at shutdown.
     pub ready: Arc<AtomicBool>,
-    pub silences: Arc<Mutex<Silences>>,
-    /// Where silence changes are recorded, with who made them.
-    pub journal: SharedAlertJournal,
+    /// The silences, and where changes to them are recorded with who made them.
+    pub desk: SilenceDesk,
     pub backlog: Backlog,
     /// `/readyz` fails while the engine's backlog is older than this.
     pub max_lag: std::time::Duration,
@@ -325,80 +324,19 @@ async fn guard_api(State(guard): State<Arc<Guard>>, mut request: Request, next: 
     next.run(request).await
 }
 
-/// `Host` is an IP address, `localhost`, or an allowed name (any port); absent is accepted
-/// (HTTP/1.0 clients; browsers always send it).
-fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let Some(host) = headers.get(header::HOST) else {
-        return true;
-    };
-    let Ok(host) = host.to_str() else {
-        return false;
-    };
-    let name = host_name(host);
-    name.parse::<IpAddr>().is_ok()
-        || name.eq_ignore_ascii_case("localhost")
-        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
-}
-
-/// The host of `host[:port]` or `[v6]:port`.
-fn host_name(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
-}
-
-/// A request without `Origin` (curl, the CLI) passes; with one, it must name the same host
-/// and port as `Host`. `Sec-Fetch-Site` (sent by browsers) must not say another site.
-fn same_origin(headers: &HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
-        && !matches!(site, "same-origin" | "none")
-    {
-        return false;
-    }
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let (Ok(origin), Some(Ok(host))) = (
-        origin.to_str(),
-        headers.get(header::HOST).map(|h| h.to_str()),
-    ) else {
-        return false;
-    };
-    let Some((scheme, authority)) = origin.split_once("://") else {
-        return false;
-    };
-    let default_port = match scheme {
-        "http" => "80",
-        "https" => "443",
-        _ => return false,
-    };
-    let with_port = |a: &str| {
-        if a.starts_with('[') && !a.contains("]:") || !a.starts_with('[') && !a.contains(':') {
-            format!("{a}:{default_port}")
-        } else {
-            a.to_owned()
-        }
-    };
-    with_port(authority).eq_ignore_ascii_case(&with_port(host))
-}
-
 fn silence_error(e: SilenceError) -> Response {
     let status = match e {
         SilenceError::Invalid(_) => StatusCode::BAD_REQUEST,
         SilenceError::Limit(_) => StatusCode::UNPROCESSABLE_ENTITY,
         SilenceError::NotFound(_) => StatusCode::NOT_FOUND,
-        SilenceError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        SilenceError::Io { .. } | SilenceError::Poisoned => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
 }
 
 async fn list_silences(State(ops): State<Ops>) -> Response {
     let now = chrono::Utc::now();
-    let Ok(s) = ops.silences.lock() else {
+    let Ok(s) = ops.desk.silences.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let list: Vec<serde_json::Value> = s
@@ -413,33 +351,6 @@ async fn list_silences(State(ops): State<Ops>) -> Response {
     Json(list).into_response()
 }
 
-/// Records a change in the alert journal; a failure is logged (the change stands: it is
-/// already persisted in `silences.json`).
-fn record_change(
-    ops: &Ops,
-    action: &str,
-    by: &Principal,
-    peer: Option<PeerAddr>,
-    object: &impl serde::Serialize,
-) {
-    let change = ChangeRecord {
-        record: "silence".into(),
-        action: action.into(),
-        at: chrono::Utc::now(),
-        by: by.to_string(),
-        peer: peer.map(|p| p.0.to_string()),
-        object: serde_json::to_value(object).unwrap_or_default(),
-    };
-    let written = ops
-        .journal
-        .lock()
-        .map_err(|_| "lock poisoned".to_owned())
-        .and_then(|mut j| j.append_change(&change).map_err(|e| e.to_string()));
-    if let Err(e) = written {
-        tracing::error!(error = %e, action, "cannot record the silence change in the alert journal");
-    }
-}
-
 async fn add_silence(
     State(ops): State<Ops>,
     Extension(by): Extension<Principal>,
@@ -450,23 +361,10 @@ async fn add_silence(
         Ok(n) => n,
         Err(e) => return silence_error(SilenceError::Invalid(format!("request body: {e}"))),
     };
-    let created = {
-        let Ok(mut s) = ops.silences.lock() else {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        };
-        match s.add(new, &by.to_string(), chrono::Utc::now()) {
-            Ok(created) => created,
-            Err(e) => return silence_error(e),
-        }
-    };
-    let matchers: Vec<String> = created.matchers.iter().map(ToString::to_string).collect();
-    if created.matches_everything() {
-        tracing::warn!(silence = %created.id, ?matchers, ends_at = %created.ends_at, by = %by, "silence added that matches EVERY alert: no notification goes out until it ends");
-    } else {
-        tracing::info!(silence = %created.id, ?matchers, ends_at = %created.ends_at, by = %by, "silence added");
+    match ops.desk.add(new, &by.to_string(), peer.map(|p| p.0.0)) {
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
+        Err(e) => silence_error(e),
     }
-    record_change(&ops, "create", &by, peer.map(|p| p.0), &created);
-    (StatusCode::CREATED, Json(created)).into_response()
 }
 
 async fn expire_silence(
@@ -475,18 +373,10 @@ async fn expire_silence(
     peer: Option<Extension<PeerAddr>>,
     Path(id): Path<String>,
 ) -> Response {
-    let expired = {
-        let Ok(mut s) = ops.silences.lock() else {
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        };
-        match s.expire(&id, &by.to_string(), chrono::Utc::now()) {
-            Ok(expired) => expired,
-            Err(e) => return silence_error(e),
-        }
-    };
-    tracing::info!(silence = %expired.id, by = %by, "silence expired");
-    record_change(&ops, "expire", &by, peer.map(|p| p.0), &expired);
-    Json(expired).into_response()
+    match ops.desk.expire(&id, &by.to_string(), peer.map(|p| p.0.0)) {
+        Ok(expired) => Json(expired).into_response(),
+        Err(e) => silence_error(e),
+    }
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
@@ -523,81 +413,6 @@ async fn readyz(State(ops): State<Ops>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        h
-    }
-
-    #[test]
-    fn hosts_that_a_rebinding_page_cannot_name() {
-        let allowed = vec!["auditwatch.auditwatch.svc".to_owned()];
-        for (host, ok) in [
-            ("127.0.0.1:9095", true),
-            ("[::1]:9095", true),
-            ("10.2.3.4", true),
-            ("localhost:9095", true),
-            ("auditwatch.auditwatch.svc:9095", true),
-            ("AUDITWATCH.auditwatch.svc", true),
-            ("evil.example.com:9095", false),
-            ("127.0.0.1.nip.io:9095", false),
-        ] {
-            assert_eq!(
-                host_allowed(&headers(&[("host", host)]), &allowed),
-                ok,
-                "{host}"
-            );
-        }
-    }
-
-    #[test]
-    fn only_same_origin_browser_requests() {
-        for (pairs, ok) in [
-            (vec![("host", "127.0.0.1:9095")], true),
-            (
-                vec![
-                    ("host", "127.0.0.1:9095"),
-                    ("origin", "http://127.0.0.1:9095"),
-                ],
-                true,
-            ),
-            (
-                vec![("host", "localhost"), ("origin", "http://localhost:80")],
-                true,
-            ),
-            (
-                vec![
-                    ("host", "127.0.0.1:9095"),
-                    ("origin", "http://evil.example"),
-                ],
-                false,
-            ),
-            (
-                vec![
-                    ("host", "127.0.0.1:9095"),
-                    ("origin", "https://127.0.0.1:9095"),
-                ],
-                true,
-            ),
-            (vec![("host", "127.0.0.1:9095"), ("origin", "null")], false),
-            (
-                vec![("host", "127.0.0.1:9095"), ("sec-fetch-site", "cross-site")],
-                false,
-            ),
-            (
-                vec![
-                    ("host", "127.0.0.1:9095"),
-                    ("sec-fetch-site", "same-origin"),
-                ],
-                true,
-            ),
-        ] {
-            assert_eq!(same_origin(&headers(&pairs)), ok, "{pairs:?}");
-        }
-    }
 
     #[test]
     fn a_public_listener_needs_auth_or_an_explicit_insecure() {

@@ -464,8 +464,10 @@ impl Daemon {
             let ops = crate::ops::Ops {
                 metrics: Arc::clone(&metrics),
                 ready: Arc::clone(&ready),
-                silences: Arc::clone(&daemon.notify.silences),
-                journal: alerts,
+                desk: crate::notify::silence::SilenceDesk {
+                    silences: Arc::clone(&daemon.notify.silences),
+                    journal: alerts,
+                },
                 backlog,
                 max_lag: config.engine.max_lag.std(),
             };

@@ -76,7 +76,7 @@ pub struct Pipeline {
     /// again; each is suppressed once.
     already_sent: HashSet<String>,
     /// Per-rule counts last published to the metrics (see `publish_rule_stats`).
-    published: std::collections::HashMap<Arc<str>, [u64; 8]>,
+    published: std::collections::HashMap<Arc<str>, [u64; 9]>,
     /// Rules seen over their time budget since the last report, and the gate of that report.
     over_budget: std::collections::BTreeSet<Arc<str>>,
     budget_log: LogGate,
@@ -579,6 +579,13 @@ impl Pipeline {
     /// Adds what each rule counted since the last call to its metrics. A reload starts a
     /// rule's counts again; a count below the published one is taken as such a restart.
     fn publish_rule_stats(&mut self) {
+        for (name, newest, watermark) in self.engine.source_clocks() {
+            self.metrics.set_source_clock(
+                name,
+                newest.0 as f64 / 1e9,
+                watermark.map(|w| w.0 as f64 / 1e9),
+            );
+        }
         for (rule, stats) in self.engine.rule_stats() {
             let now = [
                 stats.prefiltered,
@@ -589,6 +596,7 @@ impl Pipeline {
                 stats.objects_too_deep,
                 stats.condition_nanos,
                 stats.late,
+                stats.throttled,
             ];
             let before = self.published.entry(rule.name.clone()).or_default();
             let deltas: Vec<u64> = now
@@ -611,6 +619,7 @@ impl Pipeline {
                     objects_too_deep: deltas[5],
                     condition_seconds: deltas[6] as f64 / 1e9,
                     late: deltas[7],
+                    throttled: deltas[8],
                 },
             );
             if deltas[3] > 0 || deltas[4] > 0 {

@@ -352,6 +352,12 @@ impl Engine {
         self.clock.watermark()
     }
 
+    /// Each event clock: its source's name, newest event time, and watermark (`None` while
+    /// idle). Clocks that saw no event yet are left out.
+    pub fn source_clocks(&self) -> impl Iterator<Item = (&str, EventTime, Option<EventTime>)> {
+        self.clock.sources()
+    }
+
     /// The newest event time seen, and the largest lateness of any source.
     pub fn newest(&self) -> (EventTime, Span) {
         (self.clock.newest(), self.clock.max_lateness())

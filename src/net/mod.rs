@@ -6,6 +6,7 @@
 //! counted: connections, handshakes, header time, idle time, password checks, log lines.
 
 pub mod auth;
+pub mod origin;
 pub mod reload;
 pub mod serve;
 pub mod tls;

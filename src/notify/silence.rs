@@ -5,20 +5,23 @@
 //! A silence is a way to stop alerts, so it is bounded like any input an attacker may send
 //! ([`SilenceLimits`]: duration, count, comment and matcher sizes), and one that matches every
 //! alert must be confirmed explicitly (`confirm_match_all`) and is logged at WARN. Who created
-//! or expired which silence is recorded by the caller (the HTTP API writes it to the alert
-//! journal).
+//! or expired which silence is recorded in the alert journal by [`SilenceDesk`], which the HTTP
+//! API and the console share.
 //!
 //! Matchers read like Alertmanager's: `name=value`, `name!=value`, `name=~regex`,
 //! `name!~regex` (regexes anchored), over the fields of [`Alert::field`].
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
+use crate::state::{ChangeRecord, SharedAlertJournal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
@@ -280,12 +283,82 @@ pub enum SilenceError {
     Limit(String),
     #[error("no silence with id {0:?}")]
     NotFound(String),
+    #[error("the silences are unavailable (a thread panicked holding them)")]
+    Poisoned,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Adds and expires silences for a client and records who did it, from where, in the alert
+/// journal. The silences API and the console both go through it.
+#[derive(Clone)]
+pub struct SilenceDesk {
+    pub silences: Arc<Mutex<Silences>>,
+    pub journal: SharedAlertJournal,
+}
+
+impl SilenceDesk {
+    pub fn add(
+        &self,
+        new: NewSilence,
+        by: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<Silence, SilenceError> {
+        let created = self
+            .silences
+            .lock()
+            .map_err(|_| SilenceError::Poisoned)?
+            .add(new, by, Utc::now())?;
+        let matchers: Vec<String> = created.matchers.iter().map(ToString::to_string).collect();
+        if created.matches_everything() {
+            tracing::warn!(silence = %created.id, ?matchers, ends_at = %created.ends_at, by, "silence added that matches EVERY alert: no notification goes out until it ends");
+        } else {
+            tracing::info!(silence = %created.id, ?matchers, ends_at = %created.ends_at, by, "silence added");
+        }
+        self.record("create", by, peer, &created);
+        Ok(created)
+    }
+
+    pub fn expire(
+        &self,
+        id: &str,
+        by: &str,
+        peer: Option<SocketAddr>,
+    ) -> Result<Silence, SilenceError> {
+        let expired = self
+            .silences
+            .lock()
+            .map_err(|_| SilenceError::Poisoned)?
+            .expire(id, by, Utc::now())?;
+        tracing::info!(silence = %expired.id, by, "silence expired");
+        self.record("expire", by, peer, &expired);
+        Ok(expired)
+    }
+
+    /// Records a change in the alert journal; a failure is logged (the change stands: it is
+    /// already persisted in `silences.json`).
+    fn record(&self, action: &str, by: &str, peer: Option<SocketAddr>, silence: &Silence) {
+        let change = ChangeRecord {
+            record: "silence".into(),
+            action: action.into(),
+            at: Utc::now(),
+            by: by.to_owned(),
+            peer: peer.map(|p| p.to_string()),
+            object: serde_json::to_value(silence).unwrap_or_default(),
+        };
+        let written = self
+            .journal
+            .lock()
+            .map_err(|_| "lock poisoned".to_owned())
+            .and_then(|mut j| j.append_change(&change).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::error!(error = %e, action, "cannot record the silence change in the alert journal");
+        }
+    }
 }
 
 /// The silences, persisted on every change.
@@ -337,6 +410,43 @@ impl Silences {
     /// matches every alert needs `confirm_match_all`.
     pub fn add(
         &mut self,
+        new: NewSilence,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Silence, SilenceError> {
+        let silence = self.build(new, by, now)?;
+        let limits = &self.limits;
+        let in_force = self.list.iter().filter(|s| s.ends_at > now).count();
+        if in_force >= limits.max_silences {
+            return Err(SilenceError::Limit(format!(
+                "{in_force} silences are active or pending; at most {} (silences.max_silences): expire some first",
+                limits.max_silences
+            )));
+        }
+        self.list.retain(|s| s.ends_at + KEEP_EXPIRED > now);
+        // Expired ones are kept for listing, but not without bound either.
+        while self.list.len() >= 2 * limits.max_silences {
+            let Some(oldest) = self
+                .list
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.ends_at <= now)
+                .min_by_key(|(_, s)| s.ends_at)
+                .map(|(i, _)| i)
+            else {
+                break;
+            };
+            self.list.remove(oldest);
+        }
+        self.list.push(silence.clone());
+        self.save()?;
+        Ok(silence)
+    }
+
+    /// The silence `new` describes, checked against the limits, without adding it (the
+    /// console previews what it would mute before it is saved).
+    pub fn build(
+        &self,
         new: NewSilence,
         by: &str,
         now: DateTime<Utc>,
@@ -439,30 +549,6 @@ impl Silences {
                 "this silence matches every alert: set confirm_match_all: true (--confirm-match-all) if that is what you mean".into(),
             ));
         }
-        let in_force = self.list.iter().filter(|s| s.ends_at > now).count();
-        if in_force >= limits.max_silences {
-            return Err(SilenceError::Limit(format!(
-                "{in_force} silences are active or pending; at most {} (silences.max_silences): expire some first",
-                limits.max_silences
-            )));
-        }
-        self.list.retain(|s| s.ends_at + KEEP_EXPIRED > now);
-        // Expired ones are kept for listing, but not without bound either.
-        while self.list.len() >= 2 * limits.max_silences {
-            let Some(oldest) = self
-                .list
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.ends_at <= now)
-                .min_by_key(|(_, s)| s.ends_at)
-                .map(|(i, _)| i)
-            else {
-                break;
-            };
-            self.list.remove(oldest);
-        }
-        self.list.push(silence.clone());
-        self.save()?;
         Ok(silence)
     }
 

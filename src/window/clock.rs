@@ -142,6 +142,15 @@ impl EventClock {
         self.watermark
     }
 
+    /// Each source's name, newest event time and watermark (`None` while idle); sources that
+    /// delivered nothing yet are left out.
+    pub fn sources(&self) -> impl Iterator<Item = (&str, EventTime, Option<EventTime>)> {
+        self.sources
+            .iter()
+            .filter(|s| s.newest != EventTime::MIN)
+            .map(|s| (&*s.name, s.newest, s.watermark()))
+    }
+
     /// The newest event time any source reached.
     pub fn newest(&self) -> EventTime {
         self.newest
