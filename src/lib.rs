@@ -30,15 +30,17 @@
 //!     criteria each met, and what the same identity did around it.
 //! 19. `ruletest` — rule unit tests.
 //! 20. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
-//! 21. `ops` — the operations endpoint: metrics, health, the silences API.
-//! 22. `config` — the daemon's config file: assembles the components' settings.
-//! 23. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
+//! 21. `console` — the on-call web console: alerts, silences, rules, sources.
+//! 22. `ops` — the operations endpoint: metrics, health, the silences API, the console.
+//! 23. `config` — the daemon's config file: assembles the components' settings.
+//! 24. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
 #![forbid(unsafe_code)]
 
 pub mod alert;
 pub mod archive;
 pub mod bundled;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod event;

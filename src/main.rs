@@ -328,8 +328,7 @@ enum SilenceAction {
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_lowercase()))
-        .map_err(|_| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
+    s.parse()
 }
 
 fn parse_when(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

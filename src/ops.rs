@@ -24,6 +24,7 @@ use axum::routing::{delete, get};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
+use crate::console::{Console, ConsoleOptions};
 use crate::metrics::Metrics;
 use crate::net::auth::{AuthConfig, AuthError, Authenticator, Principal};
 use crate::net::origin::{host_allowed, same_origin};
@@ -48,6 +49,11 @@ pub struct HttpConfig {
     /// (the Service's DNS names). Others are refused, against DNS rebinding.
     pub allowed_hosts: Vec<String>,
     pub connections: ConnectionLimits,
+    /// Serve the on-call console (`/alerts`, `/silences`, `/rules`, `/sources`).
+    pub console: bool,
+    /// The URL people reach this listener at (behind a proxy or a Service), for links in
+    /// notifications (Alertmanager's `generatorURL`). Default: `http(s)://<listen>`.
+    pub external_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +68,8 @@ impl Default for HttpConfig {
                 max: 64,
                 ..ConnectionLimits::default()
             },
+            console: true,
+            external_url: None,
         }
     }
 }
@@ -84,6 +92,14 @@ impl HttpConfig {
         self.auth
             .validate()
             .map_err(|(key, msg)| (format!("http.auth.{key}"), msg))?;
+        if let Some(url) = &self.external_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err((
+                "http.external_url".into(),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
         for (i, host) in self.allowed_hosts.iter().enumerate() {
             if host.is_empty() || host.contains(['/', ' ', ':']) {
                 return Err((
@@ -93,6 +109,19 @@ impl HttpConfig {
             }
         }
         Ok(())
+    }
+
+    /// Where the console is reached: `external_url`, or the listen address.
+    pub fn console_url(&self) -> Option<String> {
+        if !self.console {
+            return None;
+        }
+        if let Some(url) = &self.external_url {
+            return Some(url.trim_end_matches('/').to_owned());
+        }
+        let addr = self.listen?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        Some(format!("{scheme}://{addr}"))
     }
 
     pub fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
@@ -132,6 +161,7 @@ pub async fn bind(
     addr: SocketAddr,
     cfg: &HttpConfig,
     ops: Ops,
+    console: Option<ConsoleOptions>,
     max_connections: usize,
 ) -> anyhow::Result<OpsServer> {
     use anyhow::Context;
@@ -144,8 +174,9 @@ pub async fn bind(
         .map(|t| crate::net::tls::reloading("http", t))
         .transpose()
         .map_err(|e| anyhow::anyhow!("http.tls: {e}"))?;
-    let auth =
-        Authenticator::new("http", &cfg.auth).map_err(|e| anyhow::anyhow!("http.auth: {e}"))?;
+    let auth = Authenticator::new("http", &cfg.auth)
+        .map_err(|e| anyhow::anyhow!("http.auth: {e}"))?
+        .map(Arc::new);
     let mut limits = cfg.connections.limits();
     limits.max_connections = max_connections;
     ops.metrics.set_connections_max("http", max_connections);
@@ -154,7 +185,7 @@ pub async fn bind(
         tls = tls.is_some(),
         auth = auth.is_some(),
         max_connections,
-        "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences"
+        "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences; console on /alerts"
     );
     if auth.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "http.insecure: the silences API is open to anyone who can reach this address");
@@ -168,7 +199,14 @@ pub async fn bind(
         allowed_hosts: cfg.allowed_hosts.clone(),
         metrics: Arc::clone(&ops.metrics),
     });
-    let app = router(ops, Arc::clone(&guard));
+    let mut app = router(ops, Arc::clone(&guard));
+    if let Some(mut opts) = console {
+        opts.auth = guard.auth.clone();
+        opts.allowed_hosts = cfg.allowed_hosts.clone();
+        opts.tls = tls.is_some();
+        let console = Console::new(opts)?;
+        app = app.merge(console.router());
+    }
     Ok(OpsServer {
         listener,
         tls,
@@ -209,7 +247,7 @@ impl OpsServer {
 
 /// Checks on every `/api/` request.
 pub struct Guard {
-    pub auth: Option<Authenticator>,
+    pub auth: Option<Arc<Authenticator>>,
     pub allowed_hosts: Vec<String>,
     pub metrics: Arc<Metrics>,
 }
@@ -225,7 +263,7 @@ impl ConnEvents for Guard {
 }
 
 /// Every `reason` of `auditwatch_http_refused_total` (primed at zero at start).
-pub const REFUSE_REASONS: [&str; 8] = [
+pub const REFUSE_REASONS: [&str; 9] = [
     "tls",
     "timeout",
     "accept",
@@ -234,6 +272,7 @@ pub const REFUSE_REASONS: [&str; 8] = [
     "unauthenticated",
     "throttled",
     "content_type",
+    "csrf",
 ];
 
 pub fn router(ops: Ops, guard: Arc<Guard>) -> Router {

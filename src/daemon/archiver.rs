@@ -82,12 +82,17 @@ const RETAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// Opens the configured archive (under the state directory unless set), signing with the
 /// configured key. Partial segments a crash left are removed and logged.
-pub fn open(config: &ArchiveConfig, state_dir: &std::path::Path) -> anyhow::Result<Archive> {
-    use anyhow::Context as _;
-    let dir = config
+/// Where the archive lives: `archive.dir`, else `STATE_DIR/archive`.
+pub fn archive_dir(config: &ArchiveConfig, state_dir: &std::path::Path) -> std::path::PathBuf {
+    config
         .dir
         .clone()
-        .unwrap_or_else(|| state_dir.join("archive"));
+        .unwrap_or_else(|| state_dir.join("archive"))
+}
+
+pub fn open(config: &ArchiveConfig, state_dir: &std::path::Path) -> anyhow::Result<Archive> {
+    use anyhow::Context as _;
+    let dir = archive_dir(config, state_dir);
     let (mut archive, removed) = Archive::open(&dir, config.limits())
         .with_context(|| format!("opening the archive {}", dir.display()))?;
     for path in removed {

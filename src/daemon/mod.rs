@@ -371,6 +371,8 @@ impl Daemon {
             resume: checkpoints,
             archived_seq,
         } = recovered;
+        let shared_rules: crate::rules::SharedRules =
+            Arc::new(std::sync::RwLock::new(pipeline.rules()));
         let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
         let engine_thread = std::thread::Builder::new()
             .name("engine".into())
@@ -471,8 +473,28 @@ impl Daemon {
                 backlog,
                 max_lag: config.engine.max_lag.std(),
             };
+            let console = config.http.console.then(|| crate::console::ConsoleOptions {
+                metrics: Arc::clone(&metrics),
+                desk: ops.desk.clone(),
+                deliveries: Arc::clone(&daemon.notify.deliveries),
+                rules: Arc::clone(&shared_rules),
+                alerts_path: config.state_dir.join("alerts.jsonl"),
+                archive_dir: config
+                    .archive
+                    .enabled
+                    .then(|| archiver::archive_dir(&config.archive, &config.state_dir)),
+                source_labels: config
+                    .sources
+                    .iter()
+                    .map(|s| (s.name().to_owned(), s.labels().clone()))
+                    .collect(),
+                auth: None,
+                allowed_hosts: Vec::new(),
+                tls: false,
+            });
             let cap = listeners.cap(config.http.connections.max);
-            let serve = runtime.block_on(crate::ops::bind(addr, &config.http, ops, cap))?;
+            let serve =
+                runtime.block_on(crate::ops::bind(addr, &config.http, ops, console, cap))?;
             reloadables.extend(serve.reloadables());
             daemon.tasks.spawn(serve.serve(shutdown.token()));
         }
@@ -492,6 +514,7 @@ impl Daemon {
         let watch = config.reload.watch.then(|| config.reload.interval.std());
         daemon.tasks.spawn(reload::rules_loop(
             rules,
+            shared_rules,
             load_opts,
             config.notifiers.clone(),
             engine_tx,

@@ -175,6 +175,11 @@ impl SnapshotWriter {
 }
 
 impl Pipeline {
+    /// The rule set the engine starts with.
+    pub fn rules(&self) -> Arc<crate::rules::RuleSet> {
+        Arc::clone(self.engine.rules())
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         engine: Engine,

@@ -18,6 +18,7 @@ use crate::source::Input;
 /// running one stays.
 pub async fn rules_loop(
     rules: RuleSource,
+    current: crate::rules::SharedRules,
     opts: LoadOptions,
     notifiers: std::collections::BTreeMap<String, NotifierConfig>,
     tx: mpsc::Sender<Input>,
@@ -66,7 +67,11 @@ pub async fn rules_loop(
                     rules = set.rules.len(),
                     "new rule set validated"
                 );
-                if tx.send(Input::Reload(Arc::new(set))).await.is_err() {
+                let set = Arc::new(set);
+                if let Ok(mut c) = current.write() {
+                    *c = Arc::clone(&set);
+                }
+                if tx.send(Input::Reload(set)).await.is_err() {
                     return;
                 }
             }

@@ -26,17 +26,23 @@ pub enum Outcome {
     Silenced,
     Failed,
     Dropped,
-    /// Folded by `repeat_interval`: the same rule and group was notified shortly before.
+    /// Folded by `fold_interval`: the same rule and group was notified shortly before.
     Deduplicated,
+    /// Held by an inhibit rule: a matching source alert fired shortly before.
+    Inhibited,
+    /// Held by the route's `mute_time_intervals` or outside its `active_time_intervals`.
+    Muted,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Sent,
         Outcome::Silenced,
         Outcome::Failed,
         Outcome::Dropped,
         Outcome::Deduplicated,
+        Outcome::Inhibited,
+        Outcome::Muted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +52,8 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Dropped => "dropped",
             Outcome::Deduplicated => "deduplicated",
+            Outcome::Inhibited => "inhibited",
+            Outcome::Muted => "muted",
         }
     }
 }
@@ -126,6 +134,11 @@ impl Ledger {
     }
 
     /// Alert-journal offset before which everything is settled.
+    /// The outcomes on record (those after the cursor, and more until compaction).
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     pub fn cursor(&self) -> u64 {
         self.cursor
     }

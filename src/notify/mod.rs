@@ -12,6 +12,7 @@
 pub mod config;
 pub mod format;
 pub mod ledger;
+pub mod recent;
 pub mod route;
 pub mod send;
 pub mod silence;
@@ -51,6 +52,9 @@ pub enum NotifyError {
     Silences(#[from] silence::SilenceError),
 }
 
+/// Alerts whose outcomes the console can show.
+const RECENT_DELIVERIES: usize = 20_000;
+
 /// Everything delivery needs from the daemon.
 pub struct NotifyOptions {
     pub state_dir: PathBuf,
@@ -82,6 +86,8 @@ enum Msg {
 pub struct Notify {
     tx: std_mpsc::SyncSender<Msg>,
     pub silences: Arc<Mutex<Silences>>,
+    /// The latest alerts' outcomes per notifier, for the console.
+    pub deliveries: recent::SharedDeliveries,
     dispatcher: Option<std::thread::JoinHandle<()>>,
     workers: Vec<tokio::task::JoinHandle<()>>,
     stop: CancellationToken,
@@ -104,6 +110,19 @@ impl Notify {
             &opts.state_dir.join("silences.json"),
             opts.silence_limits.clone(),
         )?));
+        let deliveries = Arc::new(Mutex::new(recent::RecentDeliveries::new(RECENT_DELIVERIES)));
+        if let Ok(mut d) = deliveries.lock() {
+            for e in ledger.entries() {
+                d.record(
+                    &e.id,
+                    recent::Delivery {
+                        notifier: e.n.clone(),
+                        outcome: e.o,
+                        because: None,
+                    },
+                );
+            }
+        }
         let (tx, rx) = std_mpsc::sync_channel::<Msg>(1024);
         let stop = CancellationToken::new();
         let mut queues = HashMap::new();
@@ -147,6 +166,7 @@ impl Notify {
             end: opts.alert_journal_len,
             ledger,
             silences: Arc::clone(&silences),
+            deliveries: Arc::clone(&deliveries),
             metrics,
             max_pending: opts.delivery.max_pending.max(1),
             last_notified: HashMap::new(),
@@ -165,6 +185,7 @@ impl Notify {
         Ok(Notify {
             tx,
             silences,
+            deliveries,
             dispatcher: Some(handle),
             workers,
             stop,
@@ -273,6 +294,7 @@ struct Dispatcher {
     end: u64,
     ledger: Ledger,
     silences: Arc<Mutex<Silences>>,
+    deliveries: recent::SharedDeliveries,
     metrics: Arc<Metrics>,
     max_pending: usize,
     /// (notifier, rule, group) → last notified, for `repeat_interval` folding.
@@ -318,7 +340,7 @@ impl Dispatcher {
                     notifier,
                     alerts,
                     outcome,
-                }) => self.settle(&notifier, alerts, outcome),
+                }) => self.settle(&notifier, alerts, outcome, None),
                 Ok(Msg::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -348,16 +370,16 @@ impl Dispatcher {
             let held = self
                 .silenced(&notifier, &alert)
                 .or_else(|| self.folded(&notifier, &alert, &grouping, now));
-            if let Some(outcome) = held {
-                settled_now.push((notifier, (offset, alert.id.clone()), outcome));
+            if let Some((outcome, because)) = held {
+                settled_now.push((notifier, (offset, alert.id.clone()), outcome, because));
                 continue;
             }
             if let Some(dropped) = self.group(route, &notifier, grouping, offset, &alert, now) {
-                settled_now.push((notifier, dropped, Outcome::Dropped));
+                settled_now.push((notifier, dropped, Outcome::Dropped, None));
             }
         }
-        for (notifier, alert, outcome) in settled_now {
-            self.settle(&notifier, vec![alert], outcome);
+        for (notifier, alert, outcome, because) in settled_now {
+            self.settle(&notifier, vec![alert], outcome, because);
         }
         self.publish_pending();
         queued
@@ -413,15 +435,15 @@ impl Dispatcher {
             .or_default() += 1;
     }
 
-    /// `Silenced` if an active silence matches the alert.
-    fn silenced(&self, notifier: &Arc<str>, alert: &Alert) -> Option<Outcome> {
+    /// `Silenced` (and by which silence) if an active silence matches the alert.
+    fn silenced(&self, notifier: &Arc<str>, alert: &Alert) -> Option<(Outcome, Option<String>)> {
         let id = self
             .silences
             .lock()
             .ok()
             .and_then(|s| s.silencing(alert, Utc::now()).map(|s| s.id.clone()))?;
         tracing::info!(notifier = %notifier, rule = %alert.rule, alert = %alert.id, silence = %id, "alert silenced");
-        Some(Outcome::Silenced)
+        Some((Outcome::Silenced, Some(id)))
     }
 
     /// `Deduplicated` if the same rule and group went to `notifier` within `repeat_interval`.
@@ -431,7 +453,7 @@ impl Dispatcher {
         alert: &Alert,
         grouping: &Grouping,
         now: Instant,
-    ) -> Option<Outcome> {
+    ) -> Option<(Outcome, Option<String>)> {
         if grouping.repeat.is_zero() {
             return None;
         }
@@ -443,7 +465,7 @@ impl Dispatcher {
         if let Some(last) = self.last_notified.get(&ident)
             && now.duration_since(*last) < grouping.repeat
         {
-            return Some(Outcome::Deduplicated);
+            return Some((Outcome::Deduplicated, None));
         }
         self.last_notified.insert(ident, now);
         None
@@ -566,7 +588,25 @@ impl Dispatcher {
         }
     }
 
-    fn settle(&mut self, notifier: &Arc<str>, alerts: Vec<(u64, String)>, outcome: Outcome) {
+    fn settle(
+        &mut self,
+        notifier: &Arc<str>,
+        alerts: Vec<(u64, String)>,
+        outcome: Outcome,
+        because: Option<String>,
+    ) {
+        if let Ok(mut d) = self.deliveries.lock() {
+            for (_, id) in &alerts {
+                d.record(
+                    id,
+                    recent::Delivery {
+                        notifier: notifier.to_string(),
+                        outcome,
+                        because: because.clone(),
+                    },
+                );
+            }
+        }
         let entries: Vec<Entry> = alerts
             .iter()
             .map(|(at, id)| Entry {

@@ -60,6 +60,23 @@ impl Severity {
     }
 }
 
+impl std::str::FromStr for Severity {
+    type Err = String;
+    /// `info`, `low`, `medium`, `high` or `critical`, in any case.
+    fn from_str(s: &str) -> Result<Severity, String> {
+        [
+            Severity::Info,
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .into_iter()
+        .find(|v| v.as_str().eq_ignore_ascii_case(s.trim()))
+        .ok_or_else(|| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
+    }
+}
+
 impl fmt::Display for Severity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -181,6 +198,10 @@ impl fmt::Display for RuleId {
         f.write_str(&self.hex())
     }
 }
+
+/// The running rule set, swapped whole on reload, for readers outside the engine thread (the
+/// console's rules page).
+pub type SharedRules = std::sync::Arc<std::sync::RwLock<std::sync::Arc<RuleSet>>>;
 
 /// Every loaded rule plus what their conditions and templates share.
 pub struct RuleSet {

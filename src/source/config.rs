@@ -42,7 +42,19 @@ impl<'de> Deserialize<'de> for SourceConfig {
     }
 }
 
+/// A source's labels: a few `name: value` pairs that say which cluster (or environment) its
+/// events come from.
+pub type SourceLabels = std::collections::BTreeMap<String, String>;
+
 impl SourceConfig {
+    pub fn labels(&self) -> &SourceLabels {
+        match self {
+            SourceConfig::Webhook(w) => &w.labels,
+            SourceConfig::File(f) => &f.labels,
+            SourceConfig::Stdin(s) => &s.labels,
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             SourceConfig::Webhook(w) => &w.name,
@@ -79,6 +91,9 @@ impl SourceConfig {
 pub struct FileConfig {
     #[serde(default)]
     pub name: String,
+    /// Labels every alert from this source carries (`cluster: prod-eu`).
+    #[serde(default)]
+    pub labels: SourceLabels,
     pub path: PathBuf,
     /// How often the file is checked for new lines and rotation.
     #[serde(default = "default_poll")]
@@ -106,6 +121,8 @@ fn default_poll() -> Duration {
 #[serde(deny_unknown_fields, default)]
 pub struct StdinConfig {
     pub name: String,
+    /// Labels every alert from this source carries.
+    pub labels: SourceLabels,
     pub input_format: InputFormat,
     /// See [`SourceConfig::lateness`].
     pub lateness: Option<Duration>,
@@ -115,6 +132,7 @@ impl Default for StdinConfig {
     fn default() -> Self {
         StdinConfig {
             name: "stdin".into(),
+            labels: SourceLabels::default(),
             input_format: InputFormat::Auto,
             lateness: None,
         }

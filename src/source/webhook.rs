@@ -45,6 +45,8 @@ use crate::units::{ByteSize, Duration as ConfigDuration};
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     pub name: String,
+    /// Labels every alert from this source carries (`cluster: prod-eu`).
+    pub labels: super::config::SourceLabels,
     pub listen: SocketAddr,
     /// Path the apiserver POSTs to (any path is accepted when empty).
     pub path: String,
@@ -70,6 +72,7 @@ impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
             name: "webhook".into(),
+            labels: Default::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             path: String::new(),
             tls: None,

@@ -165,6 +165,29 @@ impl AlertJournal {
     }
 }
 
+/// Reads the alerts in the last `max_bytes` of an alert journal (from the first line that
+/// starts there), for pages that show recent alerts without reading a long journal whole.
+pub fn read_recent_alerts(
+    path: &Path,
+    max_bytes: u64,
+    each: impl FnMut(u64, Alert),
+) -> io::Result<()> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut from = len.saturating_sub(max_bytes);
+    if from > 0 {
+        let mut file = File::open(path)?;
+        file.seek(SeekFrom::Start(from - 1))?;
+        let mut skipped = Vec::new();
+        BufReader::new(file).read_until(b'\n', &mut skipped)?;
+        from += skipped.len() as u64 - 1;
+    }
+    read_alerts(path, from, None, each)
+}
+
 /// Reads the alerts of an alert journal from byte `from` (a line start) up to `until`,
 /// calling `each(offset, alert)`. A line that does not parse is reported and skipped.
 pub fn read_alerts(
