@@ -1,0 +1,569 @@
+//! The on-call console in a real browser: headless Chromium (Debian `chromium`) driven over
+//! WebDriver by `chromedriver` (Debian `chromium-driver`), against the real daemon fed audit
+//! events through its webhook, with notifications going to an HTTP receiver. Screenshots of
+//! each page are saved under `target/test-artifacts/console/`.
+//!
+//! Also, without a browser, what a hostile page or client can do with the console's forms.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+const RULES: &str = r#"
+rules:
+  - name: secret-read
+    severity: high
+    match: { verbs: [get], resources: [secrets] }
+    summary: '{{ user.username }} read secret {{ objectRef.name }}'
+"#;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn password_hash() -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(PASSWORD.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+struct Setup {
+    dir: Scratch,
+    hook: u16,
+    http: u16,
+    receiver: Receiver,
+    daemon: Daemon,
+}
+
+fn start(name: &str, auth: bool) -> Setup {
+    let dir = Scratch::new(name);
+    let (hook, http) = (free_port(), free_port());
+    let receiver = Receiver::start(0);
+    std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
+    let auth = if auth {
+        format!(
+            "\n  auth: {{ basic_auth_users: {{ oncall: '{}' }} }}",
+            password_hash()
+        )
+    } else {
+        String::new()
+    };
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir: state
+rules: [rules.yaml]
+http:
+  listen: "127.0.0.1:{http}"{auth}
+archive: {{ segment_max_age: 1s }}
+sources:
+  - webhook: {{ name: apiserver, listen: "127.0.0.1:{hook}", labels: {{ cluster: prod-eu }} }}
+notifiers:
+  hook: {{ webhook: {{ url: "http://127.0.0.1:{port}/hook" }} }}
+route:
+  receiver: hook
+"#,
+            port = receiver.port
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&dir.0, &config, http, 0);
+    Setup {
+        dir,
+        hook,
+        http,
+        receiver,
+        daemon,
+    }
+}
+
+fn secret_read(id: &str, user: &str, secret: &str) -> String {
+    event(id, "get", user, "secrets", secret, 200)
+}
+
+/// chromedriver on a free port, and a headless Chromium session through it.
+async fn browser(dir: &Path) -> (Server, Client) {
+    let driver = need("/usr/bin/chromedriver");
+    let port = free_port();
+    let server = spawn_logged(
+        dir,
+        "chromedriver",
+        Command::new(driver).arg(format!("--port={port}")),
+    );
+    sync(|| {
+        wait_until("chromedriver to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+    });
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": need("/usr/bin/chromium"),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--no-first-run", "--no-default-browser-check",
+                     format!("--user-data-dir={}", dir.join("chromium-profile").display())],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a WebDriver session in headless Chromium");
+    (server, client)
+}
+
+/// Blocking helpers (the daemon's HTTP, waits) inside the async test.
+fn sync<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn artifacts() -> PathBuf {
+    let dir = repo().join("target/test-artifacts/console");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
+    std::fs::write(artifacts().join(format!("{name}.png")), png).unwrap();
+}
+
+/// The texts of the cells of each row of `table`'s body.
+async fn rows(c: &Client, table: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for tr in c
+        .find_all(Locator::Css(&format!("table#{table} tbody tr")))
+        .await
+        .unwrap()
+    {
+        let mut cells = Vec::new();
+        for td in tr.find_all(Locator::Css("td")).await.unwrap() {
+            cells.push(td.text().await.unwrap().trim().to_owned());
+        }
+        out.push(cells);
+    }
+    out
+}
+
+/// Reloads `url` until `ok` holds for the rows of `table` (the daemon works in the background).
+async fn rows_until(
+    c: &Client,
+    url: &str,
+    table: &str,
+    what: &str,
+    ok: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        c.goto(url).await.unwrap();
+        let got = rows(c, table).await;
+        if ok(&got) {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last rows: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_console_in_headless_chromium() {
+    let s = start("console-browser", true);
+    let base = format!("http://127.0.0.1:{}", s.http);
+    sync(|| {
+        post(
+            s.hook,
+            &[
+                secret_read("a-1", "alice", "db-password"),
+                secret_read("b-1", "bob", "api-token"),
+            ],
+        );
+        wait_until("two notifications", || s.receiver.at("/hook").len() >= 2);
+    });
+    let (_driver, c) = browser(&s.dir.0).await;
+
+    // Login: the console sends a browser without a session to the login page, refuses a
+    // wrong password, and returns to the page asked for.
+    c.goto(&format!("{base}/alerts")).await.unwrap();
+    assert!(
+        c.current_url().await.unwrap().path().ends_with("/login"),
+        "not sent to the login page"
+    );
+    screenshot(&c, "01-login").await;
+    let login = c.form(Locator::Css("form#login")).await.unwrap();
+    login.set_by_name("user", "oncall").await.unwrap();
+    login.set_by_name("password", "wrong").await.unwrap();
+    login.submit().await.unwrap();
+    let error = c.find(Locator::Css("p.error")).await.unwrap();
+    assert!(
+        error
+            .text()
+            .await
+            .unwrap()
+            .contains("Wrong user name or password")
+    );
+    let login = c.form(Locator::Css("form#login")).await.unwrap();
+    login.set_by_name("user", "oncall").await.unwrap();
+    login.set_by_name("password", PASSWORD).await.unwrap();
+    login.submit().await.unwrap();
+    assert_eq!(c.current_url().await.unwrap().path(), "/alerts");
+
+    // The alerts table: both alerts, newest first, delivered.
+    let alerts = rows_until(
+        &c,
+        &format!("{base}/alerts"),
+        "alerts",
+        "two sent alerts",
+        |r| r.len() == 2 && r.iter().all(|row| row[6] == "sent"),
+    )
+    .await;
+    assert_eq!(alerts[0][1], "secret-read");
+    assert_eq!(alerts[0][2], "high");
+    assert_eq!(alerts[0][3], "bob read secret api-token");
+    assert_eq!(alerts[1][3], "alice read secret db-password");
+    assert!(alerts[0][4].contains("cluster=prod-eu") || alerts[0][4].is_empty());
+    screenshot(&c, "02-alerts").await;
+
+    // Filters narrow the table.
+    c.goto(&format!("{base}/alerts?q=alice")).await.unwrap();
+    let filtered = rows(&c, "alerts").await;
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0][3], "alice read secret db-password");
+
+    // An alert's page: its request, its delivery, and the full record from the archive.
+    c.goto(&format!("{base}/alerts")).await.unwrap();
+    c.find(Locator::Css("table#alerts tbody tr:nth-child(2) td a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let h1 = c
+        .find(Locator::Css("h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(h1, "secret-read: alice read secret db-password");
+    let events = rows(&c, "events").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0][1], "alice");
+    assert_eq!(events[0][6], "a-1");
+    let deliveries = rows(&c, "deliveries").await;
+    assert_eq!(
+        deliveries,
+        [vec!["hook".to_owned(), "sent".into(), String::new()]]
+    );
+    let detail_url = c.current_url().await.unwrap().to_string();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let source = c.source().await.unwrap();
+        if source.contains("details class=\"record\"") {
+            assert!(source.contains("db-password"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the full record never came from the archive"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.goto(&detail_url).await.unwrap();
+    }
+    screenshot(&c, "03-alert").await;
+
+    // A silence from the alert: previewed first (both recent alerts match), then saved.
+    c.find(Locator::LinkText("Silence alerts like this…"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let form = c.form(Locator::Css("form#silence-form")).await.unwrap();
+    let matchers = c
+        .find(Locator::Css("textarea[name=matchers]"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(matchers.lines().next(), Some("rule=\"secret-read\""));
+    form.set_by_name("comment", "rotating secrets, expected reads")
+        .await
+        .unwrap();
+    assert!(
+        c.find(Locator::Css("button#create")).await.is_err(),
+        "Create offered before a preview"
+    );
+    c.find(Locator::Css("button[value=preview]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let h2 = c
+        .find(Locator::Css("h2"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(h2, "It would have muted 2 of the last 2 alerts");
+    assert_eq!(rows(&c, "preview").await.len(), 2);
+    screenshot(&c, "04-silence-preview").await;
+    c.find(Locator::Css("button#create"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = c.find(Locator::Css("p.notice")).await.unwrap();
+    assert!(notice.text().await.unwrap().starts_with("Silence "));
+    let silences = rows(&c, "silences").await;
+    assert_eq!(silences.len(), 1);
+    assert_eq!(silences[0][1], "active");
+    assert_eq!(silences[0][5], "oncall", "who made the silence");
+    screenshot(&c, "05-silences").await;
+
+    // The next matching alert is muted, and the console says so.
+    sync(|| post(s.hook, &[secret_read("c-1", "carol", "tls-key")]));
+    let alerts = rows_until(
+        &c,
+        &format!("{base}/alerts"),
+        "alerts",
+        "carol's alert silenced",
+        |r| {
+            r.first()
+                .is_some_and(|row| row[3] == "carol read secret tls-key" && row[6] == "silenced")
+        },
+    )
+    .await;
+    assert_eq!(alerts.len(), 3);
+    screenshot(&c, "06-silenced").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.receiver.at("/hook").len(), 2, "a silenced alert was sent");
+
+    // The rules page shows the counts /metrics serves.
+    c.goto(&format!("{base}/rules")).await.unwrap();
+    let metrics = sync(|| s.daemon.metrics());
+    let row = c
+        .find(Locator::Css("table#rules tr[data-rule=\"secret-read\"]"))
+        .await
+        .unwrap();
+    for (cell, series) in [
+        (
+            "matches",
+            "auditwatch_rule_matches_total{rule=\"secret-read\"}",
+        ),
+        (
+            "alerts",
+            "auditwatch_alerts_total{rule=\"secret-read\",severity=\"high\"}",
+        ),
+        (
+            "evaluations",
+            "auditwatch_rule_evaluations_total{rule=\"secret-read\"}",
+        ),
+    ] {
+        let shown: f64 = row
+            .find(Locator::Css(&format!("td[data-metric={cell}]")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(shown, sample(&metrics, series), "{cell}");
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "auditwatch_alerts_total{rule=\"secret-read\",severity=\"high\"}"
+        ),
+        3.0
+    );
+    screenshot(&c, "07-rules").await;
+
+    // Sources: the webhook's counts and labels, and one event clock.
+    c.goto(&format!("{base}/sources")).await.unwrap();
+    let sources = rows(&c, "sources").await;
+    assert_eq!(sources[0][0], "apiserver");
+    assert_eq!(sources[0][1], "cluster=prod-eu");
+    assert_eq!(sources[0][2], "3");
+    screenshot(&c, "08-sources").await;
+
+    // Expire the silence from its page; log out.
+    c.goto(&format!("{base}/silences")).await.unwrap();
+    c.find(Locator::Css("table#silences button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(rows(&c, "silences").await[0][1], "expired");
+    c.find(Locator::Css("nav form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.goto(&format!("{base}/alerts")).await.unwrap();
+    assert!(c.current_url().await.unwrap().path().ends_with("/login"));
+    c.close().await.unwrap();
+}
+
+/// What a page on another site, or a client without the form's token, can do: nothing.
+#[test]
+fn forms_refuse_forgeries() {
+    let s = start("console-forgery", false);
+    let base = format!("http://127.0.0.1:{}", s.http);
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // A first page gives a session cookie and the form's token.
+    let page = client.get(format!("{base}/silences/new")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let cookie = headers
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let body = page.text().unwrap();
+    let token = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let form = |csrf: &str| {
+        format!(
+            "csrf={csrf}&matchers=rule%3D%22secret-read%22&duration=1h&comment=x&created_by=&action=create"
+        )
+    };
+    let post = |cookie: Option<&str>, origin: Option<&str>, body: String, ctype: &str| {
+        let mut r = client
+            .post(format!("{base}/silences/new"))
+            .header("content-type", ctype)
+            .body(body);
+        if let Some(c) = cookie {
+            r = r.header("cookie", c);
+        }
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    let urlenc = "application/x-www-form-urlencoded";
+    // No token, a wrong one, another session's, a foreign origin, no session, a non-form body.
+    assert_eq!(post(Some(&session), None, form(""), urlenc), 403);
+    assert_eq!(post(Some(&session), None, form("AAAA"), urlenc), 403);
+    assert_eq!(
+        post(
+            Some("auditwatch_session=forged"),
+            None,
+            form(&token),
+            urlenc
+        ),
+        403
+    );
+    assert_eq!(
+        post(
+            Some(&session),
+            Some("http://evil.example"),
+            form(&token),
+            urlenc
+        ),
+        403
+    );
+    assert_eq!(post(None, None, form(&token), urlenc), 403);
+    assert_eq!(post(Some(&session), None, form(&token), "text/plain"), 415);
+    // A rebinding page's Host.
+    let rebound = client
+        .get(format!("{base}/alerts"))
+        .header("host", "evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert!(
+        s.daemon
+            .metrics()
+            .contains("auditwatch_http_refused_total{reason=\"csrf\"} 4")
+    );
+    // None of it made a silence; the real form does.
+    let list = |c: &reqwest::blocking::Client| -> Vec<serde_json::Value> {
+        c.get(format!("{base}/api/v1/silences"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    assert!(list(&client).is_empty());
+    assert_eq!(post(Some(&session), Some(&base), form(&token), urlenc), 200);
+    let made = list(&client);
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0]["authenticated_as"], "anonymous");
+    // Escaping: an event's text is shown, never run.
+    post_event_with_markup(s.hook);
+    wait_until("the markup alert", || {
+        client
+            .get(format!("{base}/alerts"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+            .contains("&lt;script&gt;")
+    });
+    let page = client
+        .get(format!("{base}/alerts"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(!page.contains("<script>"), "event text rendered as markup");
+}
+
+fn post_event_with_markup(hook: u16) {
+    post(
+        hook,
+        &[secret_read("m-1", "<script>alert(1)</script>", "x")],
+    );
+}
