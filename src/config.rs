@@ -48,18 +48,29 @@ pub struct Config {
     pub snapshot: SnapshotConfig,
     pub pipeline: PipelineConfig,
     pub alerts: AlertOutputConfig,
-    /// Named notifiers (email, webhook, slack, alertmanager, pagerduty, metrics);
-    /// `receivers:` is Alertmanager's word for the same.
-    #[serde(alias = "receivers")]
+    /// Receivers as Alertmanager writes them (`- name: x` with `webhook_configs`,
+    /// `email_configs`, …); each config becomes a notifier.
+    pub receivers: Vec<crate::notify::receivers::ReceiverConfig>,
+    /// Deprecated for `receivers`: named notifiers (email, webhook, slack, alertmanager,
+    /// pagerduty, metrics). After loading, it holds every notifier, including those the
+    /// receivers stand for.
     pub notifiers: std::collections::BTreeMap<String, crate::notify::config::NotifierConfig>,
     /// The routing tree's root.
     pub route: crate::notify::config::RouteConfig,
+    /// Alertmanager's inhibit rules.
+    pub inhibit_rules: Vec<crate::notify::inhibit::InhibitRuleConfig>,
+    /// Alertmanager's named time intervals (`mute_time_intervals:` is its older name).
+    #[serde(alias = "mute_time_intervals")]
+    pub time_intervals: Vec<crate::notify::interval::TimeIntervalConfig>,
     pub delivery: crate::notify::config::DeliveryConfig,
     /// The event archive (docs/evidence.md).
     pub archive: crate::archive::ArchiveConfig,
     /// Bounds on silences made through the API.
     pub silences: crate::notify::silence::SilenceLimits,
     pub log: LogConfig,
+    /// Deprecations and other warnings found while loading, as `file:line:column: text`.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Default for Config {
@@ -75,12 +86,16 @@ impl Default for Config {
             snapshot: SnapshotConfig::default(),
             pipeline: PipelineConfig::default(),
             alerts: AlertOutputConfig::default(),
+            receivers: Vec::new(),
             notifiers: Default::default(),
             route: Default::default(),
+            inhibit_rules: Vec::new(),
+            time_intervals: Vec::new(),
             delivery: Default::default(),
             archive: Default::default(),
             silences: Default::default(),
             log: LogConfig::default(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -217,7 +232,40 @@ impl Config {
         config
             .finish(&index)
             .map_err(|(path, msg)| PositionedError::at(file, index.value(&path), msg))?;
+        let mut warnings: Vec<_> = config
+            .deprecations()
+            .into_iter()
+            .map(|(path, msg)| (index.key(&path), msg))
+            .collect();
+        warnings.sort_by_key(|(pos, _)| (pos.line, pos.column));
+        config.warnings = warnings
+            .into_iter()
+            .map(|(pos, msg)| PositionedError::at(file, pos, msg).to_string())
+            .collect();
         Ok(config)
+    }
+
+    /// What the file says in the first vocabulary, with what to write instead: (key path,
+    /// message). Still loaded, with the same meaning, except `repeat_interval`.
+    fn deprecations(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if self.receivers.is_empty() && !self.notifiers.is_empty() {
+            out.push((
+                "notifiers".to_owned(),
+                "`notifiers:` is deprecated: write `receivers:` as in Alertmanager (- name: x, webhook_configs: [...]); docs/notifications.md has the table".to_owned(),
+            ));
+        }
+        self.route.deprecations("route", &mut out);
+        if !self.notifiers.is_empty()
+            && self.receivers.is_empty()
+            && let Some(path) = self.route.sets_repeat_interval("route")
+        {
+            out.push((
+                path,
+                "repeat_interval now has Alertmanager's meaning (send a group that is still firing again after this long); before, it folded re-firings, which is now `fold_interval`".to_owned(),
+            ));
+        }
+        out
     }
 
     /// Fills in derived defaults and checks what serde cannot.
@@ -278,6 +326,46 @@ impl Config {
                 ),
             ));
         }
+        let mut receivers = std::collections::BTreeMap::new();
+        for (i, r) in self.receivers.iter().enumerate() {
+            let expanded = r
+                .notifiers()
+                .map_err(|(key, msg)| (format!("receivers.{i}.{key}"), msg))?;
+            let mut names = Vec::new();
+            for (name, n) in expanded {
+                if self.notifiers.insert(name.clone(), n).is_some() {
+                    return Err((
+                        format!("receivers.{i}.name"),
+                        format!("{name:?} is also the name of a notifier"),
+                    ));
+                }
+                names.push(name);
+            }
+            if receivers.insert(r.name.clone(), names).is_some() {
+                return Err((
+                    format!("receivers.{i}.name"),
+                    format!("duplicate receiver {:?}", r.name),
+                ));
+            }
+        }
+        let mut interval_names = Vec::new();
+        for (i, t) in self.time_intervals.iter().enumerate() {
+            crate::notify::interval::TimeInterval::compile(t)
+                .map_err(|(key, msg)| (format!("time_intervals.{i}.{key}"), msg))?;
+            if interval_names.contains(&t.name) {
+                return Err((
+                    format!("time_intervals.{i}.name"),
+                    format!("duplicate time interval {:?}", t.name),
+                ));
+            }
+            interval_names.push(t.name.clone());
+        }
+        for (i, r) in self.inhibit_rules.iter().enumerate() {
+            r.compile()
+                .map_err(|(key, msg)| (format!("inhibit_rules.{i}.{key}"), msg))?;
+        }
+        self.route
+            .resolve("route", &receivers, &self.notifiers, &interval_names)?;
         self.route.validate("route", &self.notifiers)?;
         for (name, n) in &self.notifiers {
             n.validate()

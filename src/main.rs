@@ -565,6 +565,13 @@ fn run_daemon(
             .with_ansi(color(std::io::stderr().is_terminal()))
             .init(),
     }
+    for warning in &config.warnings {
+        if check_only {
+            eprintln!("warning: {warning}");
+        } else {
+            tracing::warn!("{warning}");
+        }
+    }
     let rules = RuleSource::from_config(&config);
     if check_only {
         let opts = LoadOptions {
@@ -1004,6 +1011,12 @@ fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
                 for (k, v) in &m.labels {
                     what.push(format!("{k}={v}"));
                 }
+                for (k, v) in &m.equal {
+                    what.push(format!("{k}={v:?}"));
+                }
+                for (k, v) in &r.match_re {
+                    what.push(format!("{k}=~{v:?}"));
+                }
                 what.extend(r.matchers.iter().map(|m| m.0.to_string()));
                 let matcher = if what.is_empty() {
                     "any alert".to_owned()
@@ -1011,9 +1024,18 @@ fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
                     what.join(" ")
                 };
                 let mut line = format!("{pad}[{index}] {matcher}");
-                let to: Vec<&str> = r.notifiers().map(String::as_str).collect();
+                let to: Vec<&str> = match &r.receiver {
+                    Some(name) => vec![name.as_str()],
+                    None => r.notifiers().map(String::as_str).collect(),
+                };
                 if !to.is_empty() {
                     line.push_str(&format!(" -> {}", to.join(", ")));
+                }
+                if !r.mute_time_intervals.is_empty() {
+                    line.push_str(&format!(" muted in {}", r.mute_time_intervals.join(",")));
+                }
+                if !r.active_time_intervals.is_empty() {
+                    line.push_str(&format!(" active in {}", r.active_time_intervals.join(",")));
                 }
                 if r.continue_ {
                     line.push_str(" (continue)");
@@ -1047,10 +1069,16 @@ fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
                 };
                 match k {
                     "rule" | "alertname" => rule = v.to_owned(),
-                    "severity" => match serde_json::from_value(serde_json::Value::from(v)) {
+                    // Alertmanager's usual names too: `warning` is medium.
+                    "severity" => match v.parse() {
                         Ok(s) => severity = s,
+                        Err(_) if v == "warning" => {
+                            severity = auditwatch::rules::Severity::Medium;
+                        }
                         Err(_) => {
-                            eprintln!("error: severity {v:?}: info, low, medium, high or critical");
+                            eprintln!(
+                                "error: severity {v:?}: info, low, medium, high or critical (or warning)"
+                            );
                             return Ok(ExitCode::from(2));
                         }
                     },
@@ -1089,13 +1117,22 @@ fn run_routes(action: RoutesAction) -> anyhow::Result<ExitCode> {
                 suppressed: 0,
                 author: None,
             };
-            let router = auditwatch::notify::route::Router::new(&cfg.route);
-            let reached = router.route(&alert, None);
-            if reached.is_empty() {
-                println!("(no notifier)");
-            }
-            for d in reached {
-                println!("{} (route {})", d.notifier, d.route);
+            let intervals: Vec<_> = cfg
+                .time_intervals
+                .iter()
+                .filter_map(|t| {
+                    auditwatch::notify::interval::TimeInterval::compile(t)
+                        .ok()
+                        .map(std::sync::Arc::new)
+                })
+                .collect();
+            let router = auditwatch::notify::route::Router::new(&cfg.route, &intervals);
+            // As amtool prints them: the receivers, comma-separated, in routing order.
+            let receivers = router.receivers(&alert);
+            if receivers.iter().all(|r| r.is_empty()) {
+                println!("(no receiver)");
+            } else {
+                println!("{}", receivers.join(","));
             }
             Ok(ExitCode::SUCCESS)
         }

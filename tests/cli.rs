@@ -665,20 +665,19 @@ route:
         assert!(out.status.success(), "{}", stderr(&out));
         stdout(&out)
     };
-    assert_eq!(test(&["rule=x", "severity=low"]), "default (route 0)\n");
-    assert_eq!(test(&["severity=critical"]), "pager (route 2)\n");
-    assert_eq!(
-        test(&["severity=critical", "team=apps"]),
-        "apps (route 1)\npager (route 2)\n"
-    );
+    assert_eq!(test(&["rule=x", "severity=low"]), "default\n");
+    assert_eq!(test(&["severity=critical"]), "pager\n");
+    assert_eq!(test(&["severity=critical", "team=apps"]), "apps,pager\n");
     // Alertmanager's words: receivers, receiver, matchers.
     let am = dir.0.join("am.yaml");
     std::fs::write(
         &am,
         r#"
 receivers:
-  default: { webhook: { url: "http://127.0.0.1:9/default" } }
-  pager: { webhook: { url: "http://127.0.0.1:9/pager" } }
+  - name: default
+    webhook_configs: [ { url: "http://127.0.0.1:9/default" } ]
+  - name: pager
+    webhook_configs: [ { url: "http://127.0.0.1:9/pager" } ]
 route:
   receiver: default
   routes:
@@ -698,9 +697,9 @@ route:
         cmd.args(["routes", "test", "--config", am]).args(fields);
         stdout(&run(&mut cmd))
     };
-    assert_eq!(to(&["rule=x", "severity=high"]), "pager (route 1)\n");
-    assert_eq!(to(&["rule=noisy", "severity=high"]), "default (route 0)\n");
-    assert_eq!(to(&["rule=x", "severity=low"]), "default (route 0)\n");
+    assert_eq!(to(&["rule=x", "severity=high"]), "pager\n");
+    assert_eq!(to(&["rule=noisy", "severity=high"]), "default\n");
+    assert_eq!(to(&["rule=x", "severity=low"]), "default\n");
     // A receiver that does not exist, and a matcher that does not parse: positioned errors.
     std::fs::write(dir.0.join("bad.yaml"), "route:\n  receiver: nobody\n").unwrap();
     let bad = run(bin()
@@ -727,6 +726,18 @@ route:
     let bad = run(bin().args(["routes", "test", "--config", config, "severity=urgent"]));
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("info, low, medium, high or critical"));
+    // The first vocabulary still loads, with a positioned deprecation warning each.
+    let check = run(bin().args(["run", "--check", "--config", config]));
+    assert!(check.status.success(), "{}", stderr(&check));
+    let err = stderr(&check);
+    assert!(
+        err.contains("auditwatch.yaml:2:1: `notifiers:` is deprecated"),
+        "{err}"
+    );
+    assert!(
+        err.contains("auditwatch.yaml:9:7: this `match` form is deprecated"),
+        "{err}"
+    );
 }
 
 /// A progress line (share, MiB, records/s, ETA) on a terminal, erased at the end; none when

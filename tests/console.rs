@@ -131,6 +131,16 @@ async fn browser(dir: &Path) -> (Server, Client) {
     (server, client)
 }
 
+/// The element once the page that has it is loaded (a click or a submit returns before the
+/// browser has navigated).
+async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
 /// Blocking helpers (the daemon's HTTP, waits) inside the async test.
 fn sync<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -216,7 +226,7 @@ async fn on_call_console_in_headless_chromium() {
     login.set_by_name("user", "oncall").await.unwrap();
     login.set_by_name("password", "wrong").await.unwrap();
     login.submit().await.unwrap();
-    let error = c.find(Locator::Css("p.error")).await.unwrap();
+    let error = wait_for(&c, "p.error").await;
     assert!(
         error
             .text()
@@ -228,6 +238,7 @@ async fn on_call_console_in_headless_chromium() {
     login.set_by_name("user", "oncall").await.unwrap();
     login.set_by_name("password", PASSWORD).await.unwrap();
     login.submit().await.unwrap();
+    wait_for(&c, "table#alerts").await;
     assert_eq!(c.current_url().await.unwrap().path(), "/alerts");
 
     // The alerts table: both alerts, newest first, delivered.
@@ -260,6 +271,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, "table#events").await;
     let h1 = c
         .find(Locator::Css("h1"))
         .await
@@ -301,6 +313,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, "form#silence-form").await;
     let form = c.form(Locator::Css("form#silence-form")).await.unwrap();
     let matchers = c
         .find(Locator::Css("textarea[name=matchers]"))
@@ -324,6 +337,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, "table#preview").await;
     let h2 = c
         .find(Locator::Css("h2"))
         .await
@@ -340,7 +354,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
-    let notice = c.find(Locator::Css("p.notice")).await.unwrap();
+    let notice = wait_for(&c, "p.notice").await;
     assert!(notice.text().await.unwrap().starts_with("Silence "));
     let silences = rows(&c, "silences").await;
     assert_eq!(silences.len(), 1);
@@ -423,6 +437,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, "p.notice").await;
     assert_eq!(rows(&c, "silences").await[0][1], "expired");
     c.find(Locator::Css("nav form button"))
         .await
@@ -430,6 +445,7 @@ async fn on_call_console_in_headless_chromium() {
         .click()
         .await
         .unwrap();
+    wait_for(&c, "form#login").await;
     c.goto(&format!("{base}/alerts")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
     c.close().await.unwrap();

@@ -487,3 +487,172 @@ fn prometheus_scrapes_metrics_and_promtool_accepts_them() {
     );
     assert_eq!(daemon.terminate().code(), Some(0));
 }
+
+/// An Alertmanager 0.25 configuration (its documentation's example tree, with the old
+/// `match`/`match_re` forms, `continue`, time intervals and inhibit rules), loaded as is by
+/// both Alertmanager's own `amtool config routes test` and `auditwatch routes test`: the same
+/// receivers for every label set of the table.
+#[test]
+fn a_pasted_alertmanager_config_routes_as_amtool_says() {
+    let amtool = need("/usr/bin/amtool");
+    let dir = Scratch::new("amtool-routes");
+    let config = dir.0.join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        r#"route:
+  group_by: ['alertname', 'cluster', 'service']
+  group_wait: 30s
+  group_interval: 5m
+  repeat_interval: 3h
+  receiver: team-X-mails
+  routes:
+    - matchers:
+        - service=~"foo1|foo2|baz"
+      receiver: team-X-mails
+      routes:
+        - matchers:
+            - severity="critical"
+          receiver: team-X-pager
+    - matchers:
+        - service="files"
+      receiver: team-Y-mails
+      routes:
+        - matchers:
+            - severity="critical"
+          receiver: team-Y-pager
+    - matchers:
+        - service="database"
+      receiver: team-DB-pager
+      group_by: [alertname, cluster, database]
+      routes:
+        - matchers:
+            - owner="team-X"
+          receiver: team-X-pager
+          continue: true
+        - matchers:
+            - owner="team-Y"
+          receiver: team-Y-pager
+    - match:
+        team: frontend
+      match_re:
+        environment: prod|staging
+      receiver: frontend-pager
+      mute_time_intervals: [offhours]
+    - matchers:
+        - alertname=~"pod-exec.*"
+        - cluster!="dev"
+      continue: true
+      receiver: audit-webhook
+    - matchers: [cluster="prod-eu"]
+      receiver: team-Y-mails
+    - matchers:
+        - alertname="noisy"
+      receiver: blackhole
+inhibit_rules:
+  - source_matchers: [severity="critical"]
+    target_matchers: [severity="warning"]
+    equal: [alertname, cluster, service]
+  - source_match: { alertname: cluster-admin-binding }
+    target_match_re: { alertname: 'pod-exec|secret-read' }
+    equal: [cluster]
+time_intervals:
+  - name: offhours
+    time_intervals:
+      - times: [{ start_time: '18:00', end_time: '24:00' }]
+        weekdays: ['monday:friday']
+        location: Europe/Berlin
+      - weekdays: [saturday, sunday]
+receivers:
+  - name: team-X-mails
+    email_configs:
+      - to: 'team-X+alerts@example.org, team-X+alerts-critical@example.org'
+        from: alertmanager@example.org
+        smarthost: smtp.example.org:587
+  - name: team-X-pager
+    email_configs:
+      - to: team-X+alerts-critical@example.org
+        from: alertmanager@example.org
+        smarthost: smtp.example.org:587
+    pagerduty_configs:
+      - routing_key: team-X-key
+  - name: team-Y-mails
+    email_configs:
+      - to: team-Y+alerts@example.org
+        from: alertmanager@example.org
+        smarthost: smtp.example.org:587
+  - name: team-Y-pager
+    pagerduty_configs:
+      - routing_key: team-Y-key
+  - name: team-DB-pager
+    pagerduty_configs:
+      - routing_key: team-DB-key
+        send_resolved: true
+  - name: frontend-pager
+    slack_configs:
+      - api_url: https://hooks.slack.example/services/T000/B000/XXX
+  - name: audit-webhook
+    webhook_configs:
+      - url: http://127.0.0.1:9/hook
+        send_resolved: false
+  - name: blackhole
+"#,
+    )
+    .unwrap();
+    let check = Command::new(&amtool)
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "amtool refuses the config: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let table: &[&[&str]] = &[
+        &["alertname=x"],
+        &["alertname=x", "service=foo1"],
+        &["alertname=x", "service=baz", "severity=critical"],
+        &["alertname=x", "service=foo3", "severity=critical"],
+        &["alertname=x", "service=files", "severity=warning"],
+        &["alertname=x", "service=files", "severity=critical"],
+        &["alertname=x", "service=database"],
+        &["alertname=x", "service=database", "owner=team-X"],
+        &["alertname=x", "service=database", "owner=team-Y"],
+        &["alertname=x", "team=frontend", "environment=prod"],
+        &["alertname=x", "team=frontend", "environment=production"],
+        &["alertname=pod-exec-or-attach", "cluster=prod-eu"],
+        &["alertname=pod-exec-or-attach", "cluster=dev"],
+        &["alertname=secret-read", "cluster=prod-eu"],
+        &[
+            "alertname=pod-exec-or-attach",
+            "service=files",
+            "severity=critical",
+        ],
+        &["alertname=noisy"],
+        &["alertname=noisy", "severity=info"],
+    ];
+    for labels in table {
+        let am = Command::new(&amtool)
+            .args(["config", "routes", "test", "--config.file"])
+            .arg(&config)
+            .args(*labels)
+            .output()
+            .unwrap();
+        let ours = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["routes", "test", "--config"])
+            .arg(&config)
+            .args(*labels)
+            .output()
+            .unwrap();
+        assert!(
+            ours.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ours.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&ours.stdout).trim(),
+            String::from_utf8_lossy(&am.stdout).trim(),
+            "receivers for {labels:?}"
+        );
+    }
+}

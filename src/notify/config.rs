@@ -184,6 +184,18 @@ pub struct WebhookConfig {
     pub content_type: String,
     /// Extra CA certificate (PEM) to trust.
     pub ca_file: Option<PathBuf>,
+    /// The JSON sent without a `body` template: auditwatch's schema, or Alertmanager's
+    /// webhook payload (`version: "4"`, what `webhook_configs` receivers expect).
+    #[serde(default)]
+    pub payload: WebhookPayload,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookPayload {
+    #[default]
+    Auditwatch,
+    Alertmanager,
 }
 
 fn default_content_type() -> String {
@@ -220,16 +232,10 @@ impl AlertmanagerConfig {
     /// The `severity` label of `severity`: the configured one, else critical and high as
     /// `critical`, medium as `warning`, low and info as `info`.
     pub fn severity_label(&self, severity: crate::rules::Severity) -> String {
-        use crate::rules::Severity;
         if let Some(label) = self.severity_labels.get(&severity) {
             return label.clone();
         }
-        match severity {
-            Severity::Critical | Severity::High => "critical",
-            Severity::Medium => "warning",
-            Severity::Low | Severity::Info => "info",
-        }
-        .to_owned()
+        severity.alertmanager_label().to_owned()
     }
 }
 
@@ -267,9 +273,11 @@ impl Default for MetricsConfig {
     }
 }
 
-/// Which alerts a route takes; every given criterion must hold.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Which alerts a route takes; every given criterion must hold. Written either in
+/// auditwatch's first form (`{severity: [high], min_severity: …, rules: […], labels: {…}}`)
+/// or in Alertmanager's (`{severity: critical, team: apps}`: fields equal to values); a map
+/// whose values are all plain strings, without `min_severity`, is read as Alertmanager's.
+#[derive(Debug, Clone, Default)]
 pub struct RouteMatch {
     /// Exact severities.
     pub severity: Vec<Severity>,
@@ -278,6 +286,56 @@ pub struct RouteMatch {
     pub rules: Vec<String>,
     /// Rule labels that must have these values.
     pub labels: BTreeMap<String, String>,
+    /// Alertmanager's form: alert fields equal to these values (`severity` as in matchers).
+    pub equal: BTreeMap<String, String>,
+}
+
+impl RouteMatch {
+    /// Whether it is written in auditwatch's first form (deprecated for `matchers`).
+    pub fn is_first_form(&self) -> bool {
+        !self.severity.is_empty()
+            || self.min_severity.is_some()
+            || !self.rules.is_empty()
+            || !self.labels.is_empty()
+    }
+}
+
+impl<'de> Deserialize<'de> for RouteMatch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        #[derive(Default)]
+        struct First {
+            severity: Vec<Severity>,
+            min_severity: Option<Severity>,
+            rules: Vec<String>,
+            labels: BTreeMap<String, String>,
+        }
+        let map = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+        let first = map.contains_key("min_severity") || map.values().any(|v| !v.is_string());
+        if !first {
+            return Ok(RouteMatch {
+                equal: map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_str().unwrap_or_default().to_owned()))
+                    .collect(),
+                ..RouteMatch::default()
+            });
+        }
+        let mapping = map
+            .into_iter()
+            .map(|(k, v)| (serde_yaml::Value::String(k), v))
+            .collect();
+        let f: First = serde_yaml::from_value(serde_yaml::Value::Mapping(mapping))
+            .map_err(serde::de::Error::custom)?;
+        Ok(RouteMatch {
+            severity: f.severity,
+            min_severity: f.min_severity,
+            rules: f.rules,
+            labels: f.labels,
+            equal: BTreeMap::new(),
+        })
+    }
 }
 
 /// A node of the routing tree. Children are tried in order; the first that matches takes the
@@ -292,8 +350,11 @@ pub struct RouteConfig {
     /// of silences, on the alert's fields (`rule`/`alertname`, `severity`, `kind`, labels,
     /// `group.<field>`). All must hold, with `match`.
     pub matchers: Vec<TextMatcher>,
+    /// Alertmanager's older form: fields matching these regexes (anchored).
+    pub match_re: BTreeMap<String, String>,
+    /// Deprecated for `receiver`: the notifiers the route's alerts go to.
     pub notify: Vec<String>,
-    /// Alertmanager's word for a route's one notifier; the same as `notify: [NAME]`.
+    /// The receiver (an entry of `receivers:`, or a notifier) the route's alerts go to.
     pub receiver: Option<String>,
     #[serde(rename = "continue")]
     pub continue_: bool,
@@ -302,7 +363,16 @@ pub struct RouteConfig {
     pub group_by: Option<Vec<String>>,
     pub group_wait: Option<Duration>,
     pub group_interval: Option<Duration>,
+    /// Alertmanager's meaning: a group still firing (an alert in it sent within
+    /// `delivery.resolve_timeout`) is sent again after this long. Unset or 0: never.
     pub repeat_interval: Option<Duration>,
+    /// Firings of the same rule and group within this of the last one sent are folded
+    /// (recorded as deduplicated, not sent); what `repeat_interval` did before 0.9.
+    pub fold_interval: Option<Duration>,
+    /// Names of `time_intervals` during which nothing is sent.
+    pub mute_time_intervals: Vec<String>,
+    /// Names of `time_intervals` outside which nothing is sent.
+    pub active_time_intervals: Vec<String>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -338,6 +408,9 @@ pub struct DeliveryConfig {
     pub retry: RetryConfig,
     /// fsync of the delivery ledger after each outcome.
     pub fsync: FsyncPolicy,
+    /// How long a sent alert counts as firing: for `repeat_interval` and as an inhibit
+    /// rule's source (Alertmanager's `resolve_timeout`).
+    pub resolve_timeout: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -348,6 +421,7 @@ impl Default for DeliveryConfig {
             timeout: Duration(Span::from_secs(10)),
             retry: RetryConfig::default(),
             fsync: FsyncPolicy::Always,
+            resolve_timeout: Duration(Span::from_secs(300)),
         }
     }
 }
@@ -421,28 +495,104 @@ impl<'de> Deserialize<'de> for TextMatcher {
 }
 
 impl RouteConfig {
-    /// Every notifier the route names, by `notify` or `receiver`.
+    /// Every notifier the route sends to (after [`RouteConfig::resolve`]: its receiver's).
     pub fn notifiers(&self) -> impl Iterator<Item = &String> {
-        self.notify.iter().chain(self.receiver.iter())
+        self.notify.iter()
     }
 
-    /// Checks notifier names and group_by fields; errors carry a dotted config path.
+    /// Turns each route's `receiver` into the notifiers it stands for (`receivers`: an
+    /// Alertmanager-style receiver's configs; else a notifier of that name), and checks the
+    /// names of receivers, notifiers and time intervals; errors carry a dotted config path.
+    pub fn resolve(
+        &mut self,
+        path: &str,
+        receivers: &BTreeMap<String, Vec<String>>,
+        notifiers: &BTreeMap<String, NotifierConfig>,
+        intervals: &[String],
+    ) -> Result<(), (String, String)> {
+        if let Some(name) = &self.receiver {
+            match (receivers.get(name), notifiers.contains_key(name)) {
+                (Some(list), _) => self.notify.extend(list.iter().cloned()),
+                (None, true) => self.notify.push(name.clone()),
+                (None, false) => {
+                    let known: Vec<&String> = receivers.keys().collect();
+                    return Err((
+                        format!("{path}.receiver"),
+                        format!("unknown receiver {name:?} (defined: {known:?})"),
+                    ));
+                }
+            }
+        }
+        for (key, names) in [
+            ("mute_time_intervals", &self.mute_time_intervals),
+            ("active_time_intervals", &self.active_time_intervals),
+        ] {
+            for (i, n) in names.iter().enumerate() {
+                if !intervals.contains(n) {
+                    return Err((
+                        format!("{path}.{key}.{i}"),
+                        format!(
+                            "unknown time interval {n:?} (time_intervals defines: {intervals:?})"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (k, v) in &self.match_re {
+            crate::notify::silence::Matcher::new(
+                k.clone(),
+                crate::notify::silence::Op::Re,
+                v.clone(),
+            )
+            .map_err(|e| (format!("{path}.match_re.{k}"), e))?;
+        }
+        for (i, child) in self.routes.iter_mut().enumerate() {
+            child.resolve(
+                &format!("{path}.routes.{i}"),
+                receivers,
+                notifiers,
+                intervals,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Keys written in auditwatch's first vocabulary, with what to write instead.
+    pub fn deprecations(&self, path: &str, out: &mut Vec<(String, String)>) {
+        if !self.notify.is_empty() && self.receiver.is_none() {
+            out.push((
+                format!("{path}.notify"),
+                "`notify` is deprecated: name one entry of `receivers:` with `receiver:`".into(),
+            ));
+        }
+        if self.matcher.is_first_form() {
+            out.push((
+                format!("{path}.match"),
+                "this `match` form is deprecated: write `matchers: ['severity=~\"high|critical\"', 'rule=\"x\"']`".into(),
+            ));
+        }
+        for (i, child) in self.routes.iter().enumerate() {
+            child.deprecations(&format!("{path}.routes.{i}"), out);
+        }
+    }
+
+    /// Whether any route sets `repeat_interval`.
+    pub fn sets_repeat_interval(&self, path: &str) -> Option<String> {
+        if self.repeat_interval.is_some() {
+            return Some(format!("{path}.repeat_interval"));
+        }
+        self.routes
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.sets_repeat_interval(&format!("{path}.routes.{i}")))
+    }
+
+    /// Checks notifier names; errors carry a dotted config path.
     pub fn validate(
         &self,
         path: &str,
         notifiers: &BTreeMap<String, NotifierConfig>,
     ) -> Result<(), (String, String)> {
-        if let Some(name) = &self.receiver
-            && !notifiers.contains_key(name)
-        {
-            return Err((
-                format!("{path}.receiver"),
-                format!(
-                    "unknown receiver {name:?} (defined: {})",
-                    notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
         for (i, name) in self.notify.iter().enumerate() {
             if !notifiers.contains_key(name) {
                 return Err((

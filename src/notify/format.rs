@@ -139,12 +139,13 @@ pub fn slack(n: &Notification) -> Value {
 /// `severity` (as `severity_label` maps it), `auditwatch_severity` (as the rule says),
 /// `source="auditwatch"`, the rule's labels, and each group field as `group_<field>`
 /// (sanitised to a label name). It started at its first request's time (`first_seen`, at the
-/// latest now) and is active for `active_for` from now.
+/// latest now) and is active for `active_for` from now; `generatorURL` is its console page.
 pub fn alertmanager(
     n: &Notification,
     now: DateTime<Utc>,
     active_for: std::time::Duration,
     severity_label: &dyn Fn(Severity) -> String,
+    console_url: Option<&str>,
 ) -> Value {
     let ends =
         now + chrono::TimeDelta::from_std(active_for).unwrap_or(chrono::TimeDelta::minutes(5));
@@ -175,15 +176,75 @@ pub fn alertmanager(
             if !a.audit_ids.is_empty() {
                 annotations.insert("audit_ids".into(), a.audit_ids.join(","));
             }
-            json!({
+            let mut alert = json!({
                 "labels": labels,
                 "annotations": annotations,
                 "startsAt": a.first_seen.to_datetime().min(now).to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 "endsAt": ends.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            })
+            });
+            if let Some(url) = console_url {
+                alert["generatorURL"] = Value::String(alert_url(url, &a.id));
+            }
+            alert
         })
         .collect();
     Value::Array(alerts)
+}
+
+/// The console's page of an alert.
+pub fn alert_url(console_url: &str, id: &str) -> String {
+    format!("{}/alerts/{id}", console_url.trim_end_matches('/'))
+}
+
+/// Alertmanager's webhook payload (`version: "4"`), what a `webhook_configs` receiver
+/// expects: the group's alerts as [`alertmanager`] builds them (plus `status` and a
+/// `fingerprint`), the group's labels, and the labels and annotations all alerts share.
+pub fn alertmanager_webhook(
+    n: &Notification,
+    now: DateTime<Utc>,
+    active_for: std::time::Duration,
+    severity_label: &dyn Fn(Severity) -> String,
+    console_url: Option<&str>,
+) -> Value {
+    let Value::Array(mut alerts) = alertmanager(n, now, active_for, severity_label, console_url)
+    else {
+        return Value::Null;
+    };
+    for (v, a) in alerts.iter_mut().zip(n.alerts.iter()) {
+        v["status"] = "firing".into();
+        v["fingerprint"] = a.id.get(..16).unwrap_or(&a.id).into();
+        if v.get("generatorURL").is_none() {
+            v["generatorURL"] = "".into();
+        }
+    }
+    let common = |key: &str| -> serde_json::Map<String, Value> {
+        let mut maps = alerts.iter().filter_map(|a| a[key].as_object());
+        let Some(first) = maps.next() else {
+            return serde_json::Map::new();
+        };
+        let mut shared = first.clone();
+        for m in maps {
+            shared.retain(|k, v| m.get(k) == Some(v));
+        }
+        shared
+    };
+    let group_labels: serde_json::Map<String, Value> = n
+        .group
+        .iter()
+        .map(|(k, v)| (label_name(k), Value::String(v.clone())))
+        .collect();
+    json!({
+        "version": "4",
+        "groupKey": n.group_key,
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": n.notifier.split('/').next().unwrap_or(&n.notifier),
+        "groupLabels": group_labels,
+        "commonLabels": common("labels"),
+        "commonAnnotations": common("annotations"),
+        "externalURL": console_url.unwrap_or_default(),
+        "alerts": alerts,
+    })
 }
 
 /// PagerDuty Events API v2: one `trigger` per alert, deduplicated by the alert id.
@@ -330,6 +391,11 @@ mod tests {
                     "x".into()
                 }
             },
+            Some("https://auditwatch.example/"),
+        );
+        assert_eq!(
+            v[0]["generatorURL"],
+            format!("https://auditwatch.example/alerts/{}", a.id)
         );
         let labels = &v[0]["labels"];
         assert_eq!(labels["alertname"], "pod-exec");
@@ -341,6 +407,29 @@ mod tests {
         assert_eq!(v[0]["startsAt"], "2025-12-31T23:58:00.000Z");
         assert_eq!(labels["severity"], "critical");
         assert_eq!(labels["auditwatch_severity"], "high");
+    }
+
+    #[test]
+    fn alertmanager_webhook_payload_has_its_envelope() {
+        let a = alert("pod-exec", Severity::Medium, &[("team", "apps")]);
+        let b = alert("pod-exec", Severity::Medium, &[("team", "web")]);
+        let mut n = note(vec![a.clone(), b]);
+        n.notifier = "team-x/webhook/0".into();
+        let v = alertmanager_webhook(
+            &n,
+            Utc::now(),
+            std::time::Duration::from_secs(300),
+            &|s| s.alertmanager_label().to_owned(),
+            None,
+        );
+        assert_eq!(v["version"], "4");
+        assert_eq!(v["status"], "firing");
+        assert_eq!(v["receiver"], "team-x");
+        assert_eq!(v["commonLabels"]["severity"], "warning");
+        assert_eq!(v["commonLabels"]["alertname"], "pod-exec");
+        assert!(v["commonLabels"].get("team").is_none(), "not shared");
+        assert_eq!(v["alerts"][0]["status"], "firing");
+        assert_eq!(v["alerts"][0]["fingerprint"], &a.id[..16]);
     }
 
     #[test]

@@ -11,7 +11,10 @@
 
 pub mod config;
 pub mod format;
+pub mod inhibit;
+pub mod interval;
 pub mod ledger;
+pub mod receivers;
 pub mod recent;
 pub mod route;
 pub mod send;
@@ -65,6 +68,10 @@ pub struct NotifyOptions {
     pub route: RouteConfig,
     pub delivery: DeliveryConfig,
     pub silence_limits: silence::SilenceLimits,
+    pub inhibit_rules: Vec<inhibit::InhibitRuleConfig>,
+    pub time_intervals: Vec<interval::TimeIntervalConfig>,
+    /// The console's base URL, for links in notifications (`generatorURL`).
+    pub console_url: Option<String>,
 }
 
 enum Msg {
@@ -78,6 +85,8 @@ enum Msg {
         notifier: Arc<str>,
         alerts: Vec<(u64, String)>,
         outcome: Outcome,
+        /// A `repeat_interval` reminder: the alerts were settled before.
+        repeat: bool,
     },
     Stop,
 }
@@ -134,15 +143,19 @@ impl Notify {
                 metric_notifiers.insert(name, m.active_for.std());
                 continue;
             }
-            let sender = send::build(config, opts.delivery.timeout.std())
-                .map_err(|message| NotifyError::Notifier {
-                    name: name.to_string(),
-                    message,
-                })?
-                .ok_or_else(|| NotifyError::Notifier {
-                    name: name.to_string(),
-                    message: "cannot send".into(),
-                })?;
+            let sender = send::build(
+                config,
+                opts.delivery.timeout.std(),
+                opts.console_url.as_deref(),
+            )
+            .map_err(|message| NotifyError::Notifier {
+                name: name.to_string(),
+                message,
+            })?
+            .ok_or_else(|| NotifyError::Notifier {
+                name: name.to_string(),
+                message: "cannot send".into(),
+            })?;
             let (qtx, qrx) = mpsc::channel::<Notification>(opts.delivery.queue.max(1));
             queues.insert(name.clone(), qtx);
             workers.push(runtime.spawn(worker(
@@ -155,8 +168,21 @@ impl Notify {
                 stop.clone(),
             )));
         }
+        let intervals: Vec<Arc<interval::TimeInterval>> = opts
+            .time_intervals
+            .iter()
+            .filter_map(|t| interval::TimeInterval::compile(t).ok().map(Arc::new))
+            .collect();
+        let inhibit_rules = opts
+            .inhibit_rules
+            .iter()
+            .filter_map(|r| r.compile().ok())
+            .collect();
+        let resolve_timeout = opts.delivery.resolve_timeout.std();
         let mut dispatcher = Dispatcher {
-            router: Router::new(&opts.route),
+            router: Router::new(&opts.route, &intervals),
+            inhibitor: inhibit::Inhibitor::new(inhibit_rules, resolve_timeout),
+            resolve_timeout,
             queues,
             metric_notifiers,
             active: HashMap::new(),
@@ -243,7 +269,8 @@ pub fn check_notifiers(
     delivery: &DeliveryConfig,
 ) -> Result<(), String> {
     for (name, n) in notifiers {
-        send::build(n, delivery.timeout.std()).map_err(|e| format!("notifier {name:?}: {e}"))?;
+        send::build(n, delivery.timeout.std(), None)
+            .map_err(|e| format!("notifier {name:?}: {e}"))?;
     }
     Ok(())
 }
@@ -274,13 +301,19 @@ struct GroupState {
     labels: Vec<(String, String)>,
     grouping: Grouping,
     pending: Vec<(u64, Arc<Alert>)>,
-    /// When the pending alerts may go out.
+    /// Alerts sent from this group that still count as firing (for `repeat_interval`), with
+    /// their journal offsets and when they were sent.
+    firing: Vec<(u64, Arc<Alert>, Instant)>,
+    /// When the pending alerts may go out, or the next reminder is due.
     due: Option<Instant>,
     last_flush: Option<Instant>,
 }
 
 struct Dispatcher {
     router: Router,
+    inhibitor: inhibit::Inhibitor,
+    /// How long a sent alert counts as firing.
+    resolve_timeout: Duration,
     queues: HashMap<Arc<str>, mpsc::Sender<Notification>>,
     metric_notifiers: HashMap<Arc<str>, Duration>,
     /// Metric alerts: (rule, severity) → active until.
@@ -297,7 +330,7 @@ struct Dispatcher {
     deliveries: recent::SharedDeliveries,
     metrics: Arc<Metrics>,
     max_pending: usize,
-    /// (notifier, rule, group) → last notified, for `repeat_interval` folding.
+    /// (notifier, rule, group) → last notified, for `fold_interval`.
     last_notified: HashMap<(Arc<str>, Arc<str>, String), Instant>,
 }
 
@@ -340,7 +373,12 @@ impl Dispatcher {
                     notifier,
                     alerts,
                     outcome,
-                }) => self.settle(&notifier, alerts, outcome, None),
+                    repeat,
+                }) => {
+                    if !repeat {
+                        self.settle(&notifier, alerts, outcome, None);
+                    }
+                }
                 Ok(Msg::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -353,10 +391,15 @@ impl Dispatcher {
     /// Routes one alert; returns how many notifiers it was queued for. The stages, in order,
     /// for each destination the routes give: metric notifiers take it at once
     /// ([`Dispatcher::take_as_metric`]); a notifier that already settled it is skipped (the ledger);
-    /// a silence settles it as silenced; `repeat_interval` folds it into a recent notification;
-    /// otherwise it joins its group, waiting for `group_wait`/`group_interval`.
+    /// an inhibit rule settles it as inhibited, a silence as silenced; `fold_interval` folds
+    /// it into a recent notification; otherwise it joins its group, waiting for
+    /// `group_wait`/`group_interval` (and the route's time intervals, checked when it is due).
     fn accept(&mut self, offset: u64, alert: Arc<Alert>, recovering: bool) -> usize {
         let now = Instant::now();
+        let inhibited = self.inhibitor.check(&alert, now);
+        if let Some(i) = inhibited {
+            tracing::info!(rule = %alert.rule, alert = %alert.id, inhibit_rule = i, "alert inhibited");
+        }
         let mut queued = 0;
         let mut settled_now = Vec::new();
         for (route, notifier, grouping) in self.destinations(&alert) {
@@ -367,8 +410,9 @@ impl Dispatcher {
             }
             self.count_pending(offset, &notifier);
             queued += 1;
-            let held = self
-                .silenced(&notifier, &alert)
+            let held = inhibited
+                .map(|i| (Outcome::Inhibited, Some(format!("inhibit_rules.{i}"))))
+                .or_else(|| self.silenced(&notifier, &alert))
                 .or_else(|| self.folded(&notifier, &alert, &grouping, now));
             if let Some((outcome, because)) = held {
                 settled_now.push((notifier, (offset, alert.id.clone()), outcome, because));
@@ -446,7 +490,7 @@ impl Dispatcher {
         Some((Outcome::Silenced, Some(id)))
     }
 
-    /// `Deduplicated` if the same rule and group went to `notifier` within `repeat_interval`.
+    /// `Deduplicated` if the same rule and group went to `notifier` within `fold_interval`.
     fn folded(
         &mut self,
         notifier: &Arc<str>,
@@ -454,7 +498,7 @@ impl Dispatcher {
         grouping: &Grouping,
         now: Instant,
     ) -> Option<(Outcome, Option<String>)> {
-        if grouping.repeat.is_zero() {
+        if grouping.fold.is_zero() {
             return None;
         }
         let ident = (
@@ -463,7 +507,7 @@ impl Dispatcher {
             alert.group.to_string(),
         );
         if let Some(last) = self.last_notified.get(&ident)
-            && now.duration_since(*last) < grouping.repeat
+            && now.duration_since(*last) < grouping.fold
         {
             return Some((Outcome::Deduplicated, None));
         }
@@ -492,6 +536,7 @@ impl Dispatcher {
                 labels,
                 grouping,
                 pending: Vec::new(),
+                firing: Vec::new(),
                 due: None,
                 last_flush: None,
             });
@@ -511,12 +556,21 @@ impl Dispatcher {
         dropped
     }
 
+    /// Sends the groups that are due: their pending alerts (unless a time interval mutes the
+    /// route now: then they are settled as muted), or, with `repeat_interval`, a reminder of
+    /// the alerts still firing.
     fn flush_due(&mut self) {
         let now = Instant::now();
+        let wall = Utc::now();
+        let resolve = self.resolve_timeout;
         let mut emptied = Vec::new();
+        let mut muted = Vec::new();
         for (gk, g) in self.groups.iter_mut() {
-            if g.due.is_none_or(|d| d > now) || g.pending.is_empty() {
+            g.firing
+                .retain(|(_, _, sent)| now.duration_since(*sent) < resolve);
+            if g.due.is_none_or(|d| d > now) {
                 if g.pending.is_empty()
+                    && g.firing.is_empty()
                     && g.last_flush.is_none_or(|l| {
                         now.duration_since(l) > g.grouping.interval.max(Duration::from_secs(60))
                     })
@@ -528,22 +582,48 @@ impl Dispatcher {
             let Some(queue) = self.queues.get(&g.notifier) else {
                 continue;
             };
-            let alerts: Vec<Arc<Alert>> = g.pending.iter().map(|(_, a)| a.clone()).collect();
-            let offsets: Vec<u64> = g.pending.iter().map(|(o, _)| *o).collect();
+            if let Some(why) = g.grouping.muted_by(wall) {
+                let held: Vec<(u64, String)> = g
+                    .pending
+                    .drain(..)
+                    .map(|(o, a)| (o, a.id.clone()))
+                    .collect();
+                if !held.is_empty() {
+                    tracing::info!(notifier = %g.notifier, alerts = held.len(), time_interval = %why, "notification muted by the route's time intervals");
+                    muted.push((g.notifier.clone(), held, why));
+                }
+                g.due = (!g.grouping.repeat.is_zero() && !g.firing.is_empty())
+                    .then(|| now + g.grouping.repeat);
+                continue;
+            }
+            let repeat = g.pending.is_empty();
+            let (alerts, offsets): (Vec<Arc<Alert>>, Vec<u64>) = if repeat {
+                g.firing.iter().map(|(o, a, _)| (a.clone(), *o)).unzip()
+            } else {
+                g.pending.iter().map(|(o, a)| (a.clone(), *o)).unzip()
+            };
+            if alerts.is_empty() {
+                g.due = None;
+                continue;
+            }
             let n = Notification {
-                id: Notification::make_id(&g.notifier, &alerts, None),
+                id: Notification::make_id(&g.notifier, &alerts, repeat.then_some(wall)),
                 notifier: g.notifier.clone(),
                 group_key: g.key.clone(),
                 group: g.labels.clone(),
                 alerts,
                 offsets,
-                repeat: false,
+                repeat,
             };
             match queue.try_send(n) {
                 Ok(()) => {
-                    g.pending.clear();
+                    if !repeat {
+                        g.firing
+                            .extend(g.pending.drain(..).map(|(o, a)| (o, a, now)));
+                    }
                     g.last_flush = Some(now);
-                    g.due = None;
+                    g.due = (!g.grouping.repeat.is_zero() && !g.firing.is_empty())
+                        .then(|| now + g.grouping.repeat);
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // The worker is behind (retrying a receiver that is down): try again soon.
@@ -556,6 +636,9 @@ impl Dispatcher {
         }
         for gk in emptied {
             self.groups.remove(&gk);
+        }
+        for (notifier, held, why) in muted {
+            self.settle(&notifier, held, Outcome::Muted, Some(why));
         }
         for (name, queue) in &self.queues {
             self.metrics.set_queue_depth(
@@ -724,6 +807,7 @@ async fn worker(
                 notifier: name.clone(),
                 alerts,
                 outcome,
+                repeat: n.repeat,
             })
             .is_err()
         {

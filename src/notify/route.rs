@@ -4,12 +4,15 @@
 //! tried in order, the first match takes the alert unless it has `continue: true`, an alert no
 //! child takes stays with the parent, and children inherit grouping settings.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alert::Alert;
 use crate::rules::Severity;
 
 use super::config::{RouteConfig, RouteMatch};
+use super::interval::TimeInterval;
+use super::silence::{Matcher, Op};
 
 /// How a route groups alerts into notifications.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,8 +21,14 @@ pub struct Grouping {
     pub by: Option<Vec<String>>,
     pub wait: Duration,
     pub interval: Duration,
-    /// Re-firings of the same rule and group within this are folded (0: never).
+    /// A group still firing is sent again after this long (0: never).
     pub repeat: Duration,
+    /// Re-firings of the same rule and group within this are folded (0: never).
+    pub fold: Duration,
+    /// Nothing is sent while any of these holds.
+    pub mute: Vec<Arc<TimeInterval>>,
+    /// When set, nothing is sent unless one of these holds.
+    pub active: Vec<Arc<TimeInterval>>,
 }
 
 impl Default for Grouping {
@@ -28,13 +37,30 @@ impl Default for Grouping {
             by: None,
             wait: Duration::ZERO,
             interval: Duration::from_secs(60),
-            // Off: every firing is its own incident; rules throttle their own floods.
+            // Off: audit alerts are events; a reminder is asked for, not assumed.
             repeat: Duration::ZERO,
+            // Off: every firing is its own incident; rules throttle their own floods.
+            fold: Duration::ZERO,
+            mute: Vec::new(),
+            active: Vec::new(),
         }
     }
 }
 
 impl Grouping {
+    /// The name of the time interval that mutes the route at `now` (a mute interval that
+    /// holds, or "outside <names>" when active intervals are set and none holds).
+    pub fn muted_by(&self, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+        if let Some(m) = self.mute.iter().find(|t| t.contains(now)) {
+            return Some(m.name.clone());
+        }
+        if !self.active.is_empty() && !self.active.iter().any(|t| t.contains(now)) {
+            let names: Vec<&str> = self.active.iter().map(|t| t.name.as_str()).collect();
+            return Some(format!("outside {}", names.join(", ")));
+        }
+        None
+    }
+
     /// The group an alert falls in: (key, the grouped fields and values).
     pub fn key_of(&self, alert: &Alert) -> (String, Vec<(String, String)>) {
         match &self.by {
@@ -66,8 +92,10 @@ impl Grouping {
 #[derive(Debug, Clone)]
 struct Node {
     matcher: RouteMatch,
-    matchers: Vec<crate::notify::silence::Matcher>,
+    matchers: Vec<Matcher>,
     notify: Vec<String>,
+    /// What `routes test` prints for the node: its receiver, else its notifiers.
+    receiver: String,
     continue_: bool,
     grouping: Grouping,
     children: Vec<Node>,
@@ -89,9 +117,11 @@ pub struct Destination<'a> {
 }
 
 impl Router {
-    pub fn new(config: &RouteConfig) -> Router {
+    /// Compiles the tree; `intervals` are the config's `time_intervals` (the names the routes
+    /// use were checked when the config loaded; an unknown one is ignored here).
+    pub fn new(config: &RouteConfig, intervals: &[Arc<TimeInterval>]) -> Router {
         Router {
-            root: compile(config, &Grouping::default()),
+            root: compile(config, &Grouping::default(), ("", &[]), intervals),
         }
     }
 
@@ -109,8 +139,27 @@ impl Router {
             }
             return out;
         }
-        let mut index = 0;
-        walk(&self.root, alert, &mut index, &mut out);
+        let mut taken = Vec::new();
+        walk(&self.root, alert, &mut 0, &mut taken);
+        for (index, node) in taken {
+            for n in &node.notify {
+                push_unique(&mut out, index, n, &node.grouping);
+            }
+        }
+        out
+    }
+
+    /// The receivers of the routes that take `alert`, in order, without duplicates (what
+    /// `amtool config routes test` prints), including receivers that send nothing.
+    pub fn receivers(&self, alert: &Alert) -> Vec<&str> {
+        let mut taken = Vec::new();
+        walk(&self.root, alert, &mut 0, &mut taken);
+        let mut out: Vec<&str> = Vec::new();
+        for (_, node) in taken {
+            if !out.contains(&node.receiver.as_str()) {
+                out.push(&node.receiver);
+            }
+        }
         out
     }
 }
@@ -130,12 +179,13 @@ fn push_unique<'a>(
     }
 }
 
-/// Returns whether `node` (or a descendant) took the alert. `index` numbers nodes depth-first.
+/// Returns whether `node` (or a descendant) took the alert; the nodes that take it go to
+/// `out` with their index (nodes numbered depth-first).
 fn walk<'a>(
     node: &'a Node,
     alert: &Alert,
     index: &mut usize,
-    out: &mut Vec<Destination<'a>>,
+    out: &mut Vec<(usize, &'a Node)>,
 ) -> bool {
     let me = *index;
     *index += 1;
@@ -162,9 +212,7 @@ fn walk<'a>(
         }
     }
     if !taken {
-        for n in &node.notify {
-            push_unique(out, me, n, &node.grouping);
-        }
+        out.push((me, node));
     }
     true
 }
@@ -183,7 +231,20 @@ fn matches(m: &RouteMatch, alert: &Alert) -> bool {
             .all(|(k, v)| alert.field(k).is_some_and(|got| got == v.as_str()))
 }
 
-fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
+/// `parent_to` is the parent's receiver label and notifiers, which a route that names none
+/// inherits (as in Alertmanager).
+fn compile(
+    config: &RouteConfig,
+    parent: &Grouping,
+    parent_to: (&str, &[String]),
+    intervals: &[Arc<TimeInterval>],
+) -> Node {
+    let named = |names: &[String]| -> Vec<Arc<TimeInterval>> {
+        names
+            .iter()
+            .filter_map(|n| intervals.iter().find(|t| t.name == *n).cloned())
+            .collect()
+    };
     let grouping = Grouping {
         by: match &config.group_by {
             None => parent.by.clone(),
@@ -193,17 +254,40 @@ fn compile(config: &RouteConfig, parent: &Grouping) -> Node {
         wait: config.group_wait.map_or(parent.wait, |d| d.std()),
         interval: config.group_interval.map_or(parent.interval, |d| d.std()),
         repeat: config.repeat_interval.map_or(parent.repeat, |d| d.std()),
+        fold: config.fold_interval.map_or(parent.fold, |d| d.std()),
+        // As in Alertmanager, time intervals are not inherited.
+        mute: named(&config.mute_time_intervals),
+        active: named(&config.active_time_intervals),
     };
+    let (receiver, notify) = if config.receiver.is_none() && config.notify.is_empty() {
+        (parent_to.0.to_owned(), parent_to.1.to_vec())
+    } else {
+        (
+            config
+                .receiver
+                .clone()
+                .unwrap_or_else(|| config.notify.join(",")),
+            config.notifiers().cloned().collect(),
+        )
+    };
+    let mut matchers: Vec<Matcher> = config.matchers.iter().map(|m| m.0.clone()).collect();
+    for (k, v) in &config.matcher.equal {
+        matchers.extend(Matcher::new(k.clone(), Op::Eq, v.clone()));
+    }
+    for (k, v) in &config.match_re {
+        matchers.extend(Matcher::new(k.clone(), Op::Re, v.clone()));
+    }
     Node {
         matcher: config.matcher.clone(),
-        matchers: config.matchers.iter().map(|m| m.0.clone()).collect(),
-        notify: config.notifiers().cloned().collect(),
+        matchers,
+        receiver: receiver.clone(),
         continue_: config.continue_,
         children: config
             .routes
             .iter()
-            .map(|c| compile(c, &grouping))
+            .map(|c| compile(c, &grouping, (&receiver, &notify), intervals))
             .collect(),
+        notify,
         grouping,
     }
 }
@@ -214,7 +298,7 @@ mod tests {
     use crate::alert::testing::alert;
 
     fn router(yaml: &str) -> Router {
-        Router::new(&serde_yaml::from_str(yaml).unwrap())
+        Router::new(&serde_yaml::from_str(yaml).unwrap(), &[])
     }
 
     fn names(r: &Router, a: &Alert) -> Vec<String> {

@@ -39,6 +39,8 @@ pub struct Email {
 #[derive(Clone, Copy)]
 enum HttpKind {
     Generic,
+    /// A webhook sent Alertmanager's webhook payload.
+    AlertmanagerWebhook,
     Slack,
     Alertmanager,
     Pagerduty,
@@ -55,6 +57,8 @@ pub struct Http {
     active_for: Duration,
     /// The Alertmanager notifier's settings (its severity labels).
     alertmanager: Option<Box<crate::notify::config::AlertmanagerConfig>>,
+    /// The console's base URL, for links to alerts.
+    console_url: Option<String>,
 }
 
 pub const DEFAULT_SUBJECT: &str = "[auditwatch] {{ title }}";
@@ -102,7 +106,13 @@ fn environment() -> Environment<'static> {
 }
 
 /// Builds a sender; errors name what is wrong with the notifier's config.
-pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender>, String> {
+/// `console_url` is where alerts link to (Alertmanager's `generatorURL`).
+pub fn build(
+    config: &NotifierConfig,
+    timeout: Duration,
+    console_url: Option<&str>,
+) -> Result<Option<Sender>, String> {
+    let console_url = console_url.map(str::to_owned);
     match config {
         NotifierConfig::Metrics(_) => Ok(None),
         NotifierConfig::Email(c) => {
@@ -191,7 +201,12 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
             Ok(Some(Sender::Http(Box::new(Http {
                 client: client(c.ca_file.as_deref(), timeout)?,
                 url: c.url.clone(),
-                kind: HttpKind::Generic,
+                kind: match c.payload {
+                    crate::notify::config::WebhookPayload::Auditwatch => HttpKind::Generic,
+                    crate::notify::config::WebhookPayload::Alertmanager => {
+                        HttpKind::AlertmanagerWebhook
+                    }
+                },
                 headers: c
                     .headers
                     .iter()
@@ -202,6 +217,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 body_template,
                 active_for: Duration::ZERO,
                 alertmanager: None,
+                console_url: console_url.clone(),
             }))))
         }
         NotifierConfig::Slack(c) => {
@@ -223,6 +239,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
                 body_template: None,
                 active_for: Duration::ZERO,
                 alertmanager: None,
+                console_url: console_url.clone(),
             }))))
         }
         NotifierConfig::Alertmanager(c) => Ok(Some(Sender::Http(Box::new(Http {
@@ -241,6 +258,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
             body_template: None,
             active_for: c.resolve_after.std(),
             alertmanager: Some(Box::new(c.clone())),
+            console_url: console_url.clone(),
         })))),
         NotifierConfig::Pagerduty(c) => Ok(Some(Sender::Http(Box::new(Http {
             client: client(c.ca_file.as_deref(), timeout)?,
@@ -257,6 +275,7 @@ pub fn build(config: &NotifierConfig, timeout: Duration) -> Result<Option<Sender
             body_template: None,
             active_for: Duration::ZERO,
             alertmanager: None,
+            console_url: console_url.clone(),
         })))),
     }
 }
@@ -356,7 +375,24 @@ impl Http {
                         .as_ref()
                         .map_or_else(|| sev.as_str().to_owned(), |c| c.severity_label(sev))
                 };
-                let body = format::alertmanager(n, Utc::now(), self.active_for, &severity);
+                let body = format::alertmanager(
+                    n,
+                    Utc::now(),
+                    self.active_for,
+                    &severity,
+                    self.console_url.as_deref(),
+                );
+                self.post(&n.id, body.to_string(), "application/json").await
+            }
+            HttpKind::AlertmanagerWebhook => {
+                let severity = |sev: crate::rules::Severity| sev.alertmanager_label().to_owned();
+                let body = format::alertmanager_webhook(
+                    n,
+                    Utc::now(),
+                    std::time::Duration::from_secs(300),
+                    &severity,
+                    self.console_url.as_deref(),
+                );
                 self.post(&n.id, body.to_string(), "application/json").await
             }
         }

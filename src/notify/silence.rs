@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
+use crate::rules::Severity;
 use crate::state::{ChangeRecord, SharedAlertJournal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,9 +95,24 @@ impl Matcher {
         })
     }
 
+    /// Whether the alert's field passes. `severity` has two names per alert, auditwatch's
+    /// own (`high`) and Alertmanager's usual one (`critical`, see
+    /// [`Severity::alertmanager_label`]): `=` and `=~` pass when either does, `!=` and `!~`
+    /// when both do, so routes and silences written for Alertmanager work unchanged.
     pub fn matches(&self, alert: &Alert) -> bool {
+        if self.name == "severity" {
+            return self.accepts_severity(alert.severity);
+        }
         let got = alert.field(&self.name);
         self.accepts(got.as_deref().unwrap_or(""))
+    }
+
+    fn accepts_severity(&self, severity: Severity) -> bool {
+        let (own, am) = (severity.as_str(), severity.alertmanager_label());
+        match self.op {
+            Op::Eq | Op::Re => self.accepts(own) || self.accepts(am),
+            Op::Ne | Op::NotRe => self.accepts(own) && self.accepts(am),
+        }
     }
 
     /// Whether the matcher accepts every value its field can have: `rule=~".*"`,
@@ -105,7 +121,7 @@ impl Matcher {
     /// `kind`); that and the empty string for labels and group fields, which may be missing.
     pub fn accepts_anything(&self) -> bool {
         match self.name.as_str() {
-            "severity" => SEVERITIES.iter().all(|p| self.accepts(p)),
+            "severity" => Severity::ALL.iter().all(|s| self.accepts_severity(*s)),
             "rule" | "alertname" | "id" | "kind" => PROBES.iter().all(|p| self.accepts(p)),
             _ => self.accepts("") && PROBES.iter().all(|p| self.accepts(p)),
         }
@@ -220,9 +236,6 @@ const PROBES: [&str; 5] = [
     "0123456789abcdef",
     "Z9-_.:/@ ü",
 ];
-
-/// Every severity an alert can have.
-const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
 
 impl Silence {
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {

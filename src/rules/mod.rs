@@ -49,6 +49,24 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    /// The name Alertmanager routes usually use: critical and high as `critical`, medium as
+    /// `warning`, low and info as `info`.
+    pub fn alertmanager_label(self) -> &'static str {
+        match self {
+            Severity::Critical | Severity::High => "critical",
+            Severity::Medium => "warning",
+            Severity::Low | Severity::Info => "info",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -64,16 +82,10 @@ impl std::str::FromStr for Severity {
     type Err = String;
     /// `info`, `low`, `medium`, `high` or `critical`, in any case.
     fn from_str(s: &str) -> Result<Severity, String> {
-        [
-            Severity::Info,
-            Severity::Low,
-            Severity::Medium,
-            Severity::High,
-            Severity::Critical,
-        ]
-        .into_iter()
-        .find(|v| v.as_str().eq_ignore_ascii_case(s.trim()))
-        .ok_or_else(|| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
+        Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| format!("unknown severity {s:?} (info, low, medium, high, critical)"))
     }
 }
 

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::rules::RuleSet;
+
+/// A source's labels: a few `name: value` pairs that say which cluster (or environment) its
+/// events come from.
+pub type SourceLabels = std::collections::BTreeMap<String, String>;
 use crate::state::FileCheckpoint;
 
 /// How far a batch brings its source.

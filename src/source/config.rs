@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::batch::SourceLabels;
 use super::tail::StartAt;
 use super::webhook::WebhookConfig;
 use crate::event::{InputFormat, Span};
@@ -41,10 +42,6 @@ impl<'de> Deserialize<'de> for SourceConfig {
         }
     }
 }
-
-/// A source's labels: a few `name: value` pairs that say which cluster (or environment) its
-/// events come from.
-pub type SourceLabels = std::collections::BTreeMap<String, String>;
 
 impl SourceConfig {
     pub fn labels(&self) -> &SourceLabels {

@@ -46,7 +46,7 @@ use crate::units::{ByteSize, Duration as ConfigDuration};
 pub struct WebhookConfig {
     pub name: String,
     /// Labels every alert from this source carries (`cluster: prod-eu`).
-    pub labels: super::config::SourceLabels,
+    pub labels: super::batch::SourceLabels,
     pub listen: SocketAddr,
     /// Path the apiserver POSTs to (any path is accepted when empty).
     pub path: String,
