@@ -295,6 +295,34 @@ impl Config {
                 SourceConfig::Stdin(_) => stdin += 1,
                 _ => {}
             }
+            let kind = match source {
+                SourceConfig::Webhook(_) => "webhook",
+                SourceConfig::File(_) => "file",
+                SourceConfig::Stdin(_) => "stdin",
+            };
+            if source.labels().len() > 16 {
+                return Err((
+                    format!("sources.{i}.{kind}.labels"),
+                    "at most 16 labels per source".into(),
+                ));
+            }
+            for (k, v) in source.labels() {
+                let name_ok = k.chars().enumerate().all(|(j, c)| {
+                    c == '_' || c.is_ascii_alphabetic() || (j > 0 && c.is_ascii_digit())
+                }) && !k.is_empty();
+                if !name_ok {
+                    return Err((
+                        format!("sources.{i}.{kind}.labels.{k}"),
+                        format!("{k:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"),
+                    ));
+                }
+                if v.is_empty() || v.len() > 128 || v.chars().any(char::is_control) {
+                    return Err((
+                        format!("sources.{i}.{kind}.labels.{k}"),
+                        "a label value is 1 to 128 bytes without control characters".into(),
+                    ));
+                }
+            }
             if !names.insert(source.name().to_owned()) {
                 return Err((
                     format!("sources.{i}"),

@@ -70,6 +70,7 @@ pub struct Metrics {
     rule_objects_too_deep: IntCounterVec,
     rule_late: IntCounterVec,
     rule_throttled: IntCounterVec,
+    alerts_by_source_label: IntCounterVec,
     source_newest: GaugeVec,
     source_watermark: GaugeVec,
     window_held: IntGauge,
@@ -394,6 +395,11 @@ impl Metrics {
                 "Requests a windowed rule matched that arrived older than the watermark and were left out of its window, by rule.",
                 &["rule"],
             ),
+            alerts_by_source_label: r.counters(
+                "auditwatch_alerts_by_source_label_total",
+                "Alerts fired, by one label of the source they came from (sources[].labels: label is its name, value its value; both come from the config only), rule and severity.",
+                &["label", "value", "rule", "severity"],
+            ),
             rule_throttled: r.counters(
                 "auditwatch_rule_throttled_total",
                 "Firings a rule's throttle swallowed (counted in the next alert's suppressed), by rule.",
@@ -692,6 +698,18 @@ impl Metrics {
             let c: Counter = self.rule_condition_seconds.with_label_values(&[rule]);
             c.inc_by(d.condition_seconds);
         }
+    }
+
+    pub fn alert_fired_with_source_label(
+        &self,
+        label: &str,
+        value: &str,
+        rule: &str,
+        severity: &str,
+    ) {
+        self.alerts_by_source_label
+            .with_label_values(&[label, value, rule, severity])
+            .inc();
     }
 
     pub fn alert_fired(&self, rule: &str, severity: &str) {

@@ -247,17 +247,26 @@ async fn on_call_console_in_headless_chromium() {
         &format!("{base}/alerts"),
         "alerts",
         "two sent alerts",
-        |r| r.len() == 2 && r.iter().all(|row| row[6] == "sent"),
+        |r| r.len() == 2 && r.iter().all(|row| row[7] == "sent"),
     )
     .await;
     assert_eq!(alerts[0][1], "secret-read");
     assert_eq!(alerts[0][2], "high");
     assert_eq!(alerts[0][3], "bob read secret api-token");
     assert_eq!(alerts[1][3], "alice read secret db-password");
-    assert!(alerts[0][4].contains("cluster=prod-eu") || alerts[0][4].is_empty());
+    // The webhook source's label is on every alert.
+    assert_eq!(alerts[0][5], "cluster=prod-eu");
     screenshot(&c, "02-alerts").await;
 
     // Filters narrow the table.
+    c.goto(&format!("{base}/alerts?label=cluster%3Dprod-eu"))
+        .await
+        .unwrap();
+    assert_eq!(rows(&c, "alerts").await.len(), 2);
+    c.goto(&format!("{base}/alerts?label=cluster%3Ddev"))
+        .await
+        .unwrap();
+    assert_eq!(rows(&c, "alerts").await[0], ["No alerts."]);
     c.goto(&format!("{base}/alerts?q=alice")).await.unwrap();
     let filtered = rows(&c, "alerts").await;
     assert_eq!(filtered.len(), 1);
@@ -371,7 +380,7 @@ async fn on_call_console_in_headless_chromium() {
         "carol's alert silenced",
         |r| {
             r.first()
-                .is_some_and(|row| row[3] == "carol read secret tls-key" && row[6] == "silenced")
+                .is_some_and(|row| row[3] == "carol read secret tls-key" && row[7] == "silenced")
         },
     )
     .await;
@@ -416,6 +425,14 @@ async fn on_call_console_in_headless_chromium() {
         sample(
             &metrics,
             "auditwatch_alerts_total{rule=\"secret-read\",severity=\"high\"}"
+        ),
+        3.0
+    );
+    // The source's label, as a bounded metric label.
+    assert_eq!(
+        sample(
+            &metrics,
+            "auditwatch_alerts_by_source_label_total{label=\"cluster\",rule=\"secret-read\",severity=\"high\",value=\"prod-eu\"}"
         ),
         3.0
     );

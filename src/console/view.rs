@@ -49,6 +49,8 @@ pub struct AlertRow {
     pub severity: &'static str,
     pub summary: String,
     pub group: String,
+    /// `name=value`, the rule's and the source's.
+    pub labels: Vec<String>,
     pub count: u64,
     pub state: String,
     pub active: bool,
@@ -155,6 +157,7 @@ fn row(opts: &ConsoleOptions, a: &Alert, now: DateTime<Utc>) -> AlertRow {
         severity: a.severity.as_str(),
         summary: a.summary.clone(),
         group: a.group.to_string(),
+        labels: a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         count: a.count,
         state,
         active,

@@ -294,10 +294,21 @@ fn recover_state(
                     let timing = SourceTiming {
                         format: s.input_format(),
                         lateness: s.lateness(config.engine.lateness.0),
+                        tag: Arc::from(crate::window::source_tag(s.labels())),
                     };
                     (s.name().to_owned(), timing)
                 })
                 .collect(),
+            source_label_keys: {
+                let mut keys: Vec<String> = config
+                    .sources
+                    .iter()
+                    .flat_map(|s| s.labels().keys().cloned())
+                    .collect();
+                keys.sort();
+                keys.dedup();
+                keys
+            },
         },
         snapshot.as_ref(),
         feedback_tx,

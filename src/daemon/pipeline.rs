@@ -50,21 +50,27 @@ pub struct PipelineOptions {
     pub notify: Option<crate::notify::Submitter>,
     /// Each source's input format and lateness, by source name.
     pub sources: std::collections::HashMap<String, SourceTiming>,
+    /// Names of the labels sources carry (`sources[].labels`), for the per-label alert metric.
+    pub source_label_keys: Vec<String>,
     /// Stamped with the work in hand, for `/metrics` and `/readyz`.
     pub backlog: Backlog,
     /// Where every evaluated batch goes to be kept (none: archiving is off).
     pub archiver: Option<Archiver>,
 }
 
-/// How a source's events are read, and how late they may arrive.
-#[derive(Debug, Clone, Copy)]
+/// How a source's events are read, how late they may arrive, and the labels its alerts carry.
+#[derive(Debug, Clone)]
 pub struct SourceTiming {
     pub format: crate::event::InputFormat,
     pub lateness: crate::event::Span,
+    /// The source's labels as a group-key suffix ([`crate::window::source_tag`]).
+    pub tag: Arc<str>,
 }
 
 pub struct Pipeline {
     engine: Engine,
+    /// The tag of a source without labels.
+    no_tag: Arc<str>,
     /// Folds each rule's alerts past its rate limit into one summary.
     storm: StormGuard,
     alerts: SharedAlertJournal,
@@ -207,6 +213,7 @@ impl Pipeline {
         metrics.set_rules_loaded(engine.rules().rules.len());
         let (state_for_writer, metrics_for_writer) = (state.clone(), Arc::clone(&metrics));
         Ok(Pipeline {
+            no_tag: Arc::from(""),
             storm: StormGuard::new(&opts.storm),
             engine,
             alerts,
@@ -374,9 +381,13 @@ impl Pipeline {
                 std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
             }
         };
-        let timing = self.opts.sources.get(&*source).copied();
+        let timing = self.opts.sources.get(&*source);
         let format = timing.map(|t| t.format).unwrap_or_default();
         let lateness = timing.map_or(crate::engine::LIVE_LATENESS, |t| t.lateness);
+        match timing {
+            Some(t) => self.engine.select_source_tag(&t.tag),
+            None => self.engine.select_source_tag(&self.no_tag),
+        }
         let sender = self.sender(&source, batch.origin.as_deref());
         self.engine.select_source(&sender, lateness);
         self.engine.set_time_ceiling(wall_clock_ceiling());
@@ -683,6 +694,16 @@ impl Pipeline {
         let mut w = stdout.lock();
         for a in &alerts {
             self.metrics.alert_fired(&a.rule, a.severity.as_str());
+            for key in &self.opts.source_label_keys {
+                if let Some(value) = a.labels.get(key) {
+                    self.metrics.alert_fired_with_source_label(
+                        key,
+                        value,
+                        &a.rule,
+                        a.severity.as_str(),
+                    );
+                }
+            }
             let line = match self.opts.stdout {
                 StdoutFormat::Json => a.to_json_line(),
                 StdoutFormat::Text => a.to_text_line(),

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::alert::{Alert, AlertKind, Group, MAX_AUDIT_IDS, alert_id};
 use crate::rules::{Rule, RuleSet, Severity, WindowSpec};
-use crate::window::{Firing, KEY_SEPARATOR};
+use crate::window::{Firing, KEY_SEPARATOR, split_source};
 
 pub(super) fn build_alert(
     rule: &Rule,
@@ -18,15 +18,24 @@ pub(super) fn build_alert(
     fallback_summary: Option<String>,
 ) -> Alert {
     let suppressed = firing.suppressed;
+    let (group_part, source_labels) = split_source(&firing.key);
     let group = Group(if rule.group_by.is_empty() {
         Vec::new()
     } else {
         rule.group_by
             .iter()
-            .zip(firing.key.split(KEY_SEPARATOR))
+            .zip(group_part.split(KEY_SEPARATOR))
             .map(|(f, v)| (Arc::from(f.as_str()), v.to_owned()))
             .collect()
     });
+    // The source's labels join the rule's (and win: they say where the request came from).
+    let labels = if source_labels.is_empty() {
+        rule.labels.clone()
+    } else {
+        let mut merged = (*rule.labels).clone();
+        merged.extend(source_labels);
+        Arc::new(merged)
+    };
     let summary = match (&rule.summary, fallback_summary) {
         (Some(template), _) => {
             // Only the alert fields the template reads are built.
@@ -45,7 +54,7 @@ pub(super) fn build_alert(
             put("first_seen", &|| Value::from(firing.first_seen.to_string()));
             put("last_seen", &|| Value::from(firing.last_seen.to_string()));
             put("labels", &|| {
-                serde_json::to_value(&*rule.labels).unwrap_or(Value::Null)
+                serde_json::to_value(&*labels).unwrap_or(Value::Null)
             });
             put("description", &|| {
                 Value::from(rule.description.as_deref().unwrap_or(""))
@@ -88,7 +97,7 @@ pub(super) fn build_alert(
         last_seen: firing.last_seen,
         audit_ids,
         events,
-        labels: rule.labels.clone(),
+        labels,
         notify: rule.notify.clone(),
         suppressed,
         author: rule.author.clone(),

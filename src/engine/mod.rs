@@ -27,7 +27,7 @@ use crate::rules::script::{ConditionError, ConditionRunner};
 use crate::rules::{Rule, RuleId, RuleSet, WindowSpec, default_summary, needs};
 use crate::window::{
     EventClock, Firing, GroupKey, Hit, KEY_SEPARATOR, Limits, ReorderSnapshot, RuleWindow,
-    Throttle, WindowSnapshot,
+    SOURCE_MARK, Throttle, WindowSnapshot,
 };
 use build::build_alert;
 use index::RuleIndex;
@@ -265,6 +265,8 @@ pub struct Engine {
     firings: Vec<(EventTime, Firing)>,
     /// The group key of rules without `group_by`, shared to avoid an allocation per hit.
     empty_key: GroupKey,
+    /// The current source's labels as a key suffix (empty without labels).
+    source_tag: Arc<str>,
     /// Indices of the absence rules, the only ones the watermark alone can fire.
     absence_rules: Vec<usize>,
     /// Per rule: whether its match block or condition reads the event's objects.
@@ -306,6 +308,7 @@ impl Engine {
             last_expiry: EventTime::MIN,
             firings: Vec::new(),
             empty_key: Arc::from(""),
+            source_tag: Arc::from(""),
             absence_rules: absence,
             reads_objects,
             late: (0, Vec::new()),
@@ -330,6 +333,16 @@ impl Engine {
     /// event-time order (see [`EventClock`]).
     pub fn select_source(&mut self, source: &str, lateness: Span) {
         self.clock.select(source, lateness);
+    }
+
+    /// The events that follow come from a source with these labels (its tag, see
+    /// [`crate::window::source_tag`]; empty for none): their group keys carry it, so windows
+    /// are per source label set and the alerts carry the labels.
+    pub fn select_source_tag(&mut self, tag: &Arc<str>) {
+        if *tag != self.source_tag {
+            self.source_tag = Arc::clone(tag);
+            self.empty_key = Arc::clone(tag);
+        }
     }
 
     /// No source's clock moves past `ceiling` (the daemon's wall clock plus skew), whatever
@@ -643,7 +656,7 @@ impl Engine {
                     break 'rule;
                 }
                 state.stats.matched += 1;
-                let key = group_key(rule, ev, &self.empty_key);
+                let key = group_key(rule, ev, &self.empty_key, &self.source_tag);
                 let captured = rule
                     .summary
                     .as_ref()
@@ -920,18 +933,31 @@ fn absence_rules(rules: &RuleSet) -> Vec<usize> {
         .collect()
 }
 
-fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey) -> GroupKey {
+/// A value from the request as part of a key: the key's own separators in it become U+FFFD,
+/// so a user name holding them can neither shift the group's fields nor forge a source label.
+fn key_part(value: String) -> String {
+    if value.contains([KEY_SEPARATOR, SOURCE_MARK]) {
+        value.replace([KEY_SEPARATOR, SOURCE_MARK], "\u{fffd}")
+    } else {
+        value
+    }
+}
+
+/// The request's group: its `group_by` values, then the source's tag. `empty` is the key of
+/// rules without `group_by` (the tag alone), shared to avoid an allocation per hit.
+fn group_key(rule: &Rule, ev: &AuditEvent<'_>, empty: &GroupKey, tag: &str) -> GroupKey {
     match rule.group_by.as_slice() {
         [] => Arc::clone(empty),
-        [one] => Arc::from(one.resolve(ev).to_key_string()),
+        [one] if tag.is_empty() => Arc::from(key_part(one.resolve(ev).to_key_string())),
         many => {
             let mut key = String::new();
             for (i, f) in many.iter().enumerate() {
                 if i > 0 {
                     key.push(KEY_SEPARATOR);
                 }
-                key.push_str(&f.resolve(ev).to_key_string());
+                key.push_str(&key_part(f.resolve(ev).to_key_string()));
             }
+            key.push_str(tag);
             Arc::from(key)
         }
     }

@@ -1179,3 +1179,53 @@ rules:
         );
     }
 }
+
+/// Two clusters' sources feed one engine: their windows never mix, alerts carry the source's
+/// labels, and a user name holding the key's separators forges neither a group nor a label.
+#[test]
+fn source_labels_split_windows_and_label_alerts() {
+    let mut e = engine(
+        r#"
+rules:
+  - name: burst
+    severity: high
+    labels: { team: sec }
+    window: { over: 1m, group_by: [user.username], threshold: 2 }
+    match: { verbs: [get], resources: [secrets] }
+"#,
+    );
+    let prod: Arc<str> = Arc::from(crate::window::source_tag(&BTreeMap::from([(
+        "cluster".to_owned(),
+        "prod-eu".to_owned(),
+    )])));
+    let dev: Arc<str> = Arc::from(crate::window::source_tag(&BTreeMap::from([(
+        "cluster".to_owned(),
+        "dev".to_owned(),
+    )])));
+    let mut out = Vec::new();
+    let mut send = |e: &mut Engine, tag: &Arc<str>, id: &str, secs: i64, user: &str| {
+        e.select_source_tag(tag);
+        let l = line(id, secs, "get", user, "secrets", 200, "ResponseComplete");
+        e.process(&decode_event(&l).unwrap(), &mut out);
+    };
+    send(&mut e, &prod, "1", 0, "alice");
+    send(&mut e, &dev, "2", 1, "alice");
+    // JSON-escaped in the event: the decoded name holds U+001E.
+    let forged = "alice\\u001ecluster=prod-eu";
+    send(&mut e, &dev, "3", 2, forged);
+    send(&mut e, &prod, "4", 3, "alice");
+    send(&mut e, &dev, "5", 4, forged);
+    e.finish(&mut out);
+    assert_eq!(out.len(), 2, "{out:#?}");
+    let f = out.iter().find(|a| a.audit_ids == ["3", "5"]).unwrap();
+    assert_eq!(f.labels.get("cluster").map(String::as_str), Some("dev"));
+    assert_eq!(f.group.0[0].1, "alice\u{fffd}cluster=prod-eu");
+    let a = out.iter().find(|a| a.audit_ids[0] == "1").unwrap();
+    assert_eq!(a.labels.get("cluster").map(String::as_str), Some("prod-eu"));
+    assert_eq!(a.labels.get("team").map(String::as_str), Some("sec"));
+    assert_eq!(
+        a.group.0,
+        [(Arc::from("user.username"), "alice".to_owned())]
+    );
+    assert_eq!(a.audit_ids, ["1", "4"]);
+}

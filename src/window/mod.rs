@@ -55,6 +55,37 @@ pub type GroupKey = Arc<str>;
 
 pub const KEY_SEPARATOR: char = '\u{1f}';
 
+/// Starts a group key's source part: the labels of the source the request came from
+/// (`sources[].labels`), so that two clusters' windows never mix. Written as `name=value`
+/// pairs separated by this same mark; absent when the source has no labels.
+pub const SOURCE_MARK: char = '\u{1e}';
+
+/// The source part of a group key for `labels` (empty without labels).
+pub fn source_tag<'a>(labels: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut tag = String::new();
+    for (k, v) in labels {
+        tag.push(SOURCE_MARK);
+        tag.push_str(k);
+        tag.push('=');
+        tag.push_str(v);
+    }
+    tag
+}
+
+/// A group key's own part and its source's labels.
+pub fn split_source(key: &str) -> (&str, Vec<(String, String)>) {
+    match key.split_once(SOURCE_MARK) {
+        None => (key, Vec::new()),
+        Some((group, tag)) => (
+            group,
+            tag.split(SOURCE_MARK)
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        ),
+    }
+}
+
 /// A window that fired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Firing {
