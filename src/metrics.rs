@@ -320,7 +320,7 @@ impl Metrics {
             ),
             notifications: r.counters(
                 "auditwatch_notifications_total",
-                "Alerts settled per notifier, by outcome (sent, silenced, failed, dropped, deduplicated).",
+                "Alerts settled per notifier, by outcome (sent, silenced, inhibited, muted, failed, dropped, deduplicated).",
                 &["notifier", "outcome"],
             ),
             notification_attempts: r.counters(

@@ -656,3 +656,136 @@ receivers:
         );
     }
 }
+
+/// Alertmanager's words through the daemon: two clusters' webhooks (source labels), receivers
+/// with webhook_configs (Alertmanager's webhook payload), an inhibit rule, a mute time
+/// interval and repeat_interval, with a real HTTP receiver.
+#[test]
+fn receivers_inhibit_mute_and_repeat_through_the_daemon() {
+    let dir = Scratch::new("am-words");
+    let (prod, dev, http) = (free_port(), free_port(), free_port());
+    let r = Receiver::start(0);
+    std::fs::write(
+        dir.0.join("rules.yaml"),
+        r#"
+rules:
+  - name: secret-read
+    severity: medium
+    match: { verbs: [get], resources: [secrets] }
+    summary: '{{ user.username }} read secret {{ objectRef.name }}'
+  - name: cluster-admin-binding
+    severity: critical
+    match: { verbs: [create], resources: [clusterrolebindings] }
+  - name: pod-deleted
+    severity: low
+    match: { verbs: [delete], resources: [pods] }
+"#,
+    )
+    .unwrap();
+    let config = dir.0.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir: state
+rules: [rules.yaml]
+http: {{ listen: "127.0.0.1:{http}" }}
+sources:
+  - webhook: {{ name: prod, listen: "127.0.0.1:{prod}", labels: {{ cluster: prod-eu }} }}
+  - webhook: {{ name: dev, listen: "127.0.0.1:{dev}", labels: {{ cluster: dev }} }}
+delivery: {{ resolve_timeout: 1h }}
+route:
+  receiver: dev-team
+  group_by: [cluster, alertname]
+  group_interval: 1s
+  routes:
+    - matchers: [cluster="prod-eu"]
+      receiver: prod-team
+      repeat_interval: 2s
+    - matchers: [alertname="pod-deleted"]
+      mute_time_intervals: [always]
+inhibit_rules:
+  - source_matchers: [alertname="cluster-admin-binding"]
+    target_matchers: [severity="warning"]
+    equal: [cluster]
+time_intervals:
+  - name: always
+    time_intervals: [ {{ weekdays: ['sunday:saturday'] }} ]
+receivers:
+  - name: prod-team
+    webhook_configs: [ {{ url: "http://127.0.0.1:{port}/prod", send_resolved: true }} ]
+  - name: dev-team
+    webhook_configs: [ {{ url: "http://127.0.0.1:{port}/dev" }} ]
+"#,
+            port = r.port
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&dir.0, &config, http, 0);
+    // A secret read in dev goes to dev-team, in Alertmanager's webhook payload.
+    post(dev, &[event("d-1", "get", "alice", "secrets", "db", 200)]);
+    wait_until("dev-team notified", || r.at("/dev").len() == 1);
+    let body = &r.at("/dev")[0].body;
+    assert_eq!(body["version"], "4");
+    assert_eq!(body["receiver"], "dev-team");
+    assert_eq!(body["groupLabels"]["cluster"], "dev");
+    assert_eq!(body["commonLabels"]["severity"], "warning");
+    assert_eq!(body["commonLabels"]["auditwatch_severity"], "medium");
+    assert_eq!(body["alerts"][0]["labels"]["cluster"], "dev");
+    let id = body["alerts"][0]["annotations"]["auditwatch_id"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        body["alerts"][0]["generatorURL"],
+        format!("http://127.0.0.1:{http}/alerts/{id}")
+    );
+    // A cluster-admin binding in prod pages prod-team and inhibits prod's warnings, not dev's.
+    post(
+        prod,
+        &[event(
+            "p-1",
+            "create",
+            "mallory",
+            "clusterrolebindings",
+            "crb",
+            201,
+        )],
+    );
+    wait_until("prod-team paged", || !r.at("/prod").is_empty());
+    post(
+        prod,
+        &[event("p-2", "get", "mallory", "secrets", "db", 200)],
+    );
+    post(dev, &[event("d-2", "get", "bob", "secrets", "db", 200)]);
+    wait_until("dev's second read sent", || r.at("/dev").len() == 2);
+    wait_until("prod's read inhibited", || {
+        sample(
+            &d.metrics(),
+            "auditwatch_notifications_total{notifier=\"prod-team\",outcome=\"inhibited\"}",
+        ) == 1.0
+    });
+    // The pod deletion's route is muted all week.
+    post(dev, &[event("d-3", "delete", "bob", "pods", "web-1", 200)]);
+    wait_until("the deletion muted", || {
+        sample(
+            &d.metrics(),
+            "auditwatch_notifications_total{notifier=\"dev-team\",outcome=\"muted\"}",
+        ) == 1.0
+    });
+    // prod's group is still firing: repeat_interval sends it again, same alert.
+    wait_until("a reminder", || r.at("/prod").len() >= 2);
+    let prod_bodies = r.at("/prod");
+    for b in &prod_bodies {
+        assert_eq!(b.body["alerts"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            b.body["alerts"][0]["labels"]["alertname"],
+            "cluster-admin-binding"
+        );
+    }
+    assert_eq!(r.at("/dev").len(), 2, "the muted deletion was sent");
+    assert!(
+        prod_bodies
+            .iter()
+            .all(|b| b.body["alerts"][0]["labels"]["alertname"] != "secret-read"),
+        "an inhibited alert was sent"
+    );
+}
