@@ -252,6 +252,8 @@ enum Command {
         /// Only the newest N matches.
         #[arg(long)]
         last: Option<usize>,
+        /// text: one line per alert (escaped for a terminal); json: one alert object per line,
+        /// the alert journal's schema (docs/alerts.md), for jq and scripts.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Show each alert's delivery outcome per notifier.
@@ -307,7 +309,11 @@ enum Command {
 enum SilenceAction {
     /// Silence alerts matching every matcher (rule=x, severity!=info, group.user=~"bob.*").
     Add {
-        #[arg(required = true)]
+        /// One or more NAME OP VALUE, all of which must hold: OP is = (equals), != (differs),
+        /// =~ (matches the anchored regex) or !~; NAME is rule (or alertname), severity (ours or
+        /// Alertmanager's names: high or critical), kind, id, a label (cluster, team) or
+        /// group.<field>. Quote the value if it has spaces: 'group.user="jane doe"'.
+        #[arg(required = true, value_name = "MATCHERS")]
         matchers: Vec<String>,
         /// How long (e.g. 2h).
         #[arg(long, default_value = "1h")]
@@ -323,8 +329,11 @@ enum SilenceAction {
     },
     /// List silences (active, pending, and those expired within a week).
     List,
-    /// End a silence now.
-    Expire { id: String },
+    /// End a silence now (it stays listed, as expired, for a week).
+    Expire {
+        /// The silence's ID, as `silence list` or the console's silences page shows it.
+        id: String,
+    },
 }
 
 fn parse_severity(s: &str) -> Result<Severity, String> {
