@@ -527,8 +527,7 @@ impl Daemon {
         }
         let watch = config.reload.watch.then(|| config.reload.interval.std());
         daemon.tasks.spawn(reload::rules_loop(
-            rules,
-            shared_rules,
+            (rules, shared_rules),
             load_opts,
             config.notifiers.clone(),
             engine_tx,

@@ -16,9 +16,10 @@ use crate::source::Input;
 /// Reloads the rules on SIGHUP and, with `watch`, when their files change (checked every
 /// `watch`). A rule set that does not load (or names unknown notifiers) is refused and the
 /// running one stays.
+/// `(rules, current)`: where the rules are read from, and the running set for other readers
+/// (the console), replaced on each successful reload.
 pub async fn rules_loop(
-    rules: RuleSource,
-    current: crate::rules::SharedRules,
+    (rules, current): (RuleSource, crate::rules::SharedRules),
     opts: LoadOptions,
     notifiers: std::collections::BTreeMap<String, NotifierConfig>,
     tx: mpsc::Sender<Input>,
