@@ -127,10 +127,16 @@ pub fn explain(id: &str, sources: &Sources, rules: &RuleSet) -> Result<Explanati
                 source: io::Error::other(e.to_string()),
             }
         })?;
+        // Row groups a day or more away from the alert cannot hold its requests: skip them
+        // (a day of margin over the window, whatever the sources' lateness).
+        let margin = Span::from_secs(24 * 3600);
         let (events, _) = columnar::select(
             &sources.archive,
             &filter,
-            (None, None),
+            (
+                Some(alert.first_seen.saturating_sub(margin)),
+                Some(alert.last_seen.saturating_add(margin)),
+            ),
             alert.audit_ids.len() * 4,
             &mut unreadable,
         );
