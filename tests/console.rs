@@ -574,6 +574,14 @@ fn forms_refuse_forgeries() {
     let made = list(&client);
     assert_eq!(made.len(), 1);
     assert_eq!(made[0]["authenticated_as"], "anonymous");
+    // A filter that does not parse is said on the page, which still renders.
+    let bad = client
+        .get(format!("{base}/alerts?severity=urgent&since=yesterday"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(bad.contains("unknown severity &quot;urgent&quot;"), "{bad}");
     // Escaping: an event's text is shown, never run.
     post_event_with_markup(s.hook);
     wait_until("the markup alert", || {

@@ -342,36 +342,24 @@ async fn alerts_page(
     let Some(listed) = blocking(move || view::list_alerts(&inner.opts, &f)).await else {
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "cannot read alerts");
     };
-    let rule_names = view::rule_names(&c.0.opts);
-    match listed {
-        Ok(l) => c.render(
-            "alerts.html",
-            &viewer,
-            "alerts",
-            minijinja::context! {
-                title => "Alerts",
-                filter => ser(&filter),
-                rule_names => ser(&rule_names),
-                alerts => ser(&l.rows),
-                shown => l.shown,
-                matched => l.matched,
-                scanned => l.scanned,
-                active => l.active,
-                active_for => view::ACTIVE_FOR_TEXT,
-            },
-        ),
-        Err(e) => c.render(
-            "alerts.html",
-            &viewer,
-            "alerts",
-            minijinja::context! {
-                title => "Alerts",
-                filter => ser(&filter),
-                rule_names => ser(&rule_names),
-                error => e,
-            },
-        ),
-    }
+    let common = minijinja::context! {
+        title => "Alerts",
+        filter => ser(&filter),
+        rule_names => ser(&view::rule_names(&c.0.opts)),
+    };
+    let ctx = match listed {
+        Ok(l) => minijinja::context! {
+            alerts => ser(&l.rows),
+            shown => l.shown,
+            matched => l.matched,
+            scanned => l.scanned,
+            active => l.active,
+            active_for => view::ACTIVE_FOR_TEXT,
+            ..common
+        },
+        Err(e) => minijinja::context! { error => e, ..common },
+    };
+    c.render("alerts.html", &viewer, "alerts", ctx)
 }
 
 async fn alert_page(
