@@ -278,7 +278,7 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
     std::fs::write(
         &config,
         format!(
-            "state_dir: state\nrules: [rules.yaml]\nalerts: {{ stdout: json }}\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\", auth: {{ bearer_token_file: token }} }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\" }}\nnotifiers:\n  hook: {{ webhook: {{ url: \"http://127.0.0.1:{dead}/\" }} }}\nroute: {{ notify: [hook] }}\n"
+            "state_dir: state\nrules: [rules.yaml]\nalerts: {{ stdout: json }}\nhttp: {{ listen: \"127.0.0.1:{metrics_port}\", auth: {{ bearer_token_file: token }} }}\nsources:\n  - webhook: {{ listen: \"127.0.0.1:{hook}\", labels: {{ cluster: test }} }}\nreceivers:\n  - {{ name: hook, webhook_configs: [ {{ url: \"http://127.0.0.1:{dead}/\" }} ] }}\nroute: {{ receiver: hook }}\n"
         ),
     )
     .unwrap();
@@ -290,11 +290,10 @@ fn dashboard_queries_parse_name_exported_metrics_and_run_in_prometheus() {
             event("o-2", "list", "bob", "pods", "", 403),
         ],
     );
-    wait_until("the events to be counted", || {
-        sample(
-            &daemon.metrics(),
-            r#"auditwatch_events_decoded_total{source="webhook"}"#,
-        ) == 2.0
+    wait_until("the events to be counted and the clocks published", || {
+        let m = daemon.metrics();
+        sample(&m, r#"auditwatch_events_decoded_total{source="webhook"}"#) == 2.0
+            && m.contains("auditwatch_source_newest_event_timestamp_seconds{")
     });
     let scraped = daemon.metrics();
     let names = exported(&scraped);
