@@ -71,6 +71,9 @@ pub struct Config {
     /// Deprecations and other warnings found while loading, as `file:line:column: text`.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// After loading: each entry of `receivers` and the notifiers it became.
+    #[serde(skip)]
+    pub receiver_notifiers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for Config {
@@ -96,6 +99,7 @@ impl Default for Config {
             silences: Default::default(),
             log: LogConfig::default(),
             warnings: Vec::new(),
+            receiver_notifiers: Default::default(),
         }
     }
 }
@@ -268,6 +272,15 @@ impl Config {
         out
     }
 
+    /// The names a rule's own `notify` list may use: receivers and notifiers.
+    pub fn notify_names(&self) -> std::collections::BTreeSet<String> {
+        self.receiver_notifiers
+            .keys()
+            .chain(self.notifiers.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Fills in derived defaults and checks what serde cannot.
     fn finish(&mut self, _index: &PositionIndex) -> Result<(), (String, String)> {
         let mut names = std::collections::HashSet::new();
@@ -389,11 +402,14 @@ impl Config {
             interval_names.push(t.name.clone());
         }
         for (i, r) in self.inhibit_rules.iter().enumerate() {
-            r.compile()
-                .map_err(|(key, msg)| (format!("inhibit_rules.{i}.{key}"), msg))?;
+            r.compile().map_err(|(key, msg)| match key.as_str() {
+                "" => (format!("inhibit_rules.{i}"), msg),
+                _ => (format!("inhibit_rules.{i}.{key}"), msg),
+            })?;
         }
         self.route
             .resolve("route", &receivers, &self.notifiers, &interval_names)?;
+        self.receiver_notifiers = receivers;
         self.route.validate("route", &self.notifiers)?;
         for (name, n) in &self.notifiers {
             n.validate()
@@ -512,6 +528,47 @@ journal: { fsync: never, max_size: 2GiB }
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("c.yaml:2:1: "), "{e}");
+    }
+
+    #[test]
+    fn alertmanager_words_load_and_their_mistakes_point_at_their_place() {
+        let ok = Config::parse(
+            "c.yaml",
+            "receivers:\n  - name: oncall\n    webhook_configs: [ { url: \"http://127.0.0.1:1/x\" } ]\n    pagerduty_configs: [ { routing_key: k } ]\nroute:\n  receiver: oncall\n",
+        )
+        .unwrap();
+        assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+        assert_eq!(
+            ok.receiver_notifiers["oncall"],
+            ["oncall/webhook/0", "oncall/pagerduty/0"]
+        );
+        assert!(ok.notify_names().contains("oncall"));
+        assert_eq!(ok.route.notify, ["oncall/webhook/0", "oncall/pagerduty/0"]);
+        for (text, at, needle) in [
+            (
+                "receivers:\n  - name: x\n    opsgenie_configs: []\n",
+                "c.yaml:3:5: ",
+                "unknown field `opsgenie_configs`",
+            ),
+            (
+                "receivers:\n  - name: x\nroute:\n  receiver: x\n  routes:\n    - mute_time_intervals: [nights]\n",
+                "c.yaml:6:29: ",
+                "unknown time interval \"nights\"",
+            ),
+            (
+                "time_intervals:\n  - name: n\n    time_intervals: [ { weekdays: [someday] } ]\n",
+                "c.yaml:3:36: ",
+                "not a weekday",
+            ),
+            (
+                "inhibit_rules:\n  - target_matchers: ['rule=x']\n",
+                "c.yaml:2:",
+                "needs source matchers",
+            ),
+        ] {
+            let e = Config::parse("c.yaml", text).unwrap_err().to_string();
+            assert!(e.starts_with(at) && e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -590,10 +590,11 @@ fn run_daemon(
         };
         return match rules.load(&opts) {
             Ok(set) => {
-                let notifiers = auditwatch::notify::check_rule_notifiers(&set, &config.notifiers)
-                    .and_then(|()| {
-                        auditwatch::notify::check_notifiers(&config.notifiers, &config.delivery)
-                    });
+                let notifiers =
+                    auditwatch::notify::check_rule_notifiers(&set, &config.notify_names())
+                        .and_then(|()| {
+                            auditwatch::notify::check_notifiers(&config.notifiers, &config.delivery)
+                        });
                 if let Err(e) = notifiers {
                     eprintln!("{e}");
                     return Ok(ExitCode::from(1));

@@ -103,7 +103,7 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         },
     };
     let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::notify::check_rule_notifiers(&rule_set, &config.notifiers)
+    crate::notify::check_rule_notifiers(&rule_set, &config.notify_names())
         .map_err(anyhow::Error::msg)?;
     tracing::info!(
         rules = rule_set.rules.len(),
@@ -233,6 +233,7 @@ fn recover_state(
             inhibit_rules: config.inhibit_rules.clone(),
             time_intervals: config.time_intervals.clone(),
             console_url: config.http.console_url(),
+            receivers: config.receiver_notifiers.clone(),
         },
         Arc::clone(metrics),
         runtime.handle(),
@@ -529,7 +530,7 @@ impl Daemon {
         daemon.tasks.spawn(reload::rules_loop(
             (rules, shared_rules),
             load_opts,
-            config.notifiers.clone(),
+            config.notify_names(),
             engine_tx,
             metrics,
             watch,

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::RuleSource;
 use crate::metrics::Metrics;
-use crate::notify::config::NotifierConfig;
 use crate::rules::LoadOptions;
 use crate::source::Input;
 
@@ -21,7 +20,7 @@ use crate::source::Input;
 pub async fn rules_loop(
     (rules, current): (RuleSource, crate::rules::SharedRules),
     opts: LoadOptions,
-    notifiers: std::collections::BTreeMap<String, NotifierConfig>,
+    notify_names: std::collections::BTreeSet<String>,
     tx: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     watch: Option<Duration>,
@@ -57,7 +56,7 @@ pub async fn rules_loop(
             .await
             .map(|r| {
                 r.map_err(|e| e.to_string()).and_then(|set| {
-                    crate::notify::check_rule_notifiers(&set, &notifiers).map(|()| set)
+                    crate::notify::check_rule_notifiers(&set, &notify_names).map(|()| set)
                 })
             });
         match loaded {

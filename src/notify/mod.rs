@@ -72,6 +72,8 @@ pub struct NotifyOptions {
     pub time_intervals: Vec<interval::TimeIntervalConfig>,
     /// The console's base URL, for links in notifications (`generatorURL`).
     pub console_url: Option<String>,
+    /// Each Alertmanager-style receiver's notifiers, for rules' own `notify` lists.
+    pub receivers: BTreeMap<String, Vec<String>>,
 }
 
 enum Msg {
@@ -180,7 +182,7 @@ impl Notify {
             .collect();
         let resolve_timeout = opts.delivery.resolve_timeout.std();
         let mut dispatcher = Dispatcher {
-            router: Router::new(&opts.route, &intervals),
+            router: Router::new(&opts.route, &intervals).with_receivers(opts.receivers.clone()),
             inhibitor: inhibit::Inhibitor::new(inhibit_rules, resolve_timeout),
             resolve_timeout,
             queues,
@@ -275,19 +277,20 @@ pub fn check_notifiers(
     Ok(())
 }
 
-/// Checks that every rule's own `notify` names a configured notifier.
+/// Checks that every rule's own `notify` names a configured receiver or notifier (`known`,
+/// see `Config::notify_names`).
 pub fn check_rule_notifiers(
     rules: &crate::rules::RuleSet,
-    notifiers: &BTreeMap<String, NotifierConfig>,
+    known: &std::collections::BTreeSet<String>,
 ) -> Result<(), String> {
     for rule in &rules.rules {
         for name in rule.notify.iter().flat_map(|n| n.iter()) {
-            if !notifiers.contains_key(name) {
+            if !known.contains(name) {
                 return Err(format!(
-                    "{}: rule {:?}: notify: unknown notifier {name:?} (the config defines: {})",
+                    "{}: rule {:?}: notify: unknown receiver {name:?} (the config defines: {})",
                     rule.origin,
                     rule.name,
-                    notifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
                 ));
             }
         }

@@ -105,6 +105,8 @@ struct Node {
 #[derive(Debug, Clone)]
 pub struct Router {
     root: Node,
+    /// Receiver name → its notifiers, for names in a rule's own `notify` list.
+    receivers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Where one alert goes: a notifier and the grouping of the route that chose it.
@@ -122,7 +124,18 @@ impl Router {
     pub fn new(config: &RouteConfig, intervals: &[Arc<TimeInterval>]) -> Router {
         Router {
             root: compile(config, &Grouping::default(), ("", &[]), intervals),
+            receivers: Default::default(),
         }
+    }
+
+    /// Lets a rule's own `notify` list name Alertmanager-style receivers (each stands for its
+    /// notifiers).
+    pub fn with_receivers(
+        mut self,
+        receivers: std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Router {
+        self.receivers = receivers;
+        self
     }
 
     /// Destinations for `alert`, without duplicates (the first route naming a notifier wins).
@@ -135,7 +148,14 @@ impl Router {
         let mut out: Vec<Destination<'a>> = Vec::new();
         if let Some(names) = rule_notify {
             for n in names {
-                push_unique(&mut out, 0, n, &self.root.grouping);
+                match self.receivers.get(n) {
+                    Some(list) => {
+                        for m in list {
+                            push_unique(&mut out, 0, m, &self.root.grouping);
+                        }
+                    }
+                    None => push_unique(&mut out, 0, n, &self.root.grouping),
+                }
             }
             return out;
         }
@@ -365,6 +385,21 @@ routes:
         let own = ["z".to_owned()];
         let d = r.route(&y, Some(&own));
         assert_eq!((d[0].notifier, d[0].route), ("z", 0));
+    }
+
+    #[test]
+    fn a_rules_own_list_may_name_a_receiver() {
+        let r = router("receiver: default\n").with_receivers(
+            [(
+                "oncall".to_owned(),
+                vec!["oncall/email/0".to_owned(), "oncall/pagerduty/0".to_owned()],
+            )]
+            .into(),
+        );
+        let a = alert("x", Severity::High, &[]);
+        let own = ["oncall".to_owned(), "audit-hook".to_owned()];
+        let to: Vec<&str> = r.route(&a, Some(&own)).iter().map(|d| d.notifier).collect();
+        assert_eq!(to, ["oncall/email/0", "oncall/pagerduty/0", "audit-hook"]);
     }
 
     #[test]
