@@ -654,3 +654,84 @@ fn post_event_with_markup(hook: u16) {
         &[secret_read("m-1", "<script>alert(1)</script>", "x")],
     );
 }
+
+/// The login form against a guesser and a planted session: a wrong password is refused (the
+/// check is the API's, throttled in `net::auth`), and a login starts a new session, so a
+/// session ID known before it (say, planted by an attacker) is worth nothing after it.
+#[test]
+fn login_refuses_guesses_and_starts_a_new_session() {
+    let s = start("console-login", true);
+    let base = format!("http://127.0.0.1:{}", s.http);
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login_page = client.get(format!("{base}/login")).send().unwrap();
+    assert_eq!(login_page.status(), 200);
+    let cookie = login_page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = login_page.text().unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let try_login = |password: &str| {
+        client
+            .post(format!("{base}/login"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!(
+                "csrf={csrf}&next=%2Falerts&user=oncall&password={password}"
+            ))
+            .send()
+            .unwrap()
+    };
+    for i in 0..3 {
+        let wrong = try_login(&format!("guess-{i}"));
+        assert_eq!(wrong.status(), 401);
+        assert!(
+            wrong
+                .text()
+                .unwrap()
+                .contains("Wrong user name or password")
+        );
+    }
+    assert!(
+        sample(
+            &s.daemon.metrics(),
+            "auditwatch_http_refused_total{reason=\"unauthenticated\"}"
+        ) >= 3.0
+    );
+    // The right password starts a new session.
+    let ok = try_login(&PASSWORD.replace(' ', "+"));
+    assert_eq!(ok.status(), 303);
+    assert_eq!(ok.headers()["location"], "/alerts");
+    let fresh = ok.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(fresh, cookie, "the session ID did not change at login");
+    let with = |c: &str| {
+        client
+            .get(format!("{base}/alerts"))
+            .header("cookie", c)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with(&fresh), 200);
+    assert_eq!(with(&cookie), 303, "the pre-login session still works");
+}
