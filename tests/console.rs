@@ -151,6 +151,12 @@ async fn wait_for(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
 }
 
+/// Clicks the element, then waits for `next` (on the page the click leads to).
+async fn click_then(c: &Client, what: Locator<'_>, next: &str) -> fantoccini::elements::Element {
+    c.find(what).await.unwrap().click().await.unwrap();
+    wait_for(c, next).await
+}
+
 /// Blocking helpers (the daemon's HTTP, waits) inside the async test.
 fn sync<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -312,13 +318,12 @@ async fn on_call_console_in_headless_chromium() {
     c.goto(&format!("{base}/alerts?rule=secret-read"))
         .await
         .unwrap();
-    c.find(Locator::Css("table#alerts tbody tr:nth-child(2) td a"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "table#events").await;
+    click_then(
+        &c,
+        Locator::Css("table#alerts tbody tr:nth-child(2) td a"),
+        "table#events",
+    )
+    .await;
     let h1 = c
         .find(Locator::Css("h1"))
         .await
@@ -354,13 +359,12 @@ async fn on_call_console_in_headless_chromium() {
     screenshot(&c, "03-alert").await;
 
     // A silence from the alert: previewed first (both recent alerts match), then saved.
-    c.find(Locator::LinkText("Silence alerts like this…"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "form#silence-form").await;
+    click_then(
+        &c,
+        Locator::LinkText("Silence alerts like this…"),
+        "form#silence-form",
+    )
+    .await;
     let form = c.form(Locator::Css("form#silence-form")).await.unwrap();
     let matchers = c
         .find(Locator::Css("textarea[name=matchers]"))
@@ -378,13 +382,7 @@ async fn on_call_console_in_headless_chromium() {
         c.find(Locator::Css("button#create")).await.is_err(),
         "Create offered before a preview"
     );
-    c.find(Locator::Css("button[value=preview]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "table#preview").await;
+    click_then(&c, Locator::Css("button[value=preview]"), "table#preview").await;
     let h2 = c
         .find(Locator::Css("h2"))
         .await
@@ -395,13 +393,7 @@ async fn on_call_console_in_headless_chromium() {
     assert!(h2.starts_with("It would have muted 2 of the last "), "{h2}");
     assert_eq!(rows(&c, "preview").await.len(), 2);
     screenshot(&c, "04-silence-preview").await;
-    c.find(Locator::Css("button#create"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let notice = wait_for(&c, "p.notice").await;
+    let notice = click_then(&c, Locator::Css("button#create"), "p.notice").await;
     assert!(notice.text().await.unwrap().starts_with("Silence "));
     let silences = rows(&c, "silences").await;
     assert_eq!(silences.len(), 1);
@@ -494,21 +486,9 @@ async fn on_call_console_in_headless_chromium() {
 
     // Expire the silence from its page; log out.
     c.goto(&format!("{base}/silences")).await.unwrap();
-    c.find(Locator::Css("table#silences button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "p.notice").await;
+    click_then(&c, Locator::Css("table#silences button"), "p.notice").await;
     assert_eq!(rows(&c, "silences").await[0][1], "expired");
-    c.find(Locator::Css("nav form button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    wait_for(&c, "form#login").await;
+    click_then(&c, Locator::Css("nav form button"), "form#login").await;
     c.goto(&format!("{base}/alerts")).await.unwrap();
     assert!(c.current_url().await.unwrap().path().ends_with("/login"));
     c.close().await.unwrap();
