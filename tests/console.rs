@@ -494,25 +494,59 @@ async fn on_call_console_in_headless_chromium() {
     c.close().await.unwrap();
 }
 
+/// What a first page gives a client that keeps no cookies and follows no redirects.
+struct FirstPage {
+    client: reqwest::blocking::Client,
+    /// The whole `Set-Cookie` header.
+    set_cookie: String,
+    /// `auditwatch_session=…`, for a `Cookie` header.
+    session: String,
+    /// The form's CSRF token.
+    csrf: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+fn first_page(url: &str) -> FirstPage {
+    let client = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(url).send().unwrap();
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let set_cookie = headers["set-cookie"].to_str().unwrap().to_owned();
+    let session = set_cookie.split(';').next().unwrap().to_owned();
+    let body = page.text().unwrap();
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    FirstPage {
+        client,
+        set_cookie,
+        session,
+        csrf,
+        headers,
+    }
+}
+
 /// What a page on another site, or a client without the form's token, can do: nothing.
 #[test]
 fn forms_refuse_forgeries() {
     let s = start("console-forgery", false);
     let base = format!("http://127.0.0.1:{}", s.http);
-    let client = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     // A first page gives a session cookie and the form's token.
-    let page = client.get(format!("{base}/silences/new")).send().unwrap();
-    assert_eq!(page.status(), 200);
-    let headers = page.headers().clone();
-    let cookie = headers
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let FirstPage {
+        client,
+        set_cookie: cookie,
+        session,
+        csrf: token,
+        headers,
+    } = first_page(&format!("{base}/silences/new"));
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
@@ -523,16 +557,6 @@ fn forms_refuse_forgeries() {
             .unwrap()
             .contains("frame-ancestors 'none'")
     );
-    let session = cookie.split(';').next().unwrap().to_owned();
-    let body = page.text().unwrap();
-    let token = body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
     let form = |csrf: &str| {
         format!(
             "csrf={csrf}&matchers=rule%3D%22secret-read%22&duration=1h&comment=x&created_by=&action=create"
@@ -642,28 +666,12 @@ fn post_event_with_markup(hook: u16) {
 fn login_refuses_guesses_and_starts_a_new_session() {
     let s = start("console-login", true);
     let base = format!("http://127.0.0.1:{}", s.http);
-    let client = reqwest::blocking::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login_page = client.get(format!("{base}/login")).send().unwrap();
-    assert_eq!(login_page.status(), 200);
-    let cookie = login_page.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let page = login_page.text().unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let FirstPage {
+        client,
+        session: cookie,
+        csrf,
+        ..
+    } = first_page(&format!("{base}/login"));
     let try_login = |password: &str| {
         client
             .post(format!("{base}/login"))
