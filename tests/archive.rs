@@ -7,20 +7,22 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::repo;
 
 fn auditwatch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
-        .args(args)
-        .output()
-        .expect("run auditwatch");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli(None, args)
+}
+
+/// `replay --archive ARCHIVE LOG`, which must succeed; its stderr (the archive's summary).
+fn archive_log(archive: &Path, log: &Path) -> String {
+    let (code, _, err) = auditwatch(&[
+        "replay",
+        "--archive",
+        archive.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    err
 }
 
 /// Runs one SQL query with DuckDB over `dir/*.parquet`; rows as JSON lines.
@@ -63,13 +65,7 @@ fn duckdb_reads_the_archive_with_the_counts_of_auditwatch_query() {
     let dir = std::env::temp_dir().join(format!("aw-archive-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let log = repo().join("tests/fixtures/audit2rbac-demo.log");
-    let (code, _, err) = auditwatch(&[
-        "replay",
-        "--archive",
-        dir.to_str().unwrap(),
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let err = archive_log(&dir, &log);
     assert!(err.contains("archive: 1 segments, 37 events"), "{err}");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -140,13 +136,7 @@ fn duckdb_reads_the_archive_with_the_counts_of_auditwatch_query() {
     // A segment an interrupted run left unsealed is removed; sealed ones stay, and new
     // segments continue their numbering.
     std::fs::write(dir.join("segment-00000001.parquet.partial"), b"PAR1 torn").unwrap();
-    let (code, _, err) = auditwatch(&[
-        "replay",
-        "--archive",
-        dir.to_str().unwrap(),
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let err = archive_log(&dir, &log);
     assert!(
         err.contains("segment-00000001.parquet.partial: an unsealed segment"),
         "{err}"
@@ -444,13 +434,7 @@ fn query_means_the_same_over_the_archive_as_over_the_log() {
     let dir = std::env::temp_dir().join(format!("aw-archive-query-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let log = repo().join("tests/fixtures/audit2rbac-demo.log");
-    let (code, _, err) = auditwatch(&[
-        "replay",
-        "--archive",
-        dir.to_str().unwrap(),
-        log.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    archive_log(&dir, &log);
     let cases: &[&[&str]] = &[
         &[
             "responsestatus_code=403 and verb=list",
@@ -785,34 +769,22 @@ fn a_file_source_follows_an_archive_directory() {
     let dir = common::Scratch::new("archive-follow");
     let upstream = dir.0.join("upstream");
     let demo = repo().join("tests/fixtures/audit2rbac-demo.log");
-    let (code, _, err) = auditwatch(&[
-        "replay",
-        "--archive",
-        upstream.to_str().unwrap(),
-        demo.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    archive_log(&upstream, &demo);
     std::fs::write(
         dir.0.join("rules.yaml"),
         "rules:\n  - name: pods-forbidden\n    severity: high\n    match: { verbs: [list], resources: [pods], response_codes: [403] }\n    window: { over: 10m, threshold: 3, group_by: [user.username] }\n",
     )
     .unwrap();
     let metrics = common::free_port();
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-state_dir: state
-rules: [rules.yaml]
-alerts: {{ stdout: json }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
+    let config = common::daemon_config(
+        &dir.0,
+        metrics,
+        r#"
+alerts: { stdout: json }
 sources:
-  - file: {{ name: upstream, path: upstream, start_at: beginning, poll_interval: 50ms }}
-"#
-        ),
-    )
-    .unwrap();
+  - file: { name: upstream, path: upstream, start_at: beginning, poll_interval: 50ms }
+"#,
+    );
     let decoded = |d: &common::Daemon| {
         common::sample(
             &d.metrics(),
@@ -826,13 +798,7 @@ sources:
             .is_ok_and(|t| t.contains("pods-forbidden"))
     });
     // A segment sealed later is read too.
-    let (code, _, err) = auditwatch(&[
-        "replay",
-        "--archive",
-        upstream.to_str().unwrap(),
-        demo.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    archive_log(&upstream, &demo);
     common::wait_until("the second segment", || decoded(&daemon) >= 74.0);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(decoded(&daemon), 74.0);

@@ -68,15 +68,12 @@ fn webhook_refuses_wrong_certs_tokens_oversized_garbage_and_slow_clients() {
     let pki = pki();
     setup_tls(&dir.0, &pki);
     let (tls_port, plain_port, metrics) = (free_port(), free_port(), free_port());
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = daemon_config(
+        &dir.0,
+        metrics,
+        &format!(
             r#"
-state_dir: state
-rules: [rules.yaml]
 alerts: {{ stdout: json }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
 sources:
   - webhook:
       name: apiserver
@@ -91,8 +88,7 @@ sources:
       read_timeout: 1s
 "#
         ),
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&dir.0, &config, metrics, 0);
     let url = format!("https://127.0.0.1:{tls_port}/audit");
     let body = event_list(&[event(
@@ -334,16 +330,13 @@ fn kill_9_and_restart_lose_nothing_and_repeat_nothing() {
     let pki = pki();
     setup_tls(&dir.0, &pki);
     let (port, metrics) = (free_port(), free_port());
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = daemon_config(
+        &dir.0,
+        metrics,
+        &format!(
             r#"
-state_dir: state
-rules: [rules.yaml]
 # Every alert is counted here: the storm limit is off (tests/alert_storm.rs covers it).
 alerts: {{ stdout: json, storm: {{ max_per_rule: 0 }} }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
 engine: {{ lateness: 1s, idle_after: 1s }}
 snapshot: {{ interval: 1s }}
 pipeline: {{ queue: 4 }}
@@ -361,8 +354,7 @@ sources:
       start_at: beginning
 "#
         ),
-    )
-    .unwrap();
+    );
 
     // Webhook: 30 batches of 20 secret reads. Log file: 600 secret reads, and for each of
     // 20 users three 403s (a window that must fire across the restart).
@@ -569,22 +561,18 @@ fn invalid_rule_reload_keeps_the_old_rules_and_a_valid_one_applies() {
     let dir = Scratch::new("reload");
     let (port, metrics) = (free_port(), free_port());
     std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = daemon_config(
+        &dir.0,
+        metrics,
+        &format!(
             r#"
-state_dir: state
-rules: [rules.yaml]
 alerts: {{ stdout: json }}
 reload: {{ interval: 100ms }}
 engine: {{ lateness: 1s, idle_after: 1s }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
 sources: [ {{ webhook: {{ listen: "127.0.0.1:{port}" }} }} ]
 "#
         ),
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&dir.0, &config, metrics, 0);
     let post = |body: String| {
         reqwest::blocking::Client::builder()
@@ -770,23 +758,19 @@ fn a_full_archive_disk_loses_nothing() {
     let dir = Scratch::new("archive-full");
     let (hook, metrics) = (free_port(), free_port());
     std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = daemon_config(
+        &dir.0,
+        metrics,
+        &format!(
             r#"
-state_dir: state
-rules: [rules.yaml]
 alerts: {{ stdout: json, storm: {{ max_per_rule: 0 }} }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
 journal: {{ max_size: 4MiB, segment_size: 256KiB }}
 snapshot: {{ interval: 1s }}
 archive: {{ segment_max_age: 1s }}
 sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
 "#
         ),
-    )
-    .unwrap();
+    );
     std::fs::create_dir_all(dir.0.join("state/archive")).unwrap();
     // The archive on a 16 KiB file system of its own, in a mount namespace of the daemon's.
     let daemon = Daemon::start_under(

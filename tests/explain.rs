@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Three forbidden pod lists of one user within ten minutes (the demo log has them, served
 /// to system:admin between 19:55 and 19:59).
@@ -26,16 +25,7 @@ rules:
 "#;
 
 fn auditwatch(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run auditwatch");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::cli(Some(dir), args)
 }
 
 fn demo() -> PathBuf {
@@ -158,20 +148,16 @@ fn explain_reads_a_daemons_state_directory() {
     let dir = common::Scratch::new("explain-daemon");
     std::fs::write(dir.0.join("rules.yaml"), RULES).unwrap();
     let (hook, metrics) = (common::free_port(), common::free_port());
-    let config = dir.0.join("auditwatch.yaml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = common::daemon_config(
+        &dir.0,
+        metrics,
+        &format!(
             r#"
-state_dir: state
-rules: [rules.yaml]
 alerts: {{ stdout: json }}
-http: {{ listen: "127.0.0.1:{metrics}" }}
 sources: [ {{ webhook: {{ listen: "127.0.0.1:{hook}" }} }} ]
 "#
         ),
-    )
-    .unwrap();
+    );
     let daemon = common::Daemon::start(&dir.0, &config, metrics, 0);
     let events: Vec<String> = std::fs::read_to_string(demo())
         .unwrap()

@@ -46,6 +46,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Writes `dir/auditwatch.yaml`: state in `state/`, the rules of `rules.yaml`, metrics and the
+/// API on 127.0.0.1:`metrics`, then `rest` (sources, alerts and whatever the test needs).
+pub fn daemon_config(dir: &Path, metrics: u16, rest: &str) -> PathBuf {
+    let config = dir.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: state\nrules: [rules.yaml]\nhttp: {{ listen: \"127.0.0.1:{metrics}\" }}\n{rest}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Runs the auditwatch binary (in `dir`, if given): (exit code, stdout, stderr).
+pub fn cli(dir: Option<&Path>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditwatch"));
+    cmd.args(args);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let out = cmd.output().expect("run auditwatch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `auditwatch run`; killed (SIGKILL) on drop.
 pub struct Daemon {
     pub child: Child,
