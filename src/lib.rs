@@ -30,15 +30,19 @@
 //!     criteria each met, and what the same identity did around it.
 //! 19. `ruletest` — rule unit tests.
 //! 20. `notify` — alert delivery: routes, silences, groups, retries, the ledger.
-//! 21. `console` — the on-call web console: alerts, silences, rules, sources.
-//! 22. `ops` — the operations endpoint: metrics, health, the silences API, the console.
-//! 23. `config` — the daemon's config file: assembles the components' settings.
-//! 24. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown.
+//! 21. `cluster` — cluster mode's NATS JetStream side: the events and alerts streams,
+//!     partition leases, shared snapshots and the shared delivery ledger.
+//! 22. `console` — the on-call web console: alerts, silences, rules, sources.
+//! 23. `ops` — the operations endpoint: metrics, health, the silences API, the console.
+//! 24. `config` — the daemon's config file: assembles the components' settings.
+//! 25. `daemon` — `auditwatch run`: recovery, the engine thread, wiring, reload, shutdown,
+//!     and cluster mode's receivers and workers.
 #![forbid(unsafe_code)]
 
 pub mod alert;
 pub mod archive;
 pub mod bundled;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod daemon;

@@ -234,6 +234,8 @@ fn recover_state(
             time_intervals: config.time_intervals.clone(),
             console_url: config.http.console_url(),
             receivers: config.receiver_notifiers.clone(),
+            claims: None,
+            silences: None,
         },
         Arc::clone(metrics),
         runtime.handle(),
@@ -414,8 +416,10 @@ impl Daemon {
                     let hook = runtime.block_on(Webhook::bind(
                         cfg,
                         WebhookDeps {
-                            engine: engine_tx.clone(),
-                            journal: journal.clone(),
+                            handoff: crate::source::webhook::Handoff::Local {
+                                engine: engine_tx.clone(),
+                                journal: journal.clone(),
+                            },
                             metrics: Arc::clone(&metrics),
                             max_connections: listeners.cap(cfg.connections.max),
                         },

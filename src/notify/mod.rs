@@ -9,6 +9,7 @@
 //! them in the [`ledger::Ledger`]; alerts without an outcome are routed again after a restart.
 //! Metrics notifiers are updated by the dispatcher directly.
 
+pub mod claim;
 pub mod config;
 pub mod format;
 pub mod inhibit;
@@ -74,6 +75,11 @@ pub struct NotifyOptions {
     pub console_url: Option<String>,
     /// Each Alertmanager-style receiver's notifiers, for rules' own `notify` lists.
     pub receivers: BTreeMap<String, Vec<String>>,
+    /// A ledger shared with other processes (cluster mode), consulted before every send.
+    pub claims: Option<Arc<dyn claim::DeliveryClaims>>,
+    /// Silences shared with other deliveries in this process (cluster mode: one per
+    /// partition); `None`: opened from `state_dir`.
+    pub silences: Option<Arc<Mutex<Silences>>>,
 }
 
 enum Msg {
@@ -117,10 +123,13 @@ impl Notify {
             path: dir.clone(),
             source,
         })?;
-        let silences = Arc::new(Mutex::new(Silences::open(
-            &opts.state_dir.join("silences.json"),
-            opts.silence_limits.clone(),
-        )?));
+        let silences = match &opts.silences {
+            Some(shared) => Arc::clone(shared),
+            None => Arc::new(Mutex::new(Silences::open(
+                &opts.state_dir.join("silences.json"),
+                opts.silence_limits.clone(),
+            )?)),
+        };
         let deliveries = Arc::new(Mutex::new(recent::RecentDeliveries::new(RECENT_DELIVERIES)));
         if let Ok(mut d) = deliveries.lock() {
             for e in ledger.entries() {
@@ -167,6 +176,7 @@ impl Notify {
                 tx.clone(),
                 opts.delivery.retry.clone(),
                 Arc::clone(&metrics),
+                opts.claims.clone(),
                 stop.clone(),
             )));
         }
@@ -748,6 +758,7 @@ async fn worker(
     report: std_mpsc::SyncSender<Msg>,
     retry: config::RetryConfig,
     metrics: Arc<Metrics>,
+    claims: Option<Arc<dyn claim::DeliveryClaims>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -757,6 +768,13 @@ async fn worker(
                 None => return,
             },
             _ = stop.cancelled() => return,
+        };
+        let n = match &claims {
+            None => n,
+            Some(claims) => match claim_all(claims.as_ref(), &name, n, &report, &stop).await {
+                Some(n) => n,
+                None => continue,
+            },
         };
         let started = Instant::now();
         let mut delay = retry.initial.std().max(Duration::from_millis(10));
@@ -799,6 +817,13 @@ async fn worker(
                 }
             }
         };
+        if let Some(claims) = &claims {
+            for a in &n.alerts {
+                if let Err(e) = claims.settle(&name, &a.id, outcome).await {
+                    tracing::error!(notifier = %name, alert = %a.id, error = %e, "delivery: cannot record the outcome in the shared ledger; a worker that takes this partition over sends it again");
+                }
+            }
+        }
         let alerts = n
             .offsets
             .iter()
@@ -817,4 +842,67 @@ async fn worker(
             return;
         }
     }
+}
+
+/// Claims each alert of `n` in the shared ledger. Alerts settled elsewhere are reported with
+/// that outcome and dropped from `n`; alerts another process is sending are asked about again
+/// until settled or free. `None`: nothing is left to send (or delivery is stopping).
+async fn claim_all(
+    claims: &dyn claim::DeliveryClaims,
+    name: &Arc<str>,
+    mut n: Notification,
+    report: &std_mpsc::SyncSender<Msg>,
+    stop: &CancellationToken,
+) -> Option<Notification> {
+    let mut keep = vec![true; n.alerts.len()];
+    let mut undecided: Vec<usize> = (0..n.alerts.len()).collect();
+    let mut wait = Duration::from_millis(200);
+    while !undecided.is_empty() {
+        let mut again = Vec::new();
+        for i in undecided {
+            match claims.claim(name, &n.alerts[i].id).await {
+                Ok(claim::Claim::Won) => {}
+                Ok(claim::Claim::Settled(outcome)) => {
+                    keep[i] = false;
+                    tracing::info!(notifier = %name, alert = %n.alerts[i].id, outcome = outcome.as_str(), "delivery: already settled in the shared ledger; not sent again");
+                    let settled = Msg::Settled {
+                        notifier: name.clone(),
+                        alerts: vec![(n.offsets[i], n.alerts[i].id.clone())],
+                        outcome,
+                        repeat: n.repeat,
+                    };
+                    if report.send(settled).is_err() {
+                        return None;
+                    }
+                }
+                Ok(claim::Claim::Busy) => again.push(i),
+                Err(e) => {
+                    tracing::warn!(notifier = %name, alert = %n.alerts[i].id, error = %e, "delivery: cannot reach the shared ledger; will ask again");
+                    again.push(i);
+                }
+            }
+        }
+        undecided = again;
+        if !undecided.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return None,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+    if keep.iter().all(|k| *k) {
+        return Some(n);
+    }
+    let mut i = 0;
+    n.alerts.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    let mut i = 0;
+    n.offsets.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    (!n.alerts.is_empty()).then_some(n)
 }

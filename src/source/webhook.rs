@@ -11,6 +11,10 @@
 //! a single audit event in it is refused with 400, and one that does not say it is JSON with
 //! 415. Connections are bounded and timed by [`crate::net::serve`]; the token file, the
 //! certificate and the client CA reload when they change ([`crate::net::reload`]).
+//!
+//! In cluster mode ([`Handoff::Forward`]) the journal and the engine are elsewhere: a batch is
+//! answered 200 only once the forwarder says it is stored (JetStream's publish
+//! acknowledgement), and 503 with `Retry-After` while it cannot say so.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -117,10 +121,49 @@ struct Shared {
     token: Option<Arc<Reloading<Vec<u8>>>>,
     max_body: u64,
     read_timeout: Duration,
-    engine: mpsc::Sender<Input>,
-    journal: JournalHandle,
+    handoff: Handoff,
     metrics: Arc<Metrics>,
     format: crate::event::InputFormat,
+}
+
+/// Where an accepted batch goes.
+#[derive(Clone)]
+pub enum Handoff {
+    /// This process: the ingest journal, then the engine queue.
+    Local {
+        engine: mpsc::Sender<Input>,
+        journal: JournalHandle,
+    },
+    /// Another store that acknowledges what it keeps (cluster mode).
+    Forward(Arc<dyn Forward>),
+}
+
+/// A batch the webhook accepted, for a [`Forward`].
+pub struct ForwardBatch {
+    pub source: Arc<str>,
+    /// The sender's address (its own event-time clock downstream).
+    pub origin: Option<Arc<str>>,
+    pub body: Vec<u8>,
+}
+
+/// Why a [`Forward`] did not keep a batch.
+#[derive(Debug, Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("shutting down")]
+    ShuttingDown,
+    /// Larger than the store takes in one message: 413, so the sender sends smaller batches.
+    #[error("larger than {max} bytes")]
+    TooLarge { max: usize },
+}
+
+/// Keeps accepted batches somewhere durable; resolves once they are kept.
+pub trait Forward: Send + Sync {
+    fn forward(
+        &self,
+        batch: ForwardBatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ForwardError>> + Send + '_>>;
 }
 
 impl ConnEvents for Shared {
@@ -142,8 +185,7 @@ pub struct Webhook {
 }
 
 pub struct WebhookDeps {
-    pub engine: mpsc::Sender<Input>,
-    pub journal: JournalHandle,
+    pub handoff: Handoff,
     pub metrics: Arc<Metrics>,
     /// Connections this listener may hold (the configured cap, lowered to fit the
     /// process's descriptor limit).
@@ -202,8 +244,7 @@ impl Webhook {
                 token,
                 max_body: cfg.max_body.0,
                 read_timeout: cfg.read_timeout.std(),
-                engine: deps.engine,
-                journal: deps.journal,
+                handoff: deps.handoff,
                 metrics: deps.metrics,
                 format: cfg.input_format,
             }),
@@ -245,7 +286,7 @@ impl Webhook {
 }
 
 /// Every `reason` label of `auditwatch_webhook_refused_total` (primed at zero at start).
-pub const REFUSE_REASONS: [&str; 13] = [
+pub const REFUSE_REASONS: [&str; 14] = [
     "tls",
     "unauthenticated",
     "timeout",
@@ -258,6 +299,7 @@ pub const REFUSE_REASONS: [&str; 13] = [
     "saturated",
     "journal_full",
     "journal_error",
+    "upstream_unavailable",
     "shutting_down",
 ];
 
@@ -376,44 +418,110 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
             return refuse(&shared, StatusCode::BAD_REQUEST, kind, format!("{e}{at}\n"));
         }
     };
-    if shared.journal.is_full() {
-        return refuse(
-            &shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal_full",
-            "ingest journal full until the next snapshot; retry\n".into(),
-        );
-    }
-    let slot = match shared.engine.clone().try_reserve_owned() {
-        Ok(slot) => slot,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            return refuse(
-                &shared,
-                StatusCode::TOO_MANY_REQUESTS,
-                "saturated",
-                "pipeline saturated; retry\n".into(),
-            );
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            return refuse(
-                &shared,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "shutting down\n".into(),
-            );
-        }
-    };
-    // Durable first, then handed to the engine through the reserved slot (in journal order).
     // The sender, for its own event-time clock: its IP address (each apiserver connects from
     // its own).
     let origin: Option<Arc<str>> = parts
         .extensions
         .get::<crate::net::serve::PeerAddr>()
         .map(|p| Arc::from(p.0.ip().to_string()));
+    let kept = match &shared.handoff {
+        Handoff::Local { engine, journal } => {
+            keep_locally(&shared, engine, journal, origin, body, received).await
+        }
+        Handoff::Forward(forward) => {
+            let batch = ForwardBatch {
+                source: Arc::clone(&shared.name),
+                origin,
+                body,
+            };
+            match forward.forward(batch).await {
+                Ok(()) => Ok(()),
+                Err(ForwardError::Unavailable(why)) => Err(refuse(
+                    &shared,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unavailable",
+                    format!("cannot store the batch: {why}; retry\n"),
+                )),
+                Err(ForwardError::TooLarge { max }) => Err(refuse(
+                    &shared,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "body larger than {max} bytes (the NATS max_payload); lower --audit-webhook-batch-max-size\n"
+                    ),
+                )),
+                Err(ForwardError::ShuttingDown) => Err(refuse(
+                    &shared,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "shutting down\n".into(),
+                )),
+            }
+        }
+    };
+    if let Err(refused) = kept {
+        return refused;
+    }
+    count(&shared, StatusCode::OK);
+    tracing::trace!(source = %shared.name, items, "batch accepted");
+    match firehose_request_id {
+        // Firehose counts a delivery as done only with its request ID echoed back.
+        Some(id) => {
+            let millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let body = serde_json::json!({ "requestId": id, "timestamp": millis });
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+        None => (StatusCode::OK, "{}").into_response(),
+    }
+}
+
+/// The ingest journal (durable by the fsync policy), then the engine queue through a slot
+/// reserved first, so batches reach the engine in journal order.
+async fn keep_locally(
+    shared: &Shared,
+    engine: &mpsc::Sender<Input>,
+    journal: &JournalHandle,
+    origin: Option<Arc<str>>,
+    body: Vec<u8>,
+    received: Instant,
+) -> Result<(), Response> {
+    if journal.is_full() {
+        return Err(refuse(
+            &shared,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal_full",
+            "ingest journal full until the next snapshot; retry\n".into(),
+        ));
+    }
+    let slot = match engine.clone().try_reserve_owned() {
+        Ok(slot) => slot,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return Err(refuse(
+                shared,
+                StatusCode::TOO_MANY_REQUESTS,
+                "saturated",
+                "pipeline saturated; retry\n".into(),
+            ));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return Err(refuse(
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "shutting down\n".into(),
+            ));
+        }
+    };
     let payload = crate::state::journal::encode_batch(&shared.name, origin.as_deref(), &body);
     let source = Arc::clone(&shared.name);
-    let appended = shared
-        .journal
+    let appended = journal
         .append(payload, move |seq| {
             slot.send(Input::Batch(Batch {
                 source,
@@ -426,38 +534,19 @@ async fn ingest(State(shared): State<Arc<Shared>>, request: Request) -> Response
         })
         .await;
     match appended {
-        Ok(()) => {
-            count(&shared, StatusCode::OK);
-            tracing::trace!(source = %shared.name, items, "batch accepted");
-            match firehose_request_id {
-                // Firehose counts a delivery as done only with its request ID echoed back.
-                Some(id) => {
-                    let millis = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    let body = serde_json::json!({ "requestId": id, "timestamp": millis });
-                    (
-                        StatusCode::OK,
-                        [(header::CONTENT_TYPE, "application/json")],
-                        body.to_string(),
-                    )
-                        .into_response()
-                }
-                None => (StatusCode::OK, "{}").into_response(),
-            }
-        }
-        Err(AppendError::Write(why)) => refuse(
-            &shared,
+        Ok(()) => Ok(()),
+        Err(AppendError::Write(why)) => Err(refuse(
+            shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "journal_error",
             format!("cannot persist the batch: {why}\n"),
-        ),
-        Err(AppendError::Closed) => refuse(
-            &shared,
+        )),
+        Err(AppendError::Closed) => Err(refuse(
+            shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "shutting down\n".into(),
-        ),
+        )),
     }
 }
 

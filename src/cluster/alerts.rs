@@ -1,0 +1,117 @@
+//! The alert journal in cluster mode: the `AUDITWATCH_ALERTS` stream, one subject per
+//! partition, every alert in the order its partition fired it.
+//!
+//! A worker writes an alert here (and waits for the acknowledgement) before handing it to
+//! delivery, so an alert is either in the stream or was never announced. On takeover the new
+//! holder reads its partition's alerts after the snapshot pointer's `alerts_after`: those are
+//! the alerts the replay may fire again (not written twice) and the ones possibly not yet
+//! delivered (the delivery ledger says which). `Nats-Msg-Id` is the partition and alert ID,
+//! so a second write of the same alert within the duplicate window is stored once.
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::PublishMessage;
+use futures_util::StreamExt;
+
+use super::{ClusterError, alerts_subject};
+use crate::alert::Alert;
+
+#[derive(Clone)]
+pub struct AlertStream {
+    js: async_nats::jetstream::Context,
+    stream: async_nats::jetstream::stream::Stream,
+}
+
+impl AlertStream {
+    pub fn new(nats: &super::Nats) -> AlertStream {
+        AlertStream {
+            js: nats.js.clone(),
+            stream: nats.alerts.clone(),
+        }
+    }
+
+    /// Stores `alerts` in order; returns each one's stream sequence.
+    pub async fn publish(
+        &self,
+        partition: &str,
+        alerts: &[Alert],
+    ) -> Result<Vec<u64>, ClusterError> {
+        let subject = alerts_subject(partition);
+        let mut acks = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let body = serde_json::to_vec(a).map_err(|e| ClusterError::js("alert", e))?;
+            let message = PublishMessage::build()
+                .payload(body.into())
+                .message_id(format!("{partition}:{}", a.id));
+            acks.push(
+                self.js
+                    .send_publish(subject.clone(), message)
+                    .await
+                    .map_err(|e| ClusterError::js("alerts stream", e))?,
+            );
+        }
+        let mut seqs = Vec::with_capacity(acks.len());
+        for ack in acks {
+            seqs.push(
+                ack.await
+                    .map_err(|e| ClusterError::js("alerts stream", e))?
+                    .sequence,
+            );
+        }
+        Ok(seqs)
+    }
+
+    /// The partition's alerts stored after sequence `after`, in order.
+    pub async fn read_after(
+        &self,
+        partition: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, Alert)>, ClusterError> {
+        let what = || format!("alerts of {partition}");
+        let consumer = self
+            .stream
+            .create_consumer(pull::Config {
+                filter_subject: alerts_subject(partition),
+                deliver_policy: if after == 0 {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    }
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: std::time::Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::js(what(), e))?;
+        let expected = consumer.cached_info().num_pending as usize;
+        let mut out = Vec::with_capacity(expected);
+        if expected == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::js(what(), e))?;
+        let mut read = 0;
+        while read < expected {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
+                .await
+                .map_err(|_| ClusterError::js(what(), "no message within 10 s"))?;
+            let Some(message) = next else { break };
+            let message = message.map_err(|e| ClusterError::js(what(), e))?;
+            read += 1;
+            let seq = message
+                .info()
+                .map_err(|e| ClusterError::js(what(), e))?
+                .stream_sequence;
+            match serde_json::from_slice::<Alert>(&message.payload) {
+                Ok(a) => out.push((seq, a)),
+                Err(e) => {
+                    tracing::error!(partition, seq, error = %e, "an alert in the alerts stream cannot be read; skipped");
+                }
+            }
+        }
+        Ok(out)
+    }
+}
