@@ -68,6 +68,8 @@ pub struct Config {
     /// Bounds on silences made through the API.
     pub silences: crate::notify::silence::SilenceLimits,
     pub log: LogConfig,
+    /// Cluster mode on NATS JetStream (docs/scale.md). Absent: one process does everything.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Deprecations and other warnings found while loading, as `file:line:column: text`.
     #[serde(skip)]
     pub warnings: Vec<String>,
@@ -98,6 +100,7 @@ impl Default for Config {
             archive: Default::default(),
             silences: Default::default(),
             log: LogConfig::default(),
+            cluster: None,
             warnings: Vec::new(),
             receiver_notifiers: Default::default(),
         }
@@ -418,6 +421,20 @@ impl Config {
         self.http.validate()?;
         if self.pipeline.queue == 0 {
             return Err(("pipeline.queue".into(), "must be at least 1".into()));
+        }
+        if let Some(cluster) = &self.cluster {
+            for (i, source) in self.sources.iter().enumerate() {
+                if !matches!(source, SourceConfig::Webhook(_)) {
+                    return Err((
+                        format!("sources.{i}"),
+                        "cluster mode receives through webhook sources only; run file and stdin sources in a single-process auditwatch".into(),
+                    ));
+                }
+            }
+            let names: Vec<&str> = self.sources.iter().map(|s| s.name()).collect();
+            cluster
+                .validate(&names)
+                .map_err(|msg| ("cluster".to_owned(), msg))?;
         }
         Ok(())
     }

@@ -46,6 +46,11 @@ pub struct Metrics {
     archive_segments: IntCounterVec,
     archive_bytes: IntGauge,
     archive_up: IntGauge,
+    cluster_connected: IntGauge,
+    cluster_held: IntGaugeVec,
+    cluster_takeovers: IntCounterVec,
+    cluster_evaluated_seq: IntGaugeVec,
+    cluster_snapshots: IntCounterVec,
     archive_head: IntGaugeVec,
     archive_retired: IntCounter,
     alert_chain_head: IntGaugeVec,
@@ -268,6 +273,30 @@ impl Metrics {
             archive_bytes: r.gauge(
                 "auditwatch_archive_bytes",
                 "Bytes of sealed segments the archive keeps.",
+            ),
+            cluster_connected: r.gauge(
+                "auditwatch_cluster_nats_connected",
+                "Cluster mode: 1 while connected to NATS (receivers answer 503 and workers pause while 0).",
+            ),
+            cluster_held: r.gauges(
+                "auditwatch_cluster_partition_held",
+                "Cluster mode: 1 for each partition this worker holds the lease of.",
+                &["partition"],
+            ),
+            cluster_takeovers: r.counters(
+                "auditwatch_cluster_partition_takeovers_total",
+                "Cluster mode: partitions this worker took, by how it resumed (snapshot, empty, rebuild).",
+                &["partition", "resumed"],
+            ),
+            cluster_evaluated_seq: r.gauges(
+                "auditwatch_cluster_evaluated_sequence",
+                "Cluster mode: the events-stream sequence this worker last handed to the engine, per partition.",
+                &["partition"],
+            ),
+            cluster_snapshots: r.counters(
+                "auditwatch_cluster_snapshots_total",
+                "Cluster mode: snapshots stored in JetStream, by result (ok, error).",
+                &["partition", "result"],
             ),
             archive_up: r.gauge(
                 "auditwatch_archive_up",
@@ -607,6 +636,34 @@ impl Metrics {
     pub fn archive_failed(&self) {
         self.archive_segments.with_label_values(&["error"]).inc();
         self.archive_up.set(0);
+    }
+
+    pub fn cluster_connected(&self, up: bool) {
+        self.cluster_connected.set(i64::from(up));
+    }
+
+    pub fn cluster_partition_held(&self, partition: &str, held: bool) {
+        self.cluster_held
+            .with_label_values(&[partition])
+            .set(i64::from(held));
+    }
+
+    pub fn cluster_takeover(&self, partition: &str, resumed: &str) {
+        self.cluster_takeovers
+            .with_label_values(&[partition, resumed])
+            .inc();
+    }
+
+    pub fn cluster_evaluated(&self, partition: &str, seq: u64) {
+        self.cluster_evaluated_seq
+            .with_label_values(&[partition])
+            .set(seq as i64);
+    }
+
+    pub fn cluster_snapshot(&self, partition: &str, ok: bool) {
+        self.cluster_snapshots
+            .with_label_values(&[partition, if ok { "ok" } else { "error" }])
+            .inc();
     }
 
     pub fn archive_ready(&self, up: bool) {

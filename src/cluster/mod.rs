@@ -228,6 +228,9 @@ pub enum ClusterError {
     },
     #[error("JetStream {what}: {why}")]
     JetStream { what: String, why: String },
+    /// A revision-checked write found a newer revision: another member wrote since.
+    #[error("{what}: another worker wrote it since this one read it")]
+    Fenced { what: String },
 }
 
 impl ClusterError {
@@ -399,6 +402,9 @@ async fn ensure_stream(
     }
 }
 
+/// A KV bucket. Its stream is created here, the way the client's `create_key_value` would,
+/// because that call first reads the account's info in a shape only NATS 2.10 and later
+/// send (Debian's 2.9 fails it).
 async fn ensure_kv(
     js: &jetstream::Context,
     config: jetstream::kv::Config,
@@ -407,13 +413,26 @@ async fn ensure_kv(
     if let Ok(s) = js.get_key_value(&bucket).await {
         return Ok(s);
     }
-    match js.create_key_value(config).await {
-        Ok(s) => Ok(s),
-        Err(e) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| ClusterError::js(format!("bucket {bucket}"), e)),
-    }
+    let stream = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: config.history.max(1),
+        max_age: config.max_age,
+        storage: config.storage,
+        num_replicas: config.num_replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let created = js.create_stream(stream).await.err();
+    js.get_key_value(&bucket).await.map_err(|e| {
+        ClusterError::js(
+            format!("bucket {bucket}"),
+            created.map_or_else(|| e.to_string(), |c| c.to_string()),
+        )
+    })
 }
 
 /// The subject of a partition's batches from `source`.

@@ -112,15 +112,16 @@ impl SnapshotStore {
     }
 
     /// Stores a snapshot and points at it. `revision`: the pointer revision this holder last
-    /// saw (`None`: there was no pointer). Returns the new revision; an error when another
-    /// holder moved the pointer since (this one must stop).
+    /// saw (`None`: there was no pointer). Returns the new revision and the object's name;
+    /// [`ClusterError::Fenced`] when another holder moved the pointer since (this one must
+    /// stop).
     pub async fn save(
         &self,
         partition: &str,
         mut pointer: Pointer,
         bytes: Vec<u8>,
         revision: Option<u64>,
-    ) -> Result<u64, ClusterError> {
+    ) -> Result<(u64, String), ClusterError> {
         let what = || format!("snapshot of {partition}");
         pointer.version = POINTER_VERSION;
         pointer.object = format!(
@@ -139,15 +140,21 @@ impl SnapshotStore {
                 .pointers
                 .update(partition, value.into(), r)
                 .await
-                .map_err(|e| ClusterError::js(what(), e)),
+                .map_err(|e| match e.kind() {
+                    kv::UpdateErrorKind::WrongLastRevision => ClusterError::Fenced { what: what() },
+                    _ => ClusterError::js(what(), e),
+                }),
             None => self
                 .pointers
                 .create(partition, value.into())
                 .await
-                .map_err(|e| ClusterError::js(what(), e)),
+                .map_err(|e| match e.kind() {
+                    kv::CreateErrorKind::AlreadyExists => ClusterError::Fenced { what: what() },
+                    _ => ClusterError::js(what(), e),
+                }),
         };
         match written {
-            Ok(new) => Ok(new),
+            Ok(new) => Ok((new, pointer.object)),
             Err(e) => {
                 // Ours is not current: do not leave it behind.
                 let _ = self.objects.delete(&pointer.object).await;

@@ -9,6 +9,7 @@
 //! clock.
 
 pub mod archiver;
+pub mod cluster;
 pub mod pipeline;
 pub mod recover;
 pub mod reload;
@@ -96,6 +97,9 @@ pub struct RunOptions {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Result<()> {
+    if config.cluster.is_some() {
+        return cluster::run(config, rules);
+    }
     let metrics = Arc::new(Metrics::new());
     let load_opts = LoadOptions {
         script_limits: ScriptLimits {
@@ -157,6 +161,34 @@ fn prime_metrics(metrics: &Metrics, config: &Config, rule_set: &RuleSet) {
         state_problems: &recover::PROBLEMS,
         credentials: &[],
     });
+}
+
+/// Each source's input format, lateness and label tag, by source name.
+fn source_timings(config: &Config) -> std::collections::HashMap<String, SourceTiming> {
+    config
+        .sources
+        .iter()
+        .map(|s| {
+            let timing = SourceTiming {
+                format: s.input_format(),
+                lateness: s.lateness(config.engine.lateness.0),
+                tag: Arc::from(crate::window::source_tag(s.labels())),
+            };
+            (s.name().to_owned(), timing)
+        })
+        .collect()
+}
+
+/// The names of every label the sources carry, sorted.
+fn source_label_keys(config: &Config) -> Vec<String> {
+    let mut keys: Vec<String> = config
+        .sources
+        .iter()
+        .flat_map(|s| s.labels().keys().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
 }
 
 /// What start-up recovered: the engine thread, ready to run, and what the rest is built on.
@@ -290,28 +322,9 @@ fn recover_state(
             notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
             backlog: backlog.clone(),
             archiver,
-            sources: config
-                .sources
-                .iter()
-                .map(|s| {
-                    let timing = SourceTiming {
-                        format: s.input_format(),
-                        lateness: s.lateness(config.engine.lateness.0),
-                        tag: Arc::from(crate::window::source_tag(s.labels())),
-                    };
-                    (s.name().to_owned(), timing)
-                })
-                .collect(),
-            source_label_keys: {
-                let mut keys: Vec<String> = config
-                    .sources
-                    .iter()
-                    .flat_map(|s| s.labels().keys().cloned())
-                    .collect();
-                keys.sort();
-                keys.dedup();
-                keys
-            },
+            replica: None,
+            sources: source_timings(config),
+            source_label_keys: source_label_keys(config),
         },
         snapshot.as_ref(),
         feedback_tx,

@@ -56,6 +56,16 @@ pub struct PipelineOptions {
     pub backlog: Backlog,
     /// Where every evaluated batch goes to be kept (none: archiving is off).
     pub archiver: Option<Archiver>,
+    /// A second, shared copy of the alert journal (cluster mode): alerts are handed to
+    /// delivery only once it holds them.
+    pub replica: Option<Box<dyn AlertReplica>>,
+}
+
+/// Keeps a copy of each alert written to the alert journal somewhere other processes read.
+pub trait AlertReplica: Send {
+    /// Blocks until `alerts` (at these alert-journal offsets) are stored; false if they will
+    /// not be (this process is giving the work up): they are then not delivered from here.
+    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64]) -> bool;
 }
 
 /// How a source's events are read, how late they may arrive, and the labels its alerts carry.
@@ -680,7 +690,11 @@ impl Pipeline {
         };
         match appended {
             Ok((offsets, end)) => {
-                if let Some(notify) = &self.opts.notify {
+                let replicated = match self.opts.replica.as_mut() {
+                    Some(replica) => replica.replicate(&alerts, &offsets),
+                    None => true,
+                };
+                if let Some(notify) = self.opts.notify.as_ref().filter(|_| replicated) {
                     notify.submit(&alerts, &offsets, end);
                 }
             }

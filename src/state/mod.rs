@@ -251,7 +251,7 @@ impl<W: Write> Write for Checksummed<W> {
 }
 
 /// Reads one snapshot file; `None` if it does not exist.
-fn read_snapshot(path: &Path) -> Result<Option<StateSnapshot>, StateError> {
+pub fn read_snapshot(path: &Path) -> Result<Option<StateSnapshot>, StateError> {
     let bytes = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -1,0 +1,781 @@
+//! `auditwatch run` in cluster mode (`cluster:` in the config; docs/scale.md): receivers and
+//! engine workers that share their work through NATS JetStream ([`crate::cluster`]).
+//!
+//! - **Receivers** serve the webhook sources. An accepted batch is published to the events
+//!   stream and answered 200 only after JetStream acknowledged it; while NATS is away they
+//!   answer 503 with `Retry-After`, so the apiserver keeps the batch and retries.
+//! - **Workers** hold partitions. For each partition it may hold a worker runs a keeper: it
+//!   takes the partition's lease when nobody holds it, then [`hold`]s it: rebuilds the state
+//!   from the snapshot in JetStream (the events stream sequence it covers, the alerts that may
+//!   still be undelivered), runs the same engine thread as the single-process daemon over the
+//!   events from that sequence on, writes each alert to the alerts stream before delivery,
+//!   claims each delivery in the shared ledger, stores a snapshot every `snapshot.interval`,
+//!   and renews the lease. A worker that loses its lease stops that partition at once; one
+//!   that stops cleanly stores a last snapshot and releases the lease so a standby takes over
+//!   without waiting for the TTL.
+//!
+//! The local state directory only caches what a partition's holder needs while it holds it:
+//! it is rebuilt from JetStream on every takeover.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::pipeline::{AlertReplica, Feedback, Pipeline, PipelineOptions};
+use super::shutdown::Shutdown;
+use super::{Listeners, RuleSource, announce_webhook, prime_metrics, source_label_keys, source_timings};
+use crate::alert::Alert;
+use crate::cluster::alerts::AlertStream;
+use crate::cluster::claims::LedgerClaims;
+use crate::cluster::lease::{Lease, Renewal};
+use crate::cluster::publish::{Connection, StreamForward};
+use crate::cluster::snapshots::{Found, Pointer, SnapshotStore};
+use crate::cluster::{ClusterConfig, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_filter};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::log_gate::LogGate;
+use crate::metrics::Metrics;
+use crate::notify::silence::{SilenceDesk, Silences};
+use crate::notify::{Notify, NotifyOptions};
+use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
+use crate::source::webhook::{Handoff, Webhook, WebhookDeps};
+use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
+use crate::state::{AlertJournal, StateDir, StateSnapshot};
+
+/// Runs a receiver, a worker or both until SIGTERM or SIGINT.
+pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
+    let Some(cluster) = config.cluster.clone() else {
+        anyhow::bail!("cluster mode without a cluster: section");
+    };
+    let member = cluster.member_name();
+    let metrics = Arc::new(Metrics::new());
+    let load_opts = LoadOptions {
+        script_limits: ScriptLimits {
+            max_operations: config.engine.max_operations,
+        },
+    };
+    let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::notify::check_rule_notifiers(&rule_set, &config.notify_names())
+        .map_err(anyhow::Error::msg)?;
+    prime_metrics(&metrics, &config, &rule_set);
+    for p in &cluster.partitions {
+        metrics.cluster_partition_held(p, false);
+    }
+    tracing::info!(
+        member = %member,
+        role = ?cluster.role,
+        nats = %cluster.nats.join(","),
+        partitions = ?cluster.partitions,
+        rules = rule_set.rules.len(),
+        "cluster mode"
+    );
+    if config.archive.enabled && cluster.role.works() {
+        tracing::info!(
+            "cluster mode keeps no local archive: the events stream keeps every batch for cluster.retention"
+        );
+    }
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("state dir {}", config.state_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("auditwatch-io")
+        .build()?;
+    let shutdown = Shutdown::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let conn: Connection = Arc::new(OnceLock::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let _guard = runtime.enter();
+    tasks.spawn(connect(
+        cluster.clone(),
+        member.clone(),
+        Arc::clone(&conn),
+        Arc::clone(&metrics),
+        Arc::clone(&ready),
+        shutdown.token(),
+    ));
+    let listeners = Listeners::of(&config);
+    if cluster.role.receives() {
+        let forward = Arc::new(StreamForward::new(Arc::clone(&conn), &cluster));
+        for source in &config.sources {
+            let SourceConfig::Webhook(cfg) = source else {
+                continue;
+            };
+            let hook = runtime.block_on(Webhook::bind(
+                cfg,
+                WebhookDeps {
+                    handoff: Handoff::Forward(forward.clone()),
+                    metrics: Arc::clone(&metrics),
+                    max_connections: listeners.cap(cfg.connections.max),
+                },
+            ))?;
+            announce_webhook(cfg, &hook, &metrics, listeners.cap(cfg.connections.max))?;
+            tasks.spawn(hook.serve(shutdown.token()));
+        }
+    }
+    let silences = Arc::new(Mutex::new(Silences::open(
+        &config.state_dir.join("silences.json"),
+        config.silences.clone(),
+    )?));
+    let config = Arc::new(config);
+    if cluster.role.works() {
+        let worker = Arc::new(Worker {
+            config: Arc::clone(&config),
+            cluster: cluster.clone(),
+            member: member.clone(),
+            conn: Arc::clone(&conn),
+            metrics: Arc::clone(&metrics),
+            rules: Arc::new(rule_set),
+            silences: Arc::clone(&silences),
+            runtime: runtime.handle().clone(),
+            held: AtomicUsize::new(0),
+        });
+        for partition in &cluster.partitions {
+            tasks.spawn(keep(Arc::clone(&worker), partition.clone(), shutdown.token()));
+        }
+    }
+    if let Some(addr) = config.http.listen {
+        let journal = AlertJournal::open(&config.state_dir.join("alerts.jsonl"), config.journal.fsync)
+            .context("alert journal (silence records)")?;
+        let ops = crate::ops::Ops {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+            desk: SilenceDesk {
+                silences,
+                journal: Arc::new(Mutex::new(journal)),
+            },
+            backlog: Backlog::default(),
+            max_lag: config.engine.max_lag.std(),
+        };
+        let cap = listeners.cap(config.http.connections.max);
+        let serve = runtime.block_on(crate::ops::bind(addr, &config.http, ops, None, cap))?;
+        tasks.spawn(serve.serve(shutdown.token()));
+    }
+    runtime.block_on(super::shutdown::termination_signal());
+    tracing::info!("shutting down: no new requests; partitions store a last snapshot and release their leases");
+    ready.store(false, Ordering::Relaxed);
+    shutdown.begin();
+    runtime.block_on(async { while tasks.join_next().await.is_some() {} });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Connects (again and again until it can), then keeps `/readyz` and the metric in step with
+/// the connection.
+async fn connect(
+    cluster: ClusterConfig,
+    member: String,
+    conn: Connection,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let gate = LogGate::per_minute();
+    metrics.cluster_connected(false);
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = Nats::connect(&cluster, &member) => r,
+        };
+        match attempt {
+            Ok(nats) => {
+                tracing::info!(nats = %cluster.nats.join(","), replicas = cluster.replicas, "connected to NATS; streams and buckets ready");
+                let _ = conn.set(nats);
+                break;
+            }
+            Err(e) => {
+                if let Some(held_back) = gate.admit() {
+                    tracing::error!(error = %e, held_back, "NATS is not usable; /readyz stays false and the webhook answers 503 until it is; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    let mut was_up = true;
+    loop {
+        let up = conn.get().is_some_and(Nats::connected);
+        metrics.cluster_connected(up);
+        if !stop.is_cancelled() {
+            ready.store(up, Ordering::Relaxed);
+        }
+        if up != was_up {
+            if up {
+                tracing::info!("NATS connection back");
+            } else {
+                tracing::warn!("NATS connection lost: the webhook answers 503 and workers pause until it is back");
+            }
+            was_up = up;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// What every partition keeper of this worker shares.
+struct Worker {
+    config: Arc<Config>,
+    cluster: ClusterConfig,
+    member: String,
+    conn: Connection,
+    metrics: Arc<Metrics>,
+    rules: Arc<RuleSet>,
+    silences: Arc<Mutex<Silences>>,
+    runtime: tokio::runtime::Handle,
+    /// Partitions held right now.
+    held: AtomicUsize,
+}
+
+impl Worker {
+    fn max_held(&self) -> usize {
+        self.cluster
+            .max_partitions
+            .unwrap_or(self.cluster.partitions.len())
+    }
+
+    /// How often a standby looks whether the lease is free.
+    fn poll(&self) -> Duration {
+        (self.cluster.lease_ttl.std() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+}
+
+/// Takes `partition` whenever nobody holds it (and this worker has room), and holds it.
+async fn keep(worker: Arc<Worker>, partition: String, stop: CancellationToken) {
+    let gate = LogGate::per_minute();
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Some(nats) = worker.conn.get().filter(|n| n.connected())
+            && worker.held.load(Ordering::Relaxed) < worker.max_held()
+        {
+            match Lease::try_take(&nats.leases, &partition, &worker.member).await {
+                Ok(Some(lease)) => {
+                    worker.held.fetch_add(1, Ordering::Relaxed);
+                    worker.metrics.cluster_partition_held(&partition, true);
+                    let taken = Instant::now();
+                    tracing::info!(partition, revision = lease.revision(), "partition taken");
+                    if let Err(e) = hold(&worker, nats.clone(), lease, &stop).await {
+                        tracing::error!(partition, error = %format!("{e:#}"), held_for = ?taken.elapsed(), "partition given up");
+                    }
+                    worker.held.fetch_sub(1, Ordering::Relaxed);
+                    worker.metrics.cluster_partition_held(&partition, false);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if let Some(held_back) = gate.admit() {
+                        tracing::warn!(partition, error = %e, held_back, "cannot read the partition's lease; trying again");
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(worker.poll()) => {}
+        }
+    }
+}
+
+/// Where a partition resumes, as found in JetStream.
+struct Resume {
+    snapshot: Option<StateSnapshot>,
+    /// Pointer revision for the next snapshot write (none: no pointer yet).
+    revision: Option<u64>,
+    alerts_after: u64,
+    how: &'static str,
+}
+
+/// Reads the partition's snapshot pointer and object, into `state`.
+async fn resume_point(
+    partition: &str,
+    store: &SnapshotStore,
+    state: &StateDir,
+) -> anyhow::Result<Resume> {
+    let rebuild = |why: String, revision: Option<u64>| {
+        tracing::warn!(partition, why, "the stored snapshot cannot be used: rebuilding by replaying the events stream from its oldest retained batch");
+        Resume {
+            snapshot: None,
+            revision,
+            alerts_after: 0,
+            how: "rebuild",
+        }
+    };
+    match store.load(partition).await? {
+        Found::Nothing => Ok(Resume {
+            snapshot: None,
+            revision: None,
+            alerts_after: 0,
+            how: "empty",
+        }),
+        Found::Unreadable { why, revision } => Ok(rebuild(why, Some(revision))),
+        Found::Snapshot(loaded) => {
+            let path = state.root.join("taken-over.msgpack");
+            std::fs::write(&path, &loaded.bytes)
+                .with_context(|| format!("writing {}", path.display()))?;
+            let read = crate::state::read_snapshot(&path);
+            let _ = std::fs::remove_file(&path);
+            match read {
+                Ok(Some(snap)) => Ok(Resume {
+                    snapshot: Some(snap),
+                    revision: Some(loaded.revision),
+                    alerts_after: loaded.pointer.alerts_after,
+                    how: "snapshot",
+                }),
+                Ok(None) => Ok(rebuild("empty object".into(), Some(loaded.revision))),
+                Err(e) => Ok(rebuild(e.to_string(), Some(loaded.revision))),
+            }
+        }
+    }
+}
+
+/// Holds a partition until the lease is lost or the worker stops.
+async fn hold(
+    worker: &Arc<Worker>,
+    nats: Nats,
+    lease: Lease,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let partition = lease.partition().to_owned();
+    let config = &worker.config;
+    let dir = config.state_dir.join("partitions").join(&partition);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("clearing {}", dir.display())),
+    }
+    let state = StateDir::new(&dir).context("partition state dir")?;
+    let store = SnapshotStore::new(&nats);
+    let resume = resume_point(&partition, &store, &state).await?;
+    // Alerts fired (and maybe not delivered) since the snapshot: not written twice, and
+    // delivered unless the shared ledger says they were.
+    let alert_stream = AlertStream::new(&nats);
+    let earlier = alert_stream
+        .read_after(&partition, resume.alerts_after)
+        .await?;
+    let mut journal = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
+        .context("partition alert journal")?;
+    let earlier_alerts: Vec<Alert> = earlier.iter().map(|(_, a)| a.clone()).collect();
+    let offsets = journal.append(&earlier_alerts)?;
+    let seq_of: BTreeMap<u64, u64> = offsets
+        .iter()
+        .copied()
+        .zip(earlier.iter().map(|(seq, _)| *seq))
+        .collect();
+    let journal_len = journal.len();
+    let alerts = Arc::new(Mutex::new(journal));
+    let mut snapshot = resume.snapshot;
+    if let Some(s) = snapshot.as_mut() {
+        // Every alert in the fresh local journal counts as possibly fired again.
+        s.alert_journal_len = 0;
+        s.files.clear();
+    }
+    let start_seq = snapshot.as_ref().map_or(0, |s| s.journal_seq);
+    worker.metrics.cluster_takeover(&partition, resume.how);
+    tracing::info!(
+        partition,
+        resumed = resume.how,
+        from_sequence = start_seq + 1,
+        alerts_rechecked = earlier.len(),
+        "partition state rebuilt from JetStream"
+    );
+    let mut engine = Engine::new(Arc::clone(&worker.rules), config.engine.options());
+    if let Some(s) = &snapshot {
+        engine.restore(s.engine.clone());
+    }
+    let claims = LedgerClaims::new(
+        &nats,
+        &partition,
+        &worker.member,
+        // A claim is refreshed on every retry; one older than this was abandoned.
+        (config.delivery.timeout.std() * 2 + worker.cluster.lease_ttl.std()).max(Duration::from_secs(10)),
+    );
+    let notify = Notify::start(
+        NotifyOptions {
+            state_dir: dir.clone(),
+            alert_journal: state.alerts_path(),
+            alert_journal_len: journal_len,
+            notifiers: config.notifiers.clone(),
+            route: config.route.clone(),
+            delivery: config.delivery.clone(),
+            silence_limits: config.silences.clone(),
+            inhibit_rules: config.inhibit_rules.clone(),
+            time_intervals: config.time_intervals.clone(),
+            console_url: config.http.console_url(),
+            receivers: config.receiver_notifiers.clone(),
+            claims: Some(Arc::new(claims)),
+            silences: Some(Arc::clone(&worker.silences)),
+        },
+        Arc::clone(&worker.metrics),
+        &worker.runtime,
+    )?;
+    let part_stop = stop.child_token();
+    let lost = Arc::new(AtomicBool::new(false));
+    let seq_of = Arc::new(Mutex::new(seq_of));
+    let (feedback_tx, feedback) = mpsc::unbounded_channel();
+    let pipeline = Pipeline::new(
+        engine,
+        state.clone(),
+        Arc::clone(&alerts),
+        Arc::clone(&worker.metrics),
+        PipelineOptions {
+            stdout: config.alerts.stdout,
+            storm: config.alerts.storm.clone(),
+            snapshot_every: config.snapshot.interval.std(),
+            idle_after: config.engine.idle_after.std(),
+            journal_size: Arc::new(AtomicU64::new(0)),
+            journal_max: u64::MAX,
+            notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
+            backlog: Backlog::default(),
+            archiver: None,
+            replica: Some(Box::new(Replica {
+                stream: alert_stream,
+                partition: partition.clone(),
+                runtime: worker.runtime.clone(),
+                seq_of: Arc::clone(&seq_of),
+                stop: part_stop.clone(),
+                gate: LogGate::per_minute(),
+            })),
+            sources: source_timings(config),
+            source_label_keys: source_label_keys(config),
+        },
+        snapshot.as_ref(),
+        feedback_tx,
+    )
+    .context("starting the partition's engine")?;
+    let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
+    let engine_thread = std::thread::Builder::new()
+        .name(format!("engine:{partition}"))
+        .spawn(move || pipeline.run(engine_rx))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(consume(
+        nats.clone(),
+        partition.clone(),
+        start_seq,
+        engine_tx.clone(),
+        Arc::clone(&worker.metrics),
+        part_stop.clone(),
+    ));
+    {
+        let (tx, stop) = (engine_tx.clone(), part_stop.clone());
+        tasks.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => { let _ = tx.try_send(Input::Tick); }
+                }
+            }
+        });
+    }
+    let renewing = tokio::spawn(renew(
+        lease,
+        worker.cluster.lease_ttl.std(),
+        Arc::clone(&lost),
+        part_stop.clone(),
+    ));
+    let uploading = tokio::spawn(upload_snapshots(Uploads {
+        partition: partition.clone(),
+        store,
+        state: state.clone(),
+        dir: dir.clone(),
+        revision: resume.revision,
+        alerts_after: resume.alerts_after,
+        seq_of,
+        member: worker.member.clone(),
+        lost: Arc::clone(&lost),
+        part_stop: part_stop.clone(),
+        metrics: Arc::clone(&worker.metrics),
+        feedback,
+    }));
+    part_stop.cancelled().await;
+    // The consumer and the clock stop first: everything they handed over is evaluated and
+    // in the last snapshot.
+    while tasks.join_next().await.is_some() {}
+    let _ = engine_tx.send(Input::Shutdown).await;
+    drop(engine_tx);
+    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    let _ = uploading.await;
+    notify.shutdown(Duration::from_secs(2)).await;
+    let lease = renewing.await.ok().flatten();
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("another worker holds the partition now");
+    }
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    tracing::info!(partition, "partition released");
+    Ok(())
+}
+
+/// Feeds the partition's batches, from `last + 1` on, to the engine thread. An error (NATS
+/// away) starts a new consumer from where this one stopped: the engine just waits.
+async fn consume(
+    nats: Nats,
+    partition: String,
+    mut last: u64,
+    engine: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let gate = LogGate::per_minute();
+    loop {
+        let consumer = nats
+            .events
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: events_filter(&partition),
+                deliver_policy: match last {
+                    0 => DeliverPolicy::All,
+                    n => DeliverPolicy::ByStartSequence { start_sequence: n + 1 },
+                },
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match messages {
+            Err(e) => {
+                if let Some(held_back) = gate.admit() {
+                    tracing::warn!(partition, error = %e, held_back, "cannot read the events stream; the partition waits");
+                }
+            }
+            Ok(mut messages) => loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => m,
+                };
+                let message = match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        if let Some(held_back) = gate.admit() {
+                            tracing::warn!(partition, error = %e, held_back, "the events stream consumer failed; resuming after the last batch read");
+                        }
+                        break;
+                    }
+                    Some(Ok(m)) => m,
+                };
+                let Ok(info) = message.info() else { continue };
+                let seq = info.stream_sequence;
+                if seq <= last {
+                    continue;
+                }
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| Arc::<str>::from(v.as_str()))
+                };
+                let batch = Batch {
+                    source: header(SOURCE_HEADER).unwrap_or_else(|| Arc::from("unknown")),
+                    origin: header(ORIGIN_HEADER),
+                    data: message.payload.to_vec(),
+                    shape: Shape::Document,
+                    progress: Progress::Journal(seq),
+                    received: Instant::now(),
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    sent = engine.send(Input::Batch(batch)) => if sent.is_err() { return },
+                }
+                last = seq;
+                metrics.cluster_evaluated(&partition, seq);
+            },
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Renews the lease every third of the TTL until `stop`; sets `lost` and stops the partition
+/// when another worker has it. Returns the lease, still held, unless it was lost.
+async fn renew(
+    mut lease: Lease,
+    ttl: Duration,
+    lost: Arc<AtomicBool>,
+    stop: CancellationToken,
+) -> Option<Lease> {
+    let gate = LogGate::per_minute();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Some(lease),
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        match lease.renew().await {
+            Ok(Renewal::Held) => {}
+            Ok(Renewal::Lost { holder }) => {
+                tracing::error!(partition = lease.partition(), holder, "the partition's lease is another worker's now: stopping it here");
+                lost.store(true, Ordering::Relaxed);
+                stop.cancel();
+                return None;
+            }
+            Err(e) => {
+                if let Some(held_back) = gate.admit() {
+                    tracing::warn!(partition = lease.partition(), error = %e, held_back, "cannot renew the lease (NATS away?); nobody can take it meanwhile");
+                }
+            }
+        }
+    }
+}
+
+/// Writes alerts to the alerts stream from the engine thread, before delivery.
+struct Replica {
+    stream: AlertStream,
+    partition: String,
+    runtime: tokio::runtime::Handle,
+    /// Local alert-journal offset → alerts-stream sequence.
+    seq_of: Arc<Mutex<BTreeMap<u64, u64>>>,
+    stop: CancellationToken,
+    gate: LogGate,
+}
+
+impl AlertReplica for Replica {
+    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64]) -> bool {
+        loop {
+            let stored = self.runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(10),
+                    self.stream.publish(&self.partition, alerts),
+                )
+                .await
+            });
+            match stored {
+                Ok(Ok(seqs)) => {
+                    if let Ok(mut map) = self.seq_of.lock() {
+                        map.extend(offsets.iter().copied().zip(seqs));
+                    }
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    if let Some(held_back) = self.gate.admit() {
+                        tracing::error!(partition = %self.partition, error = %e, held_back, "cannot store alerts in the alerts stream; the partition waits (nothing is delivered before they are stored)");
+                    }
+                }
+                Err(_) => {
+                    if let Some(held_back) = self.gate.admit() {
+                        tracing::error!(partition = %self.partition, held_back, "the alerts stream did not acknowledge within 10 s; the partition waits");
+                    }
+                }
+            }
+            if self.stop.is_cancelled() {
+                // Given up: the next holder fires them again from the events stream.
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+struct Uploads {
+    partition: String,
+    store: SnapshotStore,
+    state: StateDir,
+    dir: PathBuf,
+    revision: Option<u64>,
+    alerts_after: u64,
+    seq_of: Arc<Mutex<BTreeMap<u64, u64>>>,
+    member: String,
+    lost: Arc<AtomicBool>,
+    part_stop: CancellationToken,
+    metrics: Arc<Metrics>,
+    feedback: mpsc::UnboundedReceiver<Feedback>,
+}
+
+/// Stores each snapshot the engine thread writes in JetStream, until the engine stops.
+async fn upload_snapshots(mut u: Uploads) {
+    let mut previous: Option<String> = None;
+    while let Some(f) = u.feedback.recv().await {
+        let Feedback::Snapshotted { .. } = f else {
+            continue;
+        };
+        if u.lost.load(Ordering::Relaxed) {
+            continue;
+        }
+        // A copy: the writer may put the next snapshot in place meanwhile.
+        let copy = u.dir.join("upload.msgpack");
+        let read = std::fs::copy(u.state.snapshot_path(), &copy)
+            .map_err(|e| e.to_string())
+            .and_then(|_| std::fs::read(&copy).map_err(|e| e.to_string()))
+            .and_then(|bytes| match crate::state::read_snapshot(&copy) {
+                Ok(Some(s)) => Ok((bytes, s)),
+                Ok(None) => Err("no snapshot file".into()),
+                Err(e) => Err(e.to_string()),
+            });
+        let _ = std::fs::remove_file(&copy);
+        let (bytes, snap) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(partition = %u.partition, error = %e, "cannot read the snapshot just written; not stored in JetStream");
+                u.metrics.cluster_snapshot(&u.partition, false);
+                continue;
+            }
+        };
+        // Alerts from here on may fire again on replay (after the snapshot) or be undelivered
+        // (after the delivery cursor): the next holder reads them again.
+        let cursor = std::fs::read_to_string(u.dir.join("delivery").join("cursor"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let from = snap.alert_journal_len.min(cursor);
+        if let Ok(mut map) = u.seq_of.lock() {
+            match map.range(from..).next() {
+                Some((_, seq)) => u.alerts_after = seq.saturating_sub(1),
+                None => {
+                    if let Some(last) = map.values().max() {
+                        u.alerts_after = u.alerts_after.max(*last);
+                    }
+                }
+            }
+            // Older entries are never needed again.
+            let keep = map.split_off(&from);
+            *map = keep;
+        }
+        let pointer = Pointer {
+            version: 0,
+            object: String::new(),
+            stream_seq: snap.journal_seq,
+            alerts_after: u.alerts_after,
+            member: u.member.clone(),
+        };
+        match u
+            .store
+            .save(&u.partition, pointer.clone(), bytes, u.revision)
+            .await
+        {
+            Ok((revision, object)) => {
+                u.revision = Some(revision);
+                u.metrics.cluster_snapshot(&u.partition, true);
+                tracing::debug!(partition = %u.partition, stream_seq = snap.journal_seq, alerts_after = u.alerts_after, "snapshot stored in JetStream");
+                if let Some(old) = previous.take() {
+                    u.store.forget(&old).await;
+                }
+                previous = Some(object);
+            }
+            Err(e) => {
+                u.metrics.cluster_snapshot(&u.partition, false);
+                tracing::error!(partition = %u.partition, error = %e, "cannot store the snapshot in JetStream (another worker took the partition, or NATS is away)");
+                if matches!(e, crate::cluster::ClusterError::Fenced { .. }) {
+                    u.lost.store(true, Ordering::Relaxed);
+                    u.part_stop.cancel();
+                }
+            }
+        }
+    }
+}
