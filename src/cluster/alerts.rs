@@ -66,6 +66,27 @@ impl AlertStream {
         partition: &str,
         after: u64,
     ) -> Result<Vec<(u64, Alert)>, ClusterError> {
+        // A consumer placed on a server that just died times out until the cluster notices
+        // (a few seconds): ask again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.read_once(partition, after).await {
+                Ok(alerts) => return Ok(alerts),
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(partition, error = %e, attempt, "cannot read the alerts stream; trying again");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn read_once(
+        &self,
+        partition: &str,
+        after: u64,
+    ) -> Result<Vec<(u64, Alert)>, ClusterError> {
         let what = || format!("alerts of {partition}");
         let consumer = self
             .stream
@@ -80,6 +101,9 @@ impl AlertStream {
                 },
                 ack_policy: AckPolicy::None,
                 inactive_threshold: std::time::Duration::from_secs(60),
+                // In memory, on one server: a read, not a position to keep.
+                memory_storage: true,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await

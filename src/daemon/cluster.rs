@@ -31,7 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::pipeline::{AlertReplica, Feedback, Pipeline, PipelineOptions};
 use super::shutdown::Shutdown;
-use super::{Listeners, RuleSource, announce_webhook, prime_metrics, source_label_keys, source_timings};
+use super::{
+    Listeners, RuleSource, announce_webhook, prime_metrics, source_label_keys, source_timings,
+};
 use crate::alert::Alert;
 use crate::cluster::alerts::AlertStream;
 use crate::cluster::claims::LedgerClaims;
@@ -139,12 +141,17 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
             held: AtomicUsize::new(0),
         });
         for partition in &cluster.partitions {
-            tasks.spawn(keep(Arc::clone(&worker), partition.clone(), shutdown.token()));
+            tasks.spawn(keep(
+                Arc::clone(&worker),
+                partition.clone(),
+                shutdown.token(),
+            ));
         }
     }
     if let Some(addr) = config.http.listen {
-        let journal = AlertJournal::open(&config.state_dir.join("alerts.jsonl"), config.journal.fsync)
-            .context("alert journal (silence records)")?;
+        let journal =
+            AlertJournal::open(&config.state_dir.join("alerts.jsonl"), config.journal.fsync)
+                .context("alert journal (silence records)")?;
         let ops = crate::ops::Ops {
             metrics: Arc::clone(&metrics),
             ready: Arc::clone(&ready),
@@ -160,7 +167,9 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
         tasks.spawn(serve.serve(shutdown.token()));
     }
     runtime.block_on(super::shutdown::termination_signal());
-    tracing::info!("shutting down: no new requests; partitions store a last snapshot and release their leases");
+    tracing::info!(
+        "shutting down: no new requests; partitions store a last snapshot and release their leases"
+    );
     ready.store(false, Ordering::Relaxed);
     shutdown.begin();
     runtime.block_on(async { while tasks.join_next().await.is_some() {} });
@@ -214,7 +223,9 @@ async fn connect(
             if up {
                 tracing::info!("NATS connection back");
             } else {
-                tracing::warn!("NATS connection lost: the webhook answers 503 and workers pause until it is back");
+                tracing::warn!(
+                    "NATS connection lost: the webhook answers 503 and workers pause until it is back"
+                );
             }
             was_up = up;
         }
@@ -248,7 +259,8 @@ impl Worker {
 
     /// How often a standby looks whether the lease is free.
     fn poll(&self) -> Duration {
-        (self.cluster.lease_ttl.std() / 10).clamp(Duration::from_millis(100), Duration::from_secs(1))
+        (self.cluster.lease_ttl.std() / 10)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
 }
 
@@ -305,7 +317,11 @@ async fn resume_point(
     state: &StateDir,
 ) -> anyhow::Result<Resume> {
     let rebuild = |why: String, revision: Option<u64>| {
-        tracing::warn!(partition, why, "the stored snapshot cannot be used: rebuilding by replaying the events stream from its oldest retained batch");
+        tracing::warn!(
+            partition,
+            why,
+            "the stored snapshot cannot be used: rebuilding by replaying the events stream from its oldest retained batch"
+        );
         Resume {
             snapshot: None,
             revision,
@@ -384,6 +400,7 @@ async fn hold(
     }
     let start_seq = snapshot.as_ref().map_or(0, |s| s.journal_seq);
     worker.metrics.cluster_takeover(&partition, resume.how);
+    worker.metrics.cluster_evaluated(&partition, start_seq);
     tracing::info!(
         partition,
         resumed = resume.how,
@@ -400,7 +417,8 @@ async fn hold(
         &partition,
         &worker.member,
         // A claim is refreshed on every retry; one older than this was abandoned.
-        (config.delivery.timeout.std() * 2 + worker.cluster.lease_ttl.std()).max(Duration::from_secs(10)),
+        (config.delivery.timeout.std() * 2 + worker.cluster.lease_ttl.std())
+            .max(Duration::from_secs(10)),
     );
     let notify = Notify::start(
         NotifyOptions {
@@ -539,7 +557,9 @@ async fn consume(
                 filter_subject: events_filter(&partition),
                 deliver_policy: match last {
                     0 => DeliverPolicy::All,
-                    n => DeliverPolicy::ByStartSequence { start_sequence: n + 1 },
+                    n => DeliverPolicy::ByStartSequence {
+                        start_sequence: n + 1,
+                    },
                 },
                 ..Default::default()
             })
@@ -621,7 +641,11 @@ async fn renew(
         match lease.renew().await {
             Ok(Renewal::Held) => {}
             Ok(Renewal::Lost { holder }) => {
-                tracing::error!(partition = lease.partition(), holder, "the partition's lease is another worker's now: stopping it here");
+                tracing::error!(
+                    partition = lease.partition(),
+                    holder,
+                    "the partition's lease is another worker's now: stopping it here"
+                );
                 lost.store(true, Ordering::Relaxed);
                 stop.cancel();
                 return None;

@@ -1,0 +1,416 @@
+//! Cluster mode against real servers: a 3-node `nats-server` cluster (Debian's, JetStream on)
+//! on loopback, 2 receivers and 2 workers of the real binary, and a real HTTP receiver for
+//! the alerts. The worker holding the partition is killed with SIGKILL in the middle of the
+//! stream, then one NATS node; the alerts in the alerts stream and those the receiver got
+//! must be exactly a single-process `auditwatch replay` of the same events. Then everything
+//! restarts, and nothing is sent again.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    Daemon, Receiver, Scratch, Server, cli, free_port, need, sample, spawn_logged, wait_until,
+};
+
+const RULES: &str = r#"
+rules:
+  - name: secret-read
+    severity: high
+    match:
+      verbs: [get]
+      resources: [secrets]
+  - name: forbidden-burst
+    severity: medium
+    match:
+      response_codes: [403]
+    window: { over: 1m, threshold: 5, group_by: [user.username] }
+"#;
+
+/// Three nats-server processes routed to each other, JetStream in `dir/nats-<i>`.
+struct NatsCluster {
+    nodes: Vec<Option<Server>>,
+    ports: Vec<u16>,
+    dir: PathBuf,
+    cluster_ports: Vec<u16>,
+}
+
+impl NatsCluster {
+    fn start(dir: &Path) -> NatsCluster {
+        need("/usr/sbin/nats-server");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut c = NatsCluster {
+            nodes: Vec::new(),
+            ports,
+            dir: dir.to_owned(),
+            cluster_ports,
+        };
+        for i in 0..3 {
+            let node = c.spawn(i);
+            c.nodes.push(Some(node));
+        }
+        wait_until("a JetStream meta leader", || {
+            (0..3).any(|i| {
+                std::fs::read_to_string(dir.join(format!("nats-{i}.log")))
+                    .unwrap_or_default()
+                    .contains("metadata leader")
+            })
+        });
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Server {
+        let routes: Vec<String> = self
+            .cluster_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let store = self.dir.join(format!("nats-{i}"));
+        std::fs::create_dir_all(&store).unwrap();
+        let conf = self.dir.join(format!("nats-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 1GB }}\ncluster {{ name: aw, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                self.ports[i],
+                store.display(),
+                self.cluster_ports[i],
+                routes.join(", ")
+            ),
+        )
+        .unwrap();
+        spawn_logged(
+            &self.dir,
+            &format!("nats-{i}"),
+            Command::new("/usr/sbin/nats-server").arg("-c").arg(&conf),
+        )
+    }
+
+    fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn kill9(&mut self, i: usize) {
+        self.nodes[i] = None;
+    }
+
+    fn restart(&mut self, i: usize) {
+        self.nodes[i] = Some(self.spawn(i));
+    }
+}
+
+/// One process of the cluster, in its own directory.
+struct Member {
+    dir: PathBuf,
+    config: PathBuf,
+    http: u16,
+    hook: u16,
+}
+
+fn member(root: &Path, name: &str, role: &str, nats: &str, receiver: u16) -> Member {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rules.yaml"), RULES).unwrap();
+    let (http, hook) = (free_port(), free_port());
+    let config = common::daemon_config(
+        &dir,
+        http,
+        &format!(
+            r#"alerts: {{ stdout: off }}
+snapshot: {{ interval: 1s }}
+sources:
+  - webhook: {{ name: audit, listen: "127.0.0.1:{hook}" }}
+receivers:
+  - name: hook
+    webhook_configs: [ {{ url: "http://127.0.0.1:{receiver}/alerts" }} ]
+route: {{ receiver: hook, group_wait: 0s }}
+cluster:
+  nats: [{nats}]
+  role: {role}
+  name: prod
+  partitions: [prod]
+  member: {name}
+  lease_ttl: 5s
+"#
+        ),
+    );
+    Member {
+        dir,
+        config,
+        http,
+        hook,
+    }
+}
+
+fn start(m: &Member, run: usize) -> Daemon {
+    Daemon::start(&m.dir, &m.config, m.http, run)
+}
+
+/// An audit event at `at` (RFC 3339).
+fn event(i: usize, at: &str) -> String {
+    let (verb, resource, user, code) = match i {
+        i if i % 15 == 0 => ("get", "secrets", format!("reader{}", i % 4), 200),
+        i if i % 4 == 1 => ("create", "pods", format!("mallory{}", i % 3), 403),
+        _ => ("list", "configmaps", format!("dev{}", i % 5), 200),
+    };
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"ev-{i}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/o{i}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.1.2.3"],"objectRef":{{"resource":"{resource}","namespace":"prod","name":"o{i}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":{code}}},"requestReceivedTimestamp":"{at}","stageTimestamp":"{at}"}}"#
+    )
+}
+
+/// Posts a batch the way the apiserver's webhook backend does: again after 429/503.
+fn post(client: &reqwest::blocking::Client, hook: u16, events: &[String]) {
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+        events.join(",")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client
+            .post(format!("http://127.0.0.1:{hook}/"))
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+            .map(|r| r.status().as_u16());
+        match status {
+            Ok(200) => return,
+            Ok(429 | 503) | Err(_) => {}
+            Ok(other) => panic!("receiver answered {other}"),
+        }
+        assert!(Instant::now() < deadline, "batch never accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Alert IDs the HTTP receiver got, with how often each came.
+fn received_ids(receiver: &Receiver) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for r in receiver.at("/alerts") {
+        for a in r.body["alerts"].as_array().into_iter().flatten() {
+            let id = a["annotations"]["auditwatch_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            *ids.entry(id).or_default() += 1;
+        }
+    }
+    ids
+}
+
+/// Alert IDs in the partition's alerts stream, with how often each is there.
+fn journal_ids(nats_urls: &str) -> BTreeMap<String, usize> {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cfg = auditwatch::cluster::ClusterConfig {
+            nats: nats_urls
+                .split(", ")
+                .map(|u| u.trim_matches('"').to_owned())
+                .collect(),
+            ..Default::default()
+        };
+        let nats = auditwatch::cluster::Nats::connect(&cfg, "test")
+            .await
+            .unwrap();
+        let alerts = auditwatch::cluster::alerts::AlertStream::new(&nats)
+            .read_after("prod", 0)
+            .await
+            .unwrap();
+        let mut ids = BTreeMap::new();
+        for (_, a) in alerts {
+            *ids.entry(a.id).or_default() += 1;
+        }
+        ids
+    })
+}
+
+fn held(d: &Daemon) -> bool {
+    sample(
+        &d.metrics(),
+        "auditwatch_cluster_partition_held{partition=\"prod\"}",
+    ) == 1.0
+}
+
+#[test]
+fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
+    let scratch = Scratch::new("cluster-failover");
+    let root = &scratch.0;
+    let mut nats = NatsCluster::start(root);
+    let urls = nats.urls();
+    let receiver = Receiver::start(0);
+    let r1 = member(root, "r1", "receiver", &urls, receiver.port);
+    let r2 = member(root, "r2", "receiver", &urls, receiver.port);
+    let w1 = member(root, "w1", "worker", &urls, receiver.port);
+    let w2 = member(root, "w2", "worker", &urls, receiver.port);
+    let receivers = [start(&r1, 1), start(&r2, 1)];
+    let worker1 = start(&w1, 1);
+    wait_until("w1 to take the partition", || held(&worker1));
+    let worker2 = start(&w2, 1);
+
+    // 600 events in 200 batches, event time 50 ms apart ending 20 s ago.
+    let base = -50_000i64;
+    let events: Vec<String> = (0..600)
+        .map(|i| event(i, &common::now_rfc3339(base + i as i64 * 50)))
+        .collect();
+    std::fs::write(root.join("events.jsonl"), events.join("\n") + "\n").unwrap();
+    let client = reqwest::blocking::Client::new();
+    let hooks = [r1.hook, r2.hook];
+    for (b, batch) in events.chunks(3).enumerate().take(100) {
+        post(&client, hooks[b % 2], batch);
+    }
+    wait_until("w1 to store a snapshot", || {
+        sample(
+            &worker1.metrics(),
+            "auditwatch_cluster_snapshots_total{partition=\"prod\",result=\"ok\"}",
+        ) >= 1.0
+    });
+    // Mid-stream: the holder dies; the receivers keep accepting.
+    let killed = Instant::now();
+    worker1.kill9();
+    for (b, batch) in events.chunks(3).enumerate().skip(100).take(50) {
+        post(&client, hooks[b % 2], batch);
+    }
+    wait_until("w2 to take the partition over", || held(&worker2));
+    let takeover = killed.elapsed();
+    eprintln!("standby took over {takeover:?} after the kill");
+    assert!(
+        takeover <= Duration::from_secs(10),
+        "the standby took {takeover:?} (lease TTL 5 s)"
+    );
+    // One NATS node dies in the middle of the rest.
+    for (b, batch) in events.chunks(3).enumerate().skip(150) {
+        if b == 170 {
+            nats.kill9(2);
+        }
+        post(&client, hooks[b % 2], batch);
+    }
+
+    let (code, out, err) = cli(
+        Some(root),
+        &[
+            "replay",
+            "--rules",
+            "w1/rules.yaml",
+            "--format",
+            "json",
+            "events.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let expected: BTreeMap<String, usize> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_owned(), 1)
+        })
+        .collect();
+    assert!(
+        expected.len() > 40,
+        "the corpus fires alerts: {}",
+        expected.len()
+    );
+    wait_until("every alert at the receiver", || {
+        received_ids(&receiver).len() >= expected.len()
+    });
+    // Anything sent twice would arrive within this.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = received_ids(&receiver);
+    assert_eq!(
+        got, expected,
+        "the receiver got other alerts than a replay fires"
+    );
+    assert_eq!(journal_ids(&urls), expected, "the alerts stream differs");
+    let took_over = std::fs::read_to_string(w2.dir.join("stderr-1.log")).unwrap();
+    assert!(
+        took_over.contains("resumed=\"snapshot\""),
+        "w2 resumed from w1's snapshot:\n{took_over}"
+    );
+
+    // Restart everything (the dead NATS node too): nothing is sent again.
+    for d in receivers {
+        assert!(d.terminate().success());
+    }
+    assert!(worker2.terminate().success());
+    nats.restart(2);
+    let before = receiver.got.lock().unwrap().len();
+    let _receivers = [start(&r1, 2), start(&r2, 2)];
+    let worker1 = start(&w1, 2);
+    let _worker2 = start(&w2, 2);
+    wait_until("a worker to hold the partition again", || {
+        held(&worker1) || held(&_worker2)
+    });
+    let holder = if held(&worker1) { &worker1 } else { &_worker2 };
+    wait_until("the holder to reach the end of the stream", || {
+        sample(
+            &holder.metrics(),
+            "auditwatch_cluster_evaluated_sequence{partition=\"prod\"}",
+        ) >= 200.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        receiver.got.lock().unwrap().len(),
+        before,
+        "a restart sent notifications again"
+    );
+    assert_eq!(journal_ids(&urls), expected, "a restart wrote alerts again");
+}
+
+#[test]
+fn without_nats_the_receiver_is_not_ready_and_answers_503() {
+    let scratch = Scratch::new("cluster-no-nats");
+    let root = &scratch.0;
+    // A port nobody listens on.
+    let nowhere = format!("\"nats://127.0.0.1:{}\"", free_port());
+    let r = member(root, "r", "receiver", &nowhere, free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+        .args(["run", "--config"])
+        .arg(&r.config)
+        .current_dir(&r.dir)
+        .stderr(std::fs::File::create(r.dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let _kill = scopeguard(&mut child);
+    wait_until("the clear error", || {
+        std::fs::read_to_string(r.dir.join("stderr.log"))
+            .unwrap_or_default()
+            .contains("cannot reach NATS at nats://127.0.0.1")
+    });
+    let ready = common::http_get(r.http, "/readyz").map(|(code, _)| code);
+    assert_eq!(ready, Some(503), "/readyz while NATS is unreachable");
+    let client = reqwest::blocking::Client::new();
+    let resp = client
+        .post(format!("http://127.0.0.1:{}/", r.hook))
+        .header("Content-Type", "application/json")
+        .body(format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+            event(1, &common::now_rfc3339(0))
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+}
+
+/// Kills the child when the test ends, however it ends.
+fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    Kill(child)
+}
