@@ -478,15 +478,18 @@ async fn hold(
         .name(format!("engine:{partition}"))
         .spawn(move || pipeline.run(engine_rx))?;
     let mut tasks = tokio::task::JoinSet::new();
+    let caught_up = Arc::new(AtomicBool::new(false));
     tasks.spawn(consume(
         nats.clone(),
         partition.clone(),
         start_seq,
         engine_tx.clone(),
         Arc::clone(&worker.metrics),
+        Arc::clone(&caught_up),
         part_stop.clone(),
     ));
     {
+        // The clock, while the engine has all the stream holds (see `consume`).
         let (tx, stop) = (engine_tx.clone(), part_stop.clone());
         tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -494,7 +497,11 @@ async fn hold(
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = every.tick() => { let _ = tx.try_send(Input::Tick); }
+                    _ = every.tick() => {
+                        if caught_up.load(Ordering::Relaxed) {
+                            let _ = tx.try_send(Input::Tick);
+                        }
+                    }
                 }
             }
         });
@@ -539,18 +546,26 @@ async fn hold(
     Ok(())
 }
 
+/// How long a consumer may stay silent before it is replaced: a consumer whose server died
+/// says nothing, and the client notices only much later.
+const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
+
 /// Feeds the partition's batches, from `last + 1` on, to the engine thread. An error (NATS
-/// away) starts a new consumer from where this one stopped: the engine just waits.
+/// away), or silence, starts a new consumer from where this one stopped: the engine just
+/// waits. `caught_up` says whether the engine has everything the stream holds: only then may
+/// quiet move event time on (a stalled consumer is not a quiet cluster).
 async fn consume(
     nats: Nats,
     partition: String,
     mut last: u64,
     engine: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
+    caught_up: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let gate = LogGate::per_minute();
     loop {
+        caught_up.store(false, Ordering::Relaxed);
         let consumer = nats
             .events
             .create_consumer(pull::OrderedConfig {
@@ -565,7 +580,11 @@ async fn consume(
             })
             .await;
         let messages = match consumer {
-            Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+            Ok(mut c) => {
+                let pending = c.info().await.map(|i| i.num_pending).unwrap_or(1);
+                caught_up.store(pending == 0, Ordering::Relaxed);
+                c.messages().await.map_err(|e| e.to_string())
+            }
             Err(e) => Err(e.to_string()),
         };
         match messages {
@@ -577,20 +596,23 @@ async fn consume(
             Ok(mut messages) => loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => return,
-                    m = messages.next() => m,
+                    m = tokio::time::timeout(CONSUMER_SILENCE, messages.next()) => m,
                 };
                 let message = match next {
-                    None => break,
-                    Some(Err(e)) => {
+                    // Quiet, or a dead consumer: a fresh one tells which.
+                    Err(_) => break,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
                         if let Some(held_back) = gate.admit() {
                             tracing::warn!(partition, error = %e, held_back, "the events stream consumer failed; resuming after the last batch read");
                         }
                         break;
                     }
-                    Some(Ok(m)) => m,
+                    Ok(Some(Ok(m))) => m,
                 };
                 let Ok(info) = message.info() else { continue };
                 let seq = info.stream_sequence;
+                caught_up.store(info.pending == 0, Ordering::Relaxed);
                 if seq <= last {
                     continue;
                 }
@@ -619,7 +641,7 @@ async fn consume(
         }
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
 }
