@@ -10,6 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -242,7 +244,10 @@ fn held(d: &Daemon) -> bool {
 fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     let scratch = Scratch::new("cluster-failover");
     let root = &scratch.0;
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1}s {what}", t0.elapsed().as_secs_f64());
     let mut nats = NatsCluster::start(root);
+    phase("nats up");
     let urls = nats.urls();
     let receiver = Receiver::start(0);
     let r1 = member(root, "r1", "receiver", &urls, receiver.port);
@@ -253,6 +258,7 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     let worker1 = start(&w1, 1);
     wait_until("w1 to take the partition", || held(&worker1));
     let worker2 = start(&w2, 1);
+    phase("receivers and workers up");
 
     // 600 events in 200 batches, event time 50 ms apart ending 20 s ago.
     let base = -50_000i64;
@@ -262,7 +268,7 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     std::fs::write(root.join("events.jsonl"), events.join("\n") + "\n").unwrap();
     let client = reqwest::blocking::Client::new();
     let hooks = [r1.hook, r2.hook];
-    for (b, batch) in events.chunks(3).enumerate().take(100) {
+    for (b, batch) in events.chunks(3).enumerate().take(80) {
         post(&client, hooks[b % 2], batch);
     }
     wait_until("w1 to store a snapshot", || {
@@ -271,12 +277,29 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
             "auditwatch_cluster_snapshots_total{partition=\"prod\",result=\"ok\"}",
         ) >= 1.0
     });
-    // Mid-stream: the holder dies; the receivers keep accepting.
+    phase("80 batches posted, snapshot stored");
+    // The rest is posted while the holder dies (mid-stream: it is evaluating and sending),
+    // and while a NATS node dies.
+    let posted = Arc::new(AtomicUsize::new(80));
+    let poster = {
+        let (events, posted) = (events.clone(), Arc::clone(&posted));
+        std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            for (b, batch) in events.chunks(3).enumerate().skip(80) {
+                post(&client, hooks[b % 2], batch);
+                posted.store(b + 1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    wait_until("w1 to evaluate 110 batches", || {
+        sample(
+            &worker1.metrics(),
+            "auditwatch_cluster_evaluated_sequence{partition=\"prod\"}",
+        ) >= 110.0
+    });
     let killed = Instant::now();
     worker1.kill9();
-    for (b, batch) in events.chunks(3).enumerate().skip(100).take(50) {
-        post(&client, hooks[b % 2], batch);
-    }
     wait_until("w2 to take the partition over", || held(&worker2));
     let takeover = killed.elapsed();
     eprintln!("standby took over {takeover:?} after the kill");
@@ -284,14 +307,14 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
         takeover <= Duration::from_secs(10),
         "the standby took {takeover:?} (lease TTL 5 s)"
     );
-    // One NATS node dies in the middle of the rest.
-    for (b, batch) in events.chunks(3).enumerate().skip(150) {
-        if b == 170 {
-            nats.kill9(2);
-        }
-        post(&client, hooks[b % 2], batch);
-    }
+    wait_until("170 batches posted", || {
+        posted.load(Ordering::Relaxed) >= 170
+    });
+    nats.kill9(2);
+    phase("a NATS node killed");
+    poster.join().unwrap();
 
+    phase("all posted");
     let (code, out, err) = cli(
         Some(root),
         &[
@@ -319,6 +342,7 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     wait_until("every alert at the receiver", || {
         received_ids(&receiver).len() >= expected.len()
     });
+    phase("every alert received");
     // Anything sent twice would arrive within this.
     std::thread::sleep(Duration::from_secs(3));
     let got = received_ids(&receiver);
@@ -328,11 +352,17 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     );
     assert_eq!(journal_ids(&urls), expected, "the alerts stream differs");
     let took_over = std::fs::read_to_string(w2.dir.join("stderr-1.log")).unwrap();
+    let resumed = took_over
+        .lines()
+        .find(|l| l.contains("partition state rebuilt"))
+        .unwrap_or_default();
+    eprintln!("{resumed}");
     assert!(
-        took_over.contains("resumed=\"snapshot\""),
+        resumed.contains("resumed=\"snapshot\""),
         "w2 resumed from w1's snapshot:\n{took_over}"
     );
 
+    phase("compared");
     // Restart everything (the dead NATS node too): nothing is sent again.
     for d in receivers {
         assert!(d.terminate().success());
