@@ -444,3 +444,137 @@ fn scopeguard(child: &mut std::process::Child) -> impl Drop + '_ {
     }
     Kill(child)
 }
+
+/// A forbidden request by `user` at `at`.
+fn forbidden(id: &str, user: &str, at: &str) -> String {
+    format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/pods","verb":"create","user":{{"username":"{user}"}},"objectRef":{{"resource":"pods","namespace":"prod","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":403}},"requestReceivedTimestamp":"{at}","stageTimestamp":"{at}"}}"#
+    )
+}
+
+#[test]
+fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
+    let scratch = Scratch::new("cluster-nats-away");
+    let root = &scratch.0;
+    let mut nats = NatsCluster::start(root);
+    let receiver = Receiver::start(0);
+    let m = member(root, "m", "both", &nats.urls(), receiver.port);
+    let daemon = start(&m, 1);
+    wait_until("the partition taken", || held(&daemon));
+    let client = reqwest::blocking::Client::new();
+    // Three of the five forbidden requests the window needs, before NATS goes away.
+    let first: Vec<String> = (0..3)
+        .map(|i| forbidden(&format!("f{i}"), "mallory", &common::now_rfc3339(-5_000 + i * 100)))
+        .collect();
+    post(&client, m.hook, &first);
+    wait_until("the batch evaluated", || {
+        sample(
+            &daemon.metrics(),
+            "auditwatch_cluster_evaluated_sequence{partition=\"prod\"}",
+        ) >= 1.0
+    });
+    for i in 0..3 {
+        nats.kill9(i);
+    }
+    wait_until("/readyz to fail", || {
+        common::http_get(m.http, "/readyz").is_some_and(|(code, _)| code == 503)
+    });
+    let refused = client
+        .post(format!("http://127.0.0.1:{}/", m.hook))
+        .header("Content-Type", "application/json")
+        .body(format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+            forbidden("f-refused", "mallory", &common::now_rfc3339(0))
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert_eq!(
+        sample(&daemon.metrics(), "auditwatch_cluster_nats_connected"),
+        0.0
+    );
+    // Away for longer than the lease TTL (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    for i in 0..3 {
+        nats.restart(i);
+    }
+    wait_until("/readyz again", || {
+        common::http_get(m.http, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    let rest: Vec<String> = (3..5)
+        .map(|i| forbidden(&format!("f{i}"), "mallory", &common::now_rfc3339(-4_000 + i * 100)))
+        .collect();
+    post(&client, m.hook, &rest);
+    wait_until("the burst alert", || !received_ids(&receiver).is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let got = received_ids(&receiver);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    let body = &receiver.at("/alerts")[0].body;
+    assert_eq!(body["alerts"][0]["annotations"]["count"], "5", "{body}");
+    // The worker kept the partition (and its windows) through the outage.
+    let metrics = daemon.metrics();
+    let takeovers: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("auditwatch_cluster_partition_takeovers_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(takeovers, 1.0, "{metrics}");
+    assert!(held(&daemon));
+}
+
+#[test]
+fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
+    let scratch = Scratch::new("cluster-bad-snapshot");
+    let root = &scratch.0;
+    let nats = NatsCluster::start(root);
+    let urls = nats.urls();
+    let receiver = Receiver::start(0);
+    let m = member(root, "m", "both", &urls, receiver.port);
+    let daemon = start(&m, 1);
+    wait_until("the partition taken", || held(&daemon));
+    let client = reqwest::blocking::Client::new();
+    let events: Vec<String> = (0..60)
+        .map(|i| event(i, &common::now_rfc3339(-20_000 + i as i64 * 100)))
+        .collect();
+    for batch in events.chunks(3) {
+        post(&client, m.hook, batch);
+    }
+    wait_until("alerts", || received_ids(&receiver).len() >= 4);
+    assert!(daemon.terminate().success());
+    let delivered = received_ids(&receiver);
+    // Another version's pointer.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cfg = auditwatch::cluster::ClusterConfig {
+            nats: urls.split(", ").map(|u| u.trim_matches('"').to_owned()).collect(),
+            ..Default::default()
+        };
+        let n = auditwatch::cluster::Nats::connect(&cfg, "test").await.unwrap();
+        n.snapshot_pointers
+            .put("prod", br#"{"version":999,"layout":"from the future"}"#.to_vec().into())
+            .await
+            .unwrap();
+    });
+    let daemon = start(&m, 2);
+    wait_until("the partition taken again", || held(&daemon));
+    let log = std::fs::read_to_string(m.dir.join("stderr-2.log")).unwrap();
+    assert!(
+        log.contains("rebuilding by replaying the events stream from its oldest retained batch"),
+        "{log}"
+    );
+    assert!(log.contains("resumed=\"rebuild\""), "{log}");
+    wait_until("the rebuild to reach the end", || {
+        sample(
+            &daemon.metrics(),
+            "auditwatch_cluster_evaluated_sequence{partition=\"prod\"}",
+        ) >= 20.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(received_ids(&receiver), delivered, "the rebuild sent alerts again");
+    assert_eq!(journal_ids(&urls), delivered, "the rebuild wrote alerts twice");
+}
