@@ -1,0 +1,535 @@
+//! Cluster mode on a real 3-node NATS JetStream cluster (Debian's nats-server, R3 streams):
+//! scale-out, latency and footprint. Every pack is loaded (bundled, Falco and Panther ports,
+//! SigmaHQ rules, with benches/tuning.yaml), as users run it.
+//!
+//! ```sh
+//! cargo bench --bench cluster                          # 120,000 events per partition, 20 s at 20,000 events/s
+//! cargo bench --bench cluster -- --events 300000 --rate 20000 --seconds 30
+//! ```
+//!
+//! 1. **Scale-out.** The quiet corpus of `benches/common/corpus.rs`, in EventList batches of
+//!    400, is published to two partitions. One worker holding one partition, then two workers
+//!    holding one each, evaluate from the stream; the aggregate rate of the two is compared
+//!    with the one (target ≥ 1.6×). A plain parse of the same batches (serde_json to a
+//!    `Value`, one core) is printed beside them as the peer.
+//! 2. **Latency.** A receiver and a worker; a load client POSTs batches of 400 events at
+//!    `--rate` events/s to the receiver, each with one marker event that a marker rule turns
+//!    into an alert. Latency is from the start of a batch's POST to its marker alert on the
+//!    worker's stdout, which the worker writes after the alert is stored in the alerts
+//!    stream: webhook → JetStream (R3, acknowledged) → worker → engine → alerts stream.
+//!    Target p99 ≤ 100 ms at 20,000 events/s.
+//! 3. **Footprint.** RSS and disk of the three NATS servers and RSS of the auditwatch
+//!    processes after the runs.
+
+#[path = "common/corpus.rs"]
+mod corpus;
+#[path = "common/measure.rs"]
+mod measure;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use measure::met;
+
+const BATCH: usize = 400;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn du_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += du_bytes(&e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+struct Nats {
+    nodes: Vec<Proc>,
+    dirs: Vec<PathBuf>,
+    urls: Vec<String>,
+}
+
+fn nats_cluster(dir: &Path) -> Nats {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route_list: Vec<String> = routes
+        .iter()
+        .map(|p| format!("nats-route://127.0.0.1:{p}"))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..3 {
+        let store = dir.join(format!("nats-{i}"));
+        std::fs::create_dir_all(&store).expect("nats dir");
+        let conf = dir.join(format!("nats-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", max_memory_store: 256MB, max_file_store: 8GB }}\ncluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                ports[i],
+                store.display(),
+                routes[i],
+                route_list.join(", ")
+            ),
+        )
+        .expect("nats conf");
+        let log = std::fs::File::create(dir.join(format!("nats-{i}.log"))).expect("log");
+        let child = Command::new("/usr/sbin/nats-server")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        nodes.push(Proc(child));
+        dirs.push(store);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(0..3).any(|i| {
+        std::fs::read_to_string(dir.join(format!("nats-{i}.log")))
+            .unwrap_or_default()
+            .contains("metadata leader")
+    }) {
+        assert!(Instant::now() < deadline, "no JetStream meta leader");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Nats {
+        nodes,
+        dirs,
+        urls: ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect(),
+    }
+}
+
+fn rules(root: &Path) -> String {
+    let paths = [
+        root.join("rules"),
+        root.join("peers/falco"),
+        root.join("peers/panther"),
+        root.join("../shared/corpus/sigma/rules"),
+        root.join("benches/tuning.yaml"),
+    ];
+    paths
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes a member's config; returns (dir, config, http port, webhook port).
+#[allow(clippy::too_many_arguments)]
+fn member(
+    root: &Path,
+    work: &Path,
+    name: &str,
+    role: &str,
+    partitions: &[&str],
+    nats: &Nats,
+    stdout: &str,
+    extra_rules: &str,
+) -> (PathBuf, PathBuf, u16, u16) {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).expect("member dir");
+    let (http, hook) = (free_port(), free_port());
+    let urls: Vec<String> = nats.urls.iter().map(|u| format!("\"{u}\"")).collect();
+    let config = dir.join("auditwatch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir: state\nrules: [{}{extra_rules}]\nhttp: {{ listen: \"127.0.0.1:{http}\", console: false }}\nalerts: {{ stdout: {stdout}, storm: {{ max_per_rule: 1000000 }} }}\nlog: {{ level: warn }}\nsources:\n  - webhook: {{ name: audit, listen: \"127.0.0.1:{hook}\", max_body: 8MiB }}\ncluster:\n  nats: [{}]\n  role: {role}\n  name: {}\n  partitions: [{}]\n  member: {name}\n",
+            rules(root),
+            urls.join(", "),
+            partitions[0],
+            partitions.join(", ")
+        ),
+    )
+    .expect("config");
+    (dir, config, http, hook)
+}
+
+fn spawn(dir: &Path, config: &Path, stdout: Stdio) -> Proc {
+    let log = std::fs::File::create(dir.join("stderr.log")).expect("log");
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_auditwatch"))
+            .args(["run", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log)
+            .spawn()
+            .expect("auditwatch run"),
+    )
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn decoded(port: u16) -> u64 {
+    metrics(port)
+        .lines()
+        .filter(|l| l.starts_with("auditwatch_events_decoded_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// EventList batches of the quiet corpus.
+fn batches(work: &Path, events: u64) -> Vec<Vec<u8>> {
+    let path = work.join(format!("corpus-quiet-{events}.jsonl"));
+    corpus::generate(&path, events, true).expect("corpus");
+    let text = std::fs::read_to_string(&path).expect("corpus");
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(BATCH)
+        .map(|c| {
+            format!(
+                r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+                c.join(",")
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+async fn publish(nats: &auditwatch::cluster::Nats, partition: &str, batches: &[Vec<u8>]) {
+    let subject = auditwatch::cluster::events_subject(partition, "audit");
+    for chunk in batches.chunks(64) {
+        let mut acks = Vec::new();
+        for b in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(auditwatch::cluster::SOURCE_HEADER, "audit");
+            acks.push(
+                nats.js
+                    .publish_with_headers(subject.clone(), headers, b.clone().into())
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for a in acks {
+            a.await.expect("ack");
+        }
+    }
+}
+
+/// Drops what a previous run left (snapshots, leases, alerts), so a run starts from the
+/// stream's first batch.
+async fn forget_state(nats: &auditwatch::cluster::Nats, partitions: &[&str]) {
+    for p in partitions {
+        let _ = nats.snapshot_pointers.purge(p).await;
+        let _ = nats.leases.purge(p).await;
+    }
+    let _ = nats.alerts.clone().purge().await;
+}
+
+/// Evaluates `per_partition` events on each of `partitions`, one worker per partition;
+/// returns the aggregate events/s and the workers' peak RSS.
+fn scale_run(
+    root: &Path,
+    work: &Path,
+    nats: &Nats,
+    partitions: &[&str],
+    per_partition: u64,
+    runtime: &tokio::runtime::Runtime,
+    client: &auditwatch::cluster::Nats,
+) -> (f64, u64) {
+    runtime.block_on(forget_state(client, partitions));
+    let mut workers = Vec::new();
+    for p in partitions {
+        let name = format!("worker-{}-{p}", partitions.len());
+        let (dir, config, http, _) = member(root, work, &name, "worker", &[p], nats, "off", "");
+        let _ = std::fs::remove_dir_all(dir.join("state"));
+        workers.push((spawn(&dir, &config, Stdio::null()), http));
+    }
+    let mut started: Vec<Option<Instant>> = vec![None; workers.len()];
+    let mut finished: Vec<Option<Instant>> = vec![None; workers.len()];
+    let mut peak_rss = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while finished.iter().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "workers did not finish");
+        for (i, (proc_, http)) in workers.iter().enumerate() {
+            let n = decoded(*http);
+            if n > 0 && started[i].is_none() {
+                started[i] = Some(Instant::now());
+            }
+            if n >= per_partition && finished[i].is_none() {
+                finished[i] = Some(Instant::now());
+                peak_rss = peak_rss.max(rss_kib(proc_.0.id()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = started.iter().flatten().min().copied().unwrap_or_else(Instant::now);
+    let last = finished.iter().flatten().max().copied().unwrap_or_else(Instant::now);
+    let total = per_partition * partitions.len() as u64;
+    (total as f64 / (last - first).as_secs_f64(), peak_rss)
+}
+
+fn stamp() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let (secs, nanos) = (d.floor() as i64, ((d - d.floor()) * 1e9) as u32);
+    let t = chrono::DateTime::from_timestamp(secs, nanos).unwrap_or_default();
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// A live batch: controller traffic and one marker event.
+fn live_batch(seq: u64) -> String {
+    let ts = stamp();
+    let mut items = Vec::with_capacity(BATCH);
+    for i in 0..BATCH - 1 {
+        let (verb, resource, user) = match i % 4 {
+            0 | 1 => ("get", "pods", "system:serviceaccount:kube-system:replicaset-controller"),
+            2 => ("update", "leases", "system:node:node-7"),
+            _ => ("list", "configmaps", "system:serviceaccount:monitoring:prometheus"),
+        };
+        items.push(format!(
+            r#"{{"level":"Metadata","auditID":"{seq:08x}-{i:04x}-4000-8000-000000000000","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/x{i}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.0.0.{}"],"userAgent":"kube-controller-manager/v1.31.0","objectRef":{{"resource":"{resource}","namespace":"prod","name":"x{i}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#,
+            i % 250
+        ));
+    }
+    items.push(format!(
+        r#"{{"level":"Metadata","auditID":"marker-{seq}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/bench/configmaps/marker","verb":"delete","user":{{"username":"latency-probe"}},"sourceIPs":["127.0.0.1"],"objectRef":{{"resource":"configmaps","namespace":"bench","name":"marker"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+    ));
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
+}
+
+/// Receiver + worker; POSTs at `rate` events/s for `seconds`; marker latencies in ms.
+fn latency_run(root: &Path, work: &Path, nats: &Nats, rate: u64, seconds: u64) -> (Vec<f64>, u64, [u64; 2]) {
+    let marker = work.join("marker.yaml");
+    std::fs::write(
+        &marker,
+        "rules:\n  - name: latency-marker\n    severity: info\n    match: { verbs: [delete], users: [latency-probe] }\n",
+    )
+    .expect("marker rule");
+    let extra = format!(", \"{}\"", marker.display());
+    let (rdir, rconfig, rhttp, hook) =
+        member(root, work, "receiver", "receiver", &["live"], nats, "off", &extra);
+    let (wdir, wconfig, whttp, _) =
+        member(root, work, "live-worker", "worker", &["live"], nats, "json", &extra);
+    let receiver = spawn(&rdir, &rconfig, Stdio::null());
+    let mut worker = spawn(&wdir, &wconfig, Stdio::piped());
+    let ready = |port: u16| metrics(port).contains("auditwatch_cluster_nats_connected 1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(ready(rhttp)
+        && metrics(whttp).contains("auditwatch_cluster_partition_held{partition=\"live\"} 1"))
+    {
+        assert!(Instant::now() < deadline, "receiver and worker not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let stdout = worker.0.stdout.take().expect("stdout");
+    let reader = {
+        let (sent, latencies) = (Arc::clone(&sent), Arc::clone(&latencies));
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let Some(at) = line.find("marker-") else { continue };
+                let digits: String = line[at + 7..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                let Ok(seq) = digits.parse::<u64>() else { continue };
+                if let Some(t) = sent.lock().expect("lock").remove(&seq) {
+                    latencies
+                        .lock()
+                        .expect("lock")
+                        .push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+        })
+    };
+    let batches_per_s = (rate / BATCH as u64).max(1);
+    let interval = Duration::from_secs_f64(1.0 / batches_per_s as f64);
+    let total = batches_per_s * seconds;
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let connections = 4;
+    let mut posters = Vec::new();
+    let start = Instant::now() + Duration::from_millis(200);
+    for c in 0..connections {
+        let (sent, refused) = (Arc::clone(&sent), Arc::clone(&refused));
+        posters.push(std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            let mut seq = c;
+            while seq < total {
+                let due = start + interval * seq as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let body = live_batch(seq);
+                sent.lock().expect("lock").insert(seq, Instant::now());
+                let ok = client
+                    .post(format!("http://127.0.0.1:{hook}/"))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success());
+                if !ok {
+                    sent.lock().expect("lock").remove(&seq);
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                seq += connections;
+            }
+        }));
+    }
+    for p in posters {
+        let _ = p.join();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sent.lock().expect("lock").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rss = [rss_kib(receiver.0.id()), rss_kib(worker.0.id())];
+    drop(worker);
+    drop(receiver);
+    let _ = reader.join();
+    let lost = sent.lock().expect("lock").len() as u64;
+    let mut l = latencies.lock().expect("lock").clone();
+    l.sort_by(f64::total_cmp);
+    (l, refused.load(std::sync::atomic::Ordering::Relaxed) + lost, rss)
+}
+
+fn main() {
+    let mut events = 120_000u64;
+    let mut rate = 20_000u64;
+    let mut seconds = 20u64;
+    let args: Vec<String> = std::env::args().collect();
+    for w in args.windows(2) {
+        match w[0].as_str() {
+            "--events" => events = w[1].parse().unwrap_or(events),
+            "--rate" => rate = w[1].parse().unwrap_or(rate),
+            "--seconds" => seconds = w[1].parse().unwrap_or(seconds),
+            _ => {}
+        }
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("aw-bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let nats = nats_cluster(&work);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let cfg = auditwatch::cluster::ClusterConfig {
+        nats: nats.urls.clone(),
+        ..Default::default()
+    };
+    let client = runtime
+        .block_on(auditwatch::cluster::Nats::connect(&cfg, "bench"))
+        .expect("connect to NATS");
+
+    println!("cluster mode, 3 nats-server nodes (R3), every pack loaded; {events} events per partition in batches of {BATCH}");
+    let batches = batches(&work, events);
+    let bytes: usize = batches.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    runtime.block_on(publish(&client, "a", &batches));
+    runtime.block_on(publish(&client, "b", &batches));
+    println!(
+        "published 2 x {:.0} MiB to the events stream in {:.1} s",
+        bytes as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    );
+    // The peer: a plain parse of the same batches on one core.
+    let cpu = measure::cpu_time();
+    let mut items = 0usize;
+    for b in &batches {
+        let v: serde_json::Value = serde_json::from_slice(b).expect("json");
+        items += v["items"].as_array().map_or(0, Vec::len);
+    }
+    let parse_rate = items as f64 / (measure::cpu_time() - cpu);
+    println!("peer: plain parse (serde_json to Value), per CPU second: {parse_rate:.0} events/s");
+
+    let (one, rss_one) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
+    println!("one worker, one partition: {one:.0} events/s ({:.2}x the plain parse; worker RSS {} MiB)", one / parse_rate, rss_one / 1024);
+    let (two, rss_two) = scale_run(&root, &work, &nats, &["a", "b"], events, &runtime, &client);
+    let ratio = two / one;
+    println!(
+        "two workers, two partitions: {two:.0} events/s aggregate ({ratio:.2}x one worker; target >= 1.6x: {}; worker RSS {} MiB each at most)",
+        met(ratio >= 1.6),
+        rss_two / 1024
+    );
+
+    let (lat, failed, rss) = latency_run(&root, &work, &nats, rate, seconds);
+    let (p50, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+    );
+    println!(
+        "latency, webhook POST -> alert stored in the alerts stream, {rate} events/s for {seconds} s: {} batches, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 <= 100 ms: {}); refused or lost {failed}; RSS receiver {} MiB, worker {} MiB",
+        lat.len(),
+        met(p99 <= 100.0 && failed == 0),
+        rss[0] / 1024,
+        rss[1] / 1024
+    );
+    let nats_rss: Vec<u64> = nats.nodes.iter().map(|n| rss_kib(n.0.id()) / 1024).collect();
+    let nats_disk: Vec<u64> = nats.dirs.iter().map(|d| du_bytes(d) >> 20).collect();
+    println!(
+        "NATS footprint after the runs: RSS {:?} MiB, JetStream disk {:?} MiB (events stream {:.0} MiB of batches, R3)",
+        nats_rss,
+        nats_disk,
+        (bytes * 2) as f64 / (1 << 20) as f64
+    );
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&work);
+}
