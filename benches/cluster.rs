@@ -5,10 +5,11 @@
 //! ```sh
 //! cargo bench --bench cluster                          # 120,000 events per partition, 20 s at 20,000 events/s
 //! cargo bench --bench cluster -- --events 300000 --rate 20000 --seconds 30
+//! cargo bench --bench cluster -- --only scale          # or --only latency
 //! ```
 //!
 //! 1. **Scale-out.** The quiet corpus of `benches/common/corpus.rs`, in EventList batches of
-//!    400, is published to two partitions. One worker holding one partition, then two workers
+//!    400, is published to two partitions as receivers publish (zstd-compressed). One worker holding one partition, then two workers
 //!    holding one each, evaluate from the stream; the aggregate rate of the two is compared
 //!    with the one (target ≥ 1.6×). A plain parse of the same batches (serde_json to a
 //!    `Value`, one core) is printed beside them as the peer.
@@ -64,6 +65,20 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn du_bytes(dir: &Path) -> u64 {
@@ -247,11 +262,14 @@ async fn publish(nats: &auditwatch::cluster::Nats, partition: &str, batches: &[V
     for chunk in batches.chunks(64) {
         let mut acks = Vec::new();
         for b in chunk {
+            // As a receiver publishes it.
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(auditwatch::cluster::SOURCE_HEADER, "audit");
+            headers.insert(auditwatch::cluster::ENCODING_HEADER, "zstd");
+            let body = zstd::bulk::compress(b, 1).expect("zstd");
             acks.push(
                 nats.js
-                    .publish_with_headers(subject.clone(), headers, b.clone().into())
+                    .publish_with_headers(subject.clone(), headers, body.into())
                     .await
                     .expect("publish"),
             );
@@ -291,6 +309,8 @@ fn scale_run(
         let _ = std::fs::remove_dir_all(dir.join("state"));
         workers.push((spawn(&dir, &config, Stdio::null()), http));
     }
+    let nats_cpu = |n: &Nats| n.nodes.iter().map(|p| process_cpu(p.0.id())).sum::<f64>();
+    let nats_before = nats_cpu(nats);
     let mut started: Vec<Option<Instant>> = vec![None; workers.len()];
     let mut finished: Vec<Option<Instant>> = vec![None; workers.len()];
     let mut peak_rss = 0;
@@ -309,10 +329,30 @@ fn scale_run(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let first = started.iter().flatten().min().copied().unwrap_or_else(Instant::now);
-    let last = finished.iter().flatten().max().copied().unwrap_or_else(Instant::now);
+    let first = started
+        .iter()
+        .flatten()
+        .min()
+        .copied()
+        .unwrap_or_else(Instant::now);
+    let last = finished
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .unwrap_or_else(Instant::now);
     let total = per_partition * partitions.len() as u64;
-    (total as f64 / (last - first).as_secs_f64(), peak_rss)
+    let wall = (last - first).as_secs_f64();
+    let worker_cpu: Vec<String> = workers
+        .iter()
+        .map(|(p, _)| format!("{:.1}", process_cpu(p.0.id())))
+        .collect();
+    println!(
+        "  {} worker(s): {wall:.1} s wall; CPU s: workers {worker_cpu:?} (start-up included), NATS servers {:.1}",
+        workers.len(),
+        nats_cpu(nats) - nats_before
+    );
+    (total as f64 / wall, peak_rss)
 }
 
 fn stamp() -> String {
@@ -331,9 +371,17 @@ fn live_batch(seq: u64) -> String {
     let mut items = Vec::with_capacity(BATCH);
     for i in 0..BATCH - 1 {
         let (verb, resource, user) = match i % 4 {
-            0 | 1 => ("get", "pods", "system:serviceaccount:kube-system:replicaset-controller"),
+            0 | 1 => (
+                "get",
+                "pods",
+                "system:serviceaccount:kube-system:replicaset-controller",
+            ),
             2 => ("update", "leases", "system:node:node-7"),
-            _ => ("list", "configmaps", "system:serviceaccount:monitoring:prometheus"),
+            _ => (
+                "list",
+                "configmaps",
+                "system:serviceaccount:monitoring:prometheus",
+            ),
         };
         items.push(format!(
             r#"{{"level":"Metadata","auditID":"{seq:08x}-{i:04x}-4000-8000-000000000000","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/prod/{resource}/x{i}","verb":"{verb}","user":{{"username":"{user}","groups":["system:authenticated"]}},"sourceIPs":["10.0.0.{}"],"userAgent":"kube-controller-manager/v1.31.0","objectRef":{{"resource":"{resource}","namespace":"prod","name":"x{i}","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"code":200}},"requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#,
@@ -357,7 +405,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Receiver + worker; POSTs at `rate` events/s for `seconds`; marker latencies in ms.
-fn latency_run(root: &Path, work: &Path, nats: &Nats, rate: u64, seconds: u64) -> (Vec<f64>, u64, [u64; 2]) {
+fn latency_run(
+    root: &Path,
+    work: &Path,
+    nats: &Nats,
+    rate: u64,
+    seconds: u64,
+) -> (Vec<f64>, u64, [u64; 2]) {
     let marker = work.join("marker.yaml");
     std::fs::write(
         &marker,
@@ -365,10 +419,26 @@ fn latency_run(root: &Path, work: &Path, nats: &Nats, rate: u64, seconds: u64) -
     )
     .expect("marker rule");
     let extra = format!(", \"{}\"", marker.display());
-    let (rdir, rconfig, rhttp, hook) =
-        member(root, work, "receiver", "receiver", &["live"], nats, "off", &extra);
-    let (wdir, wconfig, whttp, _) =
-        member(root, work, "live-worker", "worker", &["live"], nats, "json", &extra);
+    let (rdir, rconfig, rhttp, hook) = member(
+        root,
+        work,
+        "receiver",
+        "receiver",
+        &["live"],
+        nats,
+        "off",
+        &extra,
+    );
+    let (wdir, wconfig, whttp, _) = member(
+        root,
+        work,
+        "live-worker",
+        "worker",
+        &["live"],
+        nats,
+        "json",
+        &extra,
+    );
     let receiver = spawn(&rdir, &rconfig, Stdio::null());
     let mut worker = spawn(&wdir, &wconfig, Stdio::piped());
     let ready = |port: u16| metrics(port).contains("auditwatch_cluster_nats_connected 1");
@@ -386,12 +456,16 @@ fn latency_run(root: &Path, work: &Path, nats: &Nats, rate: u64, seconds: u64) -
         let (sent, latencies) = (Arc::clone(&sent), Arc::clone(&latencies));
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Some(at) = line.find("marker-") else { continue };
+                let Some(at) = line.find("marker-") else {
+                    continue;
+                };
                 let digits: String = line[at + 7..]
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect();
-                let Ok(seq) = digits.parse::<u64>() else { continue };
+                let Ok(seq) = digits.parse::<u64>() else {
+                    continue;
+                };
                 if let Some(t) = sent.lock().expect("lock").remove(&seq) {
                     latencies
                         .lock()
@@ -448,19 +522,25 @@ fn latency_run(root: &Path, work: &Path, nats: &Nats, rate: u64, seconds: u64) -
     let lost = sent.lock().expect("lock").len() as u64;
     let mut l = latencies.lock().expect("lock").clone();
     l.sort_by(f64::total_cmp);
-    (l, refused.load(std::sync::atomic::Ordering::Relaxed) + lost, rss)
+    (
+        l,
+        refused.load(std::sync::atomic::Ordering::Relaxed) + lost,
+        rss,
+    )
 }
 
 fn main() {
     let mut events = 120_000u64;
     let mut rate = 20_000u64;
     let mut seconds = 20u64;
+    let mut only = String::from("all");
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
             "--events" => events = w[1].parse().unwrap_or(events),
             "--rate" => rate = w[1].parse().unwrap_or(rate),
             "--seconds" => seconds = w[1].parse().unwrap_or(seconds),
+            "--only" => only = w[1].clone(),
             _ => {}
         }
     }
@@ -478,7 +558,9 @@ fn main() {
         .block_on(auditwatch::cluster::Nats::connect(&cfg, "bench"))
         .expect("connect to NATS");
 
-    println!("cluster mode, 3 nats-server nodes (R3), every pack loaded; {events} events per partition in batches of {BATCH}");
+    println!(
+        "cluster mode, 3 nats-server nodes (R3), every pack loaded; {events} events per partition in batches of {BATCH}"
+    );
     let batches = batches(&work, events);
     let bytes: usize = batches.iter().map(Vec::len).sum();
     let t = Instant::now();
@@ -499,33 +581,44 @@ fn main() {
     let parse_rate = items as f64 / (measure::cpu_time() - cpu);
     println!("peer: plain parse (serde_json to Value), per CPU second: {parse_rate:.0} events/s");
 
-    let (one, rss_one) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
-    println!("one worker, one partition: {one:.0} events/s ({:.2}x the plain parse; worker RSS {} MiB)", one / parse_rate, rss_one / 1024);
-    let (two, rss_two) = scale_run(&root, &work, &nats, &["a", "b"], events, &runtime, &client);
-    let ratio = two / one;
-    println!(
-        "two workers, two partitions: {two:.0} events/s aggregate ({ratio:.2}x one worker; target >= 1.6x: {}; worker RSS {} MiB each at most)",
-        met(ratio >= 1.6),
-        rss_two / 1024
-    );
-
-    let (lat, failed, rss) = latency_run(&root, &work, &nats, rate, seconds);
-    let (p50, p99, max) = (
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-        lat.last().copied().unwrap_or(f64::NAN),
-    );
-    println!(
-        "latency, webhook POST -> alert stored in the alerts stream, {rate} events/s for {seconds} s: {} batches, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 <= 100 ms: {}); refused or lost {failed}; RSS receiver {} MiB, worker {} MiB",
-        lat.len(),
-        met(p99 <= 100.0 && failed == 0),
-        rss[0] / 1024,
-        rss[1] / 1024
-    );
-    let nats_rss: Vec<u64> = nats.nodes.iter().map(|n| rss_kib(n.0.id()) / 1024).collect();
+    if only != "latency" {
+        let (one, rss_one) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
+        println!(
+            "one worker, one partition: {one:.0} events/s ({:.2}x the plain parse; worker RSS {} MiB)",
+            one / parse_rate,
+            rss_one / 1024
+        );
+        let (two, rss_two) = scale_run(&root, &work, &nats, &["a", "b"], events, &runtime, &client);
+        let ratio = two / one;
+        println!(
+            "two workers, two partitions: {two:.0} events/s aggregate ({ratio:.2}x one worker; target >= 1.6x: {}; worker RSS {} MiB each at most)",
+            met(ratio >= 1.6),
+            rss_two / 1024
+        );
+    }
+    if only != "scale" {
+        let (lat, failed, rss) = latency_run(&root, &work, &nats, rate, seconds);
+        let (p50, p99, max) = (
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+        );
+        println!(
+            "latency, webhook POST -> alert stored in the alerts stream, {rate} events/s for {seconds} s: {} batches, p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (target p99 <= 100 ms: {}); refused or lost {failed}; RSS receiver {} MiB, worker {} MiB",
+            lat.len(),
+            met(p99 <= 100.0 && failed == 0),
+            rss[0] / 1024,
+            rss[1] / 1024
+        );
+    }
+    let nats_rss: Vec<u64> = nats
+        .nodes
+        .iter()
+        .map(|n| rss_kib(n.0.id()) / 1024)
+        .collect();
     let nats_disk: Vec<u64> = nats.dirs.iter().map(|d| du_bytes(d) >> 20).collect();
     println!(
-        "NATS footprint after the runs: RSS {:?} MiB, JetStream disk {:?} MiB (events stream {:.0} MiB of batches, R3)",
+        "NATS footprint after the runs: RSS {:?} MiB, JetStream disk {:?} MiB per server (the batches: {:.0} MiB of JSON, zstd-compressed when published)",
         nats_rss,
         nats_disk,
         (bytes * 2) as f64 / (1 << 20) as f64

@@ -464,7 +464,13 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
     let client = reqwest::blocking::Client::new();
     // Three of the five forbidden requests the window needs, before NATS goes away.
     let first: Vec<String> = (0..3)
-        .map(|i| forbidden(&format!("f{i}"), "mallory", &common::now_rfc3339(-5_000 + i * 100)))
+        .map(|i| {
+            forbidden(
+                &format!("f{i}"),
+                "mallory",
+                &common::now_rfc3339(-5_000 + i * 100),
+            )
+        })
         .collect();
     post(&client, m.hook, &first);
     wait_until("the batch evaluated", || {
@@ -490,7 +496,10 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 503);
     assert_eq!(
-        refused.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("1")
     );
     assert_eq!(
@@ -506,7 +515,13 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
         common::http_get(m.http, "/readyz").is_some_and(|(code, _)| code == 200)
     });
     let rest: Vec<String> = (3..5)
-        .map(|i| forbidden(&format!("f{i}"), "mallory", &common::now_rfc3339(-4_000 + i * 100)))
+        .map(|i| {
+            forbidden(
+                &format!("f{i}"),
+                "mallory",
+                &common::now_rfc3339(-4_000 + i * 100),
+            )
+        })
         .collect();
     post(&client, m.hook, &rest);
     wait_until("the burst alert", || !received_ids(&receiver).is_empty());
@@ -551,12 +566,20 @@ fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let cfg = auditwatch::cluster::ClusterConfig {
-            nats: urls.split(", ").map(|u| u.trim_matches('"').to_owned()).collect(),
+            nats: urls
+                .split(", ")
+                .map(|u| u.trim_matches('"').to_owned())
+                .collect(),
             ..Default::default()
         };
-        let n = auditwatch::cluster::Nats::connect(&cfg, "test").await.unwrap();
+        let n = auditwatch::cluster::Nats::connect(&cfg, "test")
+            .await
+            .unwrap();
         n.snapshot_pointers
-            .put("prod", br#"{"version":999,"layout":"from the future"}"#.to_vec().into())
+            .put(
+                "prod",
+                br#"{"version":999,"layout":"from the future"}"#.to_vec().into(),
+            )
             .await
             .unwrap();
     });
@@ -575,6 +598,14 @@ fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
         ) >= 20.0
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(received_ids(&receiver), delivered, "the rebuild sent alerts again");
-    assert_eq!(journal_ids(&urls), delivered, "the rebuild wrote alerts twice");
+    assert_eq!(
+        received_ids(&receiver),
+        delivered,
+        "the rebuild sent alerts again"
+    );
+    assert_eq!(
+        journal_ids(&urls),
+        delivered,
+        "the rebuild wrote alerts twice"
+    );
 }

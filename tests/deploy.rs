@@ -260,6 +260,10 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
         "{name}: the silences API must use auth"
     );
     paths.extend(config_mut.http.paths_mut().into_iter().map(|p| p.clone()));
+    if let Some(cluster) = &config.cluster {
+        paths.extend(cluster.token_file.iter().cloned());
+        paths.extend(cluster.credentials_file.iter().cloned());
+    }
     for n in config_mut.notifiers.values_mut() {
         paths.extend(n.paths_mut().into_iter().map(|p| p.clone()));
     }
@@ -282,8 +286,12 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
         }
         if *p == config.state_dir {
             assert!(!read_only, "{name}: the state dir must be writable");
+            // In cluster mode what must outlive the pod is in JetStream; the state dir is a
+            // cache rebuilt on every takeover.
             assert!(
-                v.get("persistentVolumeClaim").is_some() || v.get("hostPath").is_some(),
+                config.cluster.is_some()
+                    || v.get("persistentVolumeClaim").is_some()
+                    || v.get("hostPath").is_some(),
                 "{name}: the state dir must outlive the pod"
             );
         }
@@ -308,7 +316,9 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
         metrics.port(),
         "{name}: metrics port"
     );
-    for s in &config.sources {
+    // Workers in cluster mode name the receivers' sources but do not listen.
+    let listens = config.cluster.as_ref().is_none_or(|c| c.role.receives());
+    for s in config.sources.iter().filter(|_| listens) {
         if let auditwatch::config::SourceConfig::Webhook(w) = s {
             assert_eq!(
                 port_named(c, "webhook"),
@@ -368,7 +378,8 @@ fn network_policy_admits(
         .map(|p| p["port"].as_u64().unwrap())
         .collect();
     let mut needed: Vec<u64> = vec![u64::from(config.http.listen.unwrap().port())];
-    for s in &config.sources {
+    let listens = config.cluster.as_ref().is_none_or(|c| c.role.receives());
+    for s in config.sources.iter().filter(|_| listens) {
         if let auditwatch::config::SourceConfig::Webhook(w) = s {
             needed.push(u64::from(w.listen.port()));
         }
@@ -568,5 +579,149 @@ fn example_policy_records_what_the_shipped_rules_read() {
     assert!(
         !err.contains("rule ingress-deleted"),
         "metadata is enough for deletions:\n{err}"
+    );
+}
+
+#[test]
+fn cluster_topology_fits_together() {
+    use auditwatch::cluster::Role;
+    let docs = documents();
+    let receivers = find(&docs, "Deployment", "auditwatch-receiver");
+    let workers = find(&docs, "StatefulSet", "auditwatch-worker");
+    let receiver = check_workload(&docs, receivers);
+    let worker = check_workload(&docs, workers);
+    network_policy_admits(&docs, receivers, &receiver);
+    network_policy_admits(&docs, workers, &worker);
+    let (rc, wc) = (
+        receiver.cluster.as_ref().unwrap(),
+        worker.cluster.as_ref().unwrap(),
+    );
+    assert_eq!(rc.role, Role::Receiver);
+    assert_eq!(wc.role, Role::Worker);
+    assert!(
+        wc.partitions.contains(&rc.name),
+        "the workers hold the receivers' partition"
+    );
+    assert!(
+        receivers["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "several receivers"
+    );
+    assert!(
+        workers["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "a standby worker"
+    );
+    assert_eq!(workers["spec"]["serviceName"], "auditwatch-worker");
+    find(&docs, "Service", "auditwatch-worker");
+    let pdb = find(&docs, "PodDisruptionBudget", "auditwatch-receiver");
+    let labels = &receivers["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selects(&pdb["spec"]["selector"], labels),
+        "the PDB selects the receivers"
+    );
+    let service = find(&docs, "Service", "auditwatch-receiver");
+    let sel = service["spec"]["selector"].as_mapping().unwrap();
+    assert!(
+        sel.iter().all(|(k, v)| labels[k] == *v),
+        "the Service selects the receivers"
+    );
+    for p in service["spec"]["ports"].as_sequence().unwrap() {
+        port_named(container(receivers), p["targetPort"].as_str().unwrap());
+    }
+
+    // NATS: as many servers as stream replicas, routed to each other, reachable where the
+    // configs say, taking batches as large as the webhook accepts, with the token they use.
+    let nats = find(&docs, "StatefulSet", "nats");
+    let servers = nats["spec"]["replicas"].as_u64().unwrap() as usize;
+    assert_eq!(servers, rc.replicas);
+    assert_eq!(servers, wc.replicas);
+    assert_eq!(nats["spec"]["serviceName"], "nats");
+    let conf = find(&docs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+        .as_str()
+        .unwrap();
+    for i in 0..servers {
+        assert!(
+            conf.contains(&format!("nats-route://nats-{i}.nats:6222")),
+            "{conf}"
+        );
+    }
+    let mut urls: Vec<String> = (0..servers)
+        .map(|i| format!("nats://nats-{i}.nats:4222"))
+        .collect();
+    urls.sort();
+    for c in [rc, wc] {
+        let mut theirs = c.nats.clone();
+        theirs.sort();
+        assert_eq!(theirs, urls);
+        assert_eq!(
+            c.token_file.as_deref(),
+            Some(std::path::Path::new("/etc/auditwatch/nats/token"))
+        );
+    }
+    let max_payload = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("max_payload:"))
+        .and_then(|v| v.trim().strip_suffix("MB"))
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("max_payload in MB")
+        << 20;
+    let auditwatch::config::SourceConfig::Webhook(w) = &receiver.sources[0] else {
+        panic!("receivers serve the webhook")
+    };
+    assert!(
+        w.max_body.0 + 1024 <= max_payload,
+        "a webhook batch fits one NATS message"
+    );
+    let nc = &nats["spec"]["template"]["spec"]["containers"][0];
+    let token_env = nc["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "NATS_TOKEN")
+        .expect("NATS_TOKEN");
+    assert_eq!(
+        token_env["valueFrom"]["secretKeyRef"]["name"],
+        "auditwatch-nats"
+    );
+    assert_eq!(token_env["valueFrom"]["secretKeyRef"]["key"], "token");
+    assert!(conf.contains("token: $NATS_TOKEN"));
+    for workload in [receivers, workers] {
+        let pod = &workload["spec"]["template"]["spec"];
+        let vol = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "nats")
+            .expect("nats token volume");
+        assert_eq!(vol["secret"]["secretName"], "auditwatch-nats");
+    }
+    let port = |name: &str| {
+        nc["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap()
+    };
+    assert_eq!(port("client"), 4222);
+    assert_eq!(port("cluster"), 6222);
+    let policy = find(&docs, "NetworkPolicy", "nats");
+    let admits_auditwatch_on_4222 =
+        policy["spec"]["ingress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|rule| {
+                rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    == "auditwatch"
+                    && rule["ports"][0]["port"] == 4222
+            });
+    assert!(admits_auditwatch_on_4222, "auditwatch reaches NATS");
+    assert!(
+        selects(
+            &find(&docs, "PodDisruptionBudget", "nats")["spec"]["selector"],
+            &nats["spec"]["template"]["metadata"]["labels"]
+        ),
+        "the NATS PDB selects its servers"
     );
 }

@@ -452,6 +452,8 @@ pub fn alerts_subject(partition: &str) -> String {
 /// Header names on published batches.
 pub const SOURCE_HEADER: &str = "Auditwatch-Source";
 pub const ORIGIN_HEADER: &str = "Auditwatch-Origin";
+/// `zstd` when the body is compressed (receivers compress every batch).
+pub const ENCODING_HEADER: &str = "Auditwatch-Encoding";
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,11 @@
 //!
 //! Each message carries `Nats-Msg-Id`, a hash of (source, sender, body): an apiserver that
 //! retries a batch whose answer it lost (within `cluster.duplicate_window`) has it stored once.
+//!
+//! Bodies are compressed with zstd (level 1) before publishing: audit JSON shrinks about
+//! tenfold, and every byte is stored three times and read back by a worker, so the NATS
+//! servers' CPU and disk go down by about as much for a few milliseconds of a receiver's CPU
+//! per batch.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,7 +16,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 
-use super::{ClusterConfig, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_subject};
+use super::{ClusterConfig, ENCODING_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_subject};
 use crate::source::webhook::{Forward, ForwardBatch, ForwardError};
 
 /// The NATS connection once it is made (receivers serve, and refuse with 503, before that).
@@ -67,21 +72,24 @@ impl Forward for StreamForward {
                     "the NATS connection is down".into(),
                 ));
             }
+            let id = message_id(&batch.source, batch.origin.as_deref(), &batch.body);
+            let body = zstd::bulk::compress(&batch.body, 1)
+                .map_err(|e| ForwardError::Unavailable(format!("cannot compress: {e}")))?;
             let max = nats.client.server_info().max_payload;
-            if batch.body.len() + HEADER_ROOM > max {
+            if body.len() + HEADER_ROOM > max {
                 return Err(ForwardError::TooLarge {
                     max: max.saturating_sub(HEADER_ROOM),
                 });
             }
             let partition = self.cluster.partition_for(batch.origin.as_deref());
-            let id = message_id(&batch.source, batch.origin.as_deref(), &batch.body);
             let mut headers = HeaderMap::new();
             headers.insert(SOURCE_HEADER, &*batch.source);
+            headers.insert(ENCODING_HEADER, "zstd");
             if let Some(o) = &batch.origin {
                 headers.insert(ORIGIN_HEADER, &**o);
             }
             let message = PublishMessage::build()
-                .payload(batch.body.into())
+                .payload(body.into())
                 .headers(headers)
                 .message_id(id);
             let subject = events_subject(&partition, &batch.source);

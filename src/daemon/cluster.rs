@@ -40,7 +40,9 @@ use crate::cluster::claims::LedgerClaims;
 use crate::cluster::lease::{Lease, Renewal};
 use crate::cluster::publish::{Connection, StreamForward};
 use crate::cluster::snapshots::{Found, Pointer, SnapshotStore};
-use crate::cluster::{ClusterConfig, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_filter};
+use crate::cluster::{
+    ClusterConfig, ENCODING_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_filter,
+};
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::log_gate::LogGate;
@@ -381,7 +383,9 @@ async fn hold(
     let earlier = alert_stream
         .read_after(&partition, resume.alerts_after)
         .await?;
-    let mut journal = AlertJournal::open(&state.alerts_path(), config.journal.fsync)
+    // A cache of the alerts stream (the durable copy, acknowledged by a majority of the NATS
+    // servers before delivery): no fsync.
+    let mut journal = AlertJournal::open(&state.alerts_path(), crate::state::FsyncPolicy::Never)
         .context("partition alert journal")?;
     let earlier_alerts: Vec<Alert> = earlier.iter().map(|(_, a)| a.clone()).collect();
     let offsets = journal.append(&earlier_alerts)?;
@@ -427,7 +431,11 @@ async fn hold(
             alert_journal_len: journal_len,
             notifiers: config.notifiers.clone(),
             route: config.route.clone(),
-            delivery: config.delivery.clone(),
+            // The outcomes that count are in the shared ledger; the local one is a cache.
+            delivery: crate::notify::config::DeliveryConfig {
+                fsync: crate::state::FsyncPolicy::Never,
+                ..config.delivery.clone()
+            },
             silence_limits: config.silences.clone(),
             inhibit_rules: config.inhibit_rules.clone(),
             time_intervals: config.time_intervals.clone(),
@@ -443,6 +451,21 @@ async fn hold(
     let lost = Arc::new(AtomicBool::new(false));
     let seq_of = Arc::new(Mutex::new(seq_of));
     let (feedback_tx, feedback) = mpsc::unbounded_channel();
+    // Everything in the rebuilt local journal is in the alerts stream already.
+    let stored_len = Arc::new(AtomicU64::new(journal_len));
+    let (replica_tx, replica_rx) = std::sync::mpsc::sync_channel(256);
+    let replica = ReplicaWriter {
+        stream: alert_stream,
+        partition: partition.clone(),
+        runtime: worker.runtime.clone(),
+        seq_of: Arc::clone(&seq_of),
+        stored_len: Arc::clone(&stored_len),
+        notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
+        stop: part_stop.clone(),
+    };
+    let replica_thread = std::thread::Builder::new()
+        .name(format!("alerts:{partition}"))
+        .spawn(move || replica.run(replica_rx))?;
     let pipeline = Pipeline::new(
         engine,
         state.clone(),
@@ -455,16 +478,12 @@ async fn hold(
             idle_after: config.engine.idle_after.std(),
             journal_size: Arc::new(AtomicU64::new(0)),
             journal_max: u64::MAX,
-            notify: (!config.notifiers.is_empty()).then(|| notify.submitter()),
+            notify: None,
             backlog: Backlog::default(),
             archiver: None,
             replica: Some(Box::new(Replica {
-                stream: alert_stream,
-                partition: partition.clone(),
-                runtime: worker.runtime.clone(),
-                seq_of: Arc::clone(&seq_of),
-                stop: part_stop.clone(),
-                gate: LogGate::per_minute(),
+                jobs: replica_tx,
+                part_stop: part_stop.clone(),
             })),
             sources: source_timings(config),
             source_label_keys: source_label_keys(config),
@@ -486,6 +505,7 @@ async fn hold(
         engine_tx.clone(),
         Arc::clone(&worker.metrics),
         Arc::clone(&caught_up),
+        max_batch_bytes(config),
         part_stop.clone(),
     ));
     {
@@ -520,6 +540,7 @@ async fn hold(
         revision: resume.revision,
         alerts_after: resume.alerts_after,
         seq_of,
+        stored_len,
         member: worker.member.clone(),
         lost: Arc::clone(&lost),
         part_stop: part_stop.clone(),
@@ -532,7 +553,13 @@ async fn hold(
     while tasks.join_next().await.is_some() {}
     let _ = engine_tx.send(Input::Shutdown).await;
     drop(engine_tx);
-    let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = engine_thread.join();
+        // The engine is gone with its end of the replica's queue: the replica stores (or, with
+        // the lease lost, gives up) what is left, then ends.
+        let _ = replica_thread.join();
+    })
+    .await;
     let _ = uploading.await;
     notify.shutdown(Duration::from_secs(2)).await;
     let lease = renewing.await.ok().flatten();
@@ -561,9 +588,11 @@ async fn consume(
     engine: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
     caught_up: Arc<AtomicBool>,
+    max_batch_bytes: usize,
     stop: CancellationToken,
 ) {
     let gate = LogGate::per_minute();
+    let bad_gate = LogGate::per_minute();
     loop {
         caught_up.store(false, Ordering::Relaxed);
         let consumer = nats
@@ -576,6 +605,10 @@ async fn consume(
                         start_sequence: n + 1,
                     },
                 },
+                // A batch is one message of up to a few MiB: pull a bounded number at a time, or the
+                // server's buffer for this connection overflows (a slow consumer, whose
+                // messages it drops and the consumer then has to fetch again).
+                max_batch: 64,
                 ..Default::default()
             })
             .await;
@@ -593,51 +626,72 @@ async fn consume(
                     tracing::warn!(partition, error = %e, held_back, "cannot read the events stream; the partition waits");
                 }
             }
-            Ok(mut messages) => loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = tokio::time::timeout(CONSUMER_SILENCE, messages.next()) => m,
-                };
-                let message = match next {
-                    // Quiet, or a dead consumer: a fresh one tells which.
-                    Err(_) => break,
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
-                        if let Some(held_back) = gate.admit() {
-                            tracing::warn!(partition, error = %e, held_back, "the events stream consumer failed; resuming after the last batch read");
+            Ok(mut messages) => {
+                loop {
+                    let next = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = tokio::time::timeout(CONSUMER_SILENCE, messages.next()) => m,
+                    };
+                    let message = match next {
+                        // Quiet, or a dead consumer: a fresh one tells which.
+                        Err(_) => break,
+                        Ok(None) => break,
+                        Ok(Some(Err(e))) => {
+                            if let Some(held_back) = gate.admit() {
+                                tracing::warn!(partition, error = %e, held_back, "the events stream consumer failed; resuming after the last batch read");
+                            }
+                            break;
                         }
-                        break;
+                        Ok(Some(Ok(m))) => m,
+                    };
+                    let Ok(info) = message.info() else { continue };
+                    let seq = info.stream_sequence;
+                    caught_up.store(info.pending == 0, Ordering::Relaxed);
+                    if seq <= last {
+                        continue;
                     }
-                    Ok(Some(Ok(m))) => m,
+                    let header = |name: &str| {
+                        message
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(name))
+                            .map(|v| Arc::<str>::from(v.as_str()))
+                    };
+                    let source = header(SOURCE_HEADER).unwrap_or_else(|| Arc::from("unknown"));
+                    let data = match header(ENCODING_HEADER).as_deref() {
+                    None => Ok(message.payload.to_vec()),
+                    // Bounded: a message is at most what a webhook accepts.
+                    Some("zstd") => zstd::bulk::decompress(&message.payload, max_batch_bytes)
+                        .map_err(|e| format!("cannot decompress (or larger than {max_batch_bytes} bytes): {e}")),
+                    Some(other) => Err(format!("unknown encoding {other:?}")),
                 };
-                let Ok(info) = message.info() else { continue };
-                let seq = info.stream_sequence;
-                caught_up.store(info.pending == 0, Ordering::Relaxed);
-                if seq <= last {
-                    continue;
+                    let data = match data {
+                        Ok(d) => d,
+                        Err(why) => {
+                            metrics.source(&source).rejected.inc();
+                            if let Some(held_back) = bad_gate.admit() {
+                                tracing::warn!(partition, sequence = seq, source = %source, why, held_back, "a batch in the events stream cannot be read; skipped");
+                            }
+                            last = seq;
+                            continue;
+                        }
+                    };
+                    let batch = Batch {
+                        source,
+                        origin: header(ORIGIN_HEADER),
+                        data,
+                        shape: Shape::Document,
+                        progress: Progress::Journal(seq),
+                        received: Instant::now(),
+                    };
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        sent = engine.send(Input::Batch(batch)) => if sent.is_err() { return },
+                    }
+                    last = seq;
+                    metrics.cluster_evaluated(&partition, seq);
                 }
-                let header = |name: &str| {
-                    message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| Arc::<str>::from(v.as_str()))
-                };
-                let batch = Batch {
-                    source: header(SOURCE_HEADER).unwrap_or_else(|| Arc::from("unknown")),
-                    origin: header(ORIGIN_HEADER),
-                    data: message.payload.to_vec(),
-                    shape: Shape::Document,
-                    progress: Progress::Journal(seq),
-                    received: Instant::now(),
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    sent = engine.send(Input::Batch(batch)) => if sent.is_err() { return },
-                }
-                last = seq;
-                metrics.cluster_evaluated(&partition, seq);
-            },
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -681,50 +735,94 @@ async fn renew(
     }
 }
 
-/// Writes alerts to the alerts stream from the engine thread, before delivery.
+/// Alerts the engine thread wrote, on their way to the alerts stream and then delivery.
+struct ReplicaJob {
+    alerts: Vec<Alert>,
+    offsets: Vec<u64>,
+    end: u64,
+}
+
+/// The engine thread's side: hands alerts to the replica thread (blocking only while that is
+/// far behind), so evaluation does not wait for NATS's acknowledgement.
 struct Replica {
+    jobs: std::sync::mpsc::SyncSender<ReplicaJob>,
+    /// Stops the partition if the replica thread is gone.
+    part_stop: CancellationToken,
+}
+
+impl AlertReplica for Replica {
+    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64], end: u64) {
+        let job = ReplicaJob {
+            alerts: alerts.to_vec(),
+            offsets: offsets.to_vec(),
+            end,
+        };
+        if self.jobs.send(job).is_err() && !self.part_stop.is_cancelled() {
+            // Its snapshots cannot be stored past these alerts either: give the partition up,
+            // and whoever takes it next fires them again from the last stored snapshot.
+            tracing::error!(
+                "the alerts replica stopped; giving the partition up so these alerts are fired again by its next holder"
+            );
+            self.part_stop.cancel();
+        }
+    }
+}
+
+/// The replica thread: stores each job's alerts in the alerts stream (in order, retrying while
+/// NATS is away), records their sequences, then hands them to delivery. Nothing is delivered
+/// before it is stored.
+struct ReplicaWriter {
     stream: AlertStream,
     partition: String,
     runtime: tokio::runtime::Handle,
     /// Local alert-journal offset → alerts-stream sequence.
     seq_of: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// The alert-journal length up to which every alert is stored.
+    stored_len: Arc<AtomicU64>,
+    notify: Option<crate::notify::Submitter>,
     stop: CancellationToken,
-    gate: LogGate,
 }
 
-impl AlertReplica for Replica {
-    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64]) -> bool {
-        loop {
-            let stored = self.runtime.block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    self.stream.publish(&self.partition, alerts),
-                )
-                .await
-            });
-            match stored {
-                Ok(Ok(seqs)) => {
-                    if let Ok(mut map) = self.seq_of.lock() {
-                        map.extend(offsets.iter().copied().zip(seqs));
+impl ReplicaWriter {
+    fn run(self, jobs: std::sync::mpsc::Receiver<ReplicaJob>) {
+        let gate = LogGate::per_minute();
+        for job in jobs {
+            let seqs = loop {
+                // The timer is made inside the runtime (this is a plain thread).
+                let stored = self.runtime.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        self.stream.publish(&self.partition, &job.alerts),
+                    )
+                    .await
+                });
+                match stored {
+                    Ok(Ok(seqs)) => break Some(seqs),
+                    Ok(Err(e)) => {
+                        if let Some(held_back) = gate.admit() {
+                            tracing::error!(partition = %self.partition, error = %e, held_back, "cannot store alerts in the alerts stream; they wait (nothing is delivered before it is stored)");
+                        }
                     }
-                    return true;
-                }
-                Ok(Err(e)) => {
-                    if let Some(held_back) = self.gate.admit() {
-                        tracing::error!(partition = %self.partition, error = %e, held_back, "cannot store alerts in the alerts stream; the partition waits (nothing is delivered before they are stored)");
+                    Err(_) => {
+                        if let Some(held_back) = gate.admit() {
+                            tracing::error!(partition = %self.partition, held_back, "the alerts stream did not acknowledge within 10 s; the alerts wait");
+                        }
                     }
                 }
-                Err(_) => {
-                    if let Some(held_back) = self.gate.admit() {
-                        tracing::error!(partition = %self.partition, held_back, "the alerts stream did not acknowledge within 10 s; the partition waits");
-                    }
+                if self.stop.is_cancelled() {
+                    // Given up with the partition: its next holder fires them again.
+                    break None;
                 }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            let Some(seqs) = seqs else { continue };
+            if let Ok(mut map) = self.seq_of.lock() {
+                map.extend(job.offsets.iter().copied().zip(seqs));
             }
-            if self.stop.is_cancelled() {
-                // Given up: the next holder fires them again from the events stream.
-                return false;
+            self.stored_len.store(job.end, Ordering::Release);
+            if let Some(notify) = &self.notify {
+                notify.submit(&job.alerts, &job.offsets, job.end);
             }
-            std::thread::sleep(Duration::from_millis(500));
         }
     }
 }
@@ -737,6 +835,8 @@ struct Uploads {
     revision: Option<u64>,
     alerts_after: u64,
     seq_of: Arc<Mutex<BTreeMap<u64, u64>>>,
+    /// How far the replica has stored the alert journal (see [`ReplicaWriter`]).
+    stored_len: Arc<AtomicU64>,
     member: String,
     lost: Arc<AtomicBool>,
     part_stop: CancellationToken,
@@ -773,6 +873,26 @@ async fn upload_snapshots(mut u: Uploads) {
                 continue;
             }
         };
+        // A pointer past an alert not yet in the alerts stream would lose it: wait for the
+        // replica to store every alert the snapshot's batches fired.
+        let mut stopping_since: Option<Instant> = None;
+        while u.stored_len.load(Ordering::Acquire) < snap.alert_journal_len
+            && !u.lost.load(Ordering::Relaxed)
+        {
+            // Stopping: the replica gets a while to finish, then this snapshot is not stored
+            // (the previous one stays, and the next holder replays from it).
+            if u.part_stop.is_cancelled()
+                && stopping_since.get_or_insert_with(Instant::now).elapsed()
+                    > Duration::from_secs(10)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if u.stored_len.load(Ordering::Acquire) < snap.alert_journal_len {
+            tracing::warn!(partition = %u.partition, "snapshot not stored: alerts it covers are not in the alerts stream yet");
+            continue;
+        }
         // Alerts from here on may fire again on replay (after the snapshot) or be undelivered
         // (after the delivery cursor): the next holder reads them again.
         let cursor = std::fs::read_to_string(u.dir.join("delivery").join("cursor"))
@@ -824,4 +944,17 @@ async fn upload_snapshots(mut u: Uploads) {
             }
         }
     }
+}
+
+/// The largest batch any webhook source accepts: what a worker decompresses at most.
+fn max_batch_bytes(config: &Config) -> usize {
+    config
+        .sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceConfig::Webhook(w) => Some(w.max_body.0 as usize),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(32 << 20)
 }

@@ -56,16 +56,17 @@ pub struct PipelineOptions {
     pub backlog: Backlog,
     /// Where every evaluated batch goes to be kept (none: archiving is off).
     pub archiver: Option<Archiver>,
-    /// A second, shared copy of the alert journal (cluster mode): alerts are handed to
-    /// delivery only once it holds them.
+    /// A second, shared copy of the alert journal (cluster mode). With one, alerts go to it
+    /// instead of to `notify`: it hands them to delivery once it holds them.
     pub replica: Option<Box<dyn AlertReplica>>,
 }
 
-/// Keeps a copy of each alert written to the alert journal somewhere other processes read.
+/// Keeps a copy of each alert written to the alert journal somewhere other processes read,
+/// and hands them to delivery once they are kept.
 pub trait AlertReplica: Send {
-    /// Blocks until `alerts` (at these alert-journal offsets) are stored; false if they will
-    /// not be (this process is giving the work up): they are then not delivered from here.
-    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64]) -> bool;
+    /// Alerts just written to the alert journal at `offsets`; `end` is its length after them.
+    /// Blocks only while the replica is far behind.
+    fn replicate(&mut self, alerts: &[Alert], offsets: &[u64], end: u64);
 }
 
 /// How a source's events are read, how late they may arrive, and the labels its alerts carry.
@@ -690,11 +691,9 @@ impl Pipeline {
         };
         match appended {
             Ok((offsets, end)) => {
-                let replicated = match self.opts.replica.as_mut() {
-                    Some(replica) => replica.replicate(&alerts, &offsets),
-                    None => true,
-                };
-                if let Some(notify) = self.opts.notify.as_ref().filter(|_| replicated) {
+                if let Some(replica) = self.opts.replica.as_mut() {
+                    replica.replicate(&alerts, &offsets, end);
+                } else if let Some(notify) = &self.opts.notify {
                     notify.submit(&alerts, &offsets, end);
                 }
             }
