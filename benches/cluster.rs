@@ -311,45 +311,43 @@ fn scale_run(
     }
     let nats_cpu = |n: &Nats| n.nodes.iter().map(|p| process_cpu(p.0.id())).sum::<f64>();
     let nats_before = nats_cpu(nats);
-    let mut started: Vec<Option<Instant>> = vec![None; workers.len()];
-    let mut finished: Vec<Option<Instant>> = vec![None; workers.len()];
+    // The rate counts while every worker is evaluating: from the first poll at which all have
+    // started to the first at which one has finished (start-up, which differs between
+    // workers competing for the same two cores while compiling their rules, is left out).
+    let mut window_start: Option<(Instant, u64, f64)> = None;
     let mut peak_rss = 0;
+    let worker_cpu = |workers: &[(Proc, u16)]| {
+        workers
+            .iter()
+            .map(|(p, _)| process_cpu(p.0.id()))
+            .sum::<f64>()
+            + nats_cpu(nats)
+    };
     let deadline = Instant::now() + Duration::from_secs(600);
-    while finished.iter().any(Option::is_none) {
+    let window_end = loop {
         assert!(Instant::now() < deadline, "workers did not finish");
-        for (i, (proc_, http)) in workers.iter().enumerate() {
-            let n = decoded(*http);
-            if n > 0 && started[i].is_none() {
-                started[i] = Some(Instant::now());
+        let counts: Vec<u64> = workers.iter().map(|(_, http)| decoded(*http)).collect();
+        let now = Instant::now();
+        let sum: u64 = counts.iter().map(|n| (*n).min(per_partition)).sum();
+        if window_start.is_none() && counts.iter().all(|n| *n > 0) {
+            window_start = Some((now, sum, worker_cpu(&workers)));
+        }
+        if window_start.is_some() && counts.iter().any(|n| *n >= per_partition) {
+            for (p, _) in &workers {
+                peak_rss = peak_rss.max(rss_kib(p.0.id()));
             }
-            if n >= per_partition && finished[i].is_none() {
-                finished[i] = Some(Instant::now());
-                peak_rss = peak_rss.max(rss_kib(proc_.0.id()));
-            }
+            break (now, sum, worker_cpu(&workers));
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let first = started
-        .iter()
-        .flatten()
-        .min()
-        .copied()
-        .unwrap_or_else(Instant::now);
-    let last = finished
-        .iter()
-        .flatten()
-        .max()
-        .copied()
-        .unwrap_or_else(Instant::now);
-    let total = per_partition * partitions.len() as u64;
-    let wall = (last - first).as_secs_f64();
-    let worker_cpu: Vec<String> = workers
-        .iter()
-        .map(|(p, _)| format!("{:.1}", process_cpu(p.0.id())))
-        .collect();
+    };
+    let ((t0, n0, cpu0), (t1, n1, cpu1)) = (window_start.expect("started"), window_end);
+    let wall = (t1 - t0).as_secs_f64();
+    let total = n1 - n0;
     println!(
-        "  {} worker(s): {wall:.1} s wall; CPU s: workers {worker_cpu:?} (start-up included), NATS servers {:.1}",
+        "  {} worker(s): {total} events in {wall:.2} s while all evaluated; CPU of the workers and NATS servers meanwhile {:.2} s ({:.2} cores); NATS servers over the whole run {:.1} s",
         workers.len(),
+        cpu1 - cpu0,
+        (cpu1 - cpu0) / wall,
         nats_cpu(nats) - nats_before
     );
     (total as f64 / wall, peak_rss)
@@ -554,9 +552,18 @@ fn main() {
         nats: nats.urls.clone(),
         ..Default::default()
     };
-    let client = runtime
-        .block_on(auditwatch::cluster::Nats::connect(&cfg, "bench"))
-        .expect("connect to NATS");
+    // Right after the meta leader is elected the other servers may not be placeable yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = loop {
+        match runtime.block_on(auditwatch::cluster::Nats::connect(&cfg, "bench")) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the NATS cluster: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("connect to NATS: {e}"),
+        }
+    };
 
     println!(
         "cluster mode, 3 nats-server nodes (R3), every pack loaded; {events} events per partition in batches of {BATCH}"

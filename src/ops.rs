@@ -180,12 +180,20 @@ pub async fn bind(
     let mut limits = cfg.connections.limits();
     limits.max_connections = max_connections;
     ops.metrics.set_connections_max("http", max_connections);
+    let serves = match console {
+        Some(_) => {
+            "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences; console on /alerts"
+        }
+        None => {
+            "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences"
+        }
+    };
     tracing::info!(
         addr = %listener.local_addr()?,
         tls = tls.is_some(),
         auth = auth.is_some(),
         max_connections,
-        "metrics and health on /metrics, /healthz, /readyz; silences API on /api/v1/silences; console on /alerts"
+        "{serves}"
     );
     if auth.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "http.insecure: the silences API is open to anyone who can reach this address");

@@ -609,3 +609,78 @@ fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
         "the rebuild wrote alerts twice"
     );
 }
+
+#[test]
+fn what_a_rogue_publisher_puts_in_the_events_stream_is_rejected_and_the_partition_goes_on() {
+    let scratch = Scratch::new("cluster-rogue");
+    let root = &scratch.0;
+    let nats = NatsCluster::start(root);
+    let urls = nats.urls();
+    let receiver = Receiver::start(0);
+    let m = member(root, "m", "both", &urls, receiver.port);
+    let daemon = start(&m, 1);
+    wait_until("the partition taken", || held(&daemon));
+    // Straight into the stream, past the receivers: a zstd bomb (a batch far larger than any
+    // webhook accepts once decompressed), garbage claiming to be zstd, an unknown encoding,
+    // and JSON that is no audit event.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cfg = auditwatch::cluster::ClusterConfig {
+            nats: urls
+                .split(", ")
+                .map(|u| u.trim_matches('"').to_owned())
+                .collect(),
+            ..Default::default()
+        };
+        let n = auditwatch::cluster::Nats::connect(&cfg, "rogue")
+            .await
+            .unwrap();
+        let bomb = zstd::bulk::compress(&vec![b' '; 64 << 20], 19).unwrap();
+        let subject = auditwatch::cluster::events_subject("prod", "audit");
+        for (encoding, body) in [
+            (Some("zstd"), bomb),
+            (Some("zstd"), b"not zstd at all".to_vec()),
+            (Some("rot13"), b"{}".to_vec()),
+            (
+                None,
+                br#"{"kind":"EventList","items":[{"no":"event"}]}"#.to_vec(),
+            ),
+        ] {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(auditwatch::cluster::SOURCE_HEADER, "audit");
+            if let Some(e) = encoding {
+                headers.insert(auditwatch::cluster::ENCODING_HEADER, e);
+            }
+            n.js.publish_with_headers(subject.clone(), headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    // Then a real batch through a receiver: still evaluated and alerted on.
+    let client = reqwest::blocking::Client::new();
+    post(&client, m.hook, &[event(15, &common::now_rfc3339(0))]);
+    wait_until("the alert after the rogue messages", || {
+        received_ids(&receiver).len() == 1
+    });
+    let metrics = daemon.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "auditwatch_events_rejected_total{source=\"audit\"}"
+        ) >= 4.0,
+        "{metrics}"
+    );
+    assert!(held(&daemon), "the partition is still held");
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 512 * 1024,
+        "the bomb was not inflated: RSS {rss_kib} KiB"
+    );
+}

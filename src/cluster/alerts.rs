@@ -5,8 +5,9 @@
 //! delivery, so an alert is either in the stream or was never announced. On takeover the new
 //! holder reads its partition's alerts after the snapshot pointer's `alerts_after`: those are
 //! the alerts the replay may fire again (not written twice) and the ones possibly not yet
-//! delivered (the delivery ledger says which). `Nats-Msg-Id` is the partition and alert ID,
-//! so a second write of the same alert within the duplicate window is stored once.
+//! delivered (the delivery ledger says which). Alerts fired by one batch share a message (JSON
+//! lines); its `Nats-Msg-Id` names the partition and the alerts, so a retried write within
+//! the duplicate window is stored once.
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::message::PublishMessage;
@@ -14,6 +15,9 @@ use futures_util::StreamExt;
 
 use super::{ClusterError, alerts_subject};
 use crate::alert::Alert;
+
+/// A message of alerts is closed once it holds this much (one alert may make it larger).
+pub const MESSAGE_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct AlertStream {
@@ -29,33 +33,47 @@ impl AlertStream {
         }
     }
 
-    /// Stores `alerts` in order; returns each one's stream sequence.
+    /// Stores `alerts` in order; returns each one's stream sequence. Alerts fired together
+    /// travel together, as JSON lines in messages of up to [`MESSAGE_BYTES`]: each message
+    /// is one replicated write, whatever the number of alerts in it.
     pub async fn publish(
         &self,
         partition: &str,
         alerts: &[Alert],
     ) -> Result<Vec<u64>, ClusterError> {
         let subject = alerts_subject(partition);
-        let mut acks = Vec::with_capacity(alerts.len());
-        for a in alerts {
-            let body = serde_json::to_vec(a).map_err(|e| ClusterError::js("alert", e))?;
-            let message = PublishMessage::build()
-                .payload(body.into())
-                .message_id(format!("{partition}:{}", a.id));
-            acks.push(
-                self.js
-                    .send_publish(subject.clone(), message)
-                    .await
-                    .map_err(|e| ClusterError::js("alerts stream", e))?,
+        let mut acks = Vec::new();
+        let mut i = 0;
+        while i < alerts.len() {
+            let (first, mut body) = (i, Vec::new());
+            while i < alerts.len() && (body.is_empty() || body.len() < MESSAGE_BYTES) {
+                serde_json::to_writer(&mut body, &alerts[i])
+                    .map_err(|e| ClusterError::js("alert", e))?;
+                body.push(b'\n');
+                i += 1;
+            }
+            // The same alerts sent again (a retry) are stored once.
+            let id = format!(
+                "{partition}:{}:{}:{}",
+                alerts[first].id,
+                alerts[i - 1].id,
+                i - first
             );
+            let message = PublishMessage::build().payload(body.into()).message_id(id);
+            let ack = self
+                .js
+                .send_publish(subject.clone(), message)
+                .await
+                .map_err(|e| ClusterError::js("alerts stream", e))?;
+            acks.push((i - first, ack));
         }
-        let mut seqs = Vec::with_capacity(acks.len());
-        for ack in acks {
-            seqs.push(
-                ack.await
-                    .map_err(|e| ClusterError::js("alerts stream", e))?
-                    .sequence,
-            );
+        let mut seqs = Vec::with_capacity(alerts.len());
+        for (n, ack) in acks {
+            let seq = ack
+                .await
+                .map_err(|e| ClusterError::js("alerts stream", e))?
+                .sequence;
+            seqs.extend(std::iter::repeat_n(seq, n));
         }
         Ok(seqs)
     }
@@ -129,10 +147,16 @@ impl AlertStream {
                 .info()
                 .map_err(|e| ClusterError::js(what(), e))?
                 .stream_sequence;
-            match serde_json::from_slice::<Alert>(&message.payload) {
-                Ok(a) => out.push((seq, a)),
-                Err(e) => {
-                    tracing::error!(partition, seq, error = %e, "an alert in the alerts stream cannot be read; skipped");
+            for line in message
+                .payload
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                match serde_json::from_slice::<Alert>(line) {
+                    Ok(a) => out.push((seq, a)),
+                    Err(e) => {
+                        tracing::error!(partition, seq, error = %e, "an alert in the alerts stream cannot be read; skipped");
+                    }
                 }
             }
         }

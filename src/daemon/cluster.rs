@@ -499,13 +499,15 @@ async fn hold(
     let mut tasks = tokio::task::JoinSet::new();
     let caught_up = Arc::new(AtomicBool::new(false));
     tasks.spawn(consume(
-        nats.clone(),
-        partition.clone(),
+        Feed {
+            nats: nats.clone(),
+            partition: partition.clone(),
+            engine: engine_tx.clone(),
+            metrics: Arc::clone(&worker.metrics),
+            caught_up: Arc::clone(&caught_up),
+            max_batch_bytes: max_batch_bytes(config),
+        },
         start_seq,
-        engine_tx.clone(),
-        Arc::clone(&worker.metrics),
-        Arc::clone(&caught_up),
-        max_batch_bytes(config),
         part_stop.clone(),
     ));
     {
@@ -573,6 +575,18 @@ async fn hold(
     Ok(())
 }
 
+/// Where a partition's consumer hands batches, and what it tells.
+struct Feed {
+    nats: Nats,
+    partition: String,
+    engine: mpsc::Sender<Input>,
+    metrics: Arc<Metrics>,
+    /// Whether the engine has everything the stream holds (see [`consume`]).
+    caught_up: Arc<AtomicBool>,
+    /// The largest batch a worker decompresses.
+    max_batch_bytes: usize,
+}
+
 /// How long a consumer may stay silent before it is replaced: a consumer whose server died
 /// says nothing, and the client notices only much later.
 const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
@@ -581,16 +595,15 @@ const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 /// away), or silence, starts a new consumer from where this one stopped: the engine just
 /// waits. `caught_up` says whether the engine has everything the stream holds: only then may
 /// quiet move event time on (a stalled consumer is not a quiet cluster).
-async fn consume(
-    nats: Nats,
-    partition: String,
-    mut last: u64,
-    engine: mpsc::Sender<Input>,
-    metrics: Arc<Metrics>,
-    caught_up: Arc<AtomicBool>,
-    max_batch_bytes: usize,
-    stop: CancellationToken,
-) {
+async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
+    let Feed {
+        nats,
+        partition,
+        engine,
+        metrics,
+        caught_up,
+        max_batch_bytes,
+    } = feed;
     let gate = LogGate::per_minute();
     let bad_gate = LogGate::per_minute();
     loop {

@@ -174,9 +174,8 @@ impl Notify {
                 sender,
                 qrx,
                 tx.clone(),
-                opts.delivery.retry.clone(),
+                (opts.delivery.retry.clone(), opts.claims.clone()),
                 Arc::clone(&metrics),
-                opts.claims.clone(),
                 stop.clone(),
             )));
         }
@@ -756,9 +755,8 @@ async fn worker(
     sender: Sender,
     mut rx: mpsc::Receiver<Notification>,
     report: std_mpsc::SyncSender<Msg>,
-    retry: config::RetryConfig,
+    (retry, claims): (config::RetryConfig, Option<Arc<dyn claim::DeliveryClaims>>),
     metrics: Arc<Metrics>,
-    claims: Option<Arc<dyn claim::DeliveryClaims>>,
     stop: CancellationToken,
 ) {
     loop {

@@ -494,7 +494,7 @@ async fn keep_locally(
 ) -> Result<(), Response> {
     if journal.is_full() {
         return Err(refuse(
-            &shared,
+            shared,
             StatusCode::SERVICE_UNAVAILABLE,
             "journal_full",
             "ingest journal full until the next snapshot; retry\n".into(),
