@@ -207,12 +207,12 @@ fn received_ids(receiver: &Receiver) -> BTreeMap<String, usize> {
     ids
 }
 
-/// Alert IDs in the partition's alerts stream, with how often each is there.
-fn journal_ids(nats_urls: &str) -> BTreeMap<String, usize> {
+/// Runs `f` with a NATS connection of the test's own (as `NatsCluster::urls` lists them).
+fn with_nats<T>(urls: &str, f: impl AsyncFnOnce(auditwatch::cluster::Nats) -> T) -> T {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let cfg = auditwatch::cluster::ClusterConfig {
-            nats: nats_urls
+            nats: urls
                 .split(", ")
                 .map(|u| u.trim_matches('"').to_owned())
                 .collect(),
@@ -221,6 +221,13 @@ fn journal_ids(nats_urls: &str) -> BTreeMap<String, usize> {
         let nats = auditwatch::cluster::Nats::connect(&cfg, "test")
             .await
             .unwrap();
+        f(nats).await
+    })
+}
+
+/// Alert IDs in the partition's alerts stream, with how often each is there.
+fn journal_ids(nats_urls: &str) -> BTreeMap<String, usize> {
+    with_nats(nats_urls, async |nats| {
         let alerts = auditwatch::cluster::alerts::AlertStream::new(&nats)
             .read_after("prod", 0)
             .await
@@ -452,6 +459,15 @@ fn forbidden(id: &str, user: &str, at: &str) -> String {
     )
 }
 
+/// Forbidden requests `f<i>` by mallory, 100 ms apart from `base_ms` (relative to now).
+fn mallory(ids: std::ops::Range<i64>, base_ms: i64) -> Vec<String> {
+    ids.map(|i| {
+        let at = common::now_rfc3339(base_ms + i * 100);
+        forbidden(&format!("f{i}"), "mallory", &at)
+    })
+    .collect()
+}
+
 #[test]
 fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
     let scratch = Scratch::new("cluster-nats-away");
@@ -463,15 +479,7 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
     wait_until("the partition taken", || held(&daemon));
     let client = reqwest::blocking::Client::new();
     // Three of the five forbidden requests the window needs, before NATS goes away.
-    let first: Vec<String> = (0..3)
-        .map(|i| {
-            forbidden(
-                &format!("f{i}"),
-                "mallory",
-                &common::now_rfc3339(-5_000 + i * 100),
-            )
-        })
-        .collect();
+    let first = mallory(0..3, -5_000);
     post(&client, m.hook, &first);
     wait_until("the batch evaluated", || {
         sample(
@@ -514,15 +522,7 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
     wait_until("/readyz again", || {
         common::http_get(m.http, "/readyz").is_some_and(|(code, _)| code == 200)
     });
-    let rest: Vec<String> = (3..5)
-        .map(|i| {
-            forbidden(
-                &format!("f{i}"),
-                "mallory",
-                &common::now_rfc3339(-4_000 + i * 100),
-            )
-        })
-        .collect();
+    let rest = mallory(3..5, -4_000);
     post(&client, m.hook, &rest);
     wait_until("the burst alert", || !received_ids(&receiver).is_empty());
     std::thread::sleep(Duration::from_secs(2));
@@ -563,18 +563,7 @@ fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
     assert!(daemon.terminate().success());
     let delivered = received_ids(&receiver);
     // Another version's pointer.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let cfg = auditwatch::cluster::ClusterConfig {
-            nats: urls
-                .split(", ")
-                .map(|u| u.trim_matches('"').to_owned())
-                .collect(),
-            ..Default::default()
-        };
-        let n = auditwatch::cluster::Nats::connect(&cfg, "test")
-            .await
-            .unwrap();
+    with_nats(&urls, async |n| {
         n.snapshot_pointers
             .put(
                 "prod",
@@ -623,18 +612,7 @@ fn what_a_rogue_publisher_puts_in_the_events_stream_is_rejected_and_the_partitio
     // Straight into the stream, past the receivers: a zstd bomb (a batch far larger than any
     // webhook accepts once decompressed), garbage claiming to be zstd, an unknown encoding,
     // and JSON that is no audit event.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let cfg = auditwatch::cluster::ClusterConfig {
-            nats: urls
-                .split(", ")
-                .map(|u| u.trim_matches('"').to_owned())
-                .collect(),
-            ..Default::default()
-        };
-        let n = auditwatch::cluster::Nats::connect(&cfg, "rogue")
-            .await
-            .unwrap();
+    with_nats(&urls, async |n| {
         let bomb = zstd::bulk::compress(&vec![b' '; 64 << 20], 19).unwrap();
         let subject = auditwatch::cluster::events_subject("prod", "audit");
         for (encoding, body) in [

@@ -1,4 +1,6 @@
-//! What the benches measure with: this process's CPU time, and how a target is reported.
+//! What the benches measure with: CPU time and memory of this process and of children, and
+//! how a target is reported. Each bench uses some of it.
+#![allow(dead_code)]
 
 /// CPU time of this process so far (Linux `/proc/self/schedstat`, ns).
 pub fn cpu_time() -> f64 {
@@ -15,4 +17,32 @@ pub fn cpu_time() -> f64 {
 /// A target's verdict as the benches print it.
 pub fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`).
+pub fn vm_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the state).
+    (ticks(11) + ticks(12)) / 100.0
 }

@@ -290,67 +290,29 @@ impl Nats {
                 })?;
         let js = jetstream::new(client.clone());
         let replicas = cfg.replicas;
-        let events = ensure_stream(
-            &js,
-            jetstream::stream::Config {
-                name: EVENTS_STREAM.into(),
-                subjects: vec!["auditwatch.events.>".into()],
-                num_replicas: replicas,
-                max_age: cfg.retention.std(),
-                duplicate_window: cfg.duplicate_window.std(),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let alerts = ensure_stream(
-            &js,
-            jetstream::stream::Config {
-                name: ALERTS_STREAM.into(),
-                subjects: vec!["auditwatch.alerts.>".into()],
-                num_replicas: replicas,
-                max_age: cfg.retention.std(),
-                duplicate_window: cfg.duplicate_window.std(),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let leases = ensure_kv(
-            &js,
-            jetstream::kv::Config {
-                bucket: LEASES_BUCKET.into(),
-                history: 1,
-                max_age: cfg.lease_ttl.std(),
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let snapshot_pointers = ensure_kv(
-            &js,
-            jetstream::kv::Config {
-                bucket: SNAPSHOTS_BUCKET.into(),
-                history: 1,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let ledger = ensure_kv(
-            &js,
-            jetstream::kv::Config {
-                bucket: LEDGER_BUCKET.into(),
-                history: 1,
-                max_age: cfg.retention.std(),
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let stream = |name: &str, subjects: &str| jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            num_replicas: replicas,
+            max_age: cfg.retention.std(),
+            duplicate_window: cfg.duplicate_window.std(),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let bucket = |name: &str, max_age: Duration| jetstream::kv::Config {
+            bucket: name.into(),
+            history: 1,
+            max_age,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let events = ensure_stream(&js, stream(EVENTS_STREAM, "auditwatch.events.>")).await?;
+        let alerts = ensure_stream(&js, stream(ALERTS_STREAM, "auditwatch.alerts.>")).await?;
+        let leases = ensure_kv(&js, bucket(LEASES_BUCKET, cfg.lease_ttl.std())).await?;
+        // Pointers never expire; ledger entries outlive the alerts they settle.
+        let snapshot_pointers = ensure_kv(&js, bucket(SNAPSHOTS_BUCKET, Duration::ZERO)).await?;
+        let ledger = ensure_kv(&js, bucket(LEDGER_BUCKET, cfg.retention.std())).await?;
         let snapshot_objects = match js.get_object_store(SNAPSHOTS_BUCKET).await {
             Ok(o) => o,
             Err(_) => js

@@ -49,7 +49,7 @@ use crate::log_gate::LogGate;
 use crate::metrics::Metrics;
 use crate::notify::silence::{SilenceDesk, Silences};
 use crate::notify::{Notify, NotifyOptions};
-use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
+use crate::rules::RuleSet;
 use crate::source::webhook::{Handoff, Webhook, WebhookDeps};
 use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
 use crate::state::{AlertJournal, StateDir, StateSnapshot};
@@ -61,14 +61,7 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     };
     let member = cluster.member_name();
     let metrics = Arc::new(Metrics::new());
-    let load_opts = LoadOptions {
-        script_limits: ScriptLimits {
-            max_operations: config.engine.max_operations,
-        },
-    };
-    let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::notify::check_rule_notifiers(&rule_set, &config.notify_names())
-        .map_err(anyhow::Error::msg)?;
+    let (rule_set, _) = super::load_rules(&config, &rules)?;
     prime_metrics(&metrics, &config, &rule_set);
     for p in &cluster.partitions {
         metrics.cluster_partition_held(p, false);

@@ -101,14 +101,7 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
         return cluster::run(config, rules);
     }
     let metrics = Arc::new(Metrics::new());
-    let load_opts = LoadOptions {
-        script_limits: ScriptLimits {
-            max_operations: config.engine.max_operations,
-        },
-    };
-    let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::notify::check_rule_notifiers(&rule_set, &config.notify_names())
-        .map_err(anyhow::Error::msg)?;
+    let (rule_set, load_opts) = load_rules(&config, &rules)?;
     tracing::info!(
         rules = rule_set.rules.len(),
         files = rule_set.files.len(),
@@ -125,6 +118,20 @@ pub fn run(config: Config, rules: RuleSource, options: RunOptions) -> anyhow::Re
     let daemon = Daemon::start(config, rules, load_opts, recovered, metrics, &runtime)?;
     runtime.block_on(shutdown::termination_signal());
     daemon.shutdown(runtime)
+}
+
+/// Loads the rules with the config's script limits, and checks the notifiers their own
+/// `notify` lists name.
+fn load_rules(config: &Config, rules: &RuleSource) -> anyhow::Result<(RuleSet, LoadOptions)> {
+    let load_opts = LoadOptions {
+        script_limits: ScriptLimits {
+            max_operations: config.engine.max_operations,
+        },
+    };
+    let rule_set = rules.load(&load_opts).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::notify::check_rule_notifiers(&rule_set, &config.notify_names())
+        .map_err(anyhow::Error::msg)?;
+    Ok((rule_set, load_opts))
 }
 
 /// Creates every series whose labels the config and the components know, at zero.
