@@ -413,7 +413,9 @@ async fn hold(
         &nats,
         &partition,
         &worker.member,
-        // A claim is refreshed on every retry; one older than this was abandoned.
+        // Only a worker that took the partition over meets another member's claim (the old
+        // holder's delivery stops with the partition): one older than this was left by a
+        // holder that died mid-send.
         (config.delivery.timeout.std() * 2 + worker.cluster.lease_ttl.std())
             .max(Duration::from_secs(10)),
     );
