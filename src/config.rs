@@ -424,10 +424,10 @@ impl Config {
         }
         if let Some(cluster) = &self.cluster {
             for (i, source) in self.sources.iter().enumerate() {
-                if !matches!(source, SourceConfig::Webhook(_)) {
+                if matches!(source, SourceConfig::Stdin(_)) {
                     return Err((
                         format!("sources.{i}"),
-                        "cluster mode receives through webhook sources only; run file and stdin sources in a single-process auditwatch".into(),
+                        "cluster mode receives through webhook and file sources; run stdin in a single-process auditwatch".into(),
                     ));
                 }
             }
@@ -626,6 +626,28 @@ journal: { fsync: never, max_size: 2GiB }
             let e = Config::parse("c.yaml", text).unwrap_err().to_string();
             assert!(e.starts_with(at) && e.contains(what), "{text}\n=> {e}");
         }
+    }
+
+    #[test]
+    fn cluster_mode_takes_webhook_and_file_sources_and_points_at_what_it_refuses() {
+        let base = "cluster: { nats: [nats://127.0.0.1:4222], partitions: [prod] }\n";
+        let ok = format!(
+            "{base}sources:\n  - webhook: {{ name: audit }}\n  - file: {{ name: log, path: /var/log/a.log }}\n"
+        );
+        let c = Config::parse("c.yaml", &ok).unwrap();
+        assert_eq!(c.cluster.unwrap().partitions, ["prod"]);
+        let stdin = format!("{base}sources:\n  - stdin: {{}}\n");
+        let err = Config::parse("c.yaml", &stdin).unwrap_err().to_string();
+        assert!(err.starts_with("c.yaml:3:"), "{err}");
+        assert!(err.contains("stdin"), "{err}");
+        // A file source's default name ("file:/var/log/a.log") cannot name a subject.
+        let unnamed = format!("{base}sources:\n  - file: {{ path: /var/log/a.log }}\n");
+        let err = Config::parse("c.yaml", &unnamed).unwrap_err().to_string();
+        assert!(err.contains("sources[].name"), "{err}");
+        let bad = "cluster: { nats: [], partitions: [prod] }\n";
+        let err = Config::parse("c.yaml", bad).unwrap_err().to_string();
+        assert!(err.starts_with("c.yaml:1:"), "{err}");
+        assert!(err.contains("cluster.nats"), "{err}");
     }
 
     #[test]

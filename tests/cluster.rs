@@ -662,3 +662,98 @@ fn what_a_rogue_publisher_puts_in_the_events_stream_is_rejected_and_the_partitio
         "the bomb was not inflated: RSS {rss_kib} KiB"
     );
 }
+
+#[test]
+fn a_receivers_file_source_is_published_and_resumes_where_it_stopped() {
+    let scratch = Scratch::new("cluster-file");
+    let root = &scratch.0;
+    let nats = NatsCluster::start(root);
+    let receiver = Receiver::start(0);
+    let m = member(root, "m", "both", &nats.urls(), receiver.port);
+    // Beside the webhook, the apiserver's log file.
+    let config = std::fs::read_to_string(&m.config).unwrap().replacen(
+        "sources:\n",
+        "sources:\n  - file: { name: auditlog, path: audit.log, poll_interval: 100ms, start_at: beginning }\n",
+        1,
+    );
+    std::fs::write(&m.config, config).unwrap();
+    let log = m.dir.join("audit.log");
+    let events: Vec<String> = (0..60)
+        .map(|i| event(i, &common::now_rfc3339(-30_000 + i as i64 * 100)))
+        .collect();
+    let append = |lines: &[String]| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        for l in lines {
+            writeln!(f, "{l}").unwrap();
+        }
+    };
+    append(&events[..30]);
+    let daemon = start(&m, 1);
+    let first_half = 30usize.div_ceil(15);
+    wait_until("the first half's alerts", || {
+        received_ids(&receiver).len() >= first_half
+    });
+    // Killed; the file grows meanwhile; the restarted receiver resumes at its position.
+    daemon.kill9();
+    append(&events[30..]);
+    let daemon = start(&m, 2);
+    std::fs::write(root.join("all.jsonl"), events.join("\n") + "\n").unwrap();
+    let (code, out, err) = cli(
+        Some(root),
+        &[
+            "replay",
+            "--rules",
+            "m/rules.yaml",
+            "--format",
+            "json",
+            "all.jsonl",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let expected: BTreeMap<String, usize> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_owned(), 1)
+        })
+        .collect();
+    assert!(expected.len() >= 4, "{expected:?}");
+    wait_until("every alert", || {
+        received_ids(&receiver).len() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(received_ids(&receiver), expected);
+    // Every line is in the events stream once: the restart resumed at the stored position.
+    let lines = with_nats(&nats.urls(), async |n| {
+        use async_nats::jetstream::consumer::{AckPolicy, pull};
+        use futures_util::StreamExt;
+        let consumer = n
+            .events
+            .create_consumer(pull::Config {
+                filter_subject: auditwatch::cluster::events_subject("prod", "auditlog"),
+                ack_policy: AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let pending = consumer.cached_info().num_pending as usize;
+        let mut messages = consumer.messages().await.unwrap();
+        let mut lines = 0;
+        for _ in 0..pending {
+            let m = messages.next().await.unwrap().unwrap();
+            let body = zstd::bulk::decompress(&m.payload, 1 << 24).unwrap();
+            lines += body
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+        }
+        lines
+    });
+    assert_eq!(lines, 60);
+    drop(daemon);
+}

@@ -18,6 +18,7 @@
 //! | where a partition's latest snapshot is | KV | `auditwatch-snapshots` |
 //! | snapshots | object store | `auditwatch-snapshots` |
 //! | which alert reached which notifier | KV | `auditwatch-ledger` |
+//! | how far a receiver published each file it follows | KV | `auditwatch-positions` |
 
 pub mod alerts;
 pub mod claims;
@@ -38,6 +39,7 @@ pub const ALERTS_STREAM: &str = "AUDITWATCH_ALERTS";
 pub const LEASES_BUCKET: &str = "auditwatch-leases";
 pub const SNAPSHOTS_BUCKET: &str = "auditwatch-snapshots";
 pub const LEDGER_BUCKET: &str = "auditwatch-ledger";
+pub const POSITIONS_BUCKET: &str = "auditwatch-positions";
 
 /// What a process does in cluster mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -172,6 +174,16 @@ impl ClusterConfig {
         format!("{}-{}", self.name, h % u64::from(self.shards))
     }
 
+    /// The name of this host's files in the positions bucket: `member`, else the host name
+    /// (stable across restarts, unlike the default member name).
+    pub fn host_name(&self) -> String {
+        self.member.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "auditwatch".into())
+        })
+    }
+
     /// This process's member name.
     pub fn member_name(&self) -> String {
         if let Some(m) = &self.member {
@@ -253,6 +265,7 @@ pub struct Nats {
     pub snapshot_pointers: jetstream::kv::Store,
     pub snapshot_objects: jetstream::object_store::ObjectStore,
     pub ledger: jetstream::kv::Store,
+    pub positions: jetstream::kv::Store,
 }
 
 impl Nats {
@@ -313,6 +326,7 @@ impl Nats {
         // Pointers never expire; ledger entries outlive the alerts they settle.
         let snapshot_pointers = ensure_kv(&js, bucket(SNAPSHOTS_BUCKET, Duration::ZERO)).await?;
         let ledger = ensure_kv(&js, bucket(LEDGER_BUCKET, cfg.retention.std())).await?;
+        let positions = ensure_kv(&js, bucket(POSITIONS_BUCKET, Duration::ZERO)).await?;
         let snapshot_objects = match js.get_object_store(SNAPSHOTS_BUCKET).await {
             Ok(o) => o,
             Err(_) => js
@@ -334,6 +348,7 @@ impl Nats {
             snapshot_pointers,
             snapshot_objects,
             ledger,
+            positions,
         })
     }
 
@@ -416,6 +431,8 @@ pub const SOURCE_HEADER: &str = "Auditwatch-Source";
 pub const ORIGIN_HEADER: &str = "Auditwatch-Origin";
 /// `zstd` when the body is compressed (receivers compress every batch).
 pub const ENCODING_HEADER: &str = "Auditwatch-Encoding";
+/// `<first line> <byte offset>` when the body is lines of a file (absent: one document).
+pub const LINES_HEADER: &str = "Auditwatch-Lines";
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,10 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::message::PublishMessage;
 
-use super::{ClusterConfig, ENCODING_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_subject};
+use super::{
+    ClusterConfig, ENCODING_HEADER, LINES_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER,
+    events_subject,
+};
 use crate::source::webhook::{Forward, ForwardBatch, ForwardError};
 
 /// The NATS connection once it is made (receivers serve, and refuse with 503, before that).
@@ -55,6 +58,77 @@ pub fn message_id(source: &str, origin: Option<&str>, body: &[u8]) -> String {
         .collect()
 }
 
+impl StreamForward {
+    /// Publishes one batch and waits for JetStream's acknowledgement. `lines`: the batch is
+    /// lines of a file from this line and byte offset (which also tell apart two equal
+    /// batches from different places of the file).
+    pub async fn publish(
+        &self,
+        source: &str,
+        origin: Option<&str>,
+        body: &[u8],
+        lines: Option<(u64, u64)>,
+    ) -> Result<(), ForwardError> {
+        let Some(nats) = self.nats.get() else {
+            return Err(ForwardError::Unavailable(
+                "not connected to NATS yet".into(),
+            ));
+        };
+        if !nats.connected() {
+            return Err(ForwardError::Unavailable(
+                "the NATS connection is down".into(),
+            ));
+        }
+        let place = lines.map(|(line, offset)| format!("{line} {offset}"));
+        let id = match &place {
+            Some(p) => message_id(source, Some(&format!("{}@{p}", origin.unwrap_or(""))), body),
+            None => message_id(source, origin, body),
+        };
+        let compressed = zstd::bulk::compress(body, 1)
+            .map_err(|e| ForwardError::Unavailable(format!("cannot compress: {e}")))?;
+        let max = nats.client.server_info().max_payload;
+        if compressed.len() + HEADER_ROOM > max {
+            return Err(ForwardError::TooLarge {
+                max: max.saturating_sub(HEADER_ROOM),
+            });
+        }
+        let partition = self.cluster.partition_for(origin);
+        let mut headers = HeaderMap::new();
+        headers.insert(SOURCE_HEADER, source);
+        headers.insert(ENCODING_HEADER, "zstd");
+        if let Some(o) = origin {
+            headers.insert(ORIGIN_HEADER, o);
+        }
+        if let Some(p) = &place {
+            headers.insert(LINES_HEADER, p.as_str());
+        }
+        let message = PublishMessage::build()
+            .payload(compressed.into())
+            .headers(headers)
+            .message_id(id);
+        let subject = events_subject(&partition, source);
+        let published = tokio::time::timeout(self.timeout, async {
+            nats.js
+                .send_publish(subject, message)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await;
+        match published {
+            Ok(Ok(_ack)) => Ok(()),
+            Ok(Err(why)) => Err(ForwardError::Unavailable(format!(
+                "JetStream did not store the batch: {why}"
+            ))),
+            Err(_) => Err(ForwardError::Unavailable(format!(
+                "JetStream did not acknowledge within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+}
+
 impl Forward for StreamForward {
     fn forward(
         &self,
@@ -62,56 +136,8 @@ impl Forward for StreamForward {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ForwardError>> + Send + '_>>
     {
         Box::pin(async move {
-            let Some(nats) = self.nats.get() else {
-                return Err(ForwardError::Unavailable(
-                    "not connected to NATS yet".into(),
-                ));
-            };
-            if !nats.connected() {
-                return Err(ForwardError::Unavailable(
-                    "the NATS connection is down".into(),
-                ));
-            }
-            let id = message_id(&batch.source, batch.origin.as_deref(), &batch.body);
-            let body = zstd::bulk::compress(&batch.body, 1)
-                .map_err(|e| ForwardError::Unavailable(format!("cannot compress: {e}")))?;
-            let max = nats.client.server_info().max_payload;
-            if body.len() + HEADER_ROOM > max {
-                return Err(ForwardError::TooLarge {
-                    max: max.saturating_sub(HEADER_ROOM),
-                });
-            }
-            let partition = self.cluster.partition_for(batch.origin.as_deref());
-            let mut headers = HeaderMap::new();
-            headers.insert(SOURCE_HEADER, &*batch.source);
-            headers.insert(ENCODING_HEADER, "zstd");
-            if let Some(o) = &batch.origin {
-                headers.insert(ORIGIN_HEADER, &**o);
-            }
-            let message = PublishMessage::build()
-                .payload(body.into())
-                .headers(headers)
-                .message_id(id);
-            let subject = events_subject(&partition, &batch.source);
-            let published = tokio::time::timeout(self.timeout, async {
-                nats.js
-                    .send_publish(subject, message)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            match published {
-                Ok(Ok(_ack)) => Ok(()),
-                Ok(Err(why)) => Err(ForwardError::Unavailable(format!(
-                    "JetStream did not store the batch: {why}"
-                ))),
-                Err(_) => Err(ForwardError::Unavailable(format!(
-                    "JetStream did not acknowledge within {:?}",
-                    self.timeout
-                ))),
-            }
+            self.publish(&batch.source, batch.origin.as_deref(), &batch.body, None)
+                .await
         })
     }
 }

@@ -41,7 +41,7 @@ use crate::cluster::lease::{Lease, Renewal};
 use crate::cluster::publish::{Connection, StreamForward};
 use crate::cluster::snapshots::{Found, Pointer, SnapshotStore};
 use crate::cluster::{
-    ClusterConfig, ENCODING_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_filter,
+    ClusterConfig, ENCODING_HEADER, LINES_HEADER, Nats, ORIGIN_HEADER, SOURCE_HEADER, events_filter,
 };
 use crate::config::Config;
 use crate::engine::Engine;
@@ -50,9 +50,10 @@ use crate::metrics::Metrics;
 use crate::notify::silence::{SilenceDesk, Silences};
 use crate::notify::{Notify, NotifyOptions};
 use crate::rules::RuleSet;
+use crate::source::tail::Follower;
 use crate::source::webhook::{Handoff, Webhook, WebhookDeps};
 use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
-use crate::state::{AlertJournal, StateDir, StateSnapshot};
+use crate::state::{AlertJournal, FileCheckpoint, StateDir, StateSnapshot};
 
 /// Runs a receiver, a worker or both until SIGTERM or SIGINT.
 pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
@@ -103,6 +104,24 @@ pub fn run(config: Config, rules: RuleSource) -> anyhow::Result<()> {
     if cluster.role.receives() {
         let forward = Arc::new(StreamForward::new(Arc::clone(&conn), &cluster));
         for source in &config.sources {
+            if let SourceConfig::File(cfg) = source {
+                if cfg.path.is_dir() {
+                    anyhow::bail!(
+                        "source {}: {} is a directory; cluster mode follows log files, not archive segments",
+                        cfg.name,
+                        cfg.path.display()
+                    );
+                }
+                tasks.spawn(publish_file(
+                    cfg.clone(),
+                    Arc::clone(&forward),
+                    cluster.host_name(),
+                    Arc::clone(&conn),
+                    Arc::clone(&metrics),
+                    shutdown.token(),
+                ));
+                continue;
+            }
             let SourceConfig::Webhook(cfg) = source else {
                 continue;
             };
@@ -684,11 +703,21 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                             continue;
                         }
                     };
+                    // Lines of a file: their place, for positions in errors.
+                    let shape = header(LINES_HEADER)
+                        .and_then(|v| {
+                            let (line, offset) = v.split_once(' ')?;
+                            Some(Shape::Lines {
+                                first_line: line.parse().ok()?,
+                                offset: offset.parse().ok()?,
+                            })
+                        })
+                        .unwrap_or(Shape::Document);
                     let batch = Batch {
                         source,
                         origin: header(ORIGIN_HEADER),
                         data,
-                        shape: Shape::Document,
+                        shape,
                         progress: Progress::Journal(seq),
                         received: Instant::now(),
                     };
@@ -965,4 +994,98 @@ fn max_batch_bytes(config: &Config) -> usize {
         })
         .max()
         .unwrap_or(32 << 20)
+}
+
+/// A receiver's file source: follows the file as the single-process daemon does, publishes
+/// each batch of lines, and only then records how far it got in the positions bucket (key
+/// `<source>.<host>`), so a restarted receiver resumes there. The follower waits while a batch
+/// is not stored: nothing is skipped. A receiver killed between a publish and its position
+/// write publishes that batch again after the restart; the stream stores it once if it is
+/// read back with the same boundaries (the message ID names the source, host, place and
+/// body), else its events are evaluated twice (docs/scale.md).
+async fn publish_file(
+    cfg: crate::source::FileConfig,
+    forward: Arc<StreamForward>,
+    host: String,
+    conn: Connection,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let nats = loop {
+        if let Some(n) = conn.get() {
+            break n.clone();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    };
+    let key = format!("{}.{}", cfg.name, crate::cluster::key_token(&host));
+    let checkpoint = loop {
+        match nats.positions.get(key.clone()).await {
+            Ok(v) => break v.and_then(|b| serde_json::from_slice::<FileCheckpoint>(&b).ok()),
+            Err(e) => {
+                tracing::warn!(source = %cfg.name, error = %e, "cannot read the file's position; trying again")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    tracing::info!(source = %cfg.name, path = %cfg.path.display(), resume = ?checkpoint, "following file, publishing to JetStream");
+    let (mut tx, mut rx) = mpsc::channel::<Input>(8);
+    let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std())
+        .count_truncations(metrics.file_truncations(&cfg.name));
+    let flag = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let (flag, start) = (Arc::clone(&flag), cfg.start_at);
+        std::thread::Builder::new()
+            .name(format!("file:{}", cfg.name))
+            .spawn(move || follower.run(checkpoint, start, &mut tx, &flag))
+    };
+    let gate = LogGate::per_minute();
+    'batches: loop {
+        let input = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = rx.recv() => i,
+        };
+        let batch = match input {
+            None => break,
+            Some(Input::Batch(b)) => b,
+            Some(_) => continue,
+        };
+        let lines = match batch.shape {
+            Shape::Lines { first_line, offset } => Some((first_line, offset)),
+            Shape::Document => None,
+        };
+        loop {
+            let published = forward
+                .publish(&batch.source, Some(&host), &batch.data, lines)
+                .await;
+            match published {
+                Ok(()) => break,
+                Err(e) => {
+                    if let Some(held_back) = gate.admit() {
+                        tracing::warn!(source = %cfg.name, error = %e, held_back, "cannot publish the file's lines; the follower waits");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break 'batches,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        if let Progress::File(cp) = batch.progress {
+            let value = serde_json::to_vec(&cp).unwrap_or_default();
+            if let Err(e) = nats.positions.put(key.clone(), value.into()).await {
+                tracing::warn!(source = %cfg.name, error = %e, "cannot record the file's position; after a restart these lines are published again");
+            }
+        }
+    }
+    flag.store(true, Ordering::Relaxed);
+    drop(rx);
+    if let Ok(t) = thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
 }
