@@ -192,6 +192,21 @@ fn post(client: &reqwest::blocking::Client, hook: u16, events: &[String]) {
     }
 }
 
+/// Alert IDs a single-process `auditwatch replay` of `events` (in `root`) fires, each once.
+fn replayed_ids(root: &Path, rules: &str, events: &str) -> BTreeMap<String, usize> {
+    let (code, out, err) = cli(
+        Some(root),
+        &["replay", "--rules", rules, "--format", "json", events],
+    );
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_owned(), 1)
+        })
+        .collect()
+}
+
 /// Alert IDs the HTTP receiver got, with how often each came.
 fn received_ids(receiver: &Receiver) -> BTreeMap<String, usize> {
     let mut ids = BTreeMap::new();
@@ -322,25 +337,7 @@ fn a_killed_worker_and_a_killed_nats_node_lose_and_repeat_nothing() {
     poster.join().unwrap();
 
     phase("all posted");
-    let (code, out, err) = cli(
-        Some(root),
-        &[
-            "replay",
-            "--rules",
-            "w1/rules.yaml",
-            "--format",
-            "json",
-            "events.jsonl",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let expected: BTreeMap<String, usize> = out
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_owned(), 1)
-        })
-        .collect();
+    let expected = replayed_ids(root, "w1/rules.yaml", "events.jsonl");
     assert!(
         expected.len() > 40,
         "the corpus fires alerts: {}",
@@ -703,25 +700,7 @@ fn a_receivers_file_source_is_published_and_resumes_where_it_stopped() {
     append(&events[30..]);
     let daemon = start(&m, 2);
     std::fs::write(root.join("all.jsonl"), events.join("\n") + "\n").unwrap();
-    let (code, out, err) = cli(
-        Some(root),
-        &[
-            "replay",
-            "--rules",
-            "m/rules.yaml",
-            "--format",
-            "json",
-            "all.jsonl",
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
-    let expected: BTreeMap<String, usize> = out
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_owned(), 1)
-        })
-        .collect();
+    let expected = replayed_ids(root, "m/rules.yaml", "all.jsonl");
     assert!(expected.len() >= 4, "{expected:?}");
     wait_until("every alert", || {
         received_ids(&receiver).len() >= expected.len()
