@@ -255,6 +255,18 @@ fn journal_ids(nats_urls: &str) -> BTreeMap<String, usize> {
     })
 }
 
+/// A NATS cluster and one member, receiver and worker, holding the partition. (Dropped in
+/// reverse: the member, then NATS, then the scratch directory.)
+fn alone(name: &str) -> (Scratch, NatsCluster, Receiver, Member, Daemon) {
+    let scratch = Scratch::new(name);
+    let nats = NatsCluster::start(&scratch.0);
+    let receiver = Receiver::start(0);
+    let m = member(&scratch.0, "m", "both", &nats.urls(), receiver.port);
+    let daemon = start(&m, 1);
+    wait_until("the partition taken", || held(&daemon));
+    (scratch, nats, receiver, m, daemon)
+}
+
 fn held(d: &Daemon) -> bool {
     sample(
         &d.metrics(),
@@ -467,13 +479,7 @@ fn mallory(ids: std::ops::Range<i64>, base_ms: i64) -> Vec<String> {
 
 #[test]
 fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
-    let scratch = Scratch::new("cluster-nats-away");
-    let root = &scratch.0;
-    let mut nats = NatsCluster::start(root);
-    let receiver = Receiver::start(0);
-    let m = member(root, "m", "both", &nats.urls(), receiver.port);
-    let daemon = start(&m, 1);
-    wait_until("the partition taken", || held(&daemon));
+    let (_scratch, mut nats, receiver, m, daemon) = alone("cluster-nats-away");
     let client = reqwest::blocking::Client::new();
     // Three of the five forbidden requests the window needs, before NATS goes away.
     let first = mallory(0..3, -5_000);
@@ -541,14 +547,8 @@ fn while_nats_is_away_receivers_answer_503_and_the_worker_keeps_its_windows() {
 
 #[test]
 fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
-    let scratch = Scratch::new("cluster-bad-snapshot");
-    let root = &scratch.0;
-    let nats = NatsCluster::start(root);
+    let (_scratch, nats, receiver, m, daemon) = alone("cluster-bad-snapshot");
     let urls = nats.urls();
-    let receiver = Receiver::start(0);
-    let m = member(root, "m", "both", &urls, receiver.port);
-    let daemon = start(&m, 1);
-    wait_until("the partition taken", || held(&daemon));
     let client = reqwest::blocking::Client::new();
     let events: Vec<String> = (0..60)
         .map(|i| event(i, &common::now_rfc3339(-20_000 + i as i64 * 100)))
@@ -598,14 +598,8 @@ fn a_snapshot_this_version_cannot_read_is_rebuilt_from_the_stream() {
 
 #[test]
 fn what_a_rogue_publisher_puts_in_the_events_stream_is_rejected_and_the_partition_goes_on() {
-    let scratch = Scratch::new("cluster-rogue");
-    let root = &scratch.0;
-    let nats = NatsCluster::start(root);
+    let (_scratch, nats, receiver, m, daemon) = alone("cluster-rogue");
     let urls = nats.urls();
-    let receiver = Receiver::start(0);
-    let m = member(root, "m", "both", &urls, receiver.port);
-    let daemon = start(&m, 1);
-    wait_until("the partition taken", || held(&daemon));
     // Straight into the stream, past the receivers: a zstd bomb (a batch far larger than any
     // webhook accepts once decompressed), garbage claiming to be zstd, an unknown encoding,
     // and JSON that is no audit event.
