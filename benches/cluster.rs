@@ -259,6 +259,75 @@ async fn publish(nats: &auditwatch::cluster::Nats, partition: &str, batches: &[V
     }
 }
 
+/// Reads a partition from the stream as a worker does, without evaluating it: the floor of a
+/// worker's cost that is NATS and decompression. Returns events/s and cores used.
+async fn read_floor(
+    client: &auditwatch::cluster::Nats,
+    nats: &Nats,
+    partition: &str,
+) -> (f64, f64) {
+    use async_nats::jetstream::consumer::pull;
+    use futures_util::StreamExt;
+    let cpu = || {
+        process_cpu(std::process::id())
+            + nats
+                .nodes
+                .iter()
+                .map(|p| process_cpu(p.0.id()))
+                .sum::<f64>()
+    };
+    let consumer = client
+        .events
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: auditwatch::cluster::events_subject(partition, "*"),
+            max_batch: 64,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let (t, c) = (Instant::now(), cpu());
+    let mut events = 0usize;
+    let mut inflater = auditwatch::cluster::Inflater::default();
+    while let Some(Ok(m)) = messages.next().await {
+        let data = inflater.inflate(&m.payload, 8 << 20).expect("zstd");
+        events += data.iter().filter(|b| **b == b'{').count().min(1) * BATCH;
+        if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    let wall = t.elapsed().as_secs_f64();
+    (events as f64 / wall, (cpu() - c) / wall)
+}
+
+/// What one replicated write costs, in wall time and in the NATS servers' CPU: why a worker's
+/// alerts replica paces its writes (`REPLICA_PACE` in src/daemon/cluster.rs). Written to a
+/// subject of the alerts stream no partition reads; the scale runs purge the stream.
+async fn write_cost(client: &auditwatch::cluster::Nats, nats: &Nats, size: usize) -> (f64, f64) {
+    let cpu = || {
+        nats.nodes
+            .iter()
+            .map(|p| process_cpu(p.0.id()))
+            .sum::<f64>()
+    };
+    const WRITES: usize = 500;
+    let (t, c) = (Instant::now(), cpu());
+    for _ in 0..WRITES {
+        client
+            .js
+            .publish(
+                "auditwatch.alerts.bench-write-cost",
+                vec![b'x'; size].into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("ack");
+    }
+    let n = WRITES as f64;
+    (t.elapsed().as_secs_f64() * 1e3 / n, (cpu() - c) * 1e3 / n)
+}
+
 /// Drops what a previous run left (snapshots, leases, alerts), so a run starts from the
 /// stream's first batch.
 async fn forget_state(nats: &auditwatch::cluster::Nats, partitions: &[&str]) {
@@ -319,6 +388,11 @@ fn scale_run(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let alerts = runtime
+        .block_on(async { client.alerts.clone().info().await.map(|i| i.state.clone()) })
+        .map(|s| format!("{} messages, {} KiB", s.messages, s.bytes >> 10))
+        .unwrap_or_default();
+    println!("  alerts stream at the end: {alerts}");
     let ((t0, n0, cpu0), (t1, n1, cpu1)) = (window_start.expect("started"), window_end);
     let wall = (t1 - t0).as_secs_f64();
     let total = n1 - n0;
@@ -623,6 +697,18 @@ fn main() {
     println!("peer: plain parse (serde_json to Value), per CPU second: {parse_rate:.0} events/s");
 
     if only != "latency" {
+        for size in [100usize, 16 << 10] {
+            let (wall, cpu) = runtime.block_on(write_cost(&client, &nats, size));
+            println!(
+                "one replicated write ({size} B to the alerts stream, R3, acknowledged; 500 one after another): {wall:.2} ms, {cpu:.2} ms of the NATS servers' CPU"
+            );
+        }
+    }
+    if only != "latency" {
+        let (rate, cores) = runtime.block_on(read_floor(&client, &nats, "a"));
+        println!(
+            "reading one partition alone (ordered consumer, zstd decompressed, no evaluation): {rate:.0} events/s, {cores:.2} cores (this process and the NATS servers)"
+        );
         let (one, rss_one) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
         println!(
             "one worker, one partition: {one:.0} events/s ({:.2}x the plain parse; worker RSS {} MiB)",

@@ -434,6 +434,61 @@ pub const ENCODING_HEADER: &str = "Auditwatch-Encoding";
 /// `<first line> <byte offset>` when the body is lines of a file (absent: one document).
 pub const LINES_HEADER: &str = "Auditwatch-Lines";
 
+/// Inflates zstd bodies from the events stream into one buffer it keeps, refusing any that
+/// would inflate to more than a bound. A receiver writes one frame that states its size, so
+/// the buffer is sized once and reused: a worker inflates hundreds of batches a second, and a
+/// fresh buffer for each cost more in page faults than the inflating itself. Anything else
+/// (several frames, no stated size) is inflated as a stream, still bounded; a stated size
+/// above the bound is refused before anything is allocated.
+#[derive(Default)]
+pub struct Inflater {
+    context: Option<zstd::bulk::Decompressor<'static>>,
+    buffer: Vec<u8>,
+}
+
+impl Inflater {
+    /// The buffer shrinks back after a batch this much larger than usual.
+    const KEEP: usize = 16 << 20;
+
+    pub fn inflate(&mut self, body: &[u8], max: usize) -> Result<&[u8], String> {
+        let too_large = || format!("larger than {max} bytes once decompressed");
+        if self.buffer.capacity() > Self::KEEP {
+            self.buffer = Vec::new();
+        }
+        self.buffer.clear();
+        match zstd::zstd_safe::get_frame_content_size(body) {
+            Ok(Some(n)) if n > max as u64 => return Err(too_large()),
+            Ok(Some(n)) => {
+                if self.context.is_none() {
+                    self.context = zstd::bulk::Decompressor::new().ok();
+                }
+                if let Some(context) = self.context.as_mut() {
+                    self.buffer.reserve(n as usize);
+                    if context
+                        .decompress_to_buffer(body, &mut self.buffer)
+                        .is_ok_and(|len| len as u64 == n)
+                    {
+                        return Ok(&self.buffer);
+                    }
+                    self.buffer.clear();
+                }
+            }
+            _ => {}
+        }
+        use std::io::Read;
+        let decoder = zstd::stream::read::Decoder::new(body)
+            .map_err(|e| format!("cannot decompress: {e}"))?;
+        decoder
+            .take(max as u64 + 1)
+            .read_to_end(&mut self.buffer)
+            .map_err(|e| format!("cannot decompress: {e}"))?;
+        if self.buffer.len() > max {
+            return Err(too_large());
+        }
+        Ok(&self.buffer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,6 +526,42 @@ mod tests {
         assert_eq!(seen.len(), 4, "{seen:?}");
         let one = ClusterConfig::default();
         assert_eq!(one.partition_for(Some("x")), "default");
+    }
+
+    #[test]
+    fn bodies_inflate_within_their_bound() {
+        let mut inflater = Inflater::default();
+        let body = br#"{"kind":"EventList","items":[]}"#.repeat(100);
+        let one = zstd::bulk::compress(&body, 1).unwrap();
+        assert_eq!(inflater.inflate(&one, body.len()).unwrap(), &body[..]);
+        // A bomb that states its size is refused before anything is allocated; one that does
+        // not (a streaming encoder) is cut at the bound.
+        let bomb = zstd::bulk::compress(&vec![b' '; 8 << 20], 19).unwrap();
+        let err = inflater.inflate(&bomb, 1 << 20).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        assert!(inflater.buffer.capacity() < 1 << 20);
+        let mut streamed = Vec::new();
+        {
+            use std::io::Write;
+            let mut w = zstd::stream::write::Encoder::new(&mut streamed, 3).unwrap();
+            w.write_all(&vec![b' '; 8 << 20]).unwrap();
+            w.finish().unwrap();
+        }
+        let stated = zstd::zstd_safe::get_frame_content_size(&streamed);
+        assert_eq!(stated.ok().flatten(), None);
+        let err = inflater.inflate(&streamed, 1 << 20).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+        assert_eq!(inflater.inflate(&streamed, 8 << 20).unwrap().len(), 8 << 20);
+        // Several frames: the first frame's size is not the whole.
+        let two = [one.clone(), one.clone()].concat();
+        assert_eq!(
+            inflater.inflate(&two, 2 * body.len()).unwrap(),
+            &body.repeat(2)[..]
+        );
+        assert!(inflater.inflate(&two, body.len()).is_err());
+        assert!(inflater.inflate(b"not zstd at all", 1 << 20).is_err());
+        // And the buffer is reused afterwards.
+        assert_eq!(inflater.inflate(&one, body.len()).unwrap(), &body[..]);
     }
 
     #[test]

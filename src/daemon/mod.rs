@@ -32,7 +32,7 @@ use crate::notify::{Notify, NotifyOptions};
 use crate::rules::{LoadOptions, RuleSet, ScriptLimits};
 use crate::source::tail::Follower;
 use crate::source::webhook::{Webhook, WebhookDeps};
-use crate::source::{Backlog, Batch, Input, Progress, Shape, SourceConfig};
+use crate::source::{Backlog, Batch, Encoding, Input, Progress, Shape, SourceConfig};
 use crate::state::{AlertJournal, JournalHandle, SharedAlertJournal, StateDir};
 use pipeline::{Feedback, Pipeline, PipelineOptions, SourceTiming};
 use shutdown::Shutdown;
@@ -346,6 +346,7 @@ fn recover_state(
                 source: Arc::from(record.source),
                 origin: record.origin.map(Arc::from),
                 data: record.body.to_vec(),
+                encoding: Encoding::Plain,
                 shape: Shape::Document,
                 progress: Progress::Journal(seq),
                 received: Instant::now(),

@@ -22,7 +22,7 @@ use crate::engine::Engine;
 use crate::event::{EventTime, Position, decode_each};
 use crate::log_gate::LogGate;
 use crate::metrics::{Metrics, RuleDeltas};
-use crate::source::{Backlog, Batch, Input, Progress, Shape};
+use crate::source::{Backlog, Batch, Encoding, Input, Progress, Shape};
 use crate::state::{FileCheckpoint, SNAPSHOT_VERSION, SharedAlertJournal, StateDir, StateSnapshot};
 
 /// What the engine thread tells the rest of the daemon.
@@ -107,6 +107,8 @@ pub struct Pipeline {
     snapshot_after_batch: bool,
     /// Rejected records and script errors are counted in full, logged a few a minute.
     rejected_log: LogGate,
+    /// Inflates compressed batches (cluster mode) into a buffer kept between batches.
+    inflater: crate::cluster::Inflater,
     script_error_log: LogGate,
     late_log: LogGate,
     /// Each sender's event-time clock (a source, or a source and the sender's address): when
@@ -247,6 +249,7 @@ impl Pipeline {
             )?),
             snapshot_after_batch: false,
             rejected_log: LogGate::per_minute(),
+            inflater: Default::default(),
             script_error_log: LogGate::per_minute(),
             late_log: LogGate::per_minute(),
             senders: Default::default(),
@@ -380,7 +383,32 @@ impl Pipeline {
         let counters = self.metrics.source(&source);
         let (received, decoded, rejected) =
             (&counters.received, &counters.decoded, &counters.rejected);
-        let text = match std::str::from_utf8(&batch.data) {
+        let mut inflater = std::mem::take(&mut self.inflater);
+        let data = match batch.encoding {
+            Encoding::Plain => Ok(&batch.data[..]),
+            Encoding::Zstd { max } => inflater.inflate(&batch.data, max),
+        };
+        let data = match data {
+            Ok(d) => d,
+            Err(why) => {
+                // Not from a receiver of ours (they compress what they accepted, within the
+                // limit): skipped whole, and the partition goes on.
+                rejected.inc();
+                if let Some(held_back) = self.rejected_log.admit() {
+                    let sequence = match batch.progress {
+                        Progress::Journal(seq) => Some(seq),
+                        _ => None,
+                    };
+                    tracing::warn!(source = %source, sequence, why, held_back, "a batch in the events stream cannot be read; skipped");
+                }
+                if let Progress::Journal(seq) = batch.progress {
+                    self.journal_seq = self.journal_seq.max(seq);
+                }
+                self.inflater = inflater;
+                return;
+            }
+        };
+        let text = match std::str::from_utf8(data) {
             Ok(t) => t,
             Err(e) => {
                 // Keep the valid prefix; the rest is reported like any bad record.
@@ -389,7 +417,7 @@ impl Pipeline {
                     tracing::warn!(source = %source, byte = valid, held_back, "input is not UTF-8 from this byte on; skipping the rest of the batch");
                 }
                 rejected.inc();
-                std::str::from_utf8(&batch.data[..valid]).unwrap_or_default()
+                std::str::from_utf8(&data[..valid]).unwrap_or_default()
             }
         };
         let timing = self.opts.sources.get(&*source);
@@ -514,6 +542,7 @@ impl Pipeline {
             }
             Progress::None => {}
         }
+        self.inflater = inflater;
         self.emit();
         if std::mem::take(&mut self.snapshot_after_batch) {
             self.snapshot();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::archive::read::EventLines;
 use crate::archive::segment_seq;
 use crate::source::tail::StartAt;
-use crate::source::{Batch, Input, Progress, Shape, Sink};
+use crate::source::{Batch, Encoding, Input, Progress, Shape, Sink};
 use crate::state::FileCheckpoint;
 
 /// JSON handed to the engine per batch, at most (whole lines).
@@ -182,6 +182,7 @@ impl SegmentFollower {
                 source: Arc::clone(&self.name),
                 origin: None,
                 data,
+                encoding: Encoding::Plain,
                 shape: Shape::Lines {
                     first_line: start.1 + 1,
                     offset: start.0,

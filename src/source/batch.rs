@@ -25,6 +25,21 @@ pub enum Progress {
     None,
 }
 
+/// How a batch's bytes are encoded. Sources hand over plain bytes (the webhook inflates
+/// gzip itself, to check its size limit). A cluster worker hands over the events stream's
+/// zstd bodies as they are: the engine thread inflates them into one buffer it reuses, next
+/// to the decoder that reads them, so that a partition runs to completion on its own thread
+/// (which is what lets partitions scale with cores) and no batch-sized buffer is allocated
+/// per batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Plain,
+    /// zstd, refused if it inflates to more than `max` bytes.
+    Zstd {
+        max: usize,
+    },
+}
+
 /// What the batch's bytes are.
 #[derive(Debug, Clone, Copy)]
 pub enum Shape {
@@ -40,6 +55,7 @@ pub struct Batch {
     /// address). Each sender keeps its own event-time clock.
     pub origin: Option<Arc<str>>,
     pub data: Vec<u8>,
+    pub encoding: Encoding,
     pub shape: Shape,
     pub progress: Progress,
     /// When the batch was received, for the latency histogram.

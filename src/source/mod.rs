@@ -22,7 +22,7 @@ pub mod stdin;
 pub mod tail;
 pub mod webhook;
 
-pub use batch::{Backlog, Batch, Input, Progress, Shape, Sink};
+pub use batch::{Backlog, Batch, Encoding, Input, Progress, Shape, Sink};
 pub use config::{FileConfig, SourceConfig, StdinConfig};
 
 /// How a file being replayed is laid out (sniffed from its first line).

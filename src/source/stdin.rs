@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::batch::{Batch, Input, Progress, Shape, Sink};
+use super::batch::{Batch, Encoding, Input, Progress, Shape, Sink};
 
 /// Reads stdin line-wise into the engine until EOF.
 pub fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
@@ -35,6 +35,7 @@ pub fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
             origin: None,
             source: Arc::clone(&name),
             data,
+            encoding: Encoding::Plain,
             shape: Shape::Lines {
                 first_line: line,
                 offset,
@@ -53,6 +54,7 @@ pub fn read_stdin(name: Arc<str>, sink: &mut dyn Sink) {
             origin: None,
             source: Arc::clone(&name),
             data: partial,
+            encoding: Encoding::Plain,
             shape: Shape::Lines {
                 first_line: line,
                 offset,

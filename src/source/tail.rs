@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::batch::{Batch, Input, Progress, Shape, Sink};
+use super::batch::{Batch, Encoding, Input, Progress, Shape, Sink};
 use crate::state::FileCheckpoint;
 
 /// Largest batch handed to the engine at once.
@@ -346,6 +346,7 @@ impl Follower {
             origin: None,
             source: Arc::clone(&self.name),
             data,
+            encoding: Encoding::Plain,
             shape: Shape::Lines {
                 first_line: start.line + 1,
                 offset: start.offset,
@@ -404,6 +405,7 @@ impl Follower {
             origin: None,
             source: Arc::clone(&self.name),
             data,
+            encoding: Encoding::Plain,
             shape: Shape::Lines {
                 first_line: start.line + 1,
                 offset: start.offset,

@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batch, Input, Progress, Shape};
+use super::batch::{Batch, Encoding, Input, Progress, Shape};
 use crate::event::{DecodeErrorKind, InputFormat, Span};
 use crate::metrics::Metrics;
 use crate::net::auth::same;
@@ -527,6 +527,7 @@ async fn keep_locally(
                 source,
                 origin,
                 data: body,
+                encoding: Encoding::Plain,
                 shape: Shape::Document,
                 progress: Progress::Journal(seq),
                 received,
