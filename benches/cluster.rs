@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo bench --bench cluster                          # 120,000 events per partition, 20 s at 20,000 events/s
 //! cargo bench --bench cluster -- --events 300000 --rate 20000 --seconds 30
-//! cargo bench --bench cluster -- --only scale          # or --only latency
+//! cargo bench --bench cluster -- --only scale --rounds 5   # or --only latency
 //! ```
 //!
 //! 1. **Scale-out.** The quiet corpus of `benches/common/corpus.rs`, in EventList batches of
@@ -265,16 +265,14 @@ async fn read_floor(
     client: &auditwatch::cluster::Nats,
     nats: &Nats,
     partition: &str,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     use async_nats::jetstream::consumer::pull;
     use futures_util::StreamExt;
-    let cpu = || {
-        process_cpu(std::process::id())
-            + nats
-                .nodes
-                .iter()
-                .map(|p| process_cpu(p.0.id()))
-                .sum::<f64>()
+    let nats_cpu = || {
+        nats.nodes
+            .iter()
+            .map(|p| process_cpu(p.0.id()))
+            .sum::<f64>()
     };
     let consumer = client
         .events
@@ -286,22 +284,25 @@ async fn read_floor(
         .await
         .expect("consumer");
     let mut messages = consumer.messages().await.expect("messages");
-    let (t, c) = (Instant::now(), cpu());
-    let mut events = 0usize;
+    let (t, own, theirs) = (Instant::now(), process_cpu(std::process::id()), nats_cpu());
+    let mut bytes = 0usize;
     let mut inflater = auditwatch::cluster::Inflater::default();
     while let Some(Ok(m)) = messages.next().await {
-        let data = inflater.inflate(&m.payload, 8 << 20).expect("zstd");
-        events += data.iter().filter(|b| **b == b'{').count().min(1) * BATCH;
+        bytes += inflater.inflate(&m.payload, 8 << 20).expect("zstd").len();
         if m.info().map(|i| i.pending).unwrap_or(0) == 0 {
             break;
         }
     }
     let wall = t.elapsed().as_secs_f64();
-    (events as f64 / wall, (cpu() - c) / wall)
+    (
+        bytes as f64 / wall,
+        (process_cpu(std::process::id()) - own) / wall,
+        (nats_cpu() - theirs) / wall,
+    )
 }
 
 /// What one replicated write costs, in wall time and in the NATS servers' CPU: why a worker's
-/// alerts replica paces its writes (`REPLICA_PACE` in src/daemon/cluster.rs). Written to a
+/// alerts replica paces its writes (`pace` in src/daemon/cluster.rs). Written to a
 /// subject of the alerts stream no partition reads; the scale runs purge the stream.
 async fn write_cost(client: &auditwatch::cluster::Nats, nats: &Nats, size: usize) -> (f64, f64) {
     let cpu = || {
@@ -358,50 +359,72 @@ fn scale_run(
         workers.push((spawn(&dir, &config, Stdio::null()), http));
     }
     let nats_cpu = |n: &Nats| n.nodes.iter().map(|p| process_cpu(p.0.id())).sum::<f64>();
-    let nats_before = nats_cpu(nats);
     // The rate counts while every worker is evaluating: from the first poll at which all have
-    // started to the first at which one has finished (start-up, which differs between
-    // workers competing for the same two cores while compiling their rules, is left out).
-    let mut window_start: Option<(Instant, u64, f64)> = None;
+    // started to the last at which none has finished (start-up, which differs between
+    // workers competing for the same two cores while compiling their rules, is left out, and
+    // so is the end, when one runs alone). Polls are 100 ms apart: each scrapes every
+    // worker's `/metrics`, which is work the workers do, and polling at 50 Hz cost them about
+    // a tenth of a core.
+    type Sample = (Instant, u64, std::collections::BTreeMap<String, f64>);
+    let mut window_start: Option<Sample> = None;
+    let mut last_all: Option<Sample> = None;
     let mut peak_rss = 0;
+    // CPU by where it went: the workers' threads by name, and the NATS servers.
     let worker_cpu = |workers: &[(Proc, u16)]| {
-        workers
-            .iter()
-            .map(|(p, _)| process_cpu(p.0.id()))
-            .sum::<f64>()
-            + nats_cpu(nats)
+        let mut by = std::collections::BTreeMap::new();
+        for (p, _) in workers {
+            for (name, cpu) in measure::thread_cpu(p.0.id()) {
+                *by.entry(name).or_insert(0.0) += cpu;
+            }
+        }
+        by.insert("NATS servers".to_owned(), nats_cpu(nats));
+        by
     };
     let deadline = Instant::now() + Duration::from_secs(600);
-    let window_end = loop {
+    let window = loop {
         assert!(Instant::now() < deadline, "workers did not finish");
         let counts: Vec<u64> = workers.iter().map(|(_, http)| decoded(*http)).collect();
-        let now = Instant::now();
-        let sum: u64 = counts.iter().map(|n| (*n).min(per_partition)).sum();
-        if window_start.is_none() && counts.iter().all(|n| *n > 0) {
-            window_start = Some((now, sum, worker_cpu(&workers)));
-        }
-        if window_start.is_some() && counts.iter().any(|n| *n >= per_partition) {
+        let sample = (Instant::now(), counts.iter().sum(), worker_cpu(&workers));
+        if counts.iter().any(|n| *n >= per_partition) {
             for (p, _) in &workers {
                 peak_rss = peak_rss.max(rss_kib(p.0.id()));
             }
-            break (now, sum, worker_cpu(&workers));
+            match (window_start, last_all) {
+                (Some(s), Some(l)) if l.0 > s.0 => break (s, l),
+                _ => panic!(
+                    "the workers finished before a window could be measured: give them more --events"
+                ),
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if counts.iter().all(|n| *n > 0) {
+            window_start.get_or_insert_with(|| sample.clone());
+            last_all = Some(sample);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     };
     let alerts = runtime
         .block_on(async { client.alerts.clone().info().await.map(|i| i.state.clone()) })
         .map(|s| format!("{} messages, {} KiB", s.messages, s.bytes >> 10))
         .unwrap_or_default();
     println!("  alerts stream at the end: {alerts}");
-    let ((t0, n0, cpu0), (t1, n1, cpu1)) = (window_start.expect("started"), window_end);
+    let ((t0, n0, cpu0), (t1, n1, cpu1)) = window;
     let wall = (t1 - t0).as_secs_f64();
     let total = n1 - n0;
+    let used: Vec<(String, f64)> = cpu1
+        .iter()
+        .map(|(name, c)| (name.clone(), c - cpu0.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, c)| *c > 0.0)
+        .collect();
+    let all: f64 = used.iter().map(|(_, c)| c).sum();
     println!(
-        "  {} worker(s): {total} events in {wall:.2} s while all evaluated; CPU of the workers and NATS servers meanwhile {:.2} s ({:.2} cores); NATS servers over the whole run {:.1} s",
+        "  {} worker(s): {total} events in {wall:.2} s while all evaluated; {:.2} cores busy meanwhile ({:.2} µs of CPU per event): {}",
         workers.len(),
-        cpu1 - cpu0,
-        (cpu1 - cpu0) / wall,
-        nats_cpu(nats) - nats_before
+        all / wall,
+        all / total as f64 * 1e6,
+        used.iter()
+            .map(|(name, c)| format!("{name} {:.2}", c / wall))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     (total as f64 / wall, peak_rss)
 }
@@ -508,6 +531,11 @@ fn serve_probe(
             return;
         }
     }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -636,10 +664,11 @@ fn latency_run(
 }
 
 fn main() {
-    let mut events = 120_000u64;
+    let mut events = 300_000u64;
     let mut rate = 20_000u64;
     let mut seconds = 20u64;
     let mut only = String::from("all");
+    let mut rounds = 3usize;
     let args: Vec<String> = std::env::args().collect();
     for w in args.windows(2) {
         match w[0].as_str() {
@@ -647,6 +676,7 @@ fn main() {
             "--rate" => rate = w[1].parse().unwrap_or(rate),
             "--seconds" => seconds = w[1].parse().unwrap_or(seconds),
             "--only" => only = w[1].clone(),
+            "--rounds" => rounds = w[1].parse().unwrap_or(rounds),
             _ => {}
         }
     }
@@ -705,20 +735,37 @@ fn main() {
         }
     }
     if only != "latency" {
-        let (rate, cores) = runtime.block_on(read_floor(&client, &nats, "a"));
+        let (rate, own, theirs) = runtime.block_on(read_floor(&client, &nats, "a"));
+        let per_event = bytes as f64 / (events as f64);
         println!(
-            "reading one partition alone (ordered consumer, zstd decompressed, no evaluation): {rate:.0} events/s, {cores:.2} cores (this process and the NATS servers)"
+            "reading one partition alone (ordered consumer, inflated, not evaluated): {:.0} events/s; cores: {own:.2} this process, {theirs:.2} the NATS servers",
+            rate / per_event
         );
-        let (one, rss_one) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
-        println!(
-            "one worker, one partition: {one:.0} events/s ({:.2}x the plain parse; worker RSS {} MiB)",
-            one / parse_rate,
-            rss_one / 1024
-        );
-        let (two, rss_two) = scale_run(&root, &work, &nats, &["a", "b"], events, &runtime, &client);
+        // One worker and two alternate, `--rounds` times: the VM's speed drifts by a fifth
+        // between runs a minute apart, so the ratio is of the medians, with every run shown.
+        let (mut ones, mut twos, mut rss_one, mut rss_two) = (Vec::new(), Vec::new(), 0, 0);
+        for round in 1..=rounds {
+            println!("round {round} of {rounds}");
+            let (one, rss) = scale_run(&root, &work, &nats, &["a"], events, &runtime, &client);
+            println!(
+                "  one worker, one partition: {one:.0} events/s ({:.2}x the plain parse)",
+                one / parse_rate
+            );
+            let (two, rss2) =
+                scale_run(&root, &work, &nats, &["a", "b"], events, &runtime, &client);
+            println!(
+                "  two workers, two partitions: {two:.0} events/s aggregate ({:.2}x this round's one worker)",
+                two / one
+            );
+            ones.push(one);
+            twos.push(two);
+            (rss_one, rss_two) = (rss_one.max(rss), rss_two.max(rss2));
+        }
+        let (one, two) = (median(&mut ones), median(&mut twos));
         let ratio = two / one;
         println!(
-            "two workers, two partitions: {two:.0} events/s aggregate ({ratio:.2}x one worker; target >= 1.6x: {}; worker RSS {} MiB each at most)",
+            "one worker: median {one:.0} events/s (worker RSS {} MiB at most); two workers: median {two:.0} events/s aggregate, {ratio:.2}x (target >= 1.6x: {}; worker RSS {} MiB each at most)",
+            rss_one / 1024,
             met(ratio >= 1.6),
             rss_two / 1024
         );

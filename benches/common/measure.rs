@@ -46,3 +46,30 @@ pub fn process_cpu(pid: u32) -> f64 {
     // utime and stime are fields 14 and 15 of the line (11 and 12 after the state).
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// CPU seconds each thread of a process has used so far, summed by thread name up to its
+/// first `:` (`engine:a` and `engine:b` are both `engine`).
+pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or("", |(n, _)| n);
+        let name = name.split(':').next().unwrap_or(name).to_owned();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *by_name.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    by_name
+}

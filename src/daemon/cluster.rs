@@ -468,7 +468,9 @@ async fn hold(
     // Everything in the rebuilt local journal is in the alerts stream already.
     let stored_len = Arc::new(AtomicU64::new(journal_len));
     let (replica_tx, replica_rx) = std::sync::mpsc::sync_channel(256);
+    let caught_up = Arc::new(AtomicBool::new(false));
     let replica = ReplicaWriter {
+        caught_up: Arc::clone(&caught_up),
         stream: alert_stream,
         partition: partition.clone(),
         runtime: worker.runtime.clone(),
@@ -511,7 +513,6 @@ async fn hold(
         .name(format!("engine:{partition}"))
         .spawn(move || pipeline.run(engine_rx))?;
     let mut tasks = tokio::task::JoinSet::new();
-    let caught_up = Arc::new(AtomicBool::new(false));
     tasks.spawn(consume(
         Feed {
             nats: nats.clone(),
@@ -816,6 +817,8 @@ struct ReplicaWriter {
     stored_len: Arc<AtomicU64>,
     notify: Option<crate::notify::Submitter>,
     stop: CancellationToken,
+    /// Whether the partition's consumer has read all the stream holds (see [`pace`]).
+    caught_up: Arc<AtomicBool>,
 }
 
 impl ReplicaWriter {
@@ -826,7 +829,9 @@ impl ReplicaWriter {
             let job = gather(
                 first,
                 &jobs,
-                last_write.map_or_else(Instant::now, |t| t + REPLICA_PACE),
+                last_write.map_or_else(Instant::now, |t| {
+                    t + pace(self.caught_up.load(Ordering::Relaxed))
+                }),
             );
             last_write = Some(Instant::now());
             let seqs = loop {
@@ -870,14 +875,24 @@ impl ReplicaWriter {
 }
 
 /// The least time between two writes of the replica. Every write is one replicated message,
-/// and each costs the three NATS servers about 1.5 ms of CPU together (measured on the bench
-/// VM: their goroutines wake on all three for every raft round), whatever its size. Under
+/// and each costs the three NATS servers 1-2 ms of CPU together (the cluster bench measures
+/// it: their goroutines wake on all three for every raft round), whatever its size. Under
 /// load the engine hands over alerts every few milliseconds, one batch's at a time: written
 /// one by one they kept a third of a core busy in NATS. Alerts that come while the last write
-/// is younger than this wait for the rest of it and go together, which bounds the writes to 50
-/// a second and adds at most this much to an alert's latency; an alert after a quiet spell is
-/// written at once.
-const REPLICA_PACE: Duration = Duration::from_millis(20);
+/// is younger than the pace wait for the rest of it and go together; an alert after a quiet
+/// spell is written at once.
+///
+/// Live (the consumer has read all the stream holds), the pace is 20 ms: at most 50 writes a
+/// second, and at most 20 ms added to an alert's latency. While the partition works through
+/// a backlog (after a takeover, or a worker that cannot keep up) its alerts are already
+/// late by the backlog, and the CPU matters more: 100 ms, at most 10 writes a second.
+fn pace(caught_up: bool) -> Duration {
+    if caught_up {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(100)
+    }
+}
 
 /// `first`, joined (in order) by the jobs that arrive before `not_before`, and by any already
 /// waiting: one write instead of one per batch.
