@@ -469,8 +469,9 @@ async fn hold(
     let stored_len = Arc::new(AtomicU64::new(journal_len));
     let (replica_tx, replica_rx) = std::sync::mpsc::sync_channel(256);
     let caught_up = Arc::new(AtomicBool::new(false));
+    let backlog = Arc::new(AtomicU64::new(0));
     let replica = ReplicaWriter {
-        caught_up: Arc::clone(&caught_up),
+        backlog: Arc::clone(&backlog),
         stream: alert_stream,
         partition: partition.clone(),
         runtime: worker.runtime.clone(),
@@ -520,6 +521,7 @@ async fn hold(
             engine: engine_tx.clone(),
             metrics: Arc::clone(&worker.metrics),
             caught_up: Arc::clone(&caught_up),
+            backlog,
             max_batch_bytes: max_batch_bytes(config),
         },
         start_seq,
@@ -598,6 +600,8 @@ struct Feed {
     metrics: Arc<Metrics>,
     /// Whether the engine has everything the stream holds (see [`consume`]).
     caught_up: Arc<AtomicBool>,
+    /// How many batches the stream holds for the partition beyond the last one read.
+    backlog: Arc<AtomicU64>,
     /// The largest batch a worker decompresses.
     max_batch_bytes: usize,
 }
@@ -617,6 +621,7 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
         engine,
         metrics,
         caught_up,
+        backlog,
         max_batch_bytes,
     } = feed;
     let gate = LogGate::per_minute();
@@ -675,6 +680,7 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                     let Ok(info) = message.info() else { continue };
                     let seq = info.stream_sequence;
                     caught_up.store(info.pending == 0, Ordering::Relaxed);
+                    backlog.store(info.pending, Ordering::Relaxed);
                     if seq <= last {
                         continue;
                     }
@@ -817,8 +823,8 @@ struct ReplicaWriter {
     stored_len: Arc<AtomicU64>,
     notify: Option<crate::notify::Submitter>,
     stop: CancellationToken,
-    /// Whether the partition's consumer has read all the stream holds (see [`pace`]).
-    caught_up: Arc<AtomicBool>,
+    /// The partition's backlog in the stream, in batches (see [`pace`]).
+    backlog: Arc<AtomicU64>,
 }
 
 impl ReplicaWriter {
@@ -830,7 +836,7 @@ impl ReplicaWriter {
                 first,
                 &jobs,
                 last_write.map_or_else(Instant::now, |t| {
-                    t + pace(self.caught_up.load(Ordering::Relaxed))
+                    t + pace(self.backlog.load(Ordering::Relaxed))
                 }),
             );
             last_write = Some(Instant::now());
@@ -882,31 +888,32 @@ impl ReplicaWriter {
 /// is younger than the pace wait for the rest of it and go together; an alert after a quiet
 /// spell is written at once.
 ///
-/// Live (the consumer has read all the stream holds), the pace is 20 ms: at most 50 writes a
-/// second, and at most 20 ms added to an alert's latency. While the partition works through
-/// a backlog (after a takeover, or a worker that cannot keep up) its alerts are already
-/// late by the backlog, and the CPU matters more: 100 ms, at most 10 writes a second.
-fn pace(caught_up: bool) -> Duration {
-    if caught_up {
-        Duration::from_millis(20)
-    } else {
+/// Live, the pace is 5 ms: at most 200 writes a second, and at most 5 ms added to an alert's
+/// latency. While the partition works through a backlog (more batches waiting in the stream
+/// than one pull fetches: after a takeover, or a worker that cannot keep up) its alerts are
+/// late by the backlog already, and the CPU matters more: 100 ms, at most 10 writes a second.
+fn pace(backlog: u64) -> Duration {
+    if backlog >= 64 {
         Duration::from_millis(100)
+    } else {
+        Duration::from_millis(5)
     }
 }
 
-/// `first`, joined (in order) by the jobs that arrive before `not_before`, and by any already
-/// waiting: one write instead of one per batch.
+/// `first`, joined (in order) by the jobs that arrive before `not_before` and any already
+/// waiting: one write instead of one per batch. It sleeps through the wait rather than waking
+/// for each job (the engine hands one over per batch that fired): every wake-up is a context
+/// switch on a core an engine thread needs. The channel holds 256 jobs, more than a pace's
+/// worth of batches.
 fn gather(
     mut first: ReplicaJob,
     jobs: &std::sync::mpsc::Receiver<ReplicaJob>,
     not_before: Instant,
 ) -> ReplicaJob {
-    while first.alerts.len() < 4096 {
-        let next = match not_before.checked_duration_since(Instant::now()) {
-            Some(left) => jobs.recv_timeout(left).ok(),
-            None => jobs.try_recv().ok(),
-        };
-        let Some(next) = next else { break };
+    if let Some(left) = not_before.checked_duration_since(Instant::now()) {
+        std::thread::sleep(left);
+    }
+    while let Ok(next) = jobs.try_recv() {
         first.alerts.extend(next.alerts);
         first.offsets.extend(next.offsets);
         first.end = next.end;
