@@ -33,18 +33,7 @@ pub fn vm_kib(pid: u32, field: &str) -> u64 {
 
 /// CPU seconds (user + system) a process has used so far.
 pub fn process_cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) close with ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line (11 and 12 after the state).
-    (ticks(11) + ticks(12)) / 100.0
+    stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
 }
 
 /// CPU seconds each thread of a process has used so far, summed by thread name up to its
@@ -61,15 +50,22 @@ pub fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map_or("", |(n, _)| n);
         let name = name.split(':').next().unwrap_or(name).to_owned();
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        *by_name.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+        *by_name.entry(name).or_insert(0.0) += stat_cpu(&stat);
     }
     by_name
+}
+
+/// User + system CPU seconds of a `/proc/.../stat` line.
+fn stat_cpu(stat: &str) -> f64 {
+    // Fields after the command name (which may hold spaces) close with ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the state).
+    (ticks(11) + ticks(12)) / 100.0
 }
