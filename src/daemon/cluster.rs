@@ -1146,3 +1146,47 @@ async fn publish_file(
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::testing::alert;
+    use crate::rules::Severity;
+
+    fn job(rule: &str, offset: u64) -> ReplicaJob {
+        ReplicaJob {
+            alerts: vec![alert(rule, Severity::Info, &[])],
+            offsets: vec![offset],
+            end: offset + 1,
+        }
+    }
+
+    #[test]
+    fn the_replica_writes_what_came_within_the_pace_as_one_in_order() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        tx.send(job("b", 1)).unwrap();
+        tx.send(job("c", 2)).unwrap();
+        let started = Instant::now();
+        let joined = gather(job("a", 0), &rx, started + Duration::from_millis(50));
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "slept the pace"
+        );
+        let rules: Vec<&str> = joined.alerts.iter().map(|a| &*a.rule).collect();
+        assert_eq!(rules, ["a", "b", "c"]);
+        assert_eq!(joined.offsets, [0, 1, 2]);
+        assert_eq!(joined.end, 3);
+        // With the pace over, what waits is taken at once, and nothing more is waited for.
+        tx.send(job("e", 4)).unwrap();
+        let joined = gather(job("d", 3), &rx, Instant::now());
+        assert_eq!(joined.offsets, [3, 4]);
+        assert_eq!(joined.end, 5);
+    }
+
+    #[test]
+    fn the_pace_is_short_live_and_long_behind() {
+        assert_eq!(pace(0), Duration::from_millis(5));
+        assert_eq!(pace(63), Duration::from_millis(5));
+        assert_eq!(pace(64), Duration::from_millis(100));
+    }
+}
