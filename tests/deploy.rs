@@ -156,21 +156,21 @@ fn operator_resources_are_well_formed() {
 }
 
 /// The container named auditwatch of a workload's pod template.
+/// The entry called `name` of a Kubernetes list (containers, ports, volumes, env).
+fn named<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list.as_sequence()?.iter().find(|e| e["name"] == name)
+}
+
 fn container(workload: &Value) -> &Value {
-    workload["spec"]["template"]["spec"]["containers"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "auditwatch")
-        .expect("container auditwatch")
+    named(
+        &workload["spec"]["template"]["spec"]["containers"],
+        "auditwatch",
+    )
+    .expect("container auditwatch")
 }
 
 fn port_named(c: &Value, name: &str) -> u16 {
-    c["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
+    named(&c["ports"], name)
         .and_then(|p| p["containerPort"].as_u64())
         .unwrap_or_else(|| panic!("no container port {name}")) as u16
 }
@@ -213,12 +213,7 @@ fn check_workload(docs: &[(String, Value)], workload: &Value) -> auditwatch::con
         })
         .collect();
     let volume = |mount: &str| -> &Value {
-        pod["volumes"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount)
-            .unwrap_or_else(|| panic!("{name}: no volume {mount}"))
+        named(&pod["volumes"], mount).unwrap_or_else(|| panic!("{name}: no volume {mount}"))
     };
     let mount_of = |path: &std::path::Path| {
         mounts
@@ -450,12 +445,7 @@ fn webhook_topology_fits_together() {
     let server = kubeconfig["clusters"][0]["cluster"]["server"]
         .as_str()
         .unwrap();
-    let webhook_port = service["spec"]["ports"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "webhook")
-        .unwrap()["port"]
+    let webhook_port = named(&service["spec"]["ports"], "webhook").unwrap()["port"]
         .as_u64()
         .unwrap();
     assert_eq!(
@@ -672,12 +662,7 @@ fn cluster_topology_fits_together() {
         "a webhook batch fits one NATS message"
     );
     let nc = &nats["spec"]["template"]["spec"]["containers"][0];
-    let token_env = nc["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "NATS_TOKEN")
-        .expect("NATS_TOKEN");
+    let token_env = named(&nc["env"], "NATS_TOKEN").expect("NATS_TOKEN");
     assert_eq!(
         token_env["valueFrom"]["secretKeyRef"]["name"],
         "auditwatch-nats"
@@ -686,25 +671,11 @@ fn cluster_topology_fits_together() {
     assert!(conf.contains("token: $NATS_TOKEN"));
     for workload in [receivers, workers] {
         let pod = &workload["spec"]["template"]["spec"];
-        let vol = pod["volumes"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == "nats")
-            .expect("nats token volume");
+        let vol = named(&pod["volumes"], "nats").expect("nats token volume");
         assert_eq!(vol["secret"]["secretName"], "auditwatch-nats");
     }
-    let port = |name: &str| {
-        nc["ports"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["containerPort"].as_u64())
-            .unwrap()
-    };
-    assert_eq!(port("client"), 4222);
-    assert_eq!(port("cluster"), 6222);
+    assert_eq!(port_named(nc, "client"), 4222);
+    assert_eq!(port_named(nc, "cluster"), 6222);
     let policy = find(&docs, "NetworkPolicy", "nats");
     let admits_auditwatch_on_4222 =
         policy["spec"]["ingress"]
