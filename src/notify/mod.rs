@@ -174,7 +174,10 @@ impl Notify {
                 sender,
                 qrx,
                 tx.clone(),
-                (opts.delivery.retry.clone(), opts.claims.clone()),
+                SendPolicy {
+                    retry: opts.delivery.retry.clone(),
+                    claims: opts.claims.clone(),
+                },
                 Arc::clone(&metrics),
                 stop.clone(),
             )));
@@ -749,13 +752,20 @@ impl Dispatcher {
     }
 }
 
+/// How a notifier's worker sends: how long it retries, and whether each alert must first be
+/// claimed in a delivery ledger shared with other processes (cluster mode).
+struct SendPolicy {
+    retry: config::RetryConfig,
+    claims: Option<Arc<dyn claim::DeliveryClaims>>,
+}
+
 /// Sends what arrives on `rx`, retrying transient failures, and reports each outcome.
 async fn worker(
     name: Arc<str>,
     sender: Sender,
     mut rx: mpsc::Receiver<Notification>,
     report: std_mpsc::SyncSender<Msg>,
-    (retry, claims): (config::RetryConfig, Option<Arc<dyn claim::DeliveryClaims>>),
+    SendPolicy { retry, claims }: SendPolicy,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
