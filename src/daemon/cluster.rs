@@ -468,8 +468,7 @@ async fn hold(
     // Everything in the rebuilt local journal is in the alerts stream already.
     let stored_len = Arc::new(AtomicU64::new(journal_len));
     let (replica_tx, replica_rx) = std::sync::mpsc::sync_channel(256);
-    let caught_up = Arc::new(AtomicBool::new(false));
-    let backlog = Arc::new(AtomicU64::new(0));
+    let backlog = Arc::new(AtomicU64::new(UNKNOWN_BACKLOG));
     let replica = ReplicaWriter {
         backlog: Arc::clone(&backlog),
         stream: alert_stream,
@@ -520,8 +519,7 @@ async fn hold(
             partition: partition.clone(),
             engine: engine_tx.clone(),
             metrics: Arc::clone(&worker.metrics),
-            caught_up: Arc::clone(&caught_up),
-            backlog,
+            backlog: Arc::clone(&backlog),
             max_batch_bytes: max_batch_bytes(config),
         },
         start_seq,
@@ -537,7 +535,7 @@ async fn hold(
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = every.tick() => {
-                        if caught_up.load(Ordering::Relaxed) {
+                        if backlog.load(Ordering::Relaxed) == 0 {
                             let _ = tx.try_send(Input::Tick);
                         }
                     }
@@ -598,9 +596,9 @@ struct Feed {
     partition: String,
     engine: mpsc::Sender<Input>,
     metrics: Arc<Metrics>,
-    /// Whether the engine has everything the stream holds (see [`consume`]).
-    caught_up: Arc<AtomicBool>,
-    /// How many batches the stream holds for the partition beyond the last one read.
+    /// How many batches the stream holds for the partition beyond the last one read
+    /// ([`UNKNOWN_BACKLOG`] while no consumer has said); 0: the engine has everything the
+    /// stream holds (see [`consume`]).
     backlog: Arc<AtomicU64>,
     /// The largest batch a worker decompresses.
     max_batch_bytes: usize,
@@ -610,9 +608,12 @@ struct Feed {
 /// says nothing, and the client notices only much later.
 const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 
+/// The backlog while no consumer has told it: not caught up.
+const UNKNOWN_BACKLOG: u64 = u64::MAX;
+
 /// Feeds the partition's batches, from `last + 1` on, to the engine thread. An error (NATS
 /// away), or silence, starts a new consumer from where this one stopped: the engine just
-/// waits. `caught_up` says whether the engine has everything the stream holds: only then may
+/// waits. `backlog` says whether the engine has everything the stream holds (0): only then may
 /// quiet move event time on (a stalled consumer is not a quiet cluster).
 async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
     let Feed {
@@ -620,14 +621,13 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
         partition,
         engine,
         metrics,
-        caught_up,
         backlog,
         max_batch_bytes,
     } = feed;
     let gate = LogGate::per_minute();
     let bad_gate = LogGate::per_minute();
     loop {
-        caught_up.store(false, Ordering::Relaxed);
+        backlog.store(UNKNOWN_BACKLOG, Ordering::Relaxed);
         let consumer = nats
             .events
             .create_consumer(pull::OrderedConfig {
@@ -647,8 +647,8 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
             .await;
         let messages = match consumer {
             Ok(mut c) => {
-                let pending = c.info().await.map(|i| i.num_pending).unwrap_or(1);
-                caught_up.store(pending == 0, Ordering::Relaxed);
+                let pending = c.info().await.map_or(UNKNOWN_BACKLOG, |i| i.num_pending);
+                backlog.store(pending, Ordering::Relaxed);
                 c.messages().await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
@@ -679,7 +679,6 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                     };
                     let Ok(info) = message.info() else { continue };
                     let seq = info.stream_sequence;
-                    caught_up.store(info.pending == 0, Ordering::Relaxed);
                     backlog.store(info.pending, Ordering::Relaxed);
                     if seq <= last {
                         continue;
