@@ -1039,7 +1039,10 @@ async fn upload_snapshots(mut u: Uploads) {
     }
 }
 
-/// The largest batch any webhook source accepts: what a worker decompresses at most.
+/// What a worker inflates a batch to at most: the largest `max_body` of the webhook sources,
+/// and never less than [`FILE_BATCH_BOUND`], since a receiver's file source publishes batches
+/// of whole lines whose size no webhook limit sets (a worker's config need not even list the
+/// receivers' sources).
 fn max_batch_bytes(config: &Config) -> usize {
     config
         .sources
@@ -1048,9 +1051,12 @@ fn max_batch_bytes(config: &Config) -> usize {
             SourceConfig::Webhook(w) => Some(w.max_body.0 as usize),
             _ => None,
         })
-        .max()
-        .unwrap_or(32 << 20)
+        .fold(FILE_BATCH_BOUND, usize::max)
 }
+
+/// A file source's batch is up to 1 MiB of lines plus the rest of a line cut there; a batch
+/// beyond this is counted as rejected, with its stream sequence in the log.
+const FILE_BATCH_BOUND: usize = 32 << 20;
 
 /// A receiver's file source: follows the file as the single-process daemon does, publishes
 /// each batch of lines, and only then records how far it got in the positions bucket (key
@@ -1180,6 +1186,23 @@ mod tests {
         let joined = gather(job("d", 3), &rx, Instant::now());
         assert_eq!(joined.offsets, [3, 4]);
         assert_eq!(joined.end, 5);
+    }
+
+    #[test]
+    fn a_worker_inflates_file_batches_whatever_the_webhook_limit() {
+        let config = |sources: &str| {
+            crate::config::Config::parse(
+                "c.yaml",
+                &format!("cluster: {{ nats: [nats://127.0.0.1:4222], partitions: [prod] }}\nsources:\n{sources}"),
+            )
+            .unwrap()
+        };
+        let small = config("  - webhook: { name: audit, max_body: 1MiB }\n");
+        assert_eq!(max_batch_bytes(&small), FILE_BATCH_BOUND);
+        let large = config("  - webhook: { name: audit, max_body: 64MiB }\n");
+        assert_eq!(max_batch_bytes(&large), 64 << 20);
+        let none = config("  - file: { name: log, path: /var/log/a.log }\n");
+        assert_eq!(max_batch_bytes(&none), FILE_BATCH_BOUND);
     }
 
     #[test]
