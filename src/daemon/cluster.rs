@@ -1058,13 +1058,26 @@ fn max_batch_bytes(config: &Config) -> usize {
 /// beyond this is counted as rejected, with its stream sequence in the log.
 const FILE_BATCH_BOUND: usize = 32 << 20;
 
-/// A receiver's file source: follows the file as the single-process daemon does, publishes
-/// each batch of lines, and only then records how far it got in the positions bucket (key
-/// `<source>.<host>`), so a restarted receiver resumes there. The follower waits while a batch
-/// is not stored: nothing is skipped. A receiver killed between a publish and its position
-/// write publishes that batch again after the restart; the stream stores it once if it is
-/// read back with the same boundaries (the message ID names the source, host, place and
-/// body), else its events are evaluated twice (docs/scale.md).
+/// A file source's entry in the positions bucket (key `<source>.<host>`).
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+struct FilePosition {
+    /// Everything before this is in the stream.
+    #[serde(flatten)]
+    done: FileCheckpoint,
+    /// The end of the batch from `done` that is being published: it may be in the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publishing: Option<FileCheckpoint>,
+}
+
+/// A receiver's file source: follows the file as the single-process daemon does and
+/// publishes each batch of lines, recording in the positions bucket first the batch it is
+/// about to publish, then (unless the next batch's record follows at once) that it is done.
+/// The follower waits while a batch or its record is not stored: nothing is skipped.
+///
+/// A receiver killed between the two records resumes at the batch's start and reads it back
+/// to exactly its old end, however much the file grew: the same bytes from the same place
+/// under the same message ID, which the stream stores once if it comes within
+/// `cluster.duplicate_window` (docs/scale.md).
 async fn publish_file(
     cfg: crate::source::FileConfig,
     forward: Arc<StreamForward>,
@@ -1083,9 +1096,9 @@ async fn publish_file(
         }
     };
     let key = format!("{}.{}", cfg.name, crate::cluster::key_token(&host));
-    let checkpoint = loop {
+    let position = loop {
         match nats.positions.get(key.clone()).await {
-            Ok(v) => break v.and_then(|b| serde_json::from_slice::<FileCheckpoint>(&b).ok()),
+            Ok(v) => break v.and_then(|b| serde_json::from_slice::<FilePosition>(&b).ok()),
             Err(e) => {
                 tracing::warn!(source = %cfg.name, error = %e, "cannot read the file's position; trying again")
             }
@@ -1095,10 +1108,15 @@ async fn publish_file(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     };
-    tracing::info!(source = %cfg.name, path = %cfg.path.display(), resume = ?checkpoint, "following file, publishing to JetStream");
+    tracing::info!(source = %cfg.name, path = %cfg.path.display(), resume = ?position, "following file, publishing to JetStream");
+    let (checkpoint, begun) = match position {
+        Some(p) => (Some(p.done), p.publishing),
+        None => (None, None),
+    };
     let (mut tx, mut rx) = mpsc::channel::<Input>(8);
     let follower = Follower::new(&cfg.name, &cfg.path, cfg.poll_interval.std())
-        .count_truncations(metrics.file_truncations(&cfg.name));
+        .count_truncations(metrics.file_truncations(&cfg.name))
+        .first_batch_ends_at(begun);
     let flag = Arc::new(AtomicBool::new(false));
     let thread = {
         let (flag, start) = (Arc::clone(&flag), cfg.start_at);
@@ -1107,41 +1125,87 @@ async fn publish_file(
             .spawn(move || follower.run(checkpoint, start, &mut tx, &flag))
     };
     let gate = LogGate::per_minute();
-    'batches: loop {
-        let input = tokio::select! {
-            _ = stop.cancelled() => break,
-            i = rx.recv() => i,
+    let retry = |what: &'static str| Retry {
+        stop: &stop,
+        gate: &gate,
+        source: &cfg.name,
+        what,
+    };
+    let record = |position: &FilePosition| {
+        let value = serde_json::to_vec(position).unwrap_or_default();
+        let (positions, key) = (&nats.positions, &key);
+        move || {
+            let (key, value) = (key.clone(), value.clone().into());
+            async move {
+                positions
+                    .put(key, value)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let mut next = None;
+    loop {
+        let input = match next.take() {
+            Some(i) => Some(i),
+            None => tokio::select! {
+                _ = stop.cancelled() => break,
+                i = rx.recv() => i,
+            },
         };
         let batch = match input {
             None => break,
             Some(Input::Batch(b)) => b,
             Some(_) => continue,
         };
-        let lines = match batch.shape {
-            Shape::Lines { first_line, offset } => Some((first_line, offset)),
-            Shape::Document => None,
+        // A follower hands on lines of a file, each batch with the checkpoint after it.
+        let (Shape::Lines { first_line, offset }, Progress::File(end)) =
+            (batch.shape, batch.progress)
+        else {
+            continue;
         };
-        loop {
-            let published = forward
-                .publish(&batch.source, Some(&host), &batch.data, lines)
-                .await;
-            match published {
-                Ok(()) => break,
-                Err(e) => {
-                    if let Some(held_back) = gate.admit() {
-                        tracing::warn!(source = %cfg.name, error = %e, held_back, "cannot publish the file's lines; the follower waits");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break 'batches,
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
+        let start = FileCheckpoint {
+            offset,
+            line: first_line.saturating_sub(1),
+            ..end
+        };
+        let begun = FilePosition {
+            done: start,
+            publishing: Some(end),
+        };
+        if !retry("record the batch being published")
+            .until_ok(record(&begun))
+            .await
+        {
+            break;
         }
-        if let Progress::File(cp) = batch.progress {
-            let value = serde_json::to_vec(&cp).unwrap_or_default();
-            if let Err(e) = nats.positions.put(key.clone(), value.into()).await {
-                tracing::warn!(source = %cfg.name, error = %e, "cannot record the file's position; after a restart these lines are published again");
+        let publish = || async {
+            forward
+                .publish(
+                    &batch.source,
+                    Some(&host),
+                    &batch.data,
+                    Some((first_line, offset)),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        };
+        if !retry("publish the file's lines").until_ok(publish).await {
+            break;
+        }
+        // The next batch's record says this one is done; otherwise say it now.
+        next = rx.try_recv().ok();
+        if next.is_none() {
+            let done = FilePosition {
+                done: end,
+                publishing: None,
+            };
+            if !retry("record the file's position")
+                .until_ok(record(&done))
+                .await
+            {
+                break;
             }
         }
     }
@@ -1149,6 +1213,39 @@ async fn publish_file(
     drop(rx);
     if let Ok(t) = thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+}
+
+/// A step of a file source that is tried again every 500 ms until it succeeds: the follower
+/// waits meanwhile, so nothing is skipped.
+struct Retry<'a> {
+    stop: &'a CancellationToken,
+    gate: &'a LogGate,
+    source: &'a str,
+    what: &'static str,
+}
+
+impl Retry<'_> {
+    /// False if stopped before `attempt` succeeded.
+    async fn until_ok<F, Fut>(self, mut attempt: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        loop {
+            match attempt().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    if let Some(held_back) = self.gate.admit() {
+                        tracing::warn!(source = %self.source, error = %e, held_back, "cannot {}; the follower waits", self.what);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 }
 
@@ -1164,6 +1261,40 @@ mod tests {
             offsets: vec![offset],
             end: offset + 1,
         }
+    }
+
+    #[test]
+    fn a_file_position_reads_what_earlier_versions_wrote() {
+        let cp = FileCheckpoint {
+            dev: 1,
+            ino: 2,
+            offset: 300,
+            line: 3,
+            head_len: 10,
+            head_crc: 7,
+        };
+        let old = serde_json::to_vec(&cp).unwrap();
+        let read: FilePosition = serde_json::from_slice(&old).unwrap();
+        assert_eq!(
+            read,
+            FilePosition {
+                done: cp,
+                publishing: None
+            }
+        );
+        let begun = FilePosition {
+            done: cp,
+            publishing: Some(FileCheckpoint {
+                offset: 900,
+                line: 9,
+                ..cp
+            }),
+        };
+        let json = serde_json::to_vec(&begun).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<FilePosition>(&json).unwrap(),
+            begun
+        );
     }
 
     #[test]

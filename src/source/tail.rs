@@ -52,6 +52,9 @@ pub struct Follower {
     /// False while reading the copy of a truncated file (which is not checked again).
     check_head: bool,
     file: Option<Open>,
+    /// Where a batch handed on before a restart ended, if it may not have been recorded as
+    /// done (see [`Follower::first_batch_ends_at`]).
+    cut: Option<FileCheckpoint>,
     /// Bytes after the last newline, waiting for the rest of their line.
     partial: Vec<u8>,
     buf: Vec<u8>,
@@ -109,9 +112,20 @@ impl Follower {
             truncations: None,
             check_head: true,
             file: None,
+            cut: None,
             partial: Vec::new(),
             buf: vec![0; CHUNK],
         }
+    }
+
+    /// After resuming, the first batch read from the file `end` names ends exactly at `end`'s
+    /// offset: it is byte for byte the batch handed on before the restart from the same
+    /// checkpoint, however much the file grew meanwhile. A publisher that recorded the batch
+    /// as begun but not as done sends it again under the same message ID, which the stream
+    /// stores once.
+    pub fn first_batch_ends_at(mut self, end: Option<FileCheckpoint>) -> Follower {
+        self.cut = end;
+        self
     }
 
     /// Counts each truncation noticed on `counter`.
@@ -227,6 +241,8 @@ impl Follower {
     /// checkpoint to the end if `copytruncate` left one, counts the truncation, and starts the
     /// file again at byte 0.
     fn truncated(&mut self, cp: FileCheckpoint, sink: &mut dyn Sink) -> io::Result<()> {
+        // The bytes the cut was measured on are gone.
+        self.cut = None;
         if let Some(counter) = &self.truncations {
             counter.inc();
         }
@@ -314,8 +330,18 @@ impl Follower {
         let Some(open) = self.file.as_mut() else {
             return Ok(Step::Idle);
         };
+        let cut = self
+            .cut
+            .filter(|c| (c.dev, c.ino) == (open.dev, open.ino) && c.offset > open.read_at);
+        if cut.is_none() {
+            self.cut = None;
+        }
+        let want = cut.map_or(self.buf.len(), |c| {
+            usize::try_from(c.offset - open.read_at)
+                .map_or(self.buf.len(), |w| w.min(self.buf.len()))
+        });
         open.file.seek(SeekFrom::Start(open.read_at))?;
-        let n = open.file.read(&mut self.buf)?;
+        let n = open.file.read(&mut self.buf[..want])?;
         if n == 0 {
             return Ok(Step::Idle);
         }
@@ -331,14 +357,27 @@ impl Follower {
         open.done.head_crc = known.head_crc;
         open.read_at += n as u64;
         let chunk = &self.buf[..n];
-        let Some(last_nl) = memchr::memrchr(b'\n', chunk) else {
+        let end = match cut {
+            // Up to the cut, whatever lines it holds (the batch before the restart may have
+            // been longer than one read, or the unterminated end of a rotated file).
+            Some(c) if open.read_at < c.offset => None,
+            Some(_) => {
+                self.cut = None;
+                Some(n - 1)
+            }
+            None => memchr::memrchr(b'\n', chunk),
+        };
+        let Some(last) = end else {
             self.partial.extend_from_slice(chunk);
             return Ok(Step::Progress);
         };
         let mut data = std::mem::take(&mut self.partial);
-        data.extend_from_slice(&chunk[..=last_nl]);
-        self.partial.extend_from_slice(&chunk[last_nl + 1..]);
-        let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
+        data.extend_from_slice(&chunk[..=last]);
+        self.partial.extend_from_slice(&chunk[last + 1..]);
+        let mut lines = memchr::memchr_iter(b'\n', &data).count() as u64;
+        if data.last() != Some(&b'\n') {
+            lines += 1;
+        }
         let start = open.done;
         open.done.offset += data.len() as u64;
         open.done.line += lines;
@@ -650,6 +689,42 @@ mod tests {
         f.resume(Some(cp), StartAt::Beginning, &mut sink).unwrap();
         drain(&mut f, &mut sink);
         assert_eq!(sink.text(), "6\n");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_batch_begun_before_a_restart_is_read_again_byte_for_byte() {
+        let d = dir("cut");
+        let log = d.join("audit.log");
+        append(&log, "1\n2\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        let start = sink.last();
+        // A line longer than one read: the batch is made of two reads.
+        let long = "x".repeat(CHUNK + CHUNK / 2);
+        append(&log, &format!("{long}\n3\n"));
+        drain(&mut f, &mut sink);
+        let begun = sink.0.last().cloned().unwrap();
+        assert_eq!(begun.0.len(), long.len() + 3);
+        drop(f);
+        // Down before the batch was recorded as done; the file grows meanwhile.
+        append(&log, "4\n5\n");
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1))
+            .first_batch_ends_at(Some(begun.1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(start), StartAt::End, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_eq!(sink.0[0], begun, "the same bytes and the same end");
+        assert_eq!(sink.text(), format!("{long}\n3\n4\n5\n"));
+        assert_eq!((sink.last().line, sink.0.len()), (6, 2));
+        // Without the cut, the grown file would have been read as other batches.
+        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
+        let mut sink = Collect(Vec::new());
+        f.resume(Some(start), StartAt::End, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        assert_ne!(sink.0[0], begun);
         let _ = fs::remove_dir_all(&d);
     }
 
