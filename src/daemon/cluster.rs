@@ -469,8 +469,12 @@ async fn hold(
     let stored_len = Arc::new(AtomicU64::new(journal_len));
     let (replica_tx, replica_rx) = std::sync::mpsc::sync_channel(256);
     let backlog = Arc::new(AtomicU64::new(UNKNOWN_BACKLOG));
+    let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
     let replica = ReplicaWriter {
-        backlog: Arc::clone(&backlog),
+        waiting: Waiting {
+            stream: Arc::clone(&backlog),
+            engine: engine_tx.downgrade(),
+        },
         stream: alert_stream,
         partition: partition.clone(),
         runtime: worker.runtime.clone(),
@@ -508,7 +512,6 @@ async fn hold(
         feedback_tx,
     )
     .context("starting the partition's engine")?;
-    let (engine_tx, engine_rx) = mpsc::channel::<Input>(config.pipeline.queue);
     let engine_thread = std::thread::Builder::new()
         .name(format!("engine:{partition}"))
         .spawn(move || pipeline.run(engine_rx))?;
@@ -822,8 +825,8 @@ struct ReplicaWriter {
     stored_len: Arc<AtomicU64>,
     notify: Option<crate::notify::Submitter>,
     stop: CancellationToken,
-    /// The partition's backlog in the stream, in batches (see [`pace`]).
-    backlog: Arc<AtomicU64>,
+    /// The partition's batches not evaluated yet (see [`pace`]).
+    waiting: Waiting,
 }
 
 impl ReplicaWriter {
@@ -834,9 +837,7 @@ impl ReplicaWriter {
             let job = gather(
                 first,
                 &jobs,
-                last_write.map_or_else(Instant::now, |t| {
-                    t + pace(self.backlog.load(Ordering::Relaxed))
-                }),
+                last_write.map_or_else(Instant::now, |t| t + pace(self.waiting.batches())),
             );
             last_write = Some(Instant::now());
             let seqs = loop {
@@ -888,14 +889,37 @@ impl ReplicaWriter {
 /// spell is written at once.
 ///
 /// Live, the pace is 5 ms: at most 200 writes a second, and at most 5 ms added to an alert's
-/// latency. While the partition works through a backlog (more batches waiting in the stream
-/// than one pull fetches: after a takeover, or a worker that cannot keep up) its alerts are
-/// late by the backlog already, and the CPU matters more: 100 ms, at most 10 writes a second.
-fn pace(backlog: u64) -> Duration {
-    if backlog >= 64 {
+/// latency. While the partition works through a backlog (16 batches or more waiting, in the
+/// stream or in the engine's queue: some 40 ms of evaluation at full speed, after a takeover
+/// or in a worker that cannot keep up) its alerts are late by the backlog already, and the
+/// CPU matters more: 100 ms, at most 10 writes a second.
+fn pace(waiting: u64) -> Duration {
+    if waiting >= 16 {
         Duration::from_millis(100)
     } else {
         Duration::from_millis(5)
+    }
+}
+
+/// What a partition has not evaluated yet, in batches: what its consumer has not handed on
+/// (the stream's count of the messages after the last one received, so including those the
+/// client holds), and the engine's queue. The queue counts: it holds up to
+/// `pipeline.queue` batches, and with the stream alone the replica saw a backlog of 0 while
+/// the engine still had 64 batches to go.
+struct Waiting {
+    stream: Arc<AtomicU64>,
+    engine: mpsc::WeakSender<Input>,
+}
+
+impl Waiting {
+    fn batches(&self) -> u64 {
+        let queued = self
+            .engine
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+        self.stream
+            .load(Ordering::Relaxed)
+            .saturating_add(queued as u64)
     }
 }
 
@@ -1298,6 +1322,34 @@ mod tests {
     }
 
     #[test]
+    fn what_waits_counts_the_engines_queue_beside_the_stream() {
+        let (tx, mut rx) = mpsc::channel::<Input>(4);
+        let stream = Arc::new(AtomicU64::new(10));
+        let waiting = Waiting {
+            stream: Arc::clone(&stream),
+            engine: tx.downgrade(),
+        };
+        assert_eq!(waiting.batches(), 10);
+        for _ in 0..3 {
+            tx.try_send(Input::Tick).unwrap();
+        }
+        assert_eq!(waiting.batches(), 13);
+        stream.store(0, Ordering::Relaxed);
+        assert_eq!(
+            waiting.batches(),
+            3,
+            "the stream is read, the engine is not done"
+        );
+        let _ = rx.try_recv();
+        assert_eq!(waiting.batches(), 2);
+        stream.store(UNKNOWN_BACKLOG, Ordering::Relaxed);
+        assert_eq!(waiting.batches(), UNKNOWN_BACKLOG);
+        drop(tx);
+        stream.store(0, Ordering::Relaxed);
+        assert_eq!(waiting.batches(), 0, "no engine, nothing queued");
+    }
+
+    #[test]
     fn the_replica_writes_what_came_within_the_pace_as_one_in_order() {
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         tx.send(job("b", 1)).unwrap();
@@ -1339,7 +1391,7 @@ mod tests {
     #[test]
     fn the_pace_is_short_live_and_long_behind() {
         assert_eq!(pace(0), Duration::from_millis(5));
-        assert_eq!(pace(63), Duration::from_millis(5));
-        assert_eq!(pace(64), Duration::from_millis(100));
+        assert_eq!(pace(15), Duration::from_millis(5));
+        assert_eq!(pace(16), Duration::from_millis(100));
     }
 }
