@@ -611,6 +611,11 @@ struct Feed {
 /// says nothing, and the client notices only much later.
 const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 
+/// Under a backlog the engine's queue is full. Sending each batch as a slot frees up would
+/// wake the consumer's task once per batch, on a core an engine thread needs; it waits for
+/// this many free slots instead and fills them as batches come.
+const SEND_GROUP: usize = 16;
+
 /// The backlog while no consumer has told it: not caught up.
 const UNKNOWN_BACKLOG: u64 = u64::MAX;
 
@@ -663,6 +668,8 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                 }
             }
             Ok(mut messages) => {
+                // Slots of the engine's queue taken ahead (see `SEND_GROUP`).
+                let mut permits: Option<mpsc::PermitIterator<'_, Input>> = None;
                 loop {
                     let next = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -728,9 +735,30 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                         progress: Progress::Journal(seq),
                         received: Instant::now(),
                     };
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        sent = engine.send(Input::Batch(batch)) => if sent.is_err() { return },
+                    let input = match permits.as_mut().and_then(Iterator::next) {
+                        Some(permit) => {
+                            permit.send(Input::Batch(batch));
+                            None
+                        }
+                        None => Some(Input::Batch(batch)),
+                    };
+                    if let Some(input) = input {
+                        match engine.try_send(input) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                            Err(mpsc::error::TrySendError::Full(input)) => {
+                                let group = SEND_GROUP.min(engine.max_capacity());
+                                let reserved = tokio::select! {
+                                    _ = stop.cancelled() => return,
+                                    r = engine.reserve_many(group) => r,
+                                };
+                                let Ok(mut reserved) = reserved else { return };
+                                if let Some(permit) = reserved.next() {
+                                    permit.send(input);
+                                }
+                                permits = Some(reserved);
+                            }
+                        }
                     }
                     last = seq;
                     metrics.cluster_evaluated(&partition, seq);
