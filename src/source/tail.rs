@@ -618,6 +618,20 @@ mod tests {
         f.write_all(text.as_bytes()).unwrap();
     }
 
+    /// A follower of `log` resumed from `checkpoint` (or `start`), with what it read at once.
+    fn resumed(
+        log: &Path,
+        checkpoint: Option<FileCheckpoint>,
+        start: StartAt,
+        cut: Option<FileCheckpoint>,
+    ) -> (Follower, Collect) {
+        let mut f = Follower::new("audit", log, Duration::from_millis(1)).first_batch_ends_at(cut);
+        let mut sink = Collect(Vec::new());
+        f.resume(checkpoint, start, &mut sink).unwrap();
+        drain(&mut f, &mut sink);
+        (f, sink)
+    }
+
     fn drain(f: &mut Follower, sink: &mut Collect) {
         for _ in 0..10 {
             f.step(sink).unwrap();
@@ -662,20 +676,14 @@ mod tests {
         let d = dir("resume");
         let log = d.join("audit.log");
         append(&log, "1\n2\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (f, sink) = resumed(&log, None, StartAt::Beginning, None);
         let cp = sink.last();
         drop(f);
         // While down: more lines, a rotation, lines in the new file.
         append(&log, "3\n");
         fs::rename(&log, d.join("audit-2026-11-23T11-00-00.000.log")).unwrap();
         append(&log, "4\n5\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(cp), StartAt::End, None);
         assert_eq!(
             sink.text(),
             "3\n4\n5\n",
@@ -684,10 +692,7 @@ mod tests {
         // Same file resumed: only what came after.
         let cp = sink.last();
         append(&log, "6\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(cp), StartAt::Beginning, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(cp), StartAt::Beginning, None);
         assert_eq!(sink.text(), "6\n");
         let _ = fs::remove_dir_all(&d);
     }
@@ -697,10 +702,7 @@ mod tests {
         let d = dir("cut");
         let log = d.join("audit.log");
         append(&log, "1\n2\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (mut f, mut sink) = resumed(&log, None, StartAt::Beginning, None);
         let start = sink.last();
         // A line longer than one read: the batch is made of two reads.
         let long = "x".repeat(CHUNK + CHUNK / 2);
@@ -711,19 +713,12 @@ mod tests {
         drop(f);
         // Down before the batch was recorded as done; the file grows meanwhile.
         append(&log, "4\n5\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1))
-            .first_batch_ends_at(Some(begun.1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(start), StartAt::End, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(start), StartAt::End, Some(begun.1));
         assert_eq!(sink.0[0], begun, "the same bytes and the same end");
         assert_eq!(sink.text(), format!("{long}\n3\n4\n5\n"));
         assert_eq!((sink.last().line, sink.0.len()), (6, 2));
         // Without the cut, the grown file would have been read as other batches.
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(start), StartAt::End, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(start), StartAt::End, None);
         assert_ne!(sink.0[0], begun);
         let _ = fs::remove_dir_all(&d);
     }
@@ -788,10 +783,7 @@ mod tests {
         let d = dir("truncated-down");
         let log = d.join("audit.log");
         append(&log, &lines(0, 100));
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (f, sink) = resumed(&log, None, StartAt::Beginning, None);
         let cp = sink.last();
         assert!(cp.head_len > 0);
         drop(f);
@@ -799,10 +791,7 @@ mod tests {
         fs::copy(&log, d.join("audit.log.1")).unwrap();
         truncate(&log);
         append(&log, &lines(110, 400));
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(cp), StartAt::End, None);
         assert_eq!(sink.text(), lines(100, 400));
         let _ = fs::remove_dir_all(&d);
     }
@@ -812,10 +801,7 @@ mod tests {
         let d = dir("multi");
         let log = d.join("audit.log");
         append(&log, "1\n");
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(None, StartAt::Beginning, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (f, sink) = resumed(&log, None, StartAt::Beginning, None);
         let cp = sink.last();
         drop(f);
         for (i, backup) in ["audit-a.log", "audit-b.log", "audit-c.log"]
@@ -828,10 +814,7 @@ mod tests {
         }
         append(&log, "5\n");
         fs::write(d.join("other.log"), "not ours\n").unwrap();
-        let mut f = Follower::new("audit", &log, Duration::from_millis(1));
-        let mut sink = Collect(Vec::new());
-        f.resume(Some(cp), StartAt::End, &mut sink).unwrap();
-        drain(&mut f, &mut sink);
+        let (_, sink) = resumed(&log, Some(cp), StartAt::End, None);
         assert_eq!(sink.text(), "2\n3\n4\n5\n");
         let _ = fs::remove_dir_all(&d);
     }
