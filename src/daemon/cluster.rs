@@ -1248,7 +1248,7 @@ async fn publish_file(
         }
         // The next batch's record says this one is done; otherwise say it now.
         next = rx.try_recv().ok();
-        if next.is_none() {
+        if !matches!(next, Some(Input::Batch(_))) {
             let done = FilePosition {
                 done: end,
                 publishing: None,
