@@ -33,6 +33,10 @@ use crate::state::FileCheckpoint;
 /// Largest batch handed to the engine at once.
 const CHUNK: usize = 1 << 20;
 
+/// The longest batch read back to a recorded end (see [`Follower::first_batch_ends_at`]): one
+/// read plus the rest of a long line; a cluster worker refuses batches beyond this anyway.
+const CUT_BOUND: u64 = 32 << 20;
+
 /// Where to start when there is no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -174,6 +178,7 @@ impl Follower {
     ) -> io::Result<()> {
         let current = fs::metadata(&self.path).ok();
         let Some(cp) = checkpoint else {
+            self.cut = None;
             if let Some(meta) = current {
                 let offset = if start == StartAt::End { meta.len() } else { 0 };
                 self.open_current(offset, 0)?;
@@ -190,6 +195,7 @@ impl Follower {
             let file = File::open(&self.path)?;
             let mut known = cp;
             if meta.len() >= cp.offset && same_content(&file, &mut known)? {
+                self.check_cut(&cp, meta.len());
                 self.open_current(cp.offset, cp.line)?;
                 if let Some(open) = &mut self.file {
                     open.done.head_len = known.head_len;
@@ -208,6 +214,7 @@ impl Follower {
                 let file = File::open(&old)?;
                 let meta = file.metadata()?;
                 if meta.len() >= cp.offset {
+                    self.check_cut(&cp, meta.len());
                     self.file = Some(Open {
                         file,
                         dev: cp.dev,
@@ -228,6 +235,23 @@ impl Follower {
             self.open_current(0, 0)?;
         }
         Ok(())
+    }
+
+    /// Keeps the cut only where it can be the end of a batch begun at `cp` in a file of `len`
+    /// bytes: in the same file, after `cp`, within the file, and at most [`CUT_BOUND`] past
+    /// `cp`. A record that fits none of this (damaged, or written by someone else) would make
+    /// the follower hold the file in memory up to a place it never reaches; it is dropped and
+    /// the file read as usual.
+    fn check_cut(&mut self, cp: &FileCheckpoint, len: u64) {
+        let Some(c) = self.cut else { return };
+        let fits = (c.dev, c.ino) == (cp.dev, cp.ino)
+            && c.offset > cp.offset
+            && c.offset <= len
+            && c.offset - cp.offset <= CUT_BOUND;
+        if !fits {
+            tracing::warn!(source = %self.name, from = cp.offset, to = c.offset, len, "the batch recorded as being published does not fit the file; reading on as usual (its lines may be published twice)");
+            self.cut = None;
+        }
     }
 
     fn open_current(&mut self, offset: u64, line: u64) -> io::Result<()> {
@@ -720,6 +744,26 @@ mod tests {
         // Without the cut, the grown file would have been read as other batches.
         let (_, sink) = resumed(&log, Some(start), StartAt::End, None);
         assert_ne!(sink.0[0], begun);
+        // A recorded end that this file cannot have (past its end, another file, before the
+        // start, too far) is not waited for: the file is read as usual.
+        let len = fs::metadata(&log).unwrap().len();
+        for bad in [
+            FileCheckpoint {
+                offset: len + 1,
+                ..begun.1
+            },
+            FileCheckpoint {
+                ino: begun.1.ino + 1,
+                ..begun.1
+            },
+            FileCheckpoint {
+                offset: start.offset,
+                ..begun.1
+            },
+        ] {
+            let (_, sink) = resumed(&log, Some(start), StartAt::End, Some(bad));
+            assert_eq!(sink.text(), format!("{long}\n3\n4\n5\n"), "{bad:?}");
+        }
         let _ = fs::remove_dir_all(&d);
     }
 
