@@ -616,6 +616,39 @@ const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 /// this many free slots instead and fills them as batches come.
 const SEND_GROUP: usize = 16;
 
+/// Hands `input` to the engine: into a slot taken ahead if there is one, else into a free
+/// slot, else into the first of [`SEND_GROUP`] slots waited for (the rest kept in `permits`
+/// for the next batches). False once the engine is gone or `stop` is cancelled.
+async fn send_grouped<'a>(
+    engine: &'a mpsc::Sender<Input>,
+    permits: &mut Option<mpsc::PermitIterator<'a, Input>>,
+    input: Input,
+    stop: &CancellationToken,
+) -> bool {
+    if let Some(permit) = permits.as_mut().and_then(Iterator::next) {
+        permit.send(input);
+        return true;
+    }
+    let input = match engine.try_send(input) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(input)) => input,
+    };
+    let group = SEND_GROUP.min(engine.max_capacity());
+    let reserved = tokio::select! {
+        _ = stop.cancelled() => return false,
+        r = engine.reserve_many(group) => r,
+    };
+    let Ok(mut reserved) = reserved else {
+        return false;
+    };
+    if let Some(permit) = reserved.next() {
+        permit.send(input);
+    }
+    *permits = Some(reserved);
+    true
+}
+
 /// The backlog while no consumer has told it: not caught up.
 const UNKNOWN_BACKLOG: u64 = u64::MAX;
 
@@ -735,30 +768,8 @@ async fn consume(feed: Feed, mut last: u64, stop: CancellationToken) {
                         progress: Progress::Journal(seq),
                         received: Instant::now(),
                     };
-                    let input = match permits.as_mut().and_then(Iterator::next) {
-                        Some(permit) => {
-                            permit.send(Input::Batch(batch));
-                            None
-                        }
-                        None => Some(Input::Batch(batch)),
-                    };
-                    if let Some(input) = input {
-                        match engine.try_send(input) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Closed(_)) => return,
-                            Err(mpsc::error::TrySendError::Full(input)) => {
-                                let group = SEND_GROUP.min(engine.max_capacity());
-                                let reserved = tokio::select! {
-                                    _ = stop.cancelled() => return,
-                                    r = engine.reserve_many(group) => r,
-                                };
-                                let Ok(mut reserved) = reserved else { return };
-                                if let Some(permit) = reserved.next() {
-                                    permit.send(input);
-                                }
-                                permits = Some(reserved);
-                            }
-                        }
+                    if !send_grouped(&engine, &mut permits, Input::Batch(batch), &stop).await {
+                        return;
                     }
                     last = seq;
                     metrics.cluster_evaluated(&partition, seq);
@@ -1183,19 +1194,13 @@ async fn publish_file(
         source: &cfg.name,
         what,
     };
-    let record = |position: &FilePosition| {
+    let record = async |position: &FilePosition| {
         let value = serde_json::to_vec(position).unwrap_or_default();
-        let (positions, key) = (&nats.positions, &key);
-        move || {
-            let (key, value) = (key.clone(), value.clone().into());
-            async move {
-                positions
-                    .put(key, value)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
-        }
+        nats.positions
+            .put(key.clone(), value.into())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     };
     let mut next = None;
     loop {
@@ -1227,7 +1232,7 @@ async fn publish_file(
             publishing: Some(end),
         };
         if !retry("record the batch being published")
-            .until_ok(record(&begun))
+            .until_ok(|| record(&begun))
             .await
         {
             break;
@@ -1254,7 +1259,7 @@ async fn publish_file(
                 publishing: None,
             };
             if !retry("record the file's position")
-                .until_ok(record(&done))
+                .until_ok(|| record(&done))
                 .await
             {
                 break;
