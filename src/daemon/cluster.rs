@@ -1119,7 +1119,7 @@ fn max_batch_bytes(config: &Config) -> usize {
 
 /// A file source's batch is up to 1 MiB of lines plus the rest of a line cut there; a batch
 /// beyond this is counted as rejected, with its stream sequence in the log.
-const FILE_BATCH_BOUND: usize = 32 << 20;
+const FILE_BATCH_BOUND: usize = crate::source::tail::CUT_BOUND as usize;
 
 /// A file source's entry in the positions bucket (key `<source>.<host>`).
 #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -35,7 +35,7 @@ const CHUNK: usize = 1 << 20;
 
 /// The longest batch read back to a recorded end (see [`Follower::first_batch_ends_at`]): one
 /// read plus the rest of a long line; a cluster worker refuses batches beyond this anyway.
-const CUT_BOUND: u64 = 32 << 20;
+pub const CUT_BOUND: u64 = 32 << 20;
 
 /// Where to start when there is no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -354,12 +354,10 @@ impl Follower {
         let Some(open) = self.file.as_mut() else {
             return Ok(Step::Idle);
         };
-        let cut = self
+        self.cut = self
             .cut
             .filter(|c| (c.dev, c.ino) == (open.dev, open.ino) && c.offset > open.read_at);
-        if cut.is_none() {
-            self.cut = None;
-        }
+        let cut = self.cut;
         let want = cut.map_or(self.buf.len(), |c| {
             usize::try_from(c.offset - open.read_at)
                 .map_or(self.buf.len(), |w| w.min(self.buf.len()))
